@@ -1,0 +1,7 @@
+"""``python -m dpmbench``."""
+
+import sys
+
+from dpmbench.cli import main
+
+sys.exit(main())

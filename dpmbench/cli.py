@@ -1,0 +1,307 @@
+"""Command line: ``dpmbench list|sample|reference|evaluate|report``. Bad input: one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from dpmbench.errors import DpmbenchError, bad_value
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"dpmbench: error: {message}\n")
+
+
+def _nfe_list(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --nfe {text!r}; allowed: integers >= 1, comma-separated") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"invalid --nfe {text!r}; allowed: integers >= 1, comma-separated")
+    return vals
+
+
+def _positive_int(name: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = 0
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}; allowed: integers >= 1")
+        return v
+
+    return parse
+
+
+def _nonneg_int(name: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = -1
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}; allowed: integers >= 0")
+        return v
+
+    return parse
+
+
+def _float(name: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}; allowed: a finite number")
+        return v
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``dpmbench`` command."""
+    p = _Parser(prog="dpmbench", description="Benchmark of fast diffusion-model samplers.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ls = sub.add_parser("list", help="list solvers, models, metrics or schedules")
+    ls.add_argument("what", choices=["solvers", "models", "metrics", "schedules"])
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--model", required=True)
+        q.add_argument("--num-samples", type=_positive_int("--num-samples"), required=True)
+        q.add_argument("--seed", type=_nonneg_int("--seed"), required=True)
+        q.add_argument("--guidance", type=_float("--guidance"), default=None,
+                       help="classifier-free guidance scale (class labels i mod num_classes)")
+        q.add_argument("--t-end", type=_float("--t-end"), default=None)
+        q.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None)
+        q.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+        q.add_argument("--out", required=True)
+
+    s = sub.add_parser("sample", help="sample with one solver and one (or several) NFE budgets")
+    common(s)
+    s.add_argument("--solver", required=True, help="NAME[:key=value,...]")
+    s.add_argument("--nfe", type=_nfe_list, required=True, help="an NFE budget, or a comma list with {nfe} in --out")
+    s.add_argument("--schedule", default="logsnr")
+    s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+
+    r = sub.add_parser("reference", help="exact ODE solutions of an oracle model from the same x_T")
+    common(r)
+
+    e = sub.add_parser("evaluate", help="compute metrics of a samples file")
+    e.add_argument("--samples", required=True, nargs="+", help="one or more samples files")
+    e.add_argument("--metrics", required=True)
+    e.add_argument("--reference", default=None)
+    e.add_argument("--bootstraps", type=_nonneg_int("--bootstraps"), default=200)
+    e.add_argument("--out", required=True, nargs="+", help="one metrics file per samples file")
+
+    rep = sub.add_parser("report", help="aggregate metric files into results.csv and leaderboard.md")
+    rep.add_argument("results_dir")
+    rep.add_argument("--out", default="reports")
+    return p
+
+
+# -- commands --------------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> None:
+    from dpmbench.models.registry import ORACLES
+    from dpmbench.solvers.base import SOLVERS, list_solvers
+    from dpmbench.timesteps import ALL_KINDS
+    from evaluators.registry import METRICS
+
+    if args.what == "solvers":
+        for name in list_solvers():
+            cls = SOLVERS[name]
+            print(f"{name}: {cls.summary}")
+            print(f"    source: {cls.source}")
+            for key, opt in cls.options.items():
+                default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
+                print(f"    {key}={default}  [{opt.describe()}]  {opt.doc}")
+    elif args.what == "models":
+        from dpmbench.models.registry import load_model
+
+        for name in ORACLES:
+            m = load_model(name)
+            cond = f", {m.num_classes} classes" if m.num_classes else ""
+            print(f"{name}: oracle, shape {tuple(m.shape)}{cond}; {getattr(m, 'description', '')}")
+    elif args.what == "metrics":
+        for name, metric in METRICS.items():
+            print(f"{name}: {metric.doc}")
+    else:
+        for name in ALL_KINDS:
+            print(name)
+
+
+def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    import torch
+
+    from dpmbench.models.registry import load_model
+
+    model = load_model(args.model)
+    if args.guidance is not None and not model.num_classes:
+        raise DpmbenchError(f"invalid --guidance {args.guidance}: model {args.model!r} is unconditional")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise DpmbenchError("invalid --device 'cuda': no CUDA device is available; allowed: cpu")
+    return model, load_model, torch.device(args.device)
+
+
+def _batches(n: int, batch: int | None) -> list[tuple[int, int]]:
+    b = batch or n
+    return [(i, min(i + b, n)) for i in range(0, n, b)]
+
+
+def _meta(args: argparse.Namespace, model: Any, t_end: float) -> dict[str, Any]:
+    import torch
+
+    labels = model.labels(args.num_samples) if args.guidance is not None else torch.zeros(0, dtype=torch.long)
+    return {
+        "model": args.model, "seed": args.seed, "num_samples": args.num_samples,
+        "guidance": math.nan if args.guidance is None else args.guidance,
+        "t_end": t_end, "labels": labels.numpy(),
+    }
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from dpmbench.io import save_npz
+    from dpmbench.sampling import make_plan, sample
+    from dpmbench.solvers.base import get_solver
+
+    model, _, device = _setup(args)
+    if len(args.nfe) > 1 and "{nfe}" not in args.out:
+        raise DpmbenchError("invalid --out: several --nfe values need '{nfe}' in the output path")
+    sol = get_solver(args.solver)
+    t_end = model.schedule.t_end_default if args.t_end is None else args.t_end
+    for nfe in args.nfe:  # validate everything before any work or output
+        make_plan(model, sol, nfe, args.schedule, None, t_end)
+    dtype = torch.float32 if args.dtype == "float32" else torch.float64
+    meta = _meta(args, model, t_end)
+    for nfe in args.nfe:
+        start = time.perf_counter()
+        chunks = []
+        for lo, hi in _batches(args.num_samples, args.batch_size):
+            x_T = model.prior(hi - lo, seed=args.seed, dtype=dtype, device=device, start=lo)
+            cond = None if args.guidance is None else model.labels(hi - lo, start=lo).to(device)
+            chunks.append(sample(model, sol, nfe, x_T, schedule=args.schedule, t_end=t_end,
+                                 guidance=args.guidance, cond=cond).cpu())
+        x = torch.cat(chunks)
+        wall = time.perf_counter() - start
+        save_npz(args.out.replace("{nfe}", str(nfe)), x=x.to(torch.float32).numpy(), nfe=nfe,
+                 solver=args.solver.replace(" ", ""), solver_canonical=sol.spec, schedule=str(args.schedule),
+                 wall_s=wall, **meta)
+
+
+def cmd_reference(args: argparse.Namespace) -> None:
+    import torch
+
+    from dpmbench.io import save_npz
+
+    model, _, device = _setup(args)
+    if not hasattr(model, "exact_solution"):
+        raise DpmbenchError(f"invalid --model {args.model!r} for reference: only oracle models have exact solutions")
+    from dpmbench.models.base import guided
+
+    net = guided(model, args.guidance)
+    t_end = model.schedule.t_end_default if args.t_end is None else args.t_end
+    meta = _meta(args, model, t_end)
+    start = time.perf_counter()
+    x_T = model.prior(args.num_samples, seed=args.seed, dtype=torch.float64)
+    cond = None if args.guidance is None else model.labels(args.num_samples)
+    x = net.exact_solution(x_T, t_end=t_end, cond=cond)
+    # the target distribution's moments travel with the reference, so metrics need no model
+    if args.guidance is None or args.guidance == 1.0:
+        mu, cov = model.data_moments(cond)
+    else:
+        mu, cov = x.reshape(len(x), -1).mean(0), torch.cov(x.reshape(len(x), -1).T)
+    save_npz(args.out, x=x.numpy(), solver="exact", nfe=-1, schedule="adaptive",
+             wall_s=time.perf_counter() - start, target_mu=mu.numpy(), target_cov=cov.numpy(), **meta)
+
+
+def _load_npz(path: str, what: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise DpmbenchError(f"invalid {what} {path!r}: no such file")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise DpmbenchError(f"invalid {what} {path!r}: not a readable .npz ({exc.__class__.__name__})") from None
+
+
+def _scalar(v: Any) -> Any:
+    v = np.asarray(v)
+    return v.item() if v.ndim == 0 else v
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from dpmbench.io import save_json
+    from evaluators.registry import evaluate, list_metrics
+
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    for n in names:
+        if n not in list_metrics():
+            raise bad_value("--metrics entry", n, list_metrics())
+    if len(args.samples) != len(args.out):
+        raise DpmbenchError(f"invalid --out: {len(args.out)} files for {len(args.samples)} --samples files")
+    ref_file = _load_npz(args.reference, "--reference") if args.reference else None
+    loaded = [_load_npz(path, "--samples") for path in args.samples]  # validate all before writing any
+    for path, s in zip(args.samples, loaded, strict=True):
+        if "x" not in s or "model" not in s:
+            raise DpmbenchError(f"invalid --samples {path!r}: missing keys 'x'/'model'")
+        if ref_file is not None and (str(_scalar(ref_file["model"])) != str(_scalar(s["model"]))
+                                     or int(_scalar(ref_file["seed"])) != int(_scalar(s["seed"]))):
+            raise DpmbenchError(f"invalid --reference for {path!r}: model or seed differs from the samples'")
+    for s, out_path in zip(loaded, args.out, strict=True):
+        meta = {k: _scalar(v) for k, v in s.items() if k != "x"}
+        start = time.perf_counter()
+        ref = None if ref_file is None else ref_file["x"]
+        if ref_file is not None and "target_mu" in ref_file:
+            meta["target_moments"] = (ref_file["target_mu"], ref_file["target_cov"])
+        values, cis, info = evaluate(names, s["x"], meta, ref, bootstraps=args.bootstraps)
+        g = meta.get("guidance")
+        save_json(out_path, {
+            "model": str(meta["model"]), "solver": str(meta.get("solver")), "nfe": int(meta.get("nfe", -1)),
+            "schedule": str(meta.get("schedule")),
+            "guidance": None if g is None or math.isnan(float(g)) else float(g),
+            "n_samples": len(s["x"]), "metrics": values, "ci": cis,
+            "wall_s": float(meta.get("wall_s", 0.0)), "eval_wall_s": time.perf_counter() - start, **info,
+        })
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from dpmbench.report import write_report
+
+    write_report(args.results_dir, args.out)
+
+
+COMMANDS = {"list": cmd_list, "sample": cmd_sample, "reference": cmd_reference,
+            "evaluate": cmd_evaluate, "report": cmd_report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dpmbench`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except DpmbenchError as exc:
+        print(f"dpmbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

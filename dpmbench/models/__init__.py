@@ -1,0 +1,8 @@
+"""Models: the interface, oracle models with exact solutions, guidance and NFE counting."""
+
+from dpmbench.models.base import Guided, Model, NFECounter, convert_prediction, guided, prior_noise
+from dpmbench.models.registry import list_models, load_model
+
+__all__ = [
+    "Guided", "Model", "NFECounter", "convert_prediction", "guided", "list_models", "load_model", "prior_noise",
+]

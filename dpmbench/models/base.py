@@ -1,0 +1,208 @@
+"""The model interface every solver sees: a network, its noise schedule and its parameterization.
+
+``model.eps(x, t, cond)`` and ``model.x0(x, t, cond)`` are the only two ways solvers query a model;
+the conversion from the native output (``eps``, ``x0``, ``v``, ``flow``) happens once, in
+``convert_prediction``. Classifier-free guidance is a wrapper (``guided``) and the NFE counter is a
+wrapper (``NFECounter``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from dpmbench.errors import DpmbenchError, bad_value
+from dpmbench.schedules import NoiseSchedule
+
+PARAMETERIZATIONS = ("eps", "x0", "v", "flow")
+PRIOR_BLOCK = 1024  # x_T is drawn in blocks of this many samples, each block from its own generator
+
+
+def _bcast(c: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
+    """Make a per-sample coefficient broadcast against ``x`` (shape (n,) -> (n, 1, ..., 1))."""
+    if isinstance(c, torch.Tensor):
+        c = c.to(device=x.device, dtype=x.dtype)
+        if c.ndim == 1:
+            c = c.reshape(-1, *([1] * (x.ndim - 1)))
+    return c
+
+
+def convert_prediction(
+    out: torch.Tensor, src: str, dst: str, x: torch.Tensor, alpha: Any, sigma: Any
+) -> torch.Tensor:
+    """Convert a model output from parameterization ``src`` to ``dst`` (``eps`` or ``x0``).
+
+    With ``x = alpha x0 + sigma eps``: ``v = alpha eps - sigma x0`` (Salimans & Ho 2022, VP schedules) and
+    the flow velocity ``u = eps - x0`` (alpha = 1 - t, sigma = t).
+    """
+    if src == dst:
+        return out
+    a, s = _bcast(alpha, x), _bcast(sigma, x)
+    if src == "eps":
+        eps = out
+        x0 = (x - s * eps) / a
+    elif src == "x0":
+        x0 = out
+        eps = (x - a * x0) / s
+    elif src == "v":
+        x0 = a * x - s * out
+        eps = s * x + a * out
+    elif src == "flow":
+        x0 = x - s * out
+        eps = x + a * out
+    else:
+        raise bad_value("parameterization", src, PARAMETERIZATIONS)
+    if dst == "eps":
+        return eps
+    if dst == "x0":
+        return x0
+    raise bad_value("parameterization", dst, ("eps", "x0"))
+
+
+def _block_seed(seed: int, block: int) -> int:
+    h = hashlib.sha256(f"dpmbench-prior:{int(seed)}:{int(block)}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def prior_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0) -> torch.Tensor:
+    """Standard normal noise for samples ``start .. start + n - 1`` of stream ``seed`` (float64, CPU).
+
+    Sample i always gets the same values, however the samples are batched or sharded: the stream is cut
+    into blocks of ``PRIOR_BLOCK`` samples, each drawn from a generator seeded by (seed, block).
+    """
+    if n < 0 or start < 0:
+        raise DpmbenchError(f"invalid num_samples {n} / start {start}: must be >= 0")
+    out = torch.empty((n, *shape), dtype=torch.float64)
+    first, last = start // PRIOR_BLOCK, (start + n - 1) // PRIOR_BLOCK
+    pos = 0
+    for block in range(first, last + 1) if n else ():
+        gen = torch.Generator().manual_seed(_block_seed(seed, block))
+        z = torch.randn((PRIOR_BLOCK, *shape), generator=gen, dtype=torch.float64)
+        lo = max(start, block * PRIOR_BLOCK) - block * PRIOR_BLOCK
+        hi = min(start + n, (block + 1) * PRIOR_BLOCK) - block * PRIOR_BLOCK
+        out[pos : pos + hi - lo] = z[lo:hi]
+        pos += hi - lo
+    return out
+
+
+class Model(ABC):
+    """A diffusion model: native prediction ``forward`` + ``schedule`` + ``parameterization``."""
+
+    name: str = "model"
+    parameterization: str = "eps"
+    shape: tuple[int, ...] = ()
+    num_classes: int | None = None
+    schedule: NoiseSchedule
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """The network's native output at (x, t) given conditioning ``cond``."""
+
+    def predict(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any, kind: str) -> torch.Tensor:
+        """The prediction of type ``kind`` (``eps`` or ``x0``) at (x, t)."""
+        out = self.forward(x, t, cond)
+        if self.parameterization == kind:
+            return out
+        return convert_prediction(
+            out, self.parameterization, kind, x, self.schedule.alpha(t), self.schedule.sigma(t)
+        )
+
+    def eps(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """Noise prediction eps(x_t, t)."""
+        return self.predict(x, t, cond, "eps")
+
+    def x0(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """Data prediction x0(x_t, t)."""
+        return self.predict(x, t, cond, "x0")
+
+    def prior(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        start: int = 0,
+    ) -> torch.Tensor:
+        """x_T ~ N(0, prior_std^2 I) for samples ``start..start+num_samples-1`` of stream ``seed``."""
+        z = prior_noise(num_samples, self.shape, seed, start) * self.schedule.prior_std
+        return z.to(dtype=dtype, device=device)
+
+    def labels(self, num_samples: int, start: int = 0) -> torch.Tensor:
+        """Class labels for conditional sampling: sample i gets class i mod num_classes (balanced)."""
+        if not self.num_classes:
+            raise DpmbenchError(f"invalid guidance/cond for model {self.name!r}: it is unconditional")
+        return torch.arange(start, start + num_samples) % self.num_classes
+
+    def cache_key(self) -> str:
+        """Everything the model's predictions depend on, as a string."""
+        return f"{self.name}|{self.schedule.key()}"
+
+
+class Guided(Model):
+    """Classifier-free guidance: eps = eps(x, t) + w (eps(x, t | c) - eps(x, t)) (Ho & Salimans 2022, eq. 6).
+
+    One guided evaluation counts as one NFE (the papers' convention). ``w = 1`` is plain conditional
+    sampling.
+    """
+
+    parameterization = "eps"
+
+    def __init__(self, base: Model, scale: float):
+        self.base, self.scale = base, float(scale)
+        self.name, self.shape = base.name, base.shape
+        self.num_classes, self.schedule = base.num_classes, base.schedule
+
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
+        if cond is None:
+            raise DpmbenchError("invalid cond None: guided sampling needs class labels or prompts")
+        e_c = self.base.eps(x, t, cond)
+        if self.scale == 1.0:
+            return e_c
+        e_u = self.base.eps(x, t, None)
+        return e_u + self.scale * (e_c - e_u)
+
+    def exact_solution(self, x_T: torch.Tensor, t_end: float | None = None, **kwargs: Any) -> torch.Tensor:
+        """Exact solution of the guided probability-flow ODE (oracle base models only)."""
+        if not hasattr(self.base, "exact_solution"):
+            raise DpmbenchError(f"invalid model {self.name!r} for exact_solution: not an oracle model")
+        from dpmbench.models.exact import exact_solution
+
+        return exact_solution(self, x_T, t_end=t_end, **kwargs)
+
+    def cache_key(self) -> str:
+        return f"{self.base.cache_key()}|cfg={self.scale!r}"
+
+
+def guided(model: Model, scale: float | None) -> Model:
+    """Wrap ``model`` with classifier-free guidance of scale ``scale`` (None: no wrapper)."""
+    if scale is None:
+        return model
+    if not model.num_classes and not getattr(model, "text_conditional", False):
+        raise DpmbenchError(f"invalid guidance {scale} for model {model.name!r}: it is unconditional")
+    return Guided(model, scale)
+
+
+class NFECounter:
+    """Counts every evaluation a solver makes (``eps`` or ``x0``), with the condition bound once."""
+
+    def __init__(self, model: Model, cond: Any = None):
+        self.model, self.cond, self.count = model, cond, 0
+        self.schedule = model.schedule
+
+    def eps(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """Noise prediction (1 NFE)."""
+        self.count += 1
+        return self.model.eps(x, t, self.cond)
+
+    def x0(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """Data prediction (1 NFE)."""
+        self.count += 1
+        return self.model.x0(x, t, self.cond)
+
+    def predict(self, x: torch.Tensor, t: float | torch.Tensor, kind: str) -> torch.Tensor:
+        """Prediction of type ``kind`` (1 NFE)."""
+        self.count += 1
+        return self.model.predict(x, t, self.cond, kind)

@@ -1,0 +1,55 @@
+"""``sample``: run one solver with one NFE budget from given x_T; the NFE budget is enforced."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from dpmbench.errors import DpmbenchError
+from dpmbench.models.base import Model, NFECounter, guided
+from dpmbench.models.registry import load_model
+from dpmbench.solvers.base import Plan, Solver, get_solver
+
+
+def make_plan(
+    model: Model, solver: str | Solver, nfe: int, schedule: str | Sequence[float] | torch.Tensor = "logsnr",
+    t_start: float | None = None, t_end: float | None = None,
+) -> tuple[Solver, Plan]:
+    """Parse the solver, check the NFE budget and build its plan (time grid and step orders)."""
+    sol = get_solver(solver)
+    sol.check_nfe(nfe)
+    return sol, sol.plan(nfe, model.schedule, schedule, t_start, t_end)
+
+
+def sample(
+    model: Model | str,
+    solver: str | Solver,
+    nfe: int,
+    x_T: torch.Tensor,
+    schedule: str | Sequence[float] | torch.Tensor = "logsnr",
+    t_end: float | None = None,
+    guidance: float | None = None,
+    cond: Any = None,
+    t_start: float | None = None,
+) -> torch.Tensor:
+    """Sample from ``model`` with ``solver`` using exactly ``nfe`` model evaluations, starting at ``x_T``.
+
+    ``schedule`` is a timestep-schedule kind (``logsnr``, ``time-uniform``, ``time-quadratic``, ``karras``) or
+    an explicit decreasing sequence of times. ``guidance`` applies classifier-free guidance (needs ``cond``);
+    with ``cond`` and no guidance the model is sampled conditionally. The solver runs in ``x_T``'s dtype
+    and device.
+    """
+    if isinstance(model, str):
+        model = load_model(model)
+    if guidance is not None and cond is None:
+        raise DpmbenchError("invalid cond None: guidance needs class labels (cond)")
+    net = guided(model, guidance)
+    sol, plan = make_plan(net, solver, nfe, schedule, t_start, t_end)
+    counter = NFECounter(net, cond)
+    with torch.no_grad():
+        x = sol.solve(counter, x_T, plan)
+    if counter.count != nfe:  # an internal invariant: every solver must spend exactly its budget
+        raise RuntimeError(f"solver {sol.spec} used {counter.count} NFE for a budget of {nfe}")
+    return x

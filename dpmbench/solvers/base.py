@@ -1,0 +1,291 @@
+"""The solver core, written once: option parsing, the registry, time grids, the step loops and the
+multistep history. Solver families only write their update rules.
+
+A solver spec is ``NAME[:key=value,...]``, e.g. ``dpm-solver++:order=3,method=multistep``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from dpmbench.errors import DpmbenchError, bad_value
+from dpmbench.models.base import NFECounter
+from dpmbench.schedules import NoiseSchedule
+from dpmbench.timesteps import timesteps
+
+
+@dataclass(frozen=True)
+class Option:
+    """A solver option: its type, default, allowed values and a one-line description (with source)."""
+
+    type: type
+    default: Any
+    doc: str
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+
+    def parse(self, solver: str, key: str, raw: Any) -> Any:
+        """Convert and validate a value given as text or a Python object."""
+        allowed = self.describe()
+        try:
+            if self.type is bool:
+                if isinstance(raw, str):
+                    if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(raw)
+                    value: Any = raw.lower() in ("true", "1", "yes")
+                else:
+                    value = bool(raw)
+            elif self.type is int and isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            else:
+                value = self.type(raw)
+        except (TypeError, ValueError):
+            raise bad_value(f"option {key!r} of solver {solver!r}", raw, allowed) from None
+        if self.choices is not None and value not in self.choices:
+            raise bad_value(f"option {key!r} of solver {solver!r}", raw, allowed)
+        if self.minimum is not None and value < self.minimum:
+            raise bad_value(f"option {key!r} of solver {solver!r}", raw, allowed)
+        return value
+
+    def describe(self) -> str:
+        """Allowed values, as text."""
+        if self.choices is not None:
+            return ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
+        if self.type is bool:
+            return "true, false"
+        if self.minimum is not None:
+            return f"{self.type.__name__} >= {self.minimum}"
+        return self.type.__name__
+
+
+@dataclass(frozen=True)
+class Point:
+    """A time point with its schedule values, computed once in float64."""
+
+    t: float
+    lam: float
+    alpha: float
+    sigma: float
+
+    @classmethod
+    def at(cls, schedule: NoiseSchedule, t: float) -> Point:
+        """The point at time ``t``."""
+        return cls(float(t), schedule.lambda_(t), schedule.alpha(t), schedule.sigma(t))
+
+    @classmethod
+    def at_lambda(cls, schedule: NoiseSchedule, lam: float) -> Point:
+        """The point at half log-SNR ``lam``."""
+        return cls.at(schedule, schedule.t_of_lambda(lam))
+
+
+@dataclass
+class Plan:
+    """What a solver will do for one NFE budget: its time grid and the order of every step."""
+
+    points: list[Point]
+    orders: list[int]
+    nfe: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def times(self) -> torch.Tensor:
+        """The grid times as a float64 tensor."""
+        return torch.tensor([p.t for p in self.points], dtype=torch.float64)
+
+
+@dataclass
+class Record:
+    """One entry of the multistep history: a point and the model output there."""
+
+    point: Point
+    out: torch.Tensor
+
+
+class History:
+    """The last ``size`` model outputs of a multistep solver, newest last (``hist[-1]``)."""
+
+    def __init__(self, size: int):
+        self._items: deque[Record] = deque(maxlen=max(size, 1))
+
+    def push(self, point: Point, out: torch.Tensor) -> None:
+        """Append the newest output."""
+        self._items.append(Record(point, out))
+
+    def __getitem__(self, i: int) -> Record:
+        return self._items[i]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+SOLVERS: dict[str, type[Solver]] = {}
+
+
+def register(cls: type[Solver]) -> type[Solver]:
+    """Class decorator: register a solver under ``cls.name``."""
+    SOLVERS[cls.name] = cls
+    return cls
+
+
+class Solver:
+    """Base of all solvers. Subclasses set ``name``, ``source``, ``options`` and implement ``plan``/``solve``."""
+
+    name: ClassVar[str] = ""
+    source: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    options: ClassVar[dict[str, Option]] = {}
+
+    def __init__(self, **opts: Any):
+        unknown = set(opts) - set(self.options)
+        if unknown:
+            key = sorted(unknown)[0]
+            raise bad_value(f"option of solver {self.name!r}", key, sorted(self.options) or "none")
+        self.opts = {k: o.default for k, o in self.options.items()}
+        for k, v in opts.items():
+            self.opts[k] = self.options[k].parse(self.name, k, v)
+        self.validate()
+
+    def __getattr__(self, item: str) -> Any:
+        opts = self.__dict__.get("opts", {})
+        if item in opts:
+            return opts[item]
+        raise AttributeError(item)
+
+    def validate(self) -> None:
+        """Check option combinations (after parsing)."""
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec string: the name and every option that differs from its default."""
+        diff = [f"{k}={_fmt(v)}" for k, v in self.opts.items() if v != self.options[k].default]
+        return self.name + (":" + ",".join(diff) if diff else "")
+
+    def min_nfe(self) -> int:
+        """The smallest NFE budget this solver (with these options) accepts."""
+        return 1
+
+    def check_nfe(self, nfe: int) -> None:
+        """Raise a one-line error if ``nfe`` is too small for this solver."""
+        if not isinstance(nfe, int) or nfe < self.min_nfe():
+            raise DpmbenchError(f"invalid nfe {nfe!r} for solver {self.spec!r}: needs an integer >= {self.min_nfe()}")
+
+    def plan(
+        self, nfe: int, schedule: NoiseSchedule, kind: Any = "logsnr",
+        t_start: float | None = None, t_end: float | None = None,
+    ) -> Plan:
+        """Default plan: ``nfe`` steps of order 1 on the requested time grid."""
+        return self.uniform_plan(nfe, nfe, 1, schedule, kind, t_start, t_end)
+
+    def uniform_plan(
+        self, nfe: int, steps: int, order: int, schedule: NoiseSchedule, kind: Any,
+        t_start: float | None, t_end: float | None,
+    ) -> Plan:
+        """``steps`` steps of order ``order`` on the ``kind`` grid."""
+        ts = timesteps(kind, steps, schedule, t_start, t_end)
+        return Plan([Point.at(schedule, float(t)) for t in ts], [order] * steps, nfe)
+
+    def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """Integrate from ``plan.points[0]`` to ``plan.points[-1]``."""
+        raise NotImplementedError
+
+
+class SinglestepSolver(Solver):
+    """A one-step method: each step from s to t may evaluate the model several times."""
+
+    def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
+        """Advance x from point s to point t with a step of the given order."""
+        raise NotImplementedError
+
+    def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        for s, t, order in zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True):
+            x = self.step(model, x, s, t, order)
+        return x
+
+
+class MultistepSolver(Solver):
+    """A linear multistep method: one model evaluation per step, earlier outputs kept in a history.
+
+    Warm-up uses lower orders (step i has order <= i + 1); ``lower_order_final`` lowers the order of the
+    last steps (order <= steps left) when there are fewer than ``lower_order_final_below`` steps, as in
+    the official DPM-Solver code.
+    """
+
+    prediction: ClassVar[str] = "x0"
+    lower_order_final_below: ClassVar[int] = 10
+
+    def max_order(self) -> int:
+        """The order the method runs at once warmed up."""
+        return int(self.opts.get("order", 1))
+
+    def min_nfe(self) -> int:
+        return self.max_order()
+
+    def plan(self, nfe: int, schedule: NoiseSchedule, kind: Any = "logsnr",
+             t_start: float | None = None, t_end: float | None = None) -> Plan:
+        p = self.uniform_plan(nfe, nfe, self.max_order(), schedule, kind, t_start, t_end)
+        steps = len(p.orders)
+        low_final = self.opts.get("lower_order_final", False) and steps < self.lower_order_final_below
+        p.orders = [min(self.max_order(), i + 1, steps - i if low_final else steps) for i in range(steps)]
+        return p
+
+    def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
+        """The multistep update from the newest history point to t."""
+        raise NotImplementedError
+
+    def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        hist = History(self.max_order())
+        for s, t, order in zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True):
+            hist.push(s, model.predict(x, s.t, self.prediction))
+            x = self.update(x, hist, t, order)
+        return x
+
+
+def _fmt(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Split ``NAME[:key=value,...]`` into the name and the raw options."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise bad_value("solver", spec, list_solvers())
+    name, _, rest = spec.strip().partition(":")
+    opts: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise DpmbenchError(f"invalid solver spec {spec!r}: options must be key=value, got {item!r}")
+        if key.strip() in opts:
+            raise DpmbenchError(f"invalid solver spec {spec!r}: option {key.strip()!r} given twice")
+        opts[key.strip()] = value.strip()
+    return name.strip(), opts
+
+
+def list_solvers() -> list[str]:
+    """Registered solver names."""
+    _ensure_loaded()
+    return list(SOLVERS)
+
+
+def get_solver(spec: str | Solver, **overrides: Any) -> Solver:
+    """Build a solver from a spec string (``NAME[:key=value,...]``) or return it unchanged."""
+    if isinstance(spec, Solver):
+        return spec
+    _ensure_loaded()
+    name, opts = parse_spec(spec)
+    if name not in SOLVERS:
+        raise bad_value("solver", name, list(SOLVERS))
+    return SOLVERS[name](**opts, **overrides)
+
+
+def _ensure_loaded() -> None:
+    import dpmbench.solvers  # noqa: F401  (registers the built-in families)
+
+
+def expm1(x: float) -> float:
+    """math.expm1, named for the update rules."""
+    return math.expm1(x)

@@ -1,0 +1,23 @@
+"""DDIM (Song, Meng & Ermon 2021), deterministic (eta = 0)."""
+
+from __future__ import annotations
+
+import torch
+
+from dpmbench.models.base import NFECounter
+from dpmbench.solvers.base import Point, SinglestepSolver, register
+
+
+@register
+class DDIM(SinglestepSolver):
+    """Denoising diffusion implicit model sampler, eta = 0: one eps evaluation per step."""
+
+    name = "ddim"
+    summary = "DDIM, deterministic (eta=0); first order"
+    source = "Song, Meng & Ermon 2021, 'Denoising Diffusion Implicit Models', eq. (12) with sigma_t = 0"
+    options = {}
+
+    def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
+        eps = model.eps(x, s.t)
+        x0 = (x - s.sigma * eps) / s.alpha  # "predicted x_0", eq. (12)
+        return t.alpha * x0 + t.sigma * eps  # "direction pointing to x_t", eq. (12), eta = 0

@@ -1,0 +1,274 @@
+"""DPM-Solver (noise prediction) and DPM-Solver++ (data prediction), orders 1-3, single- and multistep.
+
+Both integrate the exact exponential-integrator form of the probability-flow ODE in lambda (half
+log-SNR), h = lambda_t - lambda_s:
+
+* DPM-Solver (Lu et al. 2022, NeurIPS), eq. (3.4):  x_t = (alpha_t/alpha_s) x_s - alpha_t int e^{-lambda} eps dlambda
+* DPM-Solver++ (Lu et al. 2022b), data-prediction form: x_t = (sigma_t/sigma_s) x_s + sigma_t int e^{lambda} x0 dlambda
+
+Defaults follow the official implementation (github.com/LuChengTHU/dpm-solver): DPM-Solver order 3
+singlestep, DPM-Solver++ order 2 multistep, solver_type ``dpmsolver``, singlestep intermediate points
+r1 = 1/2 (order 2) and r1 = 1/3, r2 = 2/3 (order 3), ``lower_order_final`` below 10 steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dpmbench.models.base import NFECounter
+from dpmbench.schedules import NoiseSchedule
+from dpmbench.solvers.base import (
+    History,
+    MultistepSolver,
+    Option,
+    Plan,
+    Point,
+    SinglestepSolver,
+    expm1,
+    register,
+)
+from dpmbench.timesteps import timesteps
+
+
+def singlestep_orders(nfe: int, order: int) -> list[int]:
+    """Per-step orders of the official singlestep ("fast") DPM-Solver for an NFE budget (App. D.1)."""
+    if order == 3:
+        k = nfe // 3 + 1
+        if nfe % 3 == 0:
+            return [3] * (k - 2) + [2, 1]
+        if nfe % 3 == 1:
+            return [3] * (k - 1) + [1]
+        return [3] * (k - 1) + [2]
+    if order == 2:
+        return [2] * (nfe // 2) + [1] * (nfe % 2)
+    return [1] * nfe
+
+
+def _options(order: int, method: str) -> dict[str, Option]:
+    return {
+        "order": Option(int, order, "solver order", choices=(1, 2, 3)),
+        "method": Option(str, method, "singlestep (Alg. 1 style) or multistep (Alg. 2 style)",
+                         choices=("singlestep", "multistep")),
+        "solver_type": Option(str, "dpmsolver", "2nd/3rd-order variant: 'dpmsolver' (the papers' r-weighted "
+                              "differences) or 'taylor' (Taylor-expansion coefficients)",
+                              choices=("dpmsolver", "taylor")),
+        "lower_order_final": Option(bool, True, "lower the order of the final multistep steps when there are "
+                                    "fewer than 10 steps (official code)"),
+        "order3_rule": Option(str, "official", "third-order multistep update: 'official' (official code and "
+                              "diffusers; its second-difference term has half the Taylor coefficient, so its "
+                              "global order is 2) or 'taylor' (Taylor-consistent coefficient, global order 3)",
+                              choices=("official", "taylor")),
+    }
+
+
+class _ExponentialIntegrator(MultistepSolver):
+    """Shared planning and dispatch of the DPM-Solver family; subclasses hold the update rules."""
+
+    R2 = (0.5,)  # singlestep intermediate points (fractions of h), order 2
+    R3 = (1.0 / 3.0, 2.0 / 3.0)  # order 3
+
+    def min_nfe(self) -> int:
+        return self.order
+
+    def plan(self, nfe: int, schedule: NoiseSchedule, kind: Any = "logsnr",
+             t_start: float | None = None, t_end: float | None = None) -> Plan:
+        if self.method == "multistep":
+            return super().plan(nfe, schedule, kind, t_start, t_end)
+        orders = singlestep_orders(nfe, self.order)
+        if kind == "logsnr":  # outer steps uniform in lambda (official code)
+            ts = timesteps(kind, len(orders), schedule, t_start, t_end)
+        else:  # the NFE-step grid, taken at the outer points
+            full = timesteps(kind, nfe, schedule, t_start, t_end)
+            ends = [0]
+            for o in orders:
+                ends.append(ends[-1] + o)
+            ts = full[ends]
+        return Plan([Point.at(schedule, float(t)) for t in ts], orders, nfe)
+
+    def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        if self.method == "multistep":
+            return super().solve(model, x, plan)
+        return SinglestepSolver.solve(self, model, x, plan)  # type: ignore[arg-type]
+
+    def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
+        """One singlestep update of the given order."""
+        sch = model.schedule
+        m_s = model.predict(x, s.t, self.prediction)
+        if order == 1:
+            return self.first_order(x, m_s, s, t)
+        h = t.lam - s.lam
+        if order == 2:
+            (r1,) = self.R2
+            s1 = Point.at_lambda(sch, s.lam + r1 * h)
+            return self.singlestep_second(model, x, m_s, s, s1, t, r1)
+        r1, r2 = self.R3
+        s1, s2 = Point.at_lambda(sch, s.lam + r1 * h), Point.at_lambda(sch, s.lam + r2 * h)
+        return self.singlestep_third(model, x, m_s, s, s1, s2, t, r1, r2)
+
+    def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
+        if order == 1:
+            return self.first_order(x, hist[-1].out, hist[-1].point, t)
+        if order == 2:
+            return self.multistep_second(x, hist, t)
+        return self.multistep_third(x, hist, t)
+
+    # update rules, written per family below
+    def first_order(self, x: torch.Tensor, m_s: torch.Tensor, s: Point, t: Point) -> torch.Tensor:
+        raise NotImplementedError
+
+    def singlestep_second(self, model: NFECounter, x: torch.Tensor, m_s: torch.Tensor, s: Point, s1: Point,
+                          t: Point, r1: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def singlestep_third(self, model: NFECounter, x: torch.Tensor, m_s: torch.Tensor, s: Point, s1: Point,
+                         s2: Point, t: Point, r1: float, r2: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def multistep_second(self, x: torch.Tensor, hist: History, t: Point) -> torch.Tensor:
+        raise NotImplementedError
+
+    def multistep_third(self, x: torch.Tensor, hist: History, t: Point) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _second_difference_coefficient(self) -> float:
+        """Weight of the D2 term of the 3rd-order multistep update.
+
+        With D2 = (D1_0 - D1_1) / (r0 + r1) ~ h^2 m''/2, the Taylor expansion of the exponential integral asks
+        for h^2 phi_3 m'' = 2 phi_3 D2 ('taylor'); the official code uses phi_3 D2 ('official'), which leaves an
+        O(h^3) local error and makes the method globally second order (measured in tests/test_convergence.py).
+        """
+        return 2.0 if self.order3_rule == "taylor" else 1.0
+
+    @staticmethod
+    def _divided_differences(hist: History, t: Point, order: int) -> tuple[float, ...]:
+        """Step ratios r_k = h_{k} / h of the multistep history (official code's r0, r1)."""
+        h = t.lam - hist[-1].point.lam
+        rs = []
+        for k in range(1, order):
+            rs.append((hist[-k].point.lam - hist[-k - 1].point.lam) / h)
+        return (h, *rs)
+
+
+@register
+class DPMSolver(_ExponentialIntegrator):
+    """DPM-Solver with noise prediction eps."""
+
+    name = "dpm-solver"
+    summary = "DPM-Solver (noise prediction), orders 1-3, singlestep or multistep"
+    source = "Lu et al. 2022, 'DPM-Solver', eq. (3.7) (order 1), Alg. 1 (DPM-Solver-2), Alg. 2 (DPM-Solver-3)"
+    prediction = "eps"
+    options = _options(3, "singlestep")
+
+    def first_order(self, x: torch.Tensor, m_s: torch.Tensor, s: Point, t: Point) -> torch.Tensor:
+        h = t.lam - s.lam
+        return (t.alpha / s.alpha) * x - t.sigma * expm1(h) * m_s  # DPM-Solver-1, eq. (3.7)
+
+    def singlestep_second(self, model, x, m_s, s, s1, t, r1):  # type: ignore[no-untyped-def]
+        h = t.lam - s.lam
+        u = (s1.alpha / s.alpha) * x - s1.sigma * expm1(r1 * h) * m_s  # Alg. 1, u_i
+        d = model.eps(u, s1.t) - m_s
+        if self.solver_type == "dpmsolver":
+            return (t.alpha / s.alpha) * x - t.sigma * expm1(h) * m_s - (0.5 / r1) * t.sigma * expm1(h) * d
+        return (t.alpha / s.alpha) * x - t.sigma * expm1(h) * m_s - (1.0 / r1) * t.sigma * (expm1(h) / h - 1.0) * d
+
+    def singlestep_third(self, model, x, m_s, s, s1, s2, t, r1, r2):  # type: ignore[no-untyped-def]
+        h = t.lam - s.lam
+        phi_1, phi_11, phi_12 = expm1(h), expm1(r1 * h), expm1(r2 * h)
+        phi_22 = expm1(r2 * h) / (r2 * h) - 1.0
+        phi_2 = phi_1 / h - 1.0
+        u1 = (s1.alpha / s.alpha) * x - s1.sigma * phi_11 * m_s  # Alg. 2, u_{2i-1}
+        d1 = model.eps(u1, s1.t) - m_s
+        u2 = (s2.alpha / s.alpha) * x - s2.sigma * phi_12 * m_s - (r2 / r1) * s2.sigma * phi_22 * d1  # u_{2i}
+        d2 = model.eps(u2, s2.t) - m_s
+        if self.solver_type == "dpmsolver":
+            return (t.alpha / s.alpha) * x - t.sigma * phi_1 * m_s - (1.0 / r2) * t.sigma * phi_2 * d2  # x_{t_i}
+        phi_3 = phi_2 / h - 0.5
+        dd1 = (r2 * d1 / r1 - r1 * d2 / r2) / (r2 - r1)
+        dd2 = 2.0 * (d2 / r2 - d1 / r1) / (r2 - r1)
+        return (t.alpha / s.alpha) * x - t.sigma * phi_1 * m_s - t.sigma * phi_2 * dd1 - t.sigma * phi_3 * dd2
+
+    def multistep_second(self, x: torch.Tensor, hist: History, t: Point) -> torch.Tensor:
+        h, r0 = self._divided_differences(hist, t, 2)
+        s, m0, m1 = hist[-1].point, hist[-1].out, hist[-2].out
+        d1 = (m0 - m1) / r0
+        phi_1 = expm1(h)
+        if self.solver_type == "dpmsolver":
+            return (t.alpha / s.alpha) * x - t.sigma * phi_1 * m0 - 0.5 * t.sigma * phi_1 * d1
+        return (t.alpha / s.alpha) * x - t.sigma * phi_1 * m0 - t.sigma * (phi_1 / h - 1.0) * d1
+
+    def multistep_third(self, x: torch.Tensor, hist: History, t: Point) -> torch.Tensor:
+        h, r0, r1 = self._divided_differences(hist, t, 3)
+        s, m0, m1, m2 = hist[-1].point, hist[-1].out, hist[-2].out, hist[-3].out
+        d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        phi_1 = expm1(h)
+        phi_2 = phi_1 / h - 1.0
+        phi_3 = phi_2 / h - 0.5
+        c2 = self._second_difference_coefficient()
+        return (t.alpha / s.alpha) * x - t.sigma * phi_1 * m0 - t.sigma * phi_2 * d1 - c2 * t.sigma * phi_3 * d2
+
+
+@register
+class DPMSolverPP(_ExponentialIntegrator):
+    """DPM-Solver++ with data prediction x0."""
+
+    name = "dpm-solver++"
+    summary = "DPM-Solver++ (data prediction): 2S, 2M, 3M (and 1, 3S)"
+    source = ("Lu et al. 2022b, 'DPM-Solver++', first-order update (DDIM in data form), Alg. 1 (2S), Alg. 2 (2M); "
+              "3M as the official code's third-order multistep update")
+    prediction = "x0"
+    options = _options(2, "multistep")
+
+    def first_order(self, x: torch.Tensor, m_s: torch.Tensor, s: Point, t: Point) -> torch.Tensor:
+        h = t.lam - s.lam
+        return (t.sigma / s.sigma) * x - t.alpha * expm1(-h) * m_s  # DPM-Solver++ first-order update (= DDIM)
+
+    def singlestep_second(self, model, x, m_s, s, s1, t, r1):  # type: ignore[no-untyped-def]
+        h = t.lam - s.lam
+        phi_1 = expm1(-h)
+        u = (s1.sigma / s.sigma) * x - s1.alpha * expm1(-r1 * h) * m_s  # Alg. 1, u_i
+        d = model.x0(u, s1.t) - m_s
+        if self.solver_type == "dpmsolver":  # Alg. 1, D_i = (1 - 1/(2r)) x0_s + 1/(2r) x0_s1
+            return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m_s - (0.5 / r1) * t.alpha * phi_1 * d
+        return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m_s + (1.0 / r1) * t.alpha * (phi_1 / h + 1.0) * d
+
+    def singlestep_third(self, model, x, m_s, s, s1, s2, t, r1, r2):  # type: ignore[no-untyped-def]
+        h = t.lam - s.lam
+        phi_1, phi_11, phi_12 = expm1(-h), expm1(-r1 * h), expm1(-r2 * h)
+        phi_22 = expm1(-r2 * h) / (r2 * h) + 1.0
+        phi_2 = phi_1 / h + 1.0
+        u1 = (s1.sigma / s.sigma) * x - s1.alpha * phi_11 * m_s
+        d1 = model.x0(u1, s1.t) - m_s
+        u2 = (s2.sigma / s.sigma) * x - s2.alpha * phi_12 * m_s + (r2 / r1) * s2.alpha * phi_22 * d1
+        d2 = model.x0(u2, s2.t) - m_s
+        if self.solver_type == "dpmsolver":
+            return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m_s + (1.0 / r2) * t.alpha * phi_2 * d2
+        phi_3 = phi_2 / h - 0.5
+        dd1 = (r2 * d1 / r1 - r1 * d2 / r2) / (r2 - r1)
+        dd2 = 2.0 * (d2 / r2 - d1 / r1) / (r2 - r1)
+        return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m_s + t.alpha * phi_2 * dd1 - t.alpha * phi_3 * dd2
+
+    def multistep_second(self, x: torch.Tensor, hist: History, t: Point) -> torch.Tensor:
+        h, r0 = self._divided_differences(hist, t, 2)
+        s, m0, m1 = hist[-1].point, hist[-1].out, hist[-2].out
+        d1 = (m0 - m1) / r0  # Alg. 2: D_i = (1 + 1/(2r)) x0_{i-1} - 1/(2r) x0_{i-2}
+        phi_1 = expm1(-h)
+        if self.solver_type == "dpmsolver":
+            return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m0 - 0.5 * t.alpha * phi_1 * d1
+        return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m0 + t.alpha * (phi_1 / h + 1.0) * d1
+
+    def multistep_third(self, x: torch.Tensor, hist: History, t: Point) -> torch.Tensor:
+        h, r0, r1 = self._divided_differences(hist, t, 3)
+        s, m0, m1, m2 = hist[-1].point, hist[-1].out, hist[-2].out, hist[-3].out
+        d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        phi_1 = expm1(-h)
+        phi_2 = phi_1 / h + 1.0
+        phi_3 = phi_2 / h - 0.5
+        c2 = self._second_difference_coefficient()
+        return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m0 + t.alpha * phi_2 * d1 - c2 * t.alpha * phi_3 * d2
+

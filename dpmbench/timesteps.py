@@ -1,0 +1,86 @@
+"""Timestep schedules: where a sampler evaluates between t_start (noise) and t_end (data).
+
+``timesteps(kind, steps, schedule, t_start, t_end)`` returns ``steps + 1`` decreasing float64 times,
+first ``t_start``, last ``t_end``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from dpmbench.errors import DpmbenchError, bad_value
+from dpmbench.schedules import NoiseSchedule
+
+KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 and Table 1
+
+
+def _time_uniform(steps: int, sch: NoiseSchedule, t0: float, t1: float) -> torch.Tensor:
+    return torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
+
+
+def _logsnr(steps: int, sch: NoiseSchedule, t0: float, t1: float) -> torch.Tensor:
+    # Uniform in lambda (DPM-Solver, Lu et al. 2022, Sec. 3.3 "logSNR").
+    lam = torch.linspace(sch.lambda_(t0), sch.lambda_(t1), steps + 1, dtype=torch.float64)
+    return sch.t_of_lambda(lam)
+
+
+def _time_quadratic(steps: int, sch: NoiseSchedule, t0: float, t1: float) -> torch.Tensor:
+    # Uniform in sqrt(t) (DDIM, Song et al. 2021, App. D.2; DPM-Solver's "time_quadratic").
+    return torch.linspace(math.sqrt(t0), math.sqrt(t1), steps + 1, dtype=torch.float64) ** 2
+
+
+def _karras(steps: int, sch: NoiseSchedule, t0: float, t1: float) -> torch.Tensor:
+    # Karras et al. 2022, eq. 5, rho = 7, applied to the scale-free noise level sigma/alpha = e^{-lambda}.
+    s_max, s_min = math.exp(-sch.lambda_(t0)), math.exp(-sch.lambda_(t1))
+    ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    inv = 1.0 / KARRAS_RHO
+    sig = (s_max**inv + ramp * (s_min**inv - s_max**inv)) ** KARRAS_RHO
+    t = sch.t_of_lambda(-torch.log(sig))
+    t[0], t[-1] = t0, t1  # exact end points, free of round-off of the inverse
+    return t
+
+
+TIMESTEP_SCHEDULES: dict[str, Callable[[int, NoiseSchedule, float, float], torch.Tensor]] = {
+    "time-uniform": _time_uniform,
+    "logsnr": _logsnr,
+    "time-quadratic": _time_quadratic,
+    "karras": _karras,
+}
+ALL_KINDS = [*TIMESTEP_SCHEDULES, "custom"]
+
+
+def timesteps(
+    kind: str | Sequence[float] | torch.Tensor,
+    steps: int,
+    schedule: NoiseSchedule,
+    t_start: float | None = None,
+    t_end: float | None = None,
+) -> torch.Tensor:
+    """``steps + 1`` decreasing times from ``t_start`` (default ``schedule.T``) to ``t_end``.
+
+    ``kind`` is a schedule name, or an explicit sequence of times (``custom``), which must hold exactly
+    ``steps + 1`` strictly decreasing values.
+    """
+    if not isinstance(kind, str):
+        t = torch.as_tensor(kind, dtype=torch.float64).flatten()
+        if len(t) != steps + 1:
+            raise DpmbenchError(f"invalid custom timesteps: need {steps + 1} times for {steps} steps, got {len(t)}")
+        if not bool((t[1:] < t[:-1]).all()):
+            raise DpmbenchError("invalid custom timesteps: times must be strictly decreasing")
+        return t
+    if kind not in TIMESTEP_SCHEDULES:
+        raise bad_value("schedule", kind, ALL_KINDS)
+    t0 = float(schedule.T if t_start is None else t_start)
+    t1 = float(schedule.t_end_default if t_end is None else t_end)
+    if not t1 < t0:
+        raise DpmbenchError(f"invalid t_end {t1}: must be smaller than t_start {t0}")
+    if steps < 1:
+        raise DpmbenchError(f"invalid steps {steps}: must be >= 1")
+    if kind in ("logsnr", "karras") and not math.isfinite(schedule.lambda_(t0)):
+        raise DpmbenchError(f"invalid t_start {t0} for schedule {kind}: log-SNR is infinite there")
+    t = TIMESTEP_SCHEDULES[kind](steps, schedule, t0, t1)
+    t[0], t[-1] = t0, t1
+    return t

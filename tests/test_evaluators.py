@@ -1,0 +1,75 @@
+"""Metrics: Frechet distance in closed form, oracle metrics, paired bootstrap CIs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dpmbench.errors import DpmbenchError
+from evaluators import evaluate, list_metrics
+from evaluators.bootstrap import bootstrap_ci, bootstrap_indices
+from evaluators.frechet import frechet_distance, moments
+
+
+def test_frechet_closed_form_gaussians() -> None:
+    rng = np.random.default_rng(0)
+    d = 5
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    # commuting (diagonal) covariances: tr(S1 + S2 - 2 sqrt(S1 S2)) = sum (sqrt(a) - sqrt(b))^2
+    a, b = rng.uniform(0.1, 2, d), rng.uniform(0.1, 2, d)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, abs=1e-6)
+    # general: scalar case sqrt((s1 - s2)^2) and 1-D
+    assert frechet_distance([1.0], [[4.0]], [0.0], [[9.0]]) == pytest.approx(1 + (2 - 3) ** 2, abs=1e-12)
+
+
+def test_frechet_symmetric_zero_and_psd_safe() -> None:
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(400, 6)), rng.normal(size=(300, 6)) * 1.3 + 0.2
+    m1, s1 = moments(x)
+    m2, s2 = moments(y)
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(frechet_distance(m2, s2, m1, s1), rel=1e-10)
+    assert frechet_distance(m1, s1, m1, s1) == pytest.approx(0.0, abs=1e-9)
+    # near-singular and singular covariances (rank 2 in 50-D): finite, real, non-negative
+    low = rng.normal(size=(1000, 2)) @ rng.normal(size=(2, 50))
+    ml, sl = moments(low)
+    sl_neg = sl - 1e-12 * np.eye(50)  # tiny negative eigenvalues from round-off
+    v = frechet_distance(ml, sl_neg, ml + 1e-3, sl)
+    assert np.isfinite(v) and isinstance(v, float) and v == pytest.approx(50 * 1e-6, rel=1e-2, abs=1e-6)
+
+
+def test_bootstrap_is_paired_and_covers() -> None:
+    assert np.array_equal(bootstrap_indices(100, 50, 0), bootstrap_indices(100, 50, 0))
+    x = np.random.default_rng(2).normal(size=500)
+    lo, hi = bootstrap_ci(lambda idx: float(x.mean() if idx is None else x[idx].mean()), 500, 300)
+    assert lo < x.mean() < hi and hi - lo == pytest.approx(2 * 1.96 * x.std() / np.sqrt(500), rel=0.25)
+
+
+def test_evaluate_metrics_and_divergence() -> None:
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(200, 2))
+    x = ref + 0.01 * rng.normal(size=(200, 2))
+    meta = {"model": "gmm-2d", "guidance": None}
+    values, ci, info = evaluate(["rmse_exact", "fd_true"], x, meta, ref)
+    assert values["rmse_exact"] == pytest.approx(0.01, rel=0.15)
+    assert ci["rmse_exact"][0] <= values["rmse_exact"] <= ci["rmse_exact"][1]
+    assert info["status"] == "ok" and info["fd_target"].startswith("data distribution")
+    x[5, 1] = np.nan
+    values, _, info = evaluate(["rmse_exact"], x, meta, ref)
+    assert info["status"] == "diverged" and values["rmse_exact"] is None
+    with pytest.raises(DpmbenchError, match="needs --reference"):
+        evaluate(["rmse_exact"], ref, meta, None)
+    with pytest.raises(DpmbenchError, match="invalid metric 'fid'; allowed: rmse_exact, fd_true"):
+        evaluate(["fid"], ref, meta, None)
+    assert list_metrics() == ["rmse_exact", "fd_true"]
+
+
+def test_fd_true_uses_analytic_target_for_oracles() -> None:
+    from dpmbench import load_model
+
+    model = load_model("gmm-2d")
+    mu, cov = model.data_moments()
+    rng = np.random.default_rng(4)
+    x = rng.multivariate_normal(mu.numpy(), cov.numpy(), size=20000)
+    values, _, _ = evaluate(["fd_true"], x, {"model": "gmm-2d", "guidance": None}, None, bootstraps=0)
+    assert values["fd_true"] < 2e-3  # only the finite-sample error of the moments

@@ -1,0 +1,135 @@
+"""Solver core: specs and options, NFE accounting over the default grid, consistency between solvers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from dpmbench import load_model, sample
+from dpmbench.errors import DpmbenchError
+from dpmbench.models.base import Model
+from dpmbench.solvers import get_solver, list_solvers, parse_spec
+from dpmbench.solvers.dpm_solver import singlestep_orders
+
+DEFAULT = yaml.safe_load((Path(__file__).parents[1] / "config" / "default.yaml").read_text())
+
+
+class CountingModel(Model):
+    """Counts network calls independently of dpmbench's NFE counter."""
+
+    def __init__(self, base: Model):
+        self.base, self.calls = base, 0
+        self.name, self.shape, self.num_classes = base.name, base.shape, base.num_classes
+        self.schedule, self.parameterization = base.schedule, base.parameterization
+
+    def forward(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
+        self.calls += 1
+        return self.base.forward(x, t, cond)
+
+
+@pytest.mark.parametrize("spec", DEFAULT["solvers"])
+@pytest.mark.parametrize("nfe", DEFAULT["nfe"])
+def test_every_solver_uses_exactly_its_nfe(spec: str, nfe: int) -> None:
+    base = load_model("gmm-2d")
+    x_T = base.prior(4, seed=0)
+    model = CountingModel(base)
+    out = sample(model, spec, nfe, x_T)
+    assert model.calls == nfe and out.shape == x_T.shape and bool(torch.isfinite(out).all())
+    # guided: one guided evaluation = 1 NFE, made of a conditional and an unconditional call
+    model = CountingModel(base)
+    sample(model, spec, nfe, x_T, guidance=7.5, cond=base.labels(4))
+    assert model.calls == 2 * nfe
+
+
+@pytest.mark.parametrize("nfe", range(1, 25))
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_singlestep_orders_sum_to_nfe(nfe: int, order: int) -> None:
+    orders = singlestep_orders(nfe, order)
+    assert sum(orders) == nfe and max(orders) <= order
+    if order == 3 and nfe % 3 == 0:
+        assert orders[-2:] == [2, 1]  # the official plan
+
+
+def test_spec_parsing_and_canonical_names() -> None:
+    expected = ("dpm-solver++", {"order": "3", "method": "multistep"})
+    assert parse_spec("dpm-solver++:order=3, method=multistep") == expected
+    s = get_solver("dpm-solver++:order=3,lower_order_final=false")
+    assert s.order == 3 and s.lower_order_final is False and s.method == "multistep"
+    assert s.spec == "dpm-solver++:order=3,lower_order_final=false"
+    assert get_solver("dpm-solver++:order=2").spec == "dpm-solver++"
+    assert {"ddim", "euler", "heun", "dpm-solver", "dpm-solver++"} <= set(list_solvers())
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("dpm-solvr", "invalid solver 'dpm-solvr'; allowed: ddim, "),
+    ("dpm-solver++:order=4", "invalid option 'order' of solver 'dpm-solver++' '4'; allowed: 1, 2, 3"),
+    ("dpm-solver++:steps=4", "invalid option of solver 'dpm-solver++' 'steps'; allowed: "),
+    ("dpm-solver++:order", "options must be key=value"),
+    ("dpm-solver++:method=fast", "allowed: singlestep, multistep"),
+    ("dpm-solver++:lower_order_final=maybe", "allowed: true, false"),
+    ("ddim:eta=0.5", "invalid option of solver 'ddim' 'eta'; allowed: none"),
+])
+def test_bad_specs_give_one_line_errors(spec: str, message: str) -> None:
+    with pytest.raises(DpmbenchError) as err:
+        get_solver(spec)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("spec", "nfe"), [("dpm-solver:order=3", 2), ("dpm-solver++:order=3", 2), ("heun", 1),
+                                           ("ddim", 0)])
+def test_too_small_nfe(spec: str, nfe: int) -> None:
+    m = load_model("gmm-2d")
+    with pytest.raises(DpmbenchError, match=f"invalid nfe {nfe} for solver"):
+        sample(m, spec, nfe, m.prior(2))
+
+
+def test_first_order_solvers_coincide() -> None:
+    """DDIM, Euler on the scale-free ODE, DPM-Solver-1 and DPM-Solver++-1 are the same method."""
+    m = load_model("gmm-digits")
+    x_T = m.prior(16, seed=1, dtype=torch.float64)
+    ref = sample(m, "ddim", 7, x_T)
+    for spec in ["euler", "dpm-solver:order=1", "dpm-solver++:order=1", "dpm-solver++:order=1,method=singlestep"]:
+        torch.testing.assert_close(sample(m, spec, 7, x_T), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_deterministic_and_batch_independent() -> None:
+    m = load_model("gmm-digits")
+    x_T = m.prior(64, seed=3)
+    a = sample(m, "dpm-solver++:order=3", 10, x_T)
+    b = sample(m, "dpm-solver++:order=3", 10, x_T)
+    c = torch.cat([sample(m, "dpm-solver++:order=3", 10, x_T[i : i + 16]) for i in range(0, 64, 16)])
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert a.dtype == torch.float32
+
+
+def test_time_grid_plans() -> None:
+    m = load_model("gmm-2d")
+    s = get_solver("dpm-solver:order=3")
+    plan = s.plan(10, m.schedule, "logsnr", None, 1e-3)
+    assert plan.orders == [3, 3, 3, 1] and len(plan.points) == 5
+    lam = [p.lam for p in plan.points]
+    assert max(lam[i + 1] - lam[i] for i in range(4)) - min(lam[i + 1] - lam[i] for i in range(4)) < 1e-9
+    plan_u = s.plan(10, m.schedule, "time-uniform", None, 1e-3)  # the 10-step grid taken at the outer points
+    assert [round(p.t, 6) for p in plan_u.points] == [1.0, round(1 - 3 * 0.0999, 6), round(1 - 6 * 0.0999, 6),
+                                                      round(1 - 9 * 0.0999, 6), 0.001]
+    heun = get_solver("heun").plan(7, m.schedule)
+    assert heun.orders == [2, 2, 2, 1] and len(heun.points) == 5
+    ms = get_solver("dpm-solver++:order=3").plan(6, m.schedule)
+    assert ms.orders == [1, 2, 3, 3, 2, 1]  # warm-up, then lower_order_final (< 10 steps)
+    assert get_solver("dpm-solver++:order=3").plan(12, m.schedule).orders[-1] == 3
+
+
+def test_custom_times_are_used_exactly() -> None:
+    m = load_model("gmm-2d")
+    times = [1.0, 0.6, 0.2, 0.05, 0.001]
+    x = m.prior(4, seed=0, dtype=torch.float64)
+    manual = x
+    for s, t in zip(times[:-1], times[1:], strict=True):
+        eps = m.eps(manual, s)
+        x0 = (manual - m.schedule.sigma(s) * eps) / m.schedule.alpha(s)
+        manual = m.schedule.alpha(t) * x0 + m.schedule.sigma(t) * eps
+    torch.testing.assert_close(sample(m, "ddim", 4, x, schedule=times), manual)
