@@ -197,7 +197,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
             x_T = model.prior(hi - lo, seed=args.seed, dtype=dtype, device=device, start=lo)
             cond = None if args.guidance is None else model.labels(hi - lo, start=lo).to(device)
             chunks.append(sample(model, sol, nfe, x_T, schedule=args.schedule, t_end=t_end,
-                                 guidance=args.guidance, cond=cond).cpu())
+                                 guidance=args.guidance, cond=cond, seed=args.seed, start=lo).cpu())
         x = torch.cat(chunks)
         wall = time.perf_counter() - start
         save_npz(args.out.replace("{nfe}", str(nfe)), x=x.to(torch.float32).numpy(), nfe=nfe,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.models.base import Model, NFECounter, guided
+from dpmbench.models.base import Model, NFECounter, NoiseSource, guided
 from dpmbench.models.registry import load_model
 from dpmbench.solvers.base import Plan, Solver, get_solver
 
@@ -19,8 +19,7 @@ def make_plan(
 ) -> tuple[Solver, Plan]:
     """Parse the solver, check the NFE budget and build its plan (time grid and step orders)."""
     sol = get_solver(solver)
-    sol.check_nfe(nfe)
-    return sol, sol.plan(nfe, model.schedule, schedule, t_start, t_end)
+    return sol, sol.make_plan(nfe, model.schedule, schedule, t_start, t_end)
 
 
 def sample(
@@ -33,13 +32,16 @@ def sample(
     guidance: float | None = None,
     cond: Any = None,
     t_start: float | None = None,
+    seed: int = 0,
+    start: int = 0,
 ) -> torch.Tensor:
     """Sample from ``model`` with ``solver`` using exactly ``nfe`` model evaluations, starting at ``x_T``.
 
     ``schedule`` is a timestep-schedule kind (``logsnr``, ``time-uniform``, ``time-quadratic``, ``karras``) or
     an explicit decreasing sequence of times. ``guidance`` applies classifier-free guidance (needs ``cond``);
     with ``cond`` and no guidance the model is sampled conditionally. The solver runs in ``x_T``'s dtype
-    and device.
+    and device. Stochastic solvers draw the noise of step k for sample ``start + i`` from (``seed``, k), so
+    results do not depend on batching.
     """
     if isinstance(model, str):
         model = load_model(model)
@@ -47,9 +49,9 @@ def sample(
         raise DpmbenchError("invalid cond None: guidance needs class labels (cond)")
     net = guided(model, guidance)
     sol, plan = make_plan(net, solver, nfe, schedule, t_start, t_end)
-    counter = NFECounter(net, cond)
+    counter = NFECounter(net, cond, NoiseSource(seed, start, x_T) if sol.stochastic else None)
     with torch.no_grad():
-        x = sol.solve(counter, x_T, plan)
+        x = sol.run(counter, x_T, plan)
     if counter.count != nfe:  # an internal invariant: every solver must spend exactly its budget
         raise RuntimeError(f"solver {sol.spec} used {counter.count} NFE for a budget of {nfe}")
     return x

@@ -71,7 +71,7 @@ def test_spec_parsing_and_canonical_names() -> None:
     ("dpm-solver++:order", "options must be key=value"),
     ("dpm-solver++:method=fast", "allowed: singlestep, multistep"),
     ("dpm-solver++:lower_order_final=maybe", "allowed: true, false"),
-    ("ddim:eta=0.5", "invalid option of solver 'ddim' 'eta'; allowed: none"),
+    ("ddim:eta=0.5", "invalid option of solver 'ddim' 'eta'; allowed: denoise_to_zero, sample_max_value"),
 ])
 def test_bad_specs_give_one_line_errors(spec: str, message: str) -> None:
     with pytest.raises(DpmbenchError) as err:
@@ -133,3 +133,36 @@ def test_custom_times_are_used_exactly() -> None:
         x0 = (manual - m.schedule.sigma(s) * eps) / m.schedule.alpha(s)
         manual = m.schedule.alpha(t) * x0 + m.schedule.sigma(t) * eps
     torch.testing.assert_close(sample(m, "ddim", 4, x, schedule=times), manual)
+
+
+def test_dynamic_thresholding() -> None:
+    from dpmbench.solvers.base import dynamic_threshold
+
+    x0 = torch.tensor([[0.5, -0.2, 0.1, 0.3], [3.0, -2.0, 0.5, 1.0]], dtype=torch.float64)
+    out = dynamic_threshold(x0, 1.0, float("inf"))  # s = max |x0| per sample, at least 1
+    torch.testing.assert_close(out[0], x0[0])
+    torch.testing.assert_close(out[1], x0[1] / 3.0)
+    capped = dynamic_threshold(x0, 1.0, 2.0)  # s capped at 2: clip to [-2, 2], then / 2
+    torch.testing.assert_close(capped[1], torch.tensor([1.0, -1.0, 0.25, 0.5], dtype=torch.float64))
+
+
+def test_thresholding_and_denoise_to_zero() -> None:
+    m = load_model("gmm-digits")
+    x_T, c = m.prior(32, seed=0), m.labels(32)
+    counting = CountingModel(m)
+    out = sample(counting, "dpm-solver++:thresholding=true,denoise_to_zero=true", 8, x_T, guidance=8.0, cond=c)
+    assert counting.calls == 2 * 8  # denoise_to_zero spends one of the 8 NFE
+    assert float(out.abs().max()) <= 1.0 + 1e-6  # the final output is a thresholded x0
+    plain = sample(m, "dpm-solver++", 8, x_T, guidance=8.0, cond=c)
+    assert float(plain.abs().max()) > 1.0  # guidance 8 pushes samples out of the data range
+    with pytest.raises(DpmbenchError, match="needs an integer >= 4"):
+        sample(m, "dpm-solver++:order=3,denoise_to_zero=true", 3, x_T)
+
+
+def test_noise_source_is_batch_independent() -> None:
+    from dpmbench.models.base import NoiseSource
+
+    like = torch.zeros(10, 1, 8, 8)
+    full = NoiseSource(7, 0, like)(3)
+    part = NoiseSource(7, 5, like[:3])(3)
+    assert torch.equal(full[5:8], part) and not torch.equal(full, NoiseSource(7, 0, like)(4))

@@ -9,6 +9,7 @@ wrapper (``NFECounter``).
 from __future__ import annotations
 
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -18,7 +19,8 @@ from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.schedules import NoiseSchedule
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "flow")
-PRIOR_BLOCK = 1024  # x_T is drawn in blocks of this many samples, each block from its own generator
+PRIOR_BLOCK = 1024  # noise is drawn in blocks of up to this many samples, each block from its own generator
+BLOCK_NUMEL = 1 << 22  # ... and of at most this many numbers (32 MiB of float64)
 
 
 def _bcast(c: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
@@ -62,30 +64,45 @@ def convert_prediction(
     raise bad_value("parameterization", dst, ("eps", "x0"))
 
 
-def _block_seed(seed: int, block: int) -> int:
-    h = hashlib.sha256(f"dpmbench-prior:{int(seed)}:{int(block)}".encode()).digest()
+def _block_seed(seed: int, stream: int, block: int) -> int:
+    h = hashlib.sha256(f"dpmbench-noise:{int(seed)}:{int(stream)}:{int(block)}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def prior_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0) -> torch.Tensor:
-    """Standard normal noise for samples ``start .. start + n - 1`` of stream ``seed`` (float64, CPU).
+def prior_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0, stream: int = 0) -> torch.Tensor:
+    """Standard normal noise for samples ``start .. start + n - 1`` of (seed, stream) (float64, CPU).
 
     Sample i always gets the same values, however the samples are batched or sharded: the stream is cut
-    into blocks of ``PRIOR_BLOCK`` samples, each drawn from a generator seeded by (seed, block).
+    into blocks of a fixed number of samples (a function of ``shape`` only), each drawn from a generator
+    seeded by (seed, stream, block). Stream 0 is x_T; stochastic solvers draw step k from stream k + 1.
     """
     if n < 0 or start < 0:
         raise DpmbenchError(f"invalid num_samples {n} / start {start}: must be >= 0")
+    numel = max(1, math.prod(shape))
+    size = max(1, min(PRIOR_BLOCK, BLOCK_NUMEL // numel))
     out = torch.empty((n, *shape), dtype=torch.float64)
-    first, last = start // PRIOR_BLOCK, (start + n - 1) // PRIOR_BLOCK
+    first, last = start // size, (start + n - 1) // size
     pos = 0
     for block in range(first, last + 1) if n else ():
-        gen = torch.Generator().manual_seed(_block_seed(seed, block))
-        z = torch.randn((PRIOR_BLOCK, *shape), generator=gen, dtype=torch.float64)
-        lo = max(start, block * PRIOR_BLOCK) - block * PRIOR_BLOCK
-        hi = min(start + n, (block + 1) * PRIOR_BLOCK) - block * PRIOR_BLOCK
+        gen = torch.Generator().manual_seed(_block_seed(seed, stream, block))
+        z = torch.randn((size, *shape), generator=gen, dtype=torch.float64)
+        lo = max(start, block * size) - block * size
+        hi = min(start + n, (block + 1) * size) - block * size
         out[pos : pos + hi - lo] = z[lo:hi]
         pos += hi - lo
     return out
+
+
+class NoiseSource:
+    """Per-step Gaussian noise for stochastic solvers: step k of sample i depends only on (seed, i, k)."""
+
+    def __init__(self, seed: int, start: int, like: torch.Tensor):
+        self.seed, self.start, self.like = int(seed), int(start), like
+
+    def __call__(self, step: int) -> torch.Tensor:
+        """Standard normal noise shaped like the batch, for step ``step`` (0-based)."""
+        z = prior_noise(self.like.shape[0], tuple(self.like.shape[1:]), self.seed, self.start, stream=step + 1)
+        return z.to(dtype=self.like.dtype, device=self.like.device)
 
 
 class Model(ABC):
@@ -186,10 +203,13 @@ def guided(model: Model, scale: float | None) -> Model:
 
 
 class NFECounter:
-    """Counts every evaluation a solver makes (``eps`` or ``x0``), with the condition bound once."""
+    """Counts every evaluation a solver makes (``eps`` or ``x0``), with the condition bound once.
 
-    def __init__(self, model: Model, cond: Any = None):
-        self.model, self.cond, self.count = model, cond, 0
+    It also carries the per-step ``noise`` source of stochastic solvers (None for deterministic runs).
+    """
+
+    def __init__(self, model: Model, cond: Any = None, noise: NoiseSource | None = None):
+        self.model, self.cond, self.count, self.noise = model, cond, 0, noise
         self.schedule = model.schedule
 
     def eps(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:

@@ -125,6 +125,26 @@ class History:
 
 SOLVERS: dict[str, type[Solver]] = {}
 
+# Options every solver accepts (shared mechanics, written once in Solver.predict and Solver.run).
+COMMON_OPTIONS: dict[str, Option] = {
+    "thresholding": Option(bool, False, "dynamic thresholding of the data prediction (Imagen, Saharia et al. "
+                           "2022, Sec. 2.3; official DPM-Solver code)"),
+    "thresholding_ratio": Option(float, 0.995, "quantile p of |x0| per sample: s = clamp(quantile_p, 1, "
+                                 "sample_max_value), x0 <- clip(x0, -s, s) / s", minimum=0.0),
+    "sample_max_value": Option(float, math.inf, "cap of the dynamic threshold s (inf: Imagen; diffusers' "
+                               "schedulers use a finite cap)", minimum=1.0),
+    "denoise_to_zero": Option(bool, False, "spend the last NFE on the denoised output x0(x_{t_end}, t_end) "
+                              "(official DPM-Solver option)"),
+}
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Dynamic thresholding: s = clamp(quantile_ratio(|x0|), 1, max_value) per sample; clip(x0, -s, s) / s."""
+    flat = x0.reshape(x0.shape[0], -1).abs()
+    s = torch.quantile(flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat, ratio, dim=1)
+    s = s.clamp(min=1.0, max=max_value).to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
 
 def register(cls: type[Solver]) -> type[Solver]:
     """Class decorator: register a solver under ``cls.name``."""
@@ -139,6 +159,11 @@ class Solver:
     source: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     options: ClassVar[dict[str, Option]] = {}
+    stochastic: ClassVar[bool] = False  # draws noise (needs NFECounter.noise)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.options = {**cls.options, **{k: v for k, v in COMMON_OPTIONS.items() if k not in cls.options}}
 
     def __init__(self, **opts: Any):
         unknown = set(opts) - set(self.options)
@@ -166,13 +191,38 @@ class Solver:
         return self.name + (":" + ",".join(diff) if diff else "")
 
     def min_nfe(self) -> int:
-        """The smallest NFE budget this solver (with these options) accepts."""
+        """The smallest NFE budget the solver's steps need (``denoise_to_zero`` adds one)."""
         return 1
 
     def check_nfe(self, nfe: int) -> None:
         """Raise a one-line error if ``nfe`` is too small for this solver."""
-        if not isinstance(nfe, int) or nfe < self.min_nfe():
-            raise DpmbenchError(f"invalid nfe {nfe!r} for solver {self.spec!r}: needs an integer >= {self.min_nfe()}")
+        need = self.min_nfe() + int(self.opts["denoise_to_zero"])
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < need:
+            raise DpmbenchError(f"invalid nfe {nfe!r} for solver {self.spec!r}: needs an integer >= {need}")
+
+    def make_plan(self, nfe: int, schedule: NoiseSchedule, kind: Any = "logsnr",
+                  t_start: float | None = None, t_end: float | None = None) -> Plan:
+        """Check the budget and plan the steps (one NFE is kept back for ``denoise_to_zero``)."""
+        self.check_nfe(nfe)
+        plan = self.plan(nfe - int(self.opts["denoise_to_zero"]), schedule, kind, t_start, t_end)
+        plan.nfe = nfe
+        return plan
+
+    def predict(self, model: NFECounter, x: torch.Tensor, p: Point, kind: str) -> torch.Tensor:
+        """One model evaluation (1 NFE) of type ``kind`` at point ``p``, with dynamic thresholding if enabled
+        (applied to the data prediction; an eps prediction is recomputed from the thresholded x0)."""
+        if not self.opts["thresholding"]:
+            return model.predict(x, p.t, kind)
+        x0 = dynamic_threshold(model.predict(x, p.t, "x0"), self.opts["thresholding_ratio"],
+                               self.opts["sample_max_value"])
+        return x0 if kind == "x0" else (x - p.alpha * x0) / p.sigma
+
+    def run(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """Solve along the plan, then denoise to zero if asked."""
+        x = self.solve(model, x, plan)
+        if self.opts["denoise_to_zero"]:
+            x = self.predict(model, x, plan.points[-1], "x0")
+        return x
 
     def plan(
         self, nfe: int, schedule: NoiseSchedule, kind: Any = "logsnr",
@@ -237,12 +287,28 @@ class MultistepSolver(Solver):
         """The multistep update from the newest history point to t."""
         raise NotImplementedError
 
+    def correct(self, x_prev: torch.Tensor, x: torch.Tensor, hist: History, s: Point, out: torch.Tensor,
+                order: int) -> torch.Tensor:
+        """Corrector hook: refine x (just predicted from x_prev with a step of ``order``) with the model output
+        ``out`` evaluated at x, at no extra NFE (UniC). ``hist`` does not hold ``out`` yet. Default: none."""
+        return x
+
+    def history_size(self) -> int:
+        """How many past model outputs the update and the corrector need."""
+        return self.max_order()
+
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
-        hist = History(self.max_order())
-        for s, t, order in zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True):
-            hist.push(s, model.predict(x, s.t, self.prediction))
+        hist = History(self.history_size())
+        x_prev: torch.Tensor | None = None
+        for i, (s, t, order) in enumerate(zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True)):
+            out = self.predict(model, x, s, self.prediction)
+            if x_prev is not None:
+                x = self.correct(x_prev, x, hist, s, out, plan.orders[i - 1])
+            hist.push(s, out)
+            x_prev = x
             x = self.update(x, hist, t, order)
         return x
+
 
 
 def _fmt(v: Any) -> str:

@@ -18,6 +18,6 @@ class DDIM(SinglestepSolver):
     options = {}
 
     def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
-        eps = model.eps(x, s.t)
+        eps = self.predict(model, x, s, "eps")
         x0 = (x - s.sigma * eps) / s.alpha  # "predicted x_0", eq. (12)
         return t.alpha * x0 + t.sigma * eps  # "direction pointing to x_t", eq. (12), eta = 0

@@ -95,7 +95,7 @@ class _ExponentialIntegrator(MultistepSolver):
     def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
         """One singlestep update of the given order."""
         sch = model.schedule
-        m_s = model.predict(x, s.t, self.prediction)
+        m_s = self.predict(model, x, s, self.prediction)
         if order == 1:
             return self.first_order(x, m_s, s, t)
         h = t.lam - s.lam
@@ -168,7 +168,7 @@ class DPMSolver(_ExponentialIntegrator):
     def singlestep_second(self, model, x, m_s, s, s1, t, r1):  # type: ignore[no-untyped-def]
         h = t.lam - s.lam
         u = (s1.alpha / s.alpha) * x - s1.sigma * expm1(r1 * h) * m_s  # Alg. 1, u_i
-        d = model.eps(u, s1.t) - m_s
+        d = self.predict(model, u, s1, "eps") - m_s
         if self.solver_type == "dpmsolver":
             return (t.alpha / s.alpha) * x - t.sigma * expm1(h) * m_s - (0.5 / r1) * t.sigma * expm1(h) * d
         return (t.alpha / s.alpha) * x - t.sigma * expm1(h) * m_s - (1.0 / r1) * t.sigma * (expm1(h) / h - 1.0) * d
@@ -179,9 +179,9 @@ class DPMSolver(_ExponentialIntegrator):
         phi_22 = expm1(r2 * h) / (r2 * h) - 1.0
         phi_2 = phi_1 / h - 1.0
         u1 = (s1.alpha / s.alpha) * x - s1.sigma * phi_11 * m_s  # Alg. 2, u_{2i-1}
-        d1 = model.eps(u1, s1.t) - m_s
+        d1 = self.predict(model, u1, s1, "eps") - m_s
         u2 = (s2.alpha / s.alpha) * x - s2.sigma * phi_12 * m_s - (r2 / r1) * s2.sigma * phi_22 * d1  # u_{2i}
-        d2 = model.eps(u2, s2.t) - m_s
+        d2 = self.predict(model, u2, s2, "eps") - m_s
         if self.solver_type == "dpmsolver":
             return (t.alpha / s.alpha) * x - t.sigma * phi_1 * m_s - (1.0 / r2) * t.sigma * phi_2 * d2  # x_{t_i}
         phi_3 = phi_2 / h - 0.5
@@ -230,7 +230,7 @@ class DPMSolverPP(_ExponentialIntegrator):
         h = t.lam - s.lam
         phi_1 = expm1(-h)
         u = (s1.sigma / s.sigma) * x - s1.alpha * expm1(-r1 * h) * m_s  # Alg. 1, u_i
-        d = model.x0(u, s1.t) - m_s
+        d = self.predict(model, u, s1, "x0") - m_s
         if self.solver_type == "dpmsolver":  # Alg. 1, D_i = (1 - 1/(2r)) x0_s + 1/(2r) x0_s1
             return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m_s - (0.5 / r1) * t.alpha * phi_1 * d
         return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m_s + (1.0 / r1) * t.alpha * (phi_1 / h + 1.0) * d
@@ -241,9 +241,9 @@ class DPMSolverPP(_ExponentialIntegrator):
         phi_22 = expm1(-r2 * h) / (r2 * h) + 1.0
         phi_2 = phi_1 / h + 1.0
         u1 = (s1.sigma / s.sigma) * x - s1.alpha * phi_11 * m_s
-        d1 = model.x0(u1, s1.t) - m_s
+        d1 = self.predict(model, u1, s1, "x0") - m_s
         u2 = (s2.sigma / s.sigma) * x - s2.alpha * phi_12 * m_s + (r2 / r1) * s2.alpha * phi_22 * d1
-        d2 = model.x0(u2, s2.t) - m_s
+        d2 = self.predict(model, u2, s2, "x0") - m_s
         if self.solver_type == "dpmsolver":
             return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m_s + (1.0 / r2) * t.alpha * phi_2 * d2
         phi_3 = phi_2 / h - 0.5

@@ -29,7 +29,7 @@ class Euler(SinglestepSolver):
     options = {}
 
     def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
-        d = model.eps(x, s.t)  # d = (x~ - D(x~)) / sigma~ = eps
+        d = self.predict(model, x, s, "eps")  # d = (x~ - D(x~)) / sigma~ = eps
         return t.alpha * (x / s.alpha + (_sig(t) - _sig(s)) * d)  # Alg. 1 line 5
 
 
@@ -54,9 +54,9 @@ class Heun(SinglestepSolver):
 
     def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
         xs, dsig = x / s.alpha, _sig(t) - _sig(s)
-        d = model.eps(x, s.t)
+        d = self.predict(model, x, s, "eps")
         x_euler = xs + dsig * d  # Alg. 1 line 5
         if order == 1:
             return t.alpha * x_euler
-        d_prime = model.eps(t.alpha * x_euler, t.t)  # line 7
+        d_prime = self.predict(model, t.alpha * x_euler, t, "eps")  # line 7
         return t.alpha * (xs + dsig * 0.5 * (d + d_prime))  # line 8
