@@ -224,7 +224,7 @@ def cmd_reference(args: argparse.Namespace) -> None:
     x = net.exact_solution(x_T, t_end=t_end, cond=cond)
     # the target distribution's moments travel with the reference, so metrics need no model
     if args.guidance is None or args.guidance == 1.0:
-        mu, cov = model.data_moments(cond)
+        mu, cov = model.data_moments(cond, t=t_end)
     else:
         mu, cov = x.reshape(len(x), -1).mean(0), torch.cov(x.reshape(len(x), -1).T)
     save_npz(args.out, x=x.numpy(), solver="exact", nfe=-1, schedule="adaptive",

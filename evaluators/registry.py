@@ -69,7 +69,8 @@ def _fd_target(ctx: Context) -> tuple[np.ndarray, np.ndarray, str]:
         model = load_model(str(ctx.meta["model"]))
         if not hasattr(model, "data_moments"):
             raise DpmbenchError(f"invalid metrics: 'fd_true' needs an oracle model, not {ctx.meta['model']!r}")
-        mu, cov = model.data_moments(None if labels is None else labels)
+        t_end = ctx.meta.get("t_end")
+        mu, cov = model.data_moments(None if labels is None else labels, t=None if t_end is None else float(t_end))
         target = (mu.numpy(), cov.numpy(), "data distribution" + (" (class-conditional)" if labels is not None else ""))
     else:  # guided sampling: the target is the pushforward of the prior by the exact guided ODE
         ref = np.asarray(ctx.require_reference("fd_true (with guidance != 1)"), np.float64).reshape(len(ctx.x), -1)

@@ -182,3 +182,16 @@ def test_bad_model_and_cond_errors() -> None:
     with pytest.raises(DpmbenchError, match="labels must be in 0..3"):
         m.x0(m.prior(2), 0.5, torch.tensor([0, 9]))
     assert math.isclose(float(m.log_w.exp().sum()), 1.0)
+
+
+def test_exact_solutions_follow_the_diffused_distribution_at_t_end() -> None:
+    """Exact ODE solutions ending at t_end are distributed as p_{t_end} (not p_0): their moments match."""
+    model = load_model("gmm-2d")
+    t_end = 0.3  # large enough that p_{t_end} and p_0 differ clearly
+    x_T = model.prior(4000, seed=0, dtype=torch.float64)
+    xs = exact_solution(model, x_T, t_end=t_end, rtol=1e-8, atol=1e-8)
+    mu_t, cov_t = model.data_moments(t=t_end)
+    mu_0, cov_0 = model.data_moments()
+    torch.testing.assert_close(xs.mean(0), mu_t, atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(xs.T), cov_t, atol=0.03, rtol=0)
+    assert float((torch.cov(xs.T) - cov_0).abs().max()) > 0.05

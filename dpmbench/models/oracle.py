@@ -117,9 +117,11 @@ class MixtureOracle(Model):
         return p["log_w"][None, :] + logn, comp_mean
 
     # -- ground truth -------------------------------------------------------------------------------
-    def data_moments(self, cond: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def data_moments(self, cond: Any = None, t: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and covariance (float64) of the data distribution; with ``cond`` (labels), of the mixture
-        of the class-conditionals in the proportions the labels occur."""
+        of the class-conditionals in the proportions the labels occur. With ``t``, of the diffused
+        distribution p_t (mean alpha mu, covariance alpha^2 S + sigma^2 I): the distribution that exact ODE
+        solutions ending at t_end follow."""
         w = torch.exp(self.log_w)
         if cond is not None:
             labels = torch.as_tensor(cond).reshape(-1)
@@ -130,7 +132,11 @@ class MixtureOracle(Model):
         second = torch.einsum("k,kd,ke->de", w, self.means, self.means)
         if self.covs is not None:
             second = second + torch.einsum("k,kde->de", w, self.covs)
-        return mu, second - torch.outer(mu, mu)
+        cov = second - torch.outer(mu, mu)
+        if t is not None:
+            a, s = self.schedule.alpha(float(t)), self.schedule.sigma(float(t))
+            mu, cov = a * mu, a**2 * cov + s**2 * torch.eye(self.dim, dtype=torch.float64)
+        return mu, cov
 
     def exact_solution(self, x_T: torch.Tensor, t_end: float | None = None, **kwargs: Any) -> torch.Tensor:
         """The exact probability-flow ODE solution from ``x_T`` (see ``dpmbench.models.exact``)."""
