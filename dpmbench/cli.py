@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="aggregate metric files into results.csv and leaderboard.md")
     rep.add_argument("results_dir")
     rep.add_argument("--out", default="reports")
+
+    reg = sub.add_parser("regress", help="fail (exit 1) when results are worse than a baseline")
+    reg.add_argument("--baseline", required=True)
+    reg.add_argument("--results", required=True)
+    reg.add_argument("--config", default=None, help="YAML with regression.tolerances: metric -> rtol/atol/stochastic")
     return p
 
 
@@ -288,19 +293,35 @@ def cmd_report(args: argparse.Namespace) -> None:
     write_report(args.results_dir, args.out)
 
 
+def cmd_regress(args: argparse.Namespace) -> int:
+    from dpmbench.regress import load_tolerances, regress
+
+    tolerances = {}
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise DpmbenchError(f"invalid --config {args.config!r}: no such file")
+        tolerances = load_tolerances(yaml.safe_load(path.read_text()) or {})
+    passed, _, summary = regress(args.baseline, args.results, tolerances)
+    print(summary)
+    return 0 if passed else 1
+
+
 COMMANDS = {"list": cmd_list, "sample": cmd_sample, "reference": cmd_reference,
-            "evaluate": cmd_evaluate, "report": cmd_report}
+            "evaluate": cmd_evaluate, "report": cmd_report, "regress": cmd_regress}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dpmbench`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except DpmbenchError as exc:
         print(f"dpmbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":
