@@ -82,6 +82,12 @@ class Point:
         """The point at half log-SNR ``lam``."""
         return cls.at(schedule, schedule.t_of_lambda(lam))
 
+    @classmethod
+    def grid(cls, schedule: NoiseSchedule, ts: torch.Tensor) -> list[Point]:
+        """The points of a time grid, computed in one vectorized pass."""
+        lam, alpha, sigma = schedule.values(ts)
+        return [cls(float(t), *v) for t, *v in zip(ts.tolist(), lam, alpha, sigma, strict=True)]
+
 
 @dataclass
 class Plan:
@@ -237,7 +243,7 @@ class Solver:
     ) -> Plan:
         """``steps`` steps of order ``order`` on the ``kind`` grid."""
         ts = timesteps(kind, steps, schedule, t_start, t_end)
-        return Plan([Point.at(schedule, float(t)) for t in ts], [order] * steps, nfe)
+        return Plan(Point.grid(schedule, ts), [order] * steps, nfe)
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Integrate from ``plan.points[0]`` to ``plan.points[-1]``."""

@@ -85,7 +85,7 @@ class _ExponentialIntegrator(MultistepSolver):
             for o in orders:
                 ends.append(ends[-1] + o)
             ts = full[ends]
-        return Plan([Point.at(schedule, float(t)) for t in ts], orders, nfe)
+        return Plan(Point.grid(schedule, ts), orders, nfe)
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         if self.method == "multistep":
