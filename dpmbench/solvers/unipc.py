@@ -155,9 +155,10 @@ class UniPC(MultistepSolver):
     # The official code (and diffusers) lower the final orders whatever the number of steps.
     lower_order_final_below: ClassVar[int] = sys.maxsize
     options = {
-        "variant": Option(str, "bh1", "B(h): bh1 B(h)=h, bh2 B(h)=e^h-1. Default bh1: the official code's "
-                          "UniPC(variant='bh1'); diffusers defaults to bh2 and both recommend bh1 for "
-                          "unconditional sampling with < 10 steps, bh2 otherwise", choices=VARIANTS),
+        "variant": Option(str, "bh1", "B(h): bh1 B(h)=h, bh2 B(h)=e^h-1. Default bh1: the official code "
+                          "(UniPC(variant='bh1'), also in its CIFAR-10 and Stable Diffusion examples); diffusers "
+                          "defaults to bh2 and its docs recommend bh1 for unconditional sampling with < 10 steps, "
+                          "bh2 otherwise", choices=VARIANTS),
         "order": Option(int, 2, "predictor order p of UniP-p; with UniC the order is p + 1 (official "
                         "sample(order=2), diffusers solver_order=2)", choices=(1, 2, 3)),
         "prediction": Option(str, "x0", "x0: data prediction (DPM-Solver++ form, official "
