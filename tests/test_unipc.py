@@ -191,7 +191,8 @@ def _unipc_scheduler(steps: int, variant: str, order: int, predict_x0: bool = Tr
     * ``disable_corrector=[]``: the corrector after every step but the last, as the official code;
       ``disable_corrector=range(steps)`` is dpmbench ``corrector=none``. The last step is never corrected on
       either side (diffusers would correct it at the start of a next ``step`` call that never comes).
-    * ``solver_p=None``: the UniP predictor (``solver_p`` replaces it by another scheduler; see the module note).
+    * ``solver_p=None``: the UniP predictor (``solver_p`` replaces it by another scheduler: see
+      ``test_diffusers_solver_p_data_prediction_discrepancy``).
     * ``solver_type`` = dpmbench ``variant`` (diffusers' default is bh2, the official code's bh1);
       ``predict_x0`` = ``prediction=x0``; ``solver_order`` = ``order``; thresholding, Karras/exponential/beta/flow
       sigmas and dynamic shifting off; "linspace" timestep spacing.
@@ -280,6 +281,82 @@ def test_unipc_diffusers_comparison_is_sensitive() -> None:
     for other in ["unipc:variant=bh2,order=2", "unipc:variant=bh1,order=2,corrector=none",
                   "unipc:variant=bh1,order=3", "unipc:variant=bh1,order=2,lower_order_final=false"]:
         assert _rel_err(sample(model, other, 8, x_T, schedule=times), theirs) > 10 * TOL, other
+
+
+def _dpm_solver_p(steps: int, algorithm_type: str) -> Any:
+    """diffusers' DPMSolverMultistepScheduler (order 2, "midpoint" = dpmbench solver_type=dpmsolver, last step to
+    alphas_cumprod[0], lower_order_final below 15 steps) with the same float64 tables, as UniPC's ``solver_p``."""
+    sch = schedulers.DPMSolverMultistepScheduler(
+        num_train_timesteps=N_TRAIN, beta_start=BETA_START, beta_end=BETA_END, beta_schedule="linear",
+        solver_order=2, prediction_type="epsilon", algorithm_type=algorithm_type, solver_type="midpoint",
+        lower_order_final=True, final_sigmas_type="sigma_min", thresholding=False, euler_at_final=False,
+        use_lu_lambdas=False, use_karras_sigmas=False)
+    betas = torch.linspace(BETA_START, BETA_END, N_TRAIN, dtype=torch.float64)
+    abar = torch.cumprod(1.0 - betas, dim=0)
+    sch.betas, sch.alphas, sch.alphas_cumprod = betas, 1.0 - betas, abar
+    sch.alpha_t, sch.sigma_t = abar.sqrt(), (1.0 - abar).sqrt()
+    sch.lambda_t = torch.log(sch.alpha_t) - torch.log(sch.sigma_t)
+    sch.set_timesteps(steps)
+    sig = ((1.0 - abar) / abar) ** 0.5
+    sch.sigmas = torch.cat([sig[sch.timesteps], sig[:1]])
+    return sch
+
+
+@pytest.mark.filterwarnings("ignore:`algorithm_types dpmsolver:FutureWarning")
+def test_unic_on_dpm_solver_matches_diffusers_solver_p() -> None:
+    """UniC on multistep DPM-Solver-2 (noise prediction) = diffusers' UniPC with ``solver_p`` = DPM-Solver-2M and
+    ``predict_x0=False``, ``solver_type="bh2"`` (UniC-1 on the warm-up step uses B2), 20 steps (neither side lowers
+    the last step). Agreement is limited by DPMSolverMultistepScheduler.step's float32 cast (measured 2.7e-7)."""
+    model = _discrete_model()
+    x_T = model.prior(BATCH, seed=0, dtype=torch.float64)
+    sch = _unipc_scheduler(20, "bh2", 2, predict_x0=False)
+    sch.solver_p = _dpm_solver_p(20, "dpmsolver")
+    theirs = _run_diffusers(sch, model, x_T)
+    spec = "dpm-solver:order=2,method=multistep,corrector=unic,unic_variant=bh2"
+    assert _rel_err(sample(model, spec, 20, x_T, schedule=_times(sch)), theirs) < TOL
+    bare = sample(model, "dpm-solver:order=2,method=multistep", 20, x_T, schedule=_times(sch))
+    assert _rel_err(bare, theirs) > 100 * TOL
+
+
+def test_diffusers_solver_p_data_prediction_discrepancy() -> None:
+    """A documented discrepancy: with a data-prediction ``solver_p`` (dpmsolver++), diffusers hands ``solver_p`` the
+    raw eps evaluated at the *predicted* x_t together with the *corrected* sample, so solver_p's history holds
+    x0' = (x_t^c - sigma eps(x_t)) / alpha = x0(x_t) + (x_t^c - x_t) / alpha, a value the model never returned
+    (the UniC history keeps x0(x_t)). The paper and the official code only ever use model outputs at evaluated
+    points, and dpmbench follows them, so ``dpm-solver++:...,corrector=unic`` differs from diffusers (measured
+    relative difference 0.11 at 20 steps). Emulating diffusers' x0' in the predictor's history reproduces diffusers
+    to float32 round-off (measured 3.1e-7), which shows that this is the only difference."""
+    from dpmbench.solvers.base import History
+
+    model = _discrete_model()
+    x_T = model.prior(BATCH, seed=0, dtype=torch.float64)
+    sch = _unipc_scheduler(20, "bh2", 2, predict_x0=True)
+    sch.solver_p = _dpm_solver_p(20, "dpmsolver++")
+    theirs = _run_diffusers(sch, model, x_T)
+    spec = "dpm-solver++:order=2,corrector=unic,unic_variant=bh2"
+    ours = sample(model, spec, 20, x_T, schedule=_times(sch))
+    assert _rel_err(ours, theirs) > 1e-2
+
+    solver = get_solver(spec)
+
+    def diffusers_like(counter: Any, x: torch.Tensor, plan: Any) -> torch.Tensor:
+        hist_c, hist_p = History(2), History(2)  # UniC's history, solver_p's history
+        x_prev = None
+        for i, (s, t, order) in enumerate(zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True)):
+            out = solver.predict(counter, x, s, "x0")
+            out_p = out
+            if x_prev is not None:
+                x_c = solver.correct(x_prev, x, hist_c, s, out, plan.orders[i - 1])
+                out_p, x = out + (x_c - x) / s.alpha, x_c
+            hist_c.push(s, out)
+            hist_p.push(s, out_p)
+            x_prev = x
+            x = solver.update(x, hist_p, t, order)
+        return x
+
+    solver.solve = diffusers_like  # type: ignore[method-assign]
+    emulated = sample(model, solver, 20, x_T, schedule=_times(sch))
+    assert _rel_err(emulated, theirs) < TOL
 
 
 # -- NFE accounting, specs ------------------------------------------------------------------------------------

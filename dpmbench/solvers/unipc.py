@@ -30,6 +30,20 @@ solving the 1x1 system. Both satisfy the order conditions up to O(h), which is a
 (their orders are measured in tests/test_unipc.py). Consequence worth knowing: when the system is solved,
 ``B(hh) rho = R^{-1} g`` does not depend on B, so ``bh1`` and ``bh2`` differ *only* on steps that use one of
 these two simplified coefficients (UniP-2 predictor steps, UniC-1 corrections).
+
+Conventions checked against the official code and diffusers (tests/test_unipc.py):
+
+* ``lower_order_final``: both lower the order of step i to the number of steps left at *every* step count
+  (DPM-Solver's official code only below 10 steps, diffusers' DPMSolverMultistepScheduler below 15). dpmbench
+  follows them. The last step is never corrected (official ``use_corrector = False`` at ``step == steps``;
+  diffusers would correct at the start of a next ``step`` call), so with ``lower_order_final`` the last step is a
+  first-order, uncorrected step and the default UniPC-p has an O(h^2) global error term (measured).
+* The official code applies UniC during warm-up too (``use_corrector=True``) and has no ``disable_corrector``;
+  diffusers' ``disable_corrector`` (a list of step indices, default empty) is not exposed except as
+  ``corrector=none`` (all steps).
+* With a data-prediction ``solver_p`` (UniC on another scheduler), diffusers converts the model output at the
+  predicted x_t with the *corrected* sample for that scheduler's history, a value the model never returned;
+  dpmbench's UniC-on-DPM-Solver++ follows the paper and keeps the model outputs at the evaluated points.
 """
 
 from __future__ import annotations
