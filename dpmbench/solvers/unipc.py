@@ -129,8 +129,10 @@ def unified_update(x: torch.Tensor, hist: History, t: Point, order: int, predict
     b_h = b_of_h(variant, hh)
     rhos = unipc_rhos(rks, hh, variant, corrector=new_out is not None)
     res = sum((rho * d for rho, d in zip(rhos, diffs, strict=True)), torch.zeros_like(x))
-    if prediction == "x0":  # data prediction (DPM-Solver++ form)
+    # UniP-p (Sec. 3.2; D_k over the p - 1 earlier points) / UniC-p (Sec. 3.1, Theorem 3.1; plus D at t itself):
+    if prediction == "x0":  # data-prediction form: x_t = (s_t/s_s0) x - a_t (e^-h - 1) m_0 - a_t B(-h) sum rho_k D_k
         return (t.sigma / s0.sigma) * x - t.alpha * math.expm1(hh) * m0 - t.alpha * b_h * res
+    # noise-prediction form (the paper's main text): x_t = (a_t/a_s0) x - s_t (e^h - 1) m_0 - s_t B(h) sum rho_k D_k
     return (t.alpha / s0.alpha) * x - t.sigma * math.expm1(hh) * m0 - t.sigma * b_h * res
 
 
