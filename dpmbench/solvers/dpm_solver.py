@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter
 from dpmbench.schedules import NoiseSchedule
 from dpmbench.solvers.base import (
@@ -29,6 +30,7 @@ from dpmbench.solvers.base import (
     expm1,
     register,
 )
+from dpmbench.solvers.unipc import corrector_options, unic_correct
 from dpmbench.timesteps import timesteps
 
 
@@ -60,6 +62,7 @@ def _options(order: int, method: str) -> dict[str, Option]:
                               "diffusers; its second-difference term has half the Taylor coefficient, so its "
                               "global order is 2) or 'taylor' (Taylor-consistent coefficient, global order 3)",
                               choices=("official", "taylor")),
+        **corrector_options(),  # UniC on top of the multistep predictor (dpmbench/solvers/unipc.py)
     }
 
 
@@ -71,6 +74,18 @@ class _ExponentialIntegrator(MultistepSolver):
 
     def min_nfe(self) -> int:
         return self.order
+
+    def validate(self) -> None:
+        if self.corrector == "unic" and self.method != "multistep":
+            raise DpmbenchError(f"invalid option 'corrector' of solver {self.name!r} 'unic' with method="
+                                f"{self.method}; UniC needs method=multistep (allowed with singlestep: none)")
+
+    def correct(self, x_prev: torch.Tensor, x: torch.Tensor, hist: History, s: Point, out: torch.Tensor,
+                order: int) -> torch.Tensor:
+        """UniC-p with the predictor's order p (Zhao et al. 2023, Theorem 3.1), when ``corrector=unic``."""
+        if self.corrector == "none":
+            return x
+        return unic_correct(x_prev, hist, s, out, order, self.prediction, self.unic_variant)
 
     def plan(self, nfe: int, schedule: NoiseSchedule, kind: Any = "logsnr",
              t_start: float | None = None, t_end: float | None = None) -> Plan:
