@@ -1,13 +1,14 @@
 """DEIS, PNDM and iPNDM: convergence orders, agreement with diffusers, NFE accounting.
 
 Convergence: RMSE to the exact ODE solution on gmm-2d (float64, logSNR steps, t_end = 1e-3), slope of log RMSE
-vs log NFE. Ranges: NFE 20..160 (500 samples, as tests/test_convergence.py) where the method is already in its
-asymptotic range, otherwise NFE 80..640 (the first 100 of the same samples; per-sample exact solutions do not
-depend on the batch).
+vs log NFE. Ranges: NFE 20..160 (the first 200 of the 500 samples of tests/test_convergence.py) where the method
+is already in its asymptotic range, otherwise NFE 80..640 (the first 50; per-sample exact solutions do not depend on
+the batch). The numbers below were measured with 500 (20..160) and 100 (80..640) samples.
 
 Measured (this file asserts each):
-* DEIS tAB-1 1.02, tAB-2 1.83 (NFE 20..160); tAB-3 2.47 over 20..160 (successive doublings 2.28, 2.44, 2.71),
-  2.86 over 80..640 (2.75, 2.88, 2.94): third order, asserted over 80..640. rhoAB-3 2.85, logrho-3 ~2.9 (80..640).
+* DEIS tAB-1 1.02 (NFE 20..160, asserted there); tAB-2 1.83 over 20..160 (1.76, 1.84, 1.88), 1.93 over 80..640
+  (asserted there); tAB-3 2.47 over 20..160 (successive doublings 2.28, 2.44, 2.71), 2.86 over 80..640 (2.75, 2.88,
+  2.94): third order, asserted over 80..640. rhoAB-3 2.85, logrho-3 2.93 (80..640).
 * iPNDM, variable-step coefficients (diff-sampler ipndm_v = rhoAB-4): 3.77 over 80..640 (3.59, 3.81, 3.91).
 * iPNDM with the fixed equal-step coefficients (official DEIS ipndm, diff-sampler ipndm), PNDM (PRK warm-up) and
   PLMS (pseudo improved Euler warm-up): 2.01, 2.12, 2.02 over 80..640 -- second order. The fixed Adams-Bashforth
@@ -55,15 +56,15 @@ def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def measured_order(setup: tuple, spec: str, nfes: list[int]) -> tuple[float, list[float]]:
     model, x_T, ref = setup
-    if nfes[-1] > 200:  # high-NFE ranges on the first 100 samples
-        x_T, ref = x_T[:100], ref[:100]
+    n = 50 if nfes[-1] > 200 else 200  # the first 200 samples (high-NFE ranges: 50), to keep the test fast
+    x_T, ref = x_T[:n], ref[:n]
     errs = [_rmse(sample(model, spec, n, x_T, schedule="logsnr", t_end=T_END), ref) for n in nfes]
     return float(-np.polyfit(np.log(nfes), np.log(errs), 1)[0]), errs
 
 
 ORDER_CASES = [
     ("deis:order=1", 1, EVEN),
-    ("deis:order=2", 2, EVEN),
+    ("deis:order=2", 2, HIGH),
     ("deis:order=3", 3, HIGH),
     ("deis:order=3,method=rhoab", 3, HIGH),
     ("deis:order=3,method=logrho", 3, HIGH),
@@ -154,8 +155,8 @@ def test_ipndm_variable_step_equals_deis_rhoab_order_4() -> None:
                                sample(m, "deis:order=4,method=rhoab", 15, x_T), rtol=1e-12, atol=1e-12)
 
 
-def test_transfer_is_pndm_eq_11() -> None:
-    """The rho form of the transfer part equals PNDM eq. (11) written with alpha-bar (VP schedule)."""
+def test_transfer_is_pndm_eq_9() -> None:
+    """The rho form of the transfer part equals PNDM eq. (9) written with alpha-bar (VP schedule)."""
     sch = VPLinear()
     s, t = Point.at(sch, 0.7), Point.at(sch, 0.55)
     x, e = torch.tensor([0.3, -1.2], dtype=torch.float64), torch.tensor([0.8, 0.1], dtype=torch.float64)

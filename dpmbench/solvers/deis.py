@@ -6,7 +6,7 @@ from the newest history point s = t_i to t = t_{i-1}, with the last r model outp
 
     x_t = alpha_t (x_s / alpha_s + sum_j C_ij eps_j),    C_ij = int_{rho_s}^{rho_t} l_j(v(tau)) d rho(tau)
 
-(the exponential integrator with eps replaced by its Lagrange interpolant P_r; DEIS Sec. 3, "tAB-DEIS"), where
+(the exponential integrator with eps replaced by its Lagrange interpolant P_r: DEIS's tAB-DEIS), where
 l_j is the Lagrange basis polynomial of node j in the extrapolation variable v:
 
 * ``method=tab``    v = t         (tAB-DEIS, the paper's default and the official code's ``t_ab``);
@@ -28,6 +28,7 @@ lowered to the steps left when there are fewer than 15 steps).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -42,7 +43,7 @@ GL_PANELS = 4
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(GL_NODES)
 
 
-def gauss_legendre(f, a: float, b: float, panels: int = GL_PANELS) -> np.ndarray:  # type: ignore[no-untyped-def]
+def gauss_legendre(f: Callable[[np.ndarray], np.ndarray], a: float, b: float, panels: int = GL_PANELS) -> np.ndarray:
     """Composite Gauss-Legendre quadrature of the vector-valued ``f`` (nodes -> (k, nodes) array) over [a, b]."""
     edges = np.linspace(a, b, panels + 1)
     total = 0.0
@@ -118,9 +119,10 @@ class DEIS(MultistepSolver):
 
     name = "deis"
     summary = "DEIS exponential integrator with polynomial extrapolation of eps (tAB default; rhoAB; logrho)"
-    source = ("Zhang & Chen 2023, 'Fast Sampling of Diffusion Models with Exponential Integrator', Sec. 3 "
-              "(exponential integrator + Lagrange extrapolation, tAB-DEIS) and Sec. 4 (rhoAB-DEIS); official code "
-              "github.com/qsh-zh/deis (get_sampler: method='t_ab', ab_order=3)")
+    source = ("Zhang & Chen 2023, 'Fast Sampling of Diffusion Models with Exponential Integrator': tAB-DEIS "
+              "(exponential integrator, eps extrapolated by a Lagrange polynomial in t, coefficients C_ij) and "
+              "rhoAB-DEIS (Adams-Bashforth on dv/drho = eps); official code github.com/qsh-zh/deis "
+              "(get_sampler: method='t_ab', ab_order=3)")
     prediction: ClassVar[str] = "eps"
     lower_order_final_below: ClassVar[int] = 15  # diffusers' DEISMultistepScheduler threshold
     options = {

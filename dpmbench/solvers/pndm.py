@@ -3,15 +3,15 @@
 Both are *pseudo* numerical methods: a classical method's combination of eps values is fed to the DDIM-like
 "transfer part" phi instead of an Euler step. With rho = sigma / alpha,
 
-    phi(x_s, e, s, t) = alpha_t (x_s / alpha_s + (rho_t - rho_s) e)                       (PNDM eq. 11)
+    phi(x_s, e, s, t) = alpha_t (x_s / alpha_s + (rho_t - rho_s) e)        (PNDM eq. 9, as cited by diffusers)
 
 which for a VP schedule (alpha^2 + sigma^2 = 1) is exactly the paper's form
 ``sqrt(a_t)/sqrt(a_s) x_s - (a_t - a_s) / (sqrt(a_s) (sqrt((1 - a_t) a_s) + sqrt((1 - a_s) a_t))) e`` with
 a = alpha^2 (checked numerically in tests/test_deis_pndm.py); here it is written in the rho form so that it also
 holds for non-VP schedules.
 
-``pndm`` (F-PNDM): the first 3 steps are pseudo Runge-Kutta (PRK, eq. 13; 4 NFE each, the midpoint is the
-midpoint in t), then pseudo linear multistep (PLMS, eq. 12) with the fixed 4th-order Adams-Bashforth
+``pndm`` (F-PNDM): the first 3 steps are pseudo Runge-Kutta (PRK; 4 NFE each, the midpoint is the
+midpoint in t), then pseudo linear multistep (PLMS) with the fixed 4th-order Adams-Bashforth
 coefficients (55, -59, 37, -9) / 24 on the eps values at the last four step starts (the PRK steps contribute
 their first-stage eps, as in the official code and diffusers). NFE budget: N steps cost 12 + (N - 3) = N + 9 NFE,
 so a budget ``nfe >= 12`` maps to N = nfe - 9 steps (``nfe = 12``: the 3 PRK steps only).
@@ -23,7 +23,10 @@ pseudo improved Euler step (2 NFE; S-PNDM's warm-up), then PLMS with lower-order
 of PRK, one NFE per step. ``variable_step=false`` (default, official DEIS ``ipndm`` and diff-sampler ``ipndm``)
 uses the fixed equal-step Adams-Bashforth coefficients whatever the grid; ``variable_step=true`` (diff-sampler
 ``ipndm_v``) uses the Adams-Bashforth coefficients of the actual rho steps (exact integrals of the Lagrange
-interpolant in rho; identical to ``deis:method=rhoab`` of the same order). The fixed coefficients are only
+interpolant in rho; identical to ``deis:method=rhoab`` of the same order). diff-sampler's ``ipndm_v`` has the same
+weights at orders 1-2 and on equal steps; its order-3/4 weights differ on unequal steps (a scratch check found
+them not exact for a quadratic integrand: its ``temp`` term is (1 - a b) / 2 where the exact weight is
+(1 - a) b / 2, equal only when b = 1); dpmbench keeps the exact weights. The fixed coefficients are only
 consistent to high order on a grid uniform in rho: on other grids they leave an O(h^3) local error
 (measured: second order asymptotically, tests/test_deis_pndm.py).
 """
@@ -39,7 +42,7 @@ from dpmbench.schedules import NoiseSchedule
 from dpmbench.solvers.base import History, MultistepSolver, Option, Plan, Point, Solver, register
 from dpmbench.solvers.deis import deis_coefficients
 
-# Adams-Bashforth coefficients for equal steps, newest eps first (PNDM eq. 12 for order 4).
+# Adams-Bashforth coefficients for equal steps, newest eps first (order 4: PNDM's PLMS formula).
 AB_FIXED: dict[int, tuple[float, ...]] = {
     1: (1.0,),
     2: (3.0 / 2.0, -1.0 / 2.0),
@@ -53,7 +56,7 @@ def _rho(p: Point) -> float:
 
 
 def transfer(x: torch.Tensor, e: torch.Tensor, s: Point, t: Point) -> torch.Tensor:
-    """PNDM's transfer part phi(x_s, e, s, t) (eq. 11), in its rho form (= DDIM, eta = 0)."""
+    """PNDM's transfer part phi(x_s, e, s, t) (eq. 9), in its rho form (= DDIM, eta = 0)."""
     return t.alpha * (x / s.alpha + (_rho(t) - _rho(s)) * e)
 
 
@@ -63,8 +66,8 @@ class PNDM(Solver):
 
     name = "pndm"
     summary = "PNDM: 3 pseudo Runge-Kutta steps (4 NFE each), then pseudo linear multistep (4th-order AB)"
-    source = ("Liu et al. 2022, 'Pseudo Numerical Methods for Diffusion Models on Manifolds', eq. 11 (transfer), "
-              "eq. 12 (PLMS), eq. 13 (PRK); official code github.com/luping-liu/PNDM (F-PNDM)")
+    source = ("Liu et al. 2022, 'Pseudo Numerical Methods for Diffusion Models on Manifolds', eq. 9 (transfer part), "
+              "PRK and PLMS formulas (F-PNDM); official code github.com/luping-liu/PNDM")
     options = {
         "warmup": Option(str, "prk", "first steps: 'prk' (F-PNDM: 3 pseudo Runge-Kutta steps, the paper/official "
                          "default; diffusers' default skip_prk_steps=False) or 'pie' (pseudo improved Euler, then "
@@ -104,7 +107,8 @@ class PNDM(Solver):
             else:
                 k = min(4, len(eps_hist) + 1)
                 window = [e_s, *reversed(eps_hist[-(k - 1):])] if k > 1 else [e_s]
-                e_prime = sum(c * e for c, e in zip(AB_FIXED[k], window, strict=True))  # eq. 12 (k = 4)
+                # PLMS: e' = (55 e_t - 59 e_{t+d} + 37 e_{t+2d} - 9 e_{t+3d}) / 24 (k = 4; lower k in warm-up)
+                e_prime = sum(c * e for c, e in zip(AB_FIXED[k], window, strict=True))
                 x = transfer(x, e_prime, s, t)
             eps_hist.append(e_s)
             del eps_hist[:-3]
@@ -112,7 +116,7 @@ class PNDM(Solver):
 
     def prk_step(self, model: NFECounter, sch: NoiseSchedule, x: torch.Tensor, e1: torch.Tensor, s: Point,
                  t: Point) -> torch.Tensor:
-        """One pseudo Runge-Kutta step (eq. 13): four eps evaluations, three transfers to the midpoint/end."""
+        """One pseudo Runge-Kutta step: e1..e4 at t, t - d/2, t - d/2, t - d; e' = (e1 + 2 e2 + 2 e3 + e4) / 6."""
         mid = Point.at(sch, 0.5 * (s.t + t.t))  # t - delta/2
         e2 = self.predict(model, transfer(x, e1, s, mid), mid, "eps")
         e3 = self.predict(model, transfer(x, e2, s, mid), mid, "eps")
