@@ -40,10 +40,16 @@ def _hf_cached(pretrained_cfg: dict[str, Any], cache_dir: str | None) -> bool:
                for f in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME))
 
 
-@lru_cache(maxsize=2)
 def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
               weights: str | None = None, cache_dir: str | None = None, device: str = "cpu") -> tuple[Any, Any, Any]:
-    """(model, preprocess, tokenizer) from open_clip. ``pretrained=None`` builds random weights (tests)."""
+    """(model, preprocess, tokenizer) from open_clip, loaded once per process for the same arguments.
+    ``pretrained=None`` builds random weights (tests)."""
+    return _load_clip(model_name, pretrained, weights, cache_dir, device)
+
+
+@lru_cache(maxsize=2)
+def _load_clip(model_name: str, pretrained: str | None, weights: str | None, cache_dir: str | None,
+               device: str) -> tuple[Any, Any, Any]:
     import open_clip
     from open_clip.pretrained import get_pretrained_cfg
 
