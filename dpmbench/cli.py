@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fid-stats", default=None, help="fid reference statistics: a name in "
                    "reference_stats/manifest.yaml or an .npz with mu/sigma")
     e.add_argument("--kid-reference", default=None, help="kid reference features (.npz, key feats or features)")
+    e.add_argument("--reference-images", default=None, help="reference images (.npz, key x) for fid/kid: their "
+                   "features are computed once and cached under $DPMBENCH_CACHE/features")
     e.add_argument("--inception-weights", default=None,
                    help="local Inception weights (else env DPMBENCH_INCEPTION_WEIGHTS / DPMBENCH_CLEANFID_INCEPTION, "
                    "else the libraries' caches)")
@@ -300,7 +302,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if len(args.samples) != len(args.out):
         raise DpmbenchError(f"invalid --out: {len(args.out)} files for {len(args.samples)} --samples files")
     options = {"fid_backend": args.fid_backend, "cleanfid_mode": args.cleanfid_mode, "fid_stats": args.fid_stats,
-               "kid_reference": args.kid_reference, "inception_weights": args.inception_weights,
+               "kid_reference": args.kid_reference, "reference_images": args.reference_images,
+               "inception_weights": args.inception_weights,
                "clip_model": args.clip_model, "clip_pretrained": args.clip_pretrained,
                "clip_weights": args.clip_weights, "batch_size": args.eval_batch_size, "device": args.device}
     ref_file = _load_npz(args.reference, "--reference") if args.reference else None

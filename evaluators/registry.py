@@ -27,6 +27,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "cleanfid_mode": "clean",          # or "legacy_tensorflow" (clean-fid backend)
     "fid_stats": None,                 # reference stats: a reference_stats/manifest.yaml name or an .npz path
     "kid_reference": None,             # .npz of reference features (key "feats" or "features") for kid
+    "reference_images": None,          # .npz of reference images (key "x"): features computed once, cached
     "inception_weights": None,         # local override (else env DPMBENCH_INCEPTION_WEIGHTS / _CLEANFID_INCEPTION)
     "clip_model": "ViT-L-14",
     "clip_pretrained": "openai",
@@ -251,14 +252,43 @@ def _inception(ctx: Context) -> dict[str, np.ndarray]:
     return ctx.cached(f"inception:{_backend(ctx)}:{ctx.opt('cleanfid_mode')}", compute)
 
 
+def _reference_image_features(ctx: Context) -> np.ndarray:
+    """Inception features of the reference images (option reference_images), cached on disk by the file's
+    sha256, the backend/mode and the weights: computed once for all solvers."""
+    from evaluators.download import sha256_file
+    from evaluators.images import cached_features, cleanfid_features, fidelity_features, to_uint8
+
+    path = str(ctx.opt("reference_images"))
+
+    def compute() -> dict[str, np.ndarray]:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f.files:
+                raise DpmbenchError(f"invalid reference images {path!r}: need npz key 'x'")
+            images = to_uint8(f["x"])
+        bs, dev, w = int(ctx.opt("batch_size")), str(ctx.opt("device")), ctx.opt("inception_weights")
+        if _backend(ctx) == "clean-fid":
+            return {"2048": cleanfid_features(images, str(ctx.opt("cleanfid_mode")), bs, w, dev)}
+        return {"2048": fidelity_features(images, batch_size=bs, weights=w, device=dev)["2048"]}
+
+    weights = ctx.opt("inception_weights")
+    key = ("reference-images", sha256_file(path), _backend(ctx), ctx.opt("cleanfid_mode"),
+           None if weights is None else sha256_file(weights))
+    return ctx.cached("ref_images", lambda: cached_features(key, compute)["2048"])
+
+
 def _fid(ctx: Context, idx: np.ndarray | None) -> float:
+    from evaluators.images import feature_moments
     from evaluators.refstats import reference_stats
 
-    spec = ctx.opt("fid_stats")
-    if not spec:
+    spec, images = ctx.opt("fid_stats"), ctx.opt("reference_images")
+    if not spec and not images:
         raise DpmbenchError("invalid metrics: 'fid' needs reference statistics (option fid_stats: a name in "
-                            "reference_stats/manifest.yaml or an .npz with mu/sigma)")
-    mu2, s2, what = ctx.cached("fid_stats", lambda: reference_stats(str(spec)))
+                            "reference_stats/manifest.yaml or an .npz with mu/sigma) or reference_images")
+    if spec:
+        mu2, s2, what = ctx.cached("fid_stats", lambda: reference_stats(str(spec)))
+    else:
+        mu2, s2 = ctx.cached("ref_moments", lambda: feature_moments(_reference_image_features(ctx)))
+        what = f"images {images}"
     ctx.meta["_fid_reference"] = what
     return _frechet_value(ctx, _inception(ctx)["2048"], mu2, s2, idx)
 
@@ -275,11 +305,13 @@ def _kid(ctx: Context, idx: np.ndarray | None) -> float:
     from evaluators.images import KernelBlocks, kernel_distance
 
     path = ctx.opt("kid_reference")
-    if not path:
+    if not path and not ctx.opt("reference_images"):
         raise DpmbenchError("invalid metrics: 'kid' needs reference features (option kid_reference: an .npz with "
-                            "key 'feats' or 'features', e.g. clean-fid's *_kid.npz)")
+                            "key 'feats' or 'features', e.g. clean-fid's *_kid.npz) or reference_images")
 
     def load() -> np.ndarray:
+        if not path:
+            return _reference_image_features(ctx)
         with np.load(path, allow_pickle=False) as f:
             key = "feats" if "feats" in f.files else "features"
             return np.asarray(f[key], np.float64)

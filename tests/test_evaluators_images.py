@@ -130,6 +130,21 @@ def test_fid_through_inception_with_local_weights_matches_ours(tmp_path) -> None
     m1, s1 = feature_moments(f["2048"])
     assert v["fid"] == pytest.approx(frechet_distance(m1, s1, mu, sigma), rel=1e-5)
     assert info["fid_reference"].startswith("file")
+    # reference images: features computed once (cached on disk), then FID and KID against them
+    y = rng.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "refimg.npz", x=y)
+    fy = fidelity_features(to_uint8(y), batch_size=4, weights=weights)["2048"]
+    opts = {"reference_images": str(tmp_path / "refimg.npz"), "inception_weights": weights}
+    import evaluators.images as im
+
+    with mock.patch.object(im, "fidelity_features", wraps=im.fidelity_features) as spy:
+        v, _, _ = evaluate(["fid", "kid"], x, {"model": "images"}, bootstraps=0, options=opts)
+        assert spy.call_count == 2  # samples + reference
+        evaluate(["fid"], x, {"model": "images"}, bootstraps=0, options=opts)
+        assert spy.call_count == 3  # reference features came from the cache
+    m2, s2 = feature_moments(fy)
+    assert v["fid"] == pytest.approx(frechet_distance(m1, s1, m2, s2), rel=1e-5)
+    assert np.isfinite(v["kid"])
 
 
 def test_offline_without_weights_says_where_to_put_them(tmp_path, monkeypatch) -> None:
