@@ -13,10 +13,12 @@ r1 = 1/2 (order 2) and r1 = 1/3, r2 = 2/3 (order 3), ``lower_order_final`` below
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
+from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter
 from dpmbench.schedules import NoiseSchedule
 from dpmbench.solvers.base import (
@@ -220,7 +222,40 @@ class DPMSolverPP(_ExponentialIntegrator):
     source = ("Lu et al. 2022b, 'DPM-Solver++', first-order update (DDIM in data form), Alg. 1 (2S), Alg. 2 (2M); "
               "3M as the official code's third-order multistep update")
     prediction = "x0"
-    options = _options(2, "multistep")
+    options = {**_options(2, "multistep"),
+               "sde": Option(bool, False, "SDE-DPM-Solver++ (Lu et al. 2022b, Sec. 5 / App. B, SDE-DPM-Solver++(2M); "
+                             "diffusers algorithm_type='sde-dpmsolver++', k-diffusion sample_dpmpp_2m_sde with "
+                             "eta=1): stochastic, method=multistep, order 1-2")}
+
+    # -- SDE-DPM-Solver++ (option sde=true) -------------------------------------------------------------
+    def validate(self) -> None:
+        super().validate()
+        if self.opts["sde"]:
+            if self.method != "multistep" or self.order > 2:
+                raise DpmbenchError(f"invalid option 'sde' of solver 'dpm-solver++' with method={self.method}, "
+                                    f"order={self.order}: sde=true allows method=multistep, order 1, 2")
+            self.stochastic = True
+
+    def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
+        if not self.opts["sde"]:
+            return super().update(x, hist, t, order)
+        return self.sde_update(x, hist, t, order)
+
+    def sde_update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
+        """SDE-DPM-Solver++ 1 / 2M: the exact solution of the linear part of the reverse SDE in lambda,
+        x_t = (sigma_t/sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) x0 + sigma_t sqrt(1 - e^{-2h}) z,
+        with x0 extrapolated linearly (D1) for order 2."""
+        s, m0 = hist[-1].point, hist[-1].out
+        h = t.lam - s.lam
+        phi = -expm1(-2.0 * h)  # 1 - e^{-2h}
+        x_t = (t.sigma / s.sigma) * math.exp(-h) * x + t.alpha * phi * m0  # SDE-DPM-Solver++1 (DDPM posterior)
+        if order == 2:
+            d1 = (m0 - hist[-2].out) / ((s.lam - hist[-2].point.lam) / h)
+            if self.solver_type == "dpmsolver":  # midpoint: D = x0_s + D1 / 2
+                x_t = x_t + 0.5 * t.alpha * phi * d1
+            else:  # taylor ('heun' in diffusers): alpha_t int_0^h 2 e^{-2u} (h - u)/h du
+                x_t = x_t + t.alpha * (phi / (-2.0 * h) + 1.0) * d1
+        return x_t + t.sigma * math.sqrt(phi) * self.noise(self.model, self.step_index)
 
     def first_order(self, x: torch.Tensor, m_s: torch.Tensor, s: Point, t: Point) -> torch.Tensor:
         h = t.lam - s.lam
