@@ -21,6 +21,7 @@ import torch
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter
 from dpmbench.schedules import NoiseSchedule
+from dpmbench.solvers.adaptive import solve_adaptive
 from dpmbench.solvers.base import (
     History,
     MultistepSolver,
@@ -51,8 +52,9 @@ def singlestep_orders(nfe: int, order: int) -> list[int]:
 def _options(order: int, method: str) -> dict[str, Option]:
     return {
         "order": Option(int, order, "solver order", choices=(1, 2, 3)),
-        "method": Option(str, method, "singlestep (Alg. 1 style) or multistep (Alg. 2 style)",
-                         choices=("singlestep", "multistep")),
+        "method": Option(str, method, "singlestep (Alg. 1 style), multistep (Alg. 2 style) or adaptive (step-size "
+                         "control, DPM-Solver-12 for order 2 / -23 for order 3; the NFE is a cap, see solvers/adaptive.py)",
+                         choices=("singlestep", "multistep", "adaptive")),
         "solver_type": Option(str, "dpmsolver", "2nd/3rd-order variant: 'dpmsolver' (the papers' r-weighted "
                               "differences) or 'taylor' (Taylor-expansion coefficients)",
                               choices=("dpmsolver", "taylor")),
@@ -62,6 +64,14 @@ def _options(order: int, method: str) -> dict[str, Option]:
                               "diffusers; its second-difference term has half the Taylor coefficient, so its "
                               "global order is 2) or 'taylor' (Taylor-consistent coefficient, global order 3)",
                               choices=("official", "taylor")),
+        # method=adaptive only (Lu et al. 2022, App. C; defaults of the official dpm_solver_adaptive)
+        "atol": Option(float, 0.0078, "adaptive: absolute tolerance (official default 0.0078)", minimum=0.0),
+        "rtol": Option(float, 0.05, "adaptive: relative tolerance (official default 0.05)", minimum=0.0),
+        "h_init": Option(float, 0.05, "adaptive: first step size in lambda (official default 0.05)", minimum=0.0),
+        "theta": Option(float, 0.9, "adaptive: safety factor of the step-size update (official default 0.9)",
+                        minimum=0.0),
+        "t_err": Option(float, 1e-5, "adaptive: stop when |t - t_end| <= t_err (official default 1e-5)",
+                        minimum=0.0),
     }
 
 
@@ -71,11 +81,21 @@ class _ExponentialIntegrator(MultistepSolver):
     R2 = (0.5,)  # singlestep intermediate points (fractions of h), order 2
     R3 = (1.0 / 3.0, 2.0 / 3.0)  # order 3
 
+    def validate(self) -> None:
+        if self.method == "adaptive":  # method=adaptive: data-dependent steps, the NFE budget is a cap
+            if self.order == 1:
+                raise DpmbenchError(f"invalid option 'order' of solver {self.name!r} with method=adaptive: 1; "
+                                    "allowed: 2, 3")
+            self.adaptive = True
+
     def min_nfe(self) -> int:
         return self.order
 
     def plan(self, nfe: int, schedule: NoiseSchedule, kind: Any = "logsnr",
              t_start: float | None = None, t_end: float | None = None) -> Plan:
+        if self.method == "adaptive":  # only the end points; the steps are chosen while solving
+            ts = timesteps(kind, 1, schedule, t_start, t_end) if isinstance(kind, str) else list(kind)[:: len(kind) - 1]
+            return Plan([Point.at(schedule, float(t)) for t in ts], [self.order], nfe, {"cap": nfe})
         if self.method == "multistep":
             return super().plan(nfe, schedule, kind, t_start, t_end)
         orders = singlestep_orders(nfe, self.order)
@@ -90,6 +110,8 @@ class _ExponentialIntegrator(MultistepSolver):
         return Plan([Point.at(schedule, float(t)) for t in ts], orders, nfe)
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        if self.method == "adaptive":
+            return solve_adaptive(self, model, x, plan)
         if self.method == "multistep":
             return super().solve(model, x, plan)
         return SinglestepSolver.solve(self, model, x, plan)  # type: ignore[arg-type]
