@@ -204,7 +204,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         wall = time.perf_counter() - start
         save_npz(args.out.replace("{nfe}", str(nfe)), x=x.to(torch.float32).numpy(), nfe=nfe,
                  solver=args.solver.replace(" ", ""), solver_canonical=sol.spec, schedule=str(args.schedule),
-                 wall_s=wall, nfe_used=max(used), **meta)  # nfe_used < nfe only for adaptive solvers (a cap)
+                 wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic, **meta)  # nfe_used < nfe: adaptive only
 
 
 def cmd_reference(args: argparse.Namespace) -> None:

@@ -53,7 +53,8 @@ def _options(order: int, method: str) -> dict[str, Option]:
     return {
         "order": Option(int, order, "solver order", choices=(1, 2, 3)),
         "method": Option(str, method, "singlestep (Alg. 1 style), multistep (Alg. 2 style) or adaptive (step-size "
-                         "control, DPM-Solver-12 for order 2 / -23 for order 3; the NFE is a cap, see solvers/adaptive.py)",
+                         "control, DPM-Solver-12 for order 2 / -23 for order 3; the NFE is a cap, see "
+                         "solvers/adaptive.py)",
                          choices=("singlestep", "multistep", "adaptive")),
         "solver_type": Option(str, "dpmsolver", "2nd/3rd-order variant: 'dpmsolver' (the papers' r-weighted "
                               "differences) or 'taylor' (Taylor-expansion coefficients)",
