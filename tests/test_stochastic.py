@@ -223,6 +223,46 @@ def test_sde_dpm_solver_pp_2m_matches_diffusers(steps: int, solver_type: str) ->
     assert _rel(sample(model, spec, steps, x_T, schedule=times, seed=1), x) > 100 * TOL  # noise matters
 
 
+def test_ddpm_matches_diffusers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DDPMScheduler (variance_type="fixed_small", i.e. the posterior variance, clip_sample off) on custom
+    timesteps 999, 899, ..., 99 with dpmbench's noise of step k fed to its step k; diffusers' last step (to
+    alpha = 1, no noise) is left out: 9 steps from t(999) to t(99) on both sides."""
+    ddpm = pytest.importorskip("diffusers.schedulers.scheduling_ddpm")
+    model = _disc_model()
+    x_T = model.prior(64, seed=0, dtype=torch.float64)
+    sch = ddpm.DDPMScheduler(num_train_timesteps=N_TRAIN, beta_start=BETA_START, beta_end=BETA_END,
+                             beta_schedule="linear", variance_type="fixed_small", clip_sample=False,
+                             prediction_type="epsilon")
+    betas = torch.linspace(BETA_START, BETA_END, N_TRAIN, dtype=torch.float64)
+    abar = torch.cumprod(1.0 - betas, dim=0)
+    torch.testing.assert_close(abar.float(), sch.alphas_cumprod, rtol=1e-5, atol=0)
+    sch.betas, sch.alphas, sch.alphas_cumprod = betas, 1.0 - betas, abar
+    sch.one = torch.tensor(1.0, dtype=torch.float64)
+    sch.set_timesteps(timesteps=list(range(999, 0, -100)))
+    noise = NoiseSource(0, 0, x_T)
+    draws = iter(range(10))
+    monkeypatch.setattr(ddpm, "randn_tensor", lambda *a, **k: noise(next(draws)))
+    x = x_T.clone()
+    for n in sch.timesteps[:-1]:
+        x = sch.step(model.eps(x, _t_of(n)), n, x).prev_sample
+    times = [_t_of(n) for n in sch.timesteps]
+    ours = sample(model, "ddpm", 9, x_T, schedule=times, seed=0)
+    assert _rel(ours, x) < TOL
+    assert _rel(sample(model, "ddpm", 9, x_T, schedule=times, seed=1), x) > 100 * TOL
+
+
+def test_rmse_exact_is_not_computed_for_stochastic_samples() -> None:
+    from evaluators.registry import evaluate
+
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    values, _, info = evaluate(["rmse_exact", "fd_true"], x, {"model": "gmm-2d", "stochastic": True}, x,
+                               bootstraps=10)
+    assert list(values) == ["fd_true"] and info["not_applicable"] == ["rmse_exact"]
+    values, _, _ = evaluate(["rmse_exact", "fd_true"], x, {"model": "gmm-2d", "stochastic": False}, x,
+                            bootstraps=10)
+    assert values["rmse_exact"] == 0.0
+
+
 # -- distributional correctness -------------------------------------------------------------------------------
 
 
