@@ -40,6 +40,7 @@ class Metric:
     stat: Callable[[Context, np.ndarray | None], float]
     doc: str
     lower_is_better: bool = True
+    deterministic_only: bool = False  # meaningless for samples of stochastic solvers (skipped for them)
 
 
 def _rmse_exact(ctx: Context, idx: np.ndarray | None) -> float:
@@ -86,7 +87,8 @@ def _fd_true(ctx: Context, idx: np.ndarray | None) -> float:
 
 METRICS: dict[str, Metric] = {
     "rmse_exact": Metric(_rmse_exact, "RMSE to the exact probability-flow ODE solution from the same x_T "
-                         "(oracle models; needs the reference file)"),
+                         "(oracle models; needs the reference file; not computed for stochastic solvers, whose "
+                         "samples do not follow the ODE)", deterministic_only=True),
     "fd_true": Metric(_fd_true, "Frechet distance of the samples' moments to the true target distribution "
                       "(the data distribution; under guidance != 1 the exact guided ODE solutions)"),
 }
@@ -108,6 +110,11 @@ def evaluate(
             raise bad_value("metric", name, list_metrics())
     ctx = Context(np.asarray(x), dict(meta), None if reference is None else np.asarray(reference))
     info: dict[str, Any] = {"status": "ok"}
+    if bool(meta.get("stochastic", False)):  # samples of an SDE solver: no pathwise comparison with the ODE
+        skipped = [n for n in names if METRICS[n].deterministic_only]
+        names = [n for n in names if not METRICS[n].deterministic_only]
+        if skipped:
+            info["not_applicable"] = skipped
     if not np.isfinite(ctx.x).all():
         info["status"] = "diverged"
         return {n: None for n in names}, {n: [None, None] for n in names}, info
