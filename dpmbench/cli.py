@@ -219,17 +219,19 @@ def cmd_sample(args: argparse.Namespace) -> None:
     meta = _meta(args, model, t_end)
     for nfe in args.nfe:
         start = time.perf_counter()
-        chunks = []
+        chunks, used = [], []
         for lo, hi in _batches(args.num_samples, args.batch_size):
             x_T = model.prior(hi - lo, seed=args.seed, dtype=dtype, device=device, start=lo)
             cond = None if args.guidance is None else model.labels(hi - lo, start=lo).to(device)
+            stats: dict[str, Any] = {}
             chunks.append(sample(model, sol, nfe, x_T, schedule=args.schedule, t_end=t_end,
-                                 guidance=args.guidance, cond=cond, seed=args.seed, start=lo).cpu())
+                                 guidance=args.guidance, cond=cond, seed=args.seed, start=lo, stats=stats).cpu())
+            used.append(stats["nfe_used"])
         x = torch.cat(chunks)
         wall = time.perf_counter() - start
         save_npz(args.out.replace("{nfe}", str(nfe)), x=x.to(torch.float32).numpy(), nfe=nfe,
                  solver=args.solver.replace(" ", ""), solver_canonical=sol.spec, schedule=str(args.schedule),
-                 wall_s=wall, **meta)
+                 wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic, **meta)  # nfe_used < nfe: adaptive only
 
 
 def cmd_reference(args: argparse.Namespace) -> None:

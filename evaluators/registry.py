@@ -83,6 +83,7 @@ class Metric:
     doc: str
     lower_is_better: bool = True
     max_bootstraps: int | None = None  # cap for costly statistics (2048-D FID, KID)
+    deterministic_only: bool = False  # meaningless for samples of stochastic solvers (skipped for them)
 
 
 def _rmse_exact(ctx: Context, idx: np.ndarray | None) -> float:
@@ -339,11 +340,13 @@ def _clip_score(ctx: Context, idx: np.ndarray | None) -> float:
 
 METRICS: dict[str, Metric] = {
     "rmse_exact": Metric(_rmse_exact, "RMSE to the exact probability-flow ODE solution from the same x_T "
-                         "(oracle models; needs the reference file)"),
+                         "(oracle models; needs the reference file; not computed for stochastic solvers, whose "
+                         "samples do not follow the ODE)", deterministic_only=True),
     "fd_true": Metric(_fd_true, "Frechet distance of the samples' moments to the true target distribution "
                       "(the data distribution; under guidance != 1 the exact guided ODE solutions)"),
     "mse_ref": Metric(_mse_ref, "mean squared error (over samples and dimensions, pixel or latent) to a high-NFE "
-                      "reference run from the same x_T (`dpmbench reference --solver SPEC --nfe N`)"),
+                      "reference run from the same x_T (`dpmbench reference --solver SPEC --nfe N`); not computed for "
+                      "stochastic solvers", deterministic_only=True),
     "sw2_true": Metric(_sw2_true, "sliced 2-Wasserstein distance (256 random directions) to the true distribution "
                        "p_{t_end} (a large sample of it; under guidance != 1 the exact guided ODE solutions)"),
     "loglik_true": Metric(_loglik_true, "mean log-density (nats per sample) of the samples under the true "
@@ -380,6 +383,11 @@ def evaluate(
             raise bad_value("metric", name, list_metrics())
     ctx = Context(np.asarray(x), dict(meta), None if reference is None else np.asarray(reference), options)
     info: dict[str, Any] = {"status": "ok"}
+    if bool(meta.get("stochastic", False)):  # samples of an SDE solver: no pathwise comparison with the ODE
+        skipped = [n for n in names if METRICS[n].deterministic_only]
+        names = [n for n in names if not METRICS[n].deterministic_only]
+        if skipped:
+            info["not_applicable"] = skipped
     if not np.isfinite(ctx.x).all():
         info["status"] = "diverged"
         return {n: None for n in names}, {n: [None, None] for n in names}, info
