@@ -43,6 +43,7 @@ Conventions aligned (each helper below documents its part):
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +54,7 @@ from dpmbench import load_model, sample
 from dpmbench.models.base import Model
 from dpmbench.schedules import VPDiscrete
 
-schedulers = pytest.importorskip("diffusers.schedulers")
+schedulers = importlib.import_module("diffusers.schedulers")
 
 # diffusers' DPMSolverMultistepScheduler.set_timesteps calls np.array(tensor), which numpy 2 flags (not ours).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
