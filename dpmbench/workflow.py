@@ -16,7 +16,10 @@ Solver specs become path-safe slugs (``dpm-solver++:order=2,method=multistep`` -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import hashlib
+import json
 import os
 import re
 import signal
@@ -91,6 +94,90 @@ def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str] = D
     raise _bad(_key(path), error.message.replace("\n", " "))
 
 
+class _Registry:
+    """Facts the grid needs about models, solvers, schedules and metrics, cached on disk (``$DPMBENCH_CACHE/workflow``)
+    under a digest of the package's source files, so that parsing the Snakefile (once per run, and once per cluster
+    job) does not import torch or build models when nothing changed."""
+
+    def __init__(self) -> None:
+        from dpmbench.io import cache_dir
+
+        h = hashlib.sha256()
+        root = Path(__file__).resolve().parents[1]
+        for p in sorted([*root.glob("dpmbench/**/*.py"), *root.glob("evaluators/**/*.py")]):
+            st = p.stat()
+            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
+        self.path = cache_dir("workflow") / f"registry-{h.hexdigest()[:20]}.json"
+        try:
+            self.data: dict[str, Any] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+        self.dirty = False
+
+    def _get(self, key: str, compute: Any) -> Any:
+        if key not in self.data:
+            self.data[key] = compute()
+            self.dirty = True
+        return self.data[key]
+
+    def save(self) -> None:
+        """Write the cache if anything was computed."""
+        if self.dirty:
+            from dpmbench.io import save_json
+
+            with contextlib.suppress(OSError):  # a read-only cache only costs time
+                save_json(self.path, self.data)
+
+    def models(self) -> list[str]:
+        def compute() -> list[str]:
+            from dpmbench.models.registry import list_models
+
+            return list(list_models())
+
+        return self._get("list:models", compute)
+
+    def schedules(self) -> list[str]:
+        def compute() -> list[str]:
+            from dpmbench.timesteps import ALL_KINDS
+
+            return [k for k in ALL_KINDS if k != "custom"]
+
+        return self._get("list:schedules", compute)
+
+    def metrics(self) -> list[str]:
+        def compute() -> list[str]:
+            from evaluators.registry import list_metrics
+
+            return list(list_metrics())
+
+        return self._get("list:metrics", compute)
+
+    def model(self, name: str) -> dict[str, Any]:
+        def compute() -> dict[str, Any]:
+            from dpmbench.models.registry import load_model
+
+            m = load_model(name)
+            return {"num_classes": int(m.num_classes or 0), "exact": hasattr(m, "exact_solution")}
+
+        return self._get(f"model:{name}", compute)
+
+    def solver_error(self, spec: str, nfe: int | None = None) -> str:
+        """The one-line problem of a solver spec (or of an NFE budget for it); empty if none."""
+
+        def compute() -> str:
+            from dpmbench.solvers.base import get_solver
+
+            try:
+                sol = get_solver(spec)
+                if nfe is not None:
+                    sol.check_nfe(nfe)
+            except DpmbenchError as exc:
+                return str(exc)
+            return ""
+
+        return self._get(f"solver:{spec}|{'' if nfe is None else nfe}", compute)
+
+
 @dataclass
 class ModelGrid:
     """The effective grid of one model (top-level values with the model's overrides applied)."""
@@ -115,21 +202,16 @@ class Grid:
     config: dict[str, Any]
 
     def __post_init__(self) -> None:
-        from dpmbench.models.registry import list_models, load_model
-        from dpmbench.solvers.base import get_solver
-        from dpmbench.timesteps import ALL_KINDS
-        from evaluators.registry import list_metrics
-
         c = self.config
+        reg = _Registry()
         self.results_dir: str = c.get("results_dir", "results")
         self.report_dir: str = c.get("report_dir", "reports")
         self.t_end: float = float(c.get("t_end", 1e-3))
         self.device: str = c.get("device", "cpu")
         self.specs: dict[str, str] = {}  # slug -> spec
-        self._solver_cache: dict[str, Any] = {}
-        metrics_known = list_metrics()
-        schedules_known = [k for k in ALL_KINDS if k != "custom"]
-        models_known = list_models()
+        metrics_known = reg.metrics()
+        schedules_known = reg.schedules()
+        models_known = reg.models()
         if "seed" in c and "seeds" in c:
             raise _bad("seed", "give either 'seed' or 'seeds', not both")
         top = {
@@ -157,25 +239,22 @@ class Grid:
                                f"unknown schedule {s!r}; allowed: {', '.join(schedules_known)}")
             slugs = []
             for i, spec in enumerate(eff["solvers"]):
-                try:
-                    sol = self._solver_cache.get(spec) or get_solver(spec)
-                except DpmbenchError as exc:
-                    raise _bad(f"{where['solvers']}[{i}]", str(exc)) from None
-                self._solver_cache[spec] = sol
+                problem = reg.solver_error(spec)
+                if problem:
+                    raise _bad(f"{where['solvers']}[{i}]", problem)
                 for n in eff["nfe"]:
-                    try:
-                        sol.check_nfe(int(n))
-                    except DpmbenchError as exc:
-                        raise _bad(where["nfe"], str(exc)) from None
+                    problem = reg.solver_error(spec, int(n))
+                    if problem:
+                        raise _bad(where["nfe"], problem)
                 key = slug(spec)
                 if self.specs.get(key, spec) != spec:
                     raise _bad(f"{where['solvers']}[{i}]", f"{spec!r} and {self.specs[key]!r} share a path name")
                 self.specs[key] = spec
                 slugs.append(key)
             guidance = [guidance_key(g) for g in eff["guidance"]]
-            model = load_model(name)
-            self._has_reference[name] = hasattr(model, "exact_solution")
-            if any(g != "none" for g in guidance) and not model.num_classes:
+            info = reg.model(name)
+            self._has_reference[name] = info["exact"]
+            if any(g != "none" for g in guidance) and not info["num_classes"]:
                 raise _bad(where["guidance"], f"model {name!r} is unconditional; allowed: [none]")
             n = int(mc["num_samples"])
             per = int(eff["samples_per_shard"])
@@ -186,6 +265,7 @@ class Grid:
                 batch_size=None if eff["batch_size"] is None else int(eff["batch_size"]),
                 shards=[(lo, min(lo + per, n)) for lo in range(0, n, per)],
             )
+        reg.save()
         self.resources = {s: {**DEFAULT_RESOURCES[s], **c.get("resources", {}).get(s, {})} for s in STAGES}
         self.checkpoints: dict[str, dict[str, Any]] = dict(c.get("checkpoints", {}))
 
@@ -344,8 +424,6 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
 def run_evaluate(cells: Sequence[str], outs: Sequence[str], metrics: str, reference: str | None,
                  seed: int | None = None) -> int:
     """Metrics of several cells: ``cells[i]`` is a comma list of shard files, ``outs[i]`` its metrics json."""
-    import json
-
     from dpmbench.cli import main as cli_main
     from dpmbench.io import save_json, save_npz
 
