@@ -151,3 +151,13 @@ def test_bad_papers_file_names_the_field(tmp_path: Path) -> None:
     (tmp_path / "r").mkdir()
     with pytest.raises(DpmbenchError, match="entries\\[0\\] lacks 'page'"):
         write_report(tmp_path / "r", tmp_path / "out", papers_dir=tmp_path)
+
+
+def test_validate_command_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dpmbench.workflow import main as wf_main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**BASE, "models": {"gmm-2d": {"num_samples": 8, "guidance": [2.0]}},
+                                   "solvers": ["ddim", "dpm-solver++:order=2,method=multistep", "ddim"]}))
+    assert wf_main(["validate", str(cfg)]) == 2
+    assert capsys.readouterr().err == "dpmbench: error: invalid config key 'solvers': an entry is listed twice\n"
