@@ -21,7 +21,7 @@ import yaml
 from dpmbench.errors import DpmbenchError
 from dpmbench.io import atomic_write
 
-# DESIGN.md's columns, then the seed (several seeds are separate rows)
+# DESIGN.md's columns; results.csv adds a last column `seed` only when the results hold several seeds
 COLUMNS = ["model", "solver", "nfe", "schedule", "guidance", "metric", "value", "ci_low", "ci_high",
            "n_samples", "wall_s", "seed"]
 GROUP = ["model", "guidance", "schedule", "seed", "metric"]
@@ -141,7 +141,7 @@ def _figure_name(key: tuple[Any, ...], many_seeds: bool) -> str:
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
     return path
 
@@ -369,7 +369,8 @@ def write_report(results_dir: str | Path, out: str | Path, papers_dir: str | Pat
     entries = load_papers(papers_dir)  # validate before writing anything
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
-    atomic_write(out / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
+    table = df if df["seed"].nunique() > 1 else df.drop(columns="seed")
+    atomic_write(out / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     md = leaderboard_markdown(df)
     atomic_write(out / "leaderboard.md", lambda tmp: tmp.write_text(md))
     figures = write_figures(df, out) if not df.empty else {}

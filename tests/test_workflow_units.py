@@ -142,7 +142,7 @@ def test_report_renders_any_results_dir_with_papers(tmp_path: Path) -> None:
     assert (out / "figures" / "samples_gmm-digits_gnone_seed0_logsnr_nfe5.png").is_file()
     assert (out / "figures" / "gmm-digits_gnone_logsnr_fd_true.png").is_file()
     assert (out / "results.csv").read_text().startswith(
-        "model,solver,nfe,schedule,guidance,metric,value,ci_low,ci_high,n_samples,wall_s,seed\n")
+        "model,solver,nfe,schedule,guidance,metric,value,ci_low,ci_high,n_samples,wall_s\n")  # one seed
     assert write_report(res, tmp_path / "again", papers_dir=None).shape[0] == 4
 
 
@@ -161,3 +161,15 @@ def test_validate_command_prints_one_line(tmp_path: Path, capsys: pytest.Capture
                                    "solvers": ["ddim", "dpm-solver++:order=2,method=multistep", "ddim"]}))
     assert wf_main(["validate", str(cfg)]) == 2
     assert capsys.readouterr().err == "dpmbench: error: invalid config key 'solvers': an entry is listed twice\n"
+
+
+def test_several_seeds_get_a_seed_column_and_their_own_tables(tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    _metric_file(res, "gmm-2d", "ddim", 5, 0.3, seed=0)
+    d = res / "gmm-2d" / "gnone" / "seed1"
+    _metric_file(d, "gmm-2d", "ddim", 5, 0.4, seed=1)  # a different path, another seed
+    write_report(res, tmp_path / "out")
+    lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert lines[0].endswith(",wall_s,seed") and len(lines) == 3
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "### fd_true · guidance none · schedule logsnr · seed 1 (n=10)" in md
