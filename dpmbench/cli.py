@@ -103,14 +103,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--start", type=_nonneg_int("--start"), default=0,
                    help="index of the first sample (a shard: samples START..START+K-1 of the seed's stream)")
 
-    r = sub.add_parser("reference", help="exact ODE solutions of an oracle model from the same x_T")
+    r = sub.add_parser("reference", help="exact ODE solutions of an oracle model (or a high-NFE solver run) "
+                       "from the same x_T")
     common(r)
+    r.add_argument("--solver", default=None, help="NAME[:key=value,...]: a high-NFE reference run instead of the "
+                   "exact solution (e.g. dpm-solver++ with --nfe 500, or ddim with --nfe 999); needs --nfe")
+    r.add_argument("--nfe", type=_positive_int("--nfe"), default=None)
+    r.add_argument("--schedule", default="logsnr", help="timestep schedule of the --solver run")
 
     e = sub.add_parser("evaluate", help="compute metrics of a samples file")
     e.add_argument("--samples", required=True, nargs="+", help="one or more samples files")
     e.add_argument("--metrics", required=True)
     e.add_argument("--reference", default=None)
     e.add_argument("--bootstraps", type=_nonneg_int("--bootstraps"), default=200)
+    e.add_argument("--fid-backend", choices=["torch-fidelity", "clean-fid"], default="torch-fidelity",
+                   help="library computing fid/is/kid/fdd features (default torch-fidelity)")
+    e.add_argument("--cleanfid-mode", choices=["clean", "legacy_tensorflow"], default="clean")
+    e.add_argument("--fid-stats", default=None, help="fid reference statistics: a name in "
+                   "reference_stats/manifest.yaml or an .npz with mu/sigma")
+    e.add_argument("--kid-reference", default=None, help="kid reference features (.npz, key feats or features)")
+    e.add_argument("--reference-images", default=None, help="reference images (.npz, key x) for fid/kid: their "
+                   "features are computed once and cached under $DPMBENCH_CACHE/features")
+    e.add_argument("--inception-weights", default=None,
+                   help="local Inception weights (else env DPMBENCH_INCEPTION_WEIGHTS / DPMBENCH_CLEANFID_INCEPTION, "
+                   "else the libraries' caches)")
+    e.add_argument("--clip-model", default="ViT-L-14")
+    e.add_argument("--clip-pretrained", default="openai")
+    e.add_argument("--clip-weights", default=None, help="local CLIP weights (else env DPMBENCH_CLIP_WEIGHTS)")
+    e.add_argument("--eval-batch-size", type=_positive_int("--eval-batch-size"), default=64,
+                   help="feature-extraction batch size")
+    e.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     e.add_argument("--out", required=True, nargs="+", help="one metrics file per samples file")
 
     rep = sub.add_parser("report", help="aggregate metric files into results.csv and leaderboard.md")
@@ -118,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="reports")
     rep.add_argument("--papers", default=None,
                      help="directory of published numbers (papers/*.yaml; default: ./papers if it exists)")
+
+    reg = sub.add_parser("regress", help="fail (exit 1) when results are worse than a baseline")
+    reg.add_argument("--baseline", required=True)
+    reg.add_argument("--results", required=True)
+    reg.add_argument("--config", default=None, help="YAML with regression.tolerances: metric -> rtol/atol/stochastic")
     return p
 
 
@@ -202,18 +229,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
         _remove_stale_temporaries(args.out.replace("{nfe}", str(nfe)))
     for nfe in args.nfe:
         start = time.perf_counter()
-        chunks = []
+        chunks, used = [], []
         for lo, hi in _batches(args.num_samples, args.batch_size):
             lo, hi = lo + args.start, hi + args.start  # sample i depends only on (seed, i): any sharding agrees
             x_T = model.prior(hi - lo, seed=args.seed, dtype=dtype, device=device, start=lo)
             cond = None if args.guidance is None else model.labels(hi - lo, start=lo).to(device)
+            stats: dict[str, Any] = {}
             chunks.append(sample(model, sol, nfe, x_T, schedule=args.schedule, t_end=t_end,
-                                 guidance=args.guidance, cond=cond, seed=args.seed, start=lo).cpu())
+                                 guidance=args.guidance, cond=cond, seed=args.seed, start=lo, stats=stats).cpu())
+            used.append(stats["nfe_used"])
         x = torch.cat(chunks)
         wall = time.perf_counter() - start
         save_npz(args.out.replace("{nfe}", str(nfe)), x=x.to(torch.float32).numpy(), nfe=nfe,
                  solver=args.solver.replace(" ", ""), solver_canonical=sol.spec, schedule=str(args.schedule),
-                 wall_s=wall, **meta)
+                 wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic, **meta)  # nfe_used < nfe: adaptive only
 
 
 def _remove_stale_temporaries(out: str) -> None:
@@ -230,24 +259,46 @@ def cmd_reference(args: argparse.Namespace) -> None:
     from dpmbench.io import save_npz
 
     model, _, device = _setup(args)
-    if not hasattr(model, "exact_solution"):
-        raise DpmbenchError(f"invalid --model {args.model!r} for reference: only oracle models have exact solutions")
+    oracle = hasattr(model, "exact_solution")
+    if (args.solver is None) != (args.nfe is None):
+        raise DpmbenchError("invalid reference: --solver and --nfe go together (a high-NFE reference run)")
+    if args.solver is None and not oracle:
+        raise DpmbenchError(f"invalid --model {args.model!r} for an exact reference: only oracle models have exact "
+                            "solutions; give --solver SPEC --nfe N for a high-NFE reference run")
     from dpmbench.models.base import guided
 
-    net = guided(model, args.guidance)
     t_end = model.schedule.t_end_default if args.t_end is None else args.t_end
     meta = _meta(args, model, t_end)
     start = time.perf_counter()
-    x_T = model.prior(args.num_samples, seed=args.seed, dtype=torch.float64)
     cond = None if args.guidance is None else model.labels(args.num_samples)
-    x = net.exact_solution(x_T, t_end=t_end, cond=cond)
-    # the target distribution's moments travel with the reference, so metrics need no model
-    if args.guidance is None or args.guidance == 1.0:
-        mu, cov = model.data_moments(cond, t=t_end)
-    else:
-        mu, cov = x.reshape(len(x), -1).mean(0), torch.cov(x.reshape(len(x), -1).T)
-    save_npz(args.out, x=x.numpy(), solver="exact", nfe=-1, schedule="adaptive",
-             wall_s=time.perf_counter() - start, target_mu=mu.numpy(), target_cov=cov.numpy(), **meta)
+    if args.solver is None:
+        net = guided(model, args.guidance)
+        x_T = model.prior(args.num_samples, seed=args.seed, dtype=torch.float64)
+        x = net.exact_solution(x_T, t_end=t_end, cond=cond)
+        run = {"solver": "exact", "nfe": -1, "schedule": "adaptive"}
+    else:  # a high-NFE run of a solver from the same x_T as `dpmbench sample` (float64)
+        from dpmbench.sampling import make_plan, sample
+        from dpmbench.solvers.base import get_solver
+
+        sol = get_solver(args.solver)
+        make_plan(model, sol, args.nfe, args.schedule, None, t_end)
+        chunks = []
+        for lo, hi in _batches(args.num_samples, args.batch_size):
+            x_T = model.prior(hi - lo, seed=args.seed, dtype=torch.float64, device=device, start=lo)
+            c = None if args.guidance is None else model.labels(hi - lo, start=lo).to(device)
+            chunks.append(sample(model, sol, args.nfe, x_T, schedule=args.schedule, t_end=t_end,
+                                 guidance=args.guidance, cond=c, seed=args.seed, start=lo).cpu())
+        x = torch.cat(chunks)
+        run = {"solver": args.solver.replace(" ", ""), "solver_canonical": sol.spec, "nfe": args.nfe,
+               "schedule": str(args.schedule)}
+    extra = {}
+    if oracle:  # the target distribution's moments travel with the reference, so metrics need no model
+        if args.guidance is None or args.guidance == 1.0:
+            mu, cov = model.data_moments(cond, t=t_end)
+        else:
+            mu, cov = x.reshape(len(x), -1).mean(0), torch.cov(x.reshape(len(x), -1).T)
+        extra = {"target_mu": mu.numpy(), "target_cov": cov.numpy()}
+    save_npz(args.out, x=x.numpy(), wall_s=time.perf_counter() - start, **run, **extra, **meta)
 
 
 def _load_npz(path: str, what: str) -> dict[str, Any]:
@@ -276,6 +327,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise bad_value("--metrics entry", n, list_metrics())
     if len(args.samples) != len(args.out):
         raise DpmbenchError(f"invalid --out: {len(args.out)} files for {len(args.samples)} --samples files")
+    options = {"fid_backend": args.fid_backend, "cleanfid_mode": args.cleanfid_mode, "fid_stats": args.fid_stats,
+               "kid_reference": args.kid_reference, "reference_images": args.reference_images,
+               "inception_weights": args.inception_weights,
+               "clip_model": args.clip_model, "clip_pretrained": args.clip_pretrained,
+               "clip_weights": args.clip_weights, "batch_size": args.eval_batch_size, "device": args.device}
     ref_file = _load_npz(args.reference, "--reference") if args.reference else None
     loaded = [_load_npz(path, "--samples") for path in args.samples]  # validate all before writing any
     for path, s in zip(args.samples, loaded, strict=True):
@@ -288,9 +344,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         meta = {k: _scalar(v) for k, v in s.items() if k != "x"}
         start = time.perf_counter()
         ref = None if ref_file is None else ref_file["x"]
+        if ref_file is not None:
+            meta["reference_solver"] = str(_scalar(ref_file["solver"])) if "solver" in ref_file else "exact"
+            meta["reference_nfe"] = int(_scalar(ref_file["nfe"])) if "nfe" in ref_file else -1
         if ref_file is not None and "target_mu" in ref_file:
             meta["target_moments"] = (ref_file["target_mu"], ref_file["target_cov"])
-        values, cis, info = evaluate(names, s["x"], meta, ref, bootstraps=args.bootstraps)
+        values, cis, info = evaluate(names, s["x"], meta, ref, bootstraps=args.bootstraps, options=options)
         g = meta.get("guidance")
         save_json(out_path, {
             "model": str(meta["model"]), "solver": str(meta.get("solver")), "nfe": int(meta.get("nfe", -1)),
@@ -307,8 +366,24 @@ def cmd_report(args: argparse.Namespace) -> None:
     write_report(args.results_dir, args.out, papers_dir=args.papers)
 
 
+def cmd_regress(args: argparse.Namespace) -> int:
+    from dpmbench.regress import load_tolerances, regress
+
+    tolerances = {}
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise DpmbenchError(f"invalid --config {args.config!r}: no such file")
+        tolerances = load_tolerances(yaml.safe_load(path.read_text()) or {})
+    passed, _, summary = regress(args.baseline, args.results, tolerances)
+    print(summary)
+    return 0 if passed else 1
+
+
 COMMANDS = {"list": cmd_list, "sample": cmd_sample, "reference": cmd_reference,
-            "evaluate": cmd_evaluate, "report": cmd_report}
+            "evaluate": cmd_evaluate, "report": cmd_report, "regress": cmd_regress}
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -321,11 +396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except DpmbenchError as exc:
         print(f"dpmbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def sample(
     t_start: float | None = None,
     seed: int = 0,
     start: int = 0,
+    stats: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Sample from ``model`` with ``solver`` using exactly ``nfe`` model evaluations, starting at ``x_T``.
 
@@ -42,6 +43,12 @@ def sample(
     with ``cond`` and no guidance the model is sampled conditionally. The solver runs in ``x_T``'s dtype
     and device. Stochastic solvers draw the noise of step k for sample ``start + i`` from (``seed``, k), so
     results do not depend on batching.
+
+    NFE contract: a fixed-step solver spends exactly ``nfe`` evaluations (asserted). An adaptive solver
+    (``solver.adaptive``, e.g. ``dpm-solver:method=adaptive``) takes a data-dependent number of steps: for it
+    ``nfe`` is a cap that it never exceeds (asserted), and the evaluations actually spent are reported in
+    ``stats["nfe_used"]`` when a ``stats`` dict is passed (it is filled for every solver, with ``nfe_budget``
+    and, for adaptive solvers, whatever the solver reports, e.g. ``steps_accepted``/``budget_exhausted``).
     """
     if isinstance(model, str):
         model = load_model(model)
@@ -52,6 +59,8 @@ def sample(
     counter = NFECounter(net, cond, NoiseSource(seed, start, x_T) if sol.stochastic else None)
     with torch.no_grad():
         x = sol.run(counter, x_T, plan)
-    if counter.count != nfe:  # an internal invariant: every solver must spend exactly its budget
+    if counter.count > nfe or (counter.count != nfe and not sol.adaptive):  # internal invariant (see above)
         raise RuntimeError(f"solver {sol.spec} used {counter.count} NFE for a budget of {nfe}")
+    if stats is not None:
+        stats.update(plan.extra.get("report", {}), nfe_used=counter.count, nfe_budget=nfe)
     return x

@@ -20,14 +20,30 @@ from dpmbench.errors import bad_value
 TimeLike = TypeVar("TimeLike", float, torch.Tensor)
 
 
+_SCALAR_CACHE_SIZE = 1 << 16
+
+
 def _float_or_tensor(fn: Callable[[Any, torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
-    """Run ``fn`` on a float64 tensor; give a float back when a float came in."""
+    """Run ``fn`` on a float64 tensor; give a float back when a float came in.
+
+    Float results are memoized per schedule instance: a sampler asks for the same few time points over and
+    over (plan, model-output conversion, the model itself), and a cached float costs a dict look-up instead
+    of several small tensor operations.
+    """
+    name = fn.__name__
 
     @wraps(fn)
     def wrapper(self: Any, t: Any) -> Any:
         if isinstance(t, torch.Tensor):
             return fn(self, t.to(torch.float64))
-        return float(fn(self, torch.tensor(float(t), dtype=torch.float64)))
+        key = (name, float(t))
+        cache = self.__dict__.setdefault("_scalar_cache", {})
+        value = cache.get(key)
+        if value is None:
+            if len(cache) > _SCALAR_CACHE_SIZE:
+                cache.clear()
+            value = cache[key] = float(fn(self, torch.tensor(key[1], dtype=torch.float64)))
+        return value
 
     return wrapper
 
@@ -83,6 +99,19 @@ class NoiseSchedule(ABC):
     def prior_std(self) -> float:
         """Standard deviation of the Gaussian prior x_T is drawn from."""
         return 1.0
+
+    def values(self, t: torch.Tensor) -> tuple[list[float], list[float], list[float]]:
+        """lambda, alpha and sigma at every time of ``t`` as floats, computed in one vectorized pass and shared
+        with the scalar methods' cache. The first value computed for a time wins, so within a process a time
+        always maps to the same floats, whichever path asked first."""
+        t = t.to(torch.float64)
+        fresh = zip(self.lambda_(t).tolist(), self.alpha(t).tolist(), self.sigma(t).tolist(), strict=True)
+        cache = self.__dict__.setdefault("_scalar_cache", {})
+        out: list[list[float]] = [[], [], []]
+        for ti, new in zip(t.tolist(), fresh, strict=True):
+            for k, (name, v) in enumerate(zip(("lambda_", "alpha", "sigma"), new, strict=True)):
+                out[k].append(cache.setdefault((name, ti), v))
+        return out[0], out[1], out[2]
 
     def key(self) -> str:
         """A string identifying the schedule and its parameters (for cache keys and reports)."""

@@ -43,11 +43,52 @@ def _karras(steps: int, sch: NoiseSchedule, t0: float, t1: float) -> torch.Tenso
     return t
 
 
+# Align Your Steps (Sabour, Fidler & Kreis 2024): the published 10-step schedules, as noise levels
+# sigma = sigma/alpha of the model family (AYS project page, "How to use"; the same values ship in diffusers'
+# AysSchedules). The last value is the family's sigma_min (diffusers writes 0.0 there for sigma = 0 denoising).
+AYS_SIGMAS: dict[str, list[float]] = {
+    "sd15": [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029],
+    "sdxl": [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029],
+    "svd": [700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002],
+}
+
+
+def ays_sigmas(family: str, steps: int) -> torch.Tensor:
+    """The family's AYS noise levels for ``steps`` steps: the 10-step table itself, or its log-linear
+    interpolation (the AYS authors' recipe for other step counts)."""
+    table = torch.tensor(AYS_SIGMAS[family], dtype=torch.float64)
+    if steps == len(table) - 1:
+        return table
+    xs = torch.linspace(0.0, 1.0, len(table), dtype=torch.float64)
+    new = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    idx = torch.searchsorted(xs, new).clamp(1, len(xs) - 1)
+    w = (new - xs[idx - 1]) / (xs[idx] - xs[idx - 1])
+    logs = torch.log(table)
+    out = torch.exp(logs[idx - 1] + w * (logs[idx] - logs[idx - 1]))
+    out[0], out[-1] = table[0], table[-1]
+    return out
+
+
+def _ays(family: str) -> Callable[[int, NoiseSchedule, float, float], torch.Tensor]:
+    def grid(steps: int, sch: NoiseSchedule, t0: float, t1: float) -> torch.Tensor:
+        # The table's interior noise levels; the end points are the run's t_start and t_end, so that a run on
+        # the family's own model (sigma range 14.6 .. 0.029 for SD) uses exactly the published schedule.
+        t = sch.t_of_lambda(-torch.log(ays_sigmas(family, steps)))
+        if not bool((t[1:-1] < t0).all() and (t[1:-1] > t1).all()):
+            raise DpmbenchError(
+                f"invalid schedule 'ays-{family}' for t in [{t1}, {t0}]: its noise levels "
+                f"{AYS_SIGMAS[family][1]}..{AYS_SIGMAS[family][-2]} fall outside the run's range")
+        return t
+
+    return grid
+
+
 TIMESTEP_SCHEDULES: dict[str, Callable[[int, NoiseSchedule, float, float], torch.Tensor]] = {
     "time-uniform": _time_uniform,
     "logsnr": _logsnr,
     "time-quadratic": _time_quadratic,
     "karras": _karras,
+    **{f"ays-{family}": _ays(family) for family in AYS_SIGMAS},
 }
 ALL_KINDS = [*TIMESTEP_SCHEDULES, "custom"]
 
@@ -79,7 +120,7 @@ def timesteps(
         raise DpmbenchError(f"invalid t_end {t1}: must be smaller than t_start {t0}")
     if steps < 1:
         raise DpmbenchError(f"invalid steps {steps}: must be >= 1")
-    if kind in ("logsnr", "karras") and not math.isfinite(schedule.lambda_(t0)):
+    if (kind in ("logsnr", "karras") or kind.startswith("ays")) and not math.isfinite(schedule.lambda_(t0)):
         raise DpmbenchError(f"invalid t_start {t0} for schedule {kind}: log-SNR is infinite there")
     t = TIMESTEP_SCHEDULES[kind](steps, schedule, t0, t1)
     t[0], t[-1] = t0, t1

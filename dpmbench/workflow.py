@@ -399,7 +399,7 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
         if lo != expect:
             raise DpmbenchError(f"invalid shards: {p!r} starts at {lo}, expected {expect}")
         expect = hi
-    xs, labels, wall, meta = [], [], 0.0, None
+    xs, labels, wall, used, meta = [], [], 0.0, -1, None
     for lo, hi, p in parts:
         with np.load(p, allow_pickle=False) as f:
             d = {k: f[k] for k in f.files}
@@ -408,6 +408,7 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
         xs.append(d.pop("x"))
         labels.append(d.pop("labels", np.zeros(0, np.int64)))
         wall += float(d.pop("wall_s", 0.0))
+        used = max(used, int(d.pop("nfe_used", -1)))  # adaptive solvers: the most any shard used
         d.pop("start", None)
         d.pop("num_samples", None)
         if meta is None:
@@ -417,6 +418,8 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
                 if k in d and str(d[k]) != str(meta.get(k)):
                     raise DpmbenchError(f"invalid shard {p!r}: {k} {d[k]} differs from the first shard's {meta[k]}")
     assert meta is not None
+    if used >= 0:
+        meta["nfe_used"] = used
     return {**meta, "x": np.concatenate(xs), "labels": np.concatenate(labels), "wall_s": wall,
             "num_samples": expect, "num_shards": len(parts)}
 

@@ -11,7 +11,31 @@ import numpy as np
 
 from dpmbench.errors import DpmbenchError, bad_value
 from evaluators.bootstrap import bootstrap_ci
-from evaluators.oracle import frechet_to, rmse
+from evaluators.oracle import (
+    frechet_to,
+    mixture_at,
+    mixture_logpdf,
+    mixture_sample,
+    mse_ref,
+    rmse,
+    sliced_w2,
+    sliced_w2_setup,
+)
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "fid_backend": "torch-fidelity",   # or "clean-fid"
+    "cleanfid_mode": "clean",          # or "legacy_tensorflow" (clean-fid backend)
+    "fid_stats": None,                 # reference stats: a reference_stats/manifest.yaml name or an .npz path
+    "kid_reference": None,             # .npz of reference features (key "feats" or "features") for kid
+    "reference_images": None,          # .npz of reference images (key "x"): features computed once, cached
+    "inception_weights": None,         # local override (else env DPMBENCH_INCEPTION_WEIGHTS / _CLEANFID_INCEPTION)
+    "clip_model": "ViT-L-14",
+    "clip_pretrained": "openai",
+    "clip_weights": None,              # local override (else env DPMBENCH_CLIP_WEIGHTS)
+    "batch_size": 64,
+    "device": "cpu",
+    "sw2_projections": 256,
+}
 
 
 @dataclass
@@ -21,11 +45,29 @@ class Context:
     x: np.ndarray
     meta: dict[str, Any]
     reference: np.ndarray | None = None
+    options: dict[str, Any] | None = None
 
-    def require_reference(self, metric: str) -> np.ndarray:
-        """The reference array, or a one-line error naming the metric that needs it."""
+    def opt(self, key: str) -> Any:
+        """An evaluation option (``DEFAULT_OPTIONS`` overridden by the caller's)."""
+        return (self.options or {}).get(key, DEFAULT_OPTIONS.get(key))
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """A per-evaluation cache (features, targets) shared by the metrics and their bootstrap replicates."""
+        store = self.meta.setdefault("_cache", {})
+        if key not in store:
+            store[key] = compute()
+        return store[key]
+
+    def require_reference(self, metric: str, exact: bool = True) -> np.ndarray:
+        """The reference array, or a one-line error naming the metric that needs it (``exact``: the reference
+        must hold exact ODE solutions, not a high-NFE solver run)."""
         if self.reference is None:
-            raise DpmbenchError(f"invalid metrics: {metric!r} needs --reference (the exact solutions)")
+            what = "the exact solutions" if exact else "a reference run"
+            raise DpmbenchError(f"invalid metrics: {metric!r} needs --reference ({what})")
+        solver = str(self.meta.get("reference_solver", "exact"))
+        if exact and solver != "exact":
+            raise DpmbenchError(f"invalid --reference for {metric!r}: it holds a {solver!r} run, not exact solutions; "
+                                "use mse_ref with solver references")
         if self.reference.shape[0] != self.x.shape[0]:
             raise DpmbenchError(
                 f"invalid reference: {self.reference.shape[0]} samples for {self.x.shape[0]} samples"
@@ -40,6 +82,8 @@ class Metric:
     stat: Callable[[Context, np.ndarray | None], float]
     doc: str
     lower_is_better: bool = True
+    max_bootstraps: int | None = None  # cap for costly statistics (2048-D FID, KID)
+    deterministic_only: bool = False  # meaningless for samples of stochastic solvers (skipped for them)
 
 
 def _rmse_exact(ctx: Context, idx: np.ndarray | None) -> float:
@@ -84,11 +128,238 @@ def _fd_true(ctx: Context, idx: np.ndarray | None) -> float:
     return frechet_to(ctx.x, mu, cov, idx)
 
 
+def _mse_ref(ctx: Context, idx: np.ndarray | None) -> float:
+    return mse_ref(ctx.x, ctx.require_reference("mse_ref", exact=False), idx)
+
+
+def _oracle(ctx: Context, metric: str) -> Any:
+    from dpmbench.models.registry import load_model
+
+    model = load_model(str(ctx.meta["model"]))
+    if not hasattr(model, "data_moments"):
+        raise DpmbenchError(f"invalid metrics: {metric!r} needs an oracle model, not {ctx.meta['model']!r}")
+    return model
+
+
+def _labels(ctx: Context) -> np.ndarray | None:
+    labels = ctx.meta.get("labels")
+    return None if labels is None or np.size(labels) == 0 else np.asarray(labels)
+
+
+def _t_end(ctx: Context) -> float:
+    t = ctx.meta.get("t_end")
+    if t is None:
+        raise DpmbenchError("invalid samples: metadata 't_end' is missing (needed for the true distribution)")
+    return float(t)
+
+
+def _true_mixture(ctx: Context, metric: str) -> dict[str, np.ndarray]:
+    return ctx.cached("true_mixture", lambda: mixture_at(_oracle(ctx, metric), _labels(ctx), _t_end(ctx)))
+
+
+def _sw2_target(ctx: Context) -> np.ndarray:
+    def compute() -> np.ndarray:
+        g = _guidance(ctx.meta)
+        if g is None or g == 1.0:  # p_{t_end}: a large sample of the true mixture
+            m = int(min(max(10 * len(ctx.x), 20000), 100000))
+            return mixture_sample(_true_mixture(ctx, "sw2_true"), m, seed=12345)
+        return ctx.require_reference("sw2_true (with guidance != 1)")  # exact guided ODE solutions
+    return ctx.cached("sw2_target", compute)
+
+
+def _sw2_true(ctx: Context, idx: np.ndarray | None) -> float:
+    x = ctx.x.reshape(len(ctx.x), -1)
+    setup = ctx.cached("sw2_setup", lambda: sliced_w2_setup(_sw2_target(ctx), len(x), x.shape[1],
+                                                             int(ctx.opt("sw2_projections"))))
+    return sliced_w2(x, idx=idx, setup=setup)
+
+
+def _loglik_true(ctx: Context, idx: np.ndarray | None) -> float:
+    ll = ctx.cached("loglik", lambda: mixture_logpdf(_true_mixture(ctx, "loglik_true"), ctx.x))
+    return float(ll.mean() if idx is None else ll[idx].mean())
+
+
+# -- image metrics ----------------------------------------------------------------------------------------
+def _images(ctx: Context) -> Any:
+    from evaluators.images import to_uint8
+
+    return ctx.cached("uint8", lambda: to_uint8(ctx.x))
+
+
+def _backend(ctx: Context) -> str:
+    from evaluators.images import BACKENDS
+
+    b = str(ctx.opt("fid_backend"))
+    if b not in BACKENDS:
+        raise bad_value("fid backend", b, list(BACKENDS))
+    return b
+
+
+def _digits_feats(ctx: Context, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    from evaluators.images import digits_features, digits_reference_features
+
+    if tuple(ctx.x.shape[1:]) != (1, 8, 8):
+        raise DpmbenchError(f"invalid metrics: {metric!r} needs 8x8 digits samples (n, 1, 8, 8), "
+                            f"not shape {tuple(ctx.x.shape)}")
+    b = _backend(ctx)
+    return ctx.cached(f"digits:{b}", lambda: (digits_features(_images(ctx), b), digits_reference_features(b)))
+
+
+def _frechet_value(ctx: Context, f: np.ndarray, mu2: np.ndarray, s2: np.ndarray, idx: np.ndarray | None) -> float:
+    """The estimate with the backend library's own Frechet formula; bootstrap replicates with ours (they agree
+    to ~1e-9 relative, tested), which is safe on singular covariances and faster."""
+    from evaluators.frechet import frechet_distance
+    from evaluators.images import feature_moments
+
+    mu1, s1 = feature_moments(f, idx)
+    if idx is not None:
+        return frechet_distance(mu1, s1, mu2, s2)
+    if _backend(ctx) == "clean-fid":
+        from cleanfid.fid import frechet_distance as cf_frechet
+
+        with np.errstate(all="ignore"):
+            return float(cf_frechet(mu1, s1, mu2, s2))
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    return float(fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, False)[KEY_METRIC_FID])
+
+
+def _fdd(ctx: Context, idx: np.ndarray | None) -> float:
+    from evaluators.images import feature_moments
+
+    f, ref = _digits_feats(ctx, "fdd")
+    mu2, s2 = ctx.cached("digits_ref_moments", lambda: feature_moments(ref))
+    return _frechet_value(ctx, f, mu2, s2, idx)
+
+
+def _kdd(ctx: Context, idx: np.ndarray | None) -> float:
+    from evaluators.images import KernelBlocks, kernel_distance
+
+    f, ref = _digits_feats(ctx, "kdd")
+    if idx is None:
+        return kernel_distance(f, ref)
+    return ctx.cached("kdd_blocks", lambda: KernelBlocks(f, ref)).mmd2(idx)
+
+
+def _inception(ctx: Context) -> dict[str, np.ndarray]:
+    from evaluators.images import cleanfid_features, fidelity_features
+
+    def compute() -> dict[str, np.ndarray]:
+        bs, dev, w = int(ctx.opt("batch_size")), str(ctx.opt("device")), ctx.opt("inception_weights")
+        if _backend(ctx) == "clean-fid":
+            return {"2048": cleanfid_features(_images(ctx), str(ctx.opt("cleanfid_mode")), bs, w, dev)}
+        return fidelity_features(_images(ctx), features=("2048", "logits_unbiased"), batch_size=bs, weights=w,
+                                 device=dev)
+    return ctx.cached(f"inception:{_backend(ctx)}:{ctx.opt('cleanfid_mode')}", compute)
+
+
+def _reference_image_features(ctx: Context) -> np.ndarray:
+    """Inception features of the reference images (option reference_images), cached on disk by the file's
+    sha256, the backend/mode and the weights: computed once for all solvers."""
+    from evaluators.download import sha256_file
+    from evaluators.images import cached_features, cleanfid_features, fidelity_features, to_uint8
+
+    path = str(ctx.opt("reference_images"))
+
+    def compute() -> dict[str, np.ndarray]:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f.files:
+                raise DpmbenchError(f"invalid reference images {path!r}: need npz key 'x'")
+            images = to_uint8(f["x"])
+        bs, dev, w = int(ctx.opt("batch_size")), str(ctx.opt("device")), ctx.opt("inception_weights")
+        if _backend(ctx) == "clean-fid":
+            return {"2048": cleanfid_features(images, str(ctx.opt("cleanfid_mode")), bs, w, dev)}
+        return {"2048": fidelity_features(images, batch_size=bs, weights=w, device=dev)["2048"]}
+
+    weights = ctx.opt("inception_weights")
+    key = ("reference-images", sha256_file(path), _backend(ctx), ctx.opt("cleanfid_mode"),
+           None if weights is None else sha256_file(weights))
+    return ctx.cached("ref_images", lambda: cached_features(key, compute)["2048"])
+
+
+def _fid(ctx: Context, idx: np.ndarray | None) -> float:
+    from evaluators.images import feature_moments
+    from evaluators.refstats import reference_stats
+
+    spec, images = ctx.opt("fid_stats"), ctx.opt("reference_images")
+    if not spec and not images:
+        raise DpmbenchError("invalid metrics: 'fid' needs reference statistics (option fid_stats: a name in "
+                            "reference_stats/manifest.yaml or an .npz with mu/sigma) or reference_images")
+    if spec:
+        mu2, s2, what = ctx.cached("fid_stats", lambda: reference_stats(str(spec)))
+    else:
+        mu2, s2 = ctx.cached("ref_moments", lambda: feature_moments(_reference_image_features(ctx)))
+        what = f"images {images}"
+    ctx.meta["_fid_reference"] = what
+    return _frechet_value(ctx, _inception(ctx)["2048"], mu2, s2, idx)
+
+
+def _is(ctx: Context, idx: np.ndarray | None) -> float:
+    from evaluators.images import inception_score
+
+    if _backend(ctx) != "torch-fidelity":
+        raise DpmbenchError("invalid metrics: 'is' is computed with torch-fidelity only (fid_backend torch-fidelity)")
+    return inception_score(_inception(ctx)["logits_unbiased"], idx)
+
+
+def _kid(ctx: Context, idx: np.ndarray | None) -> float:
+    from evaluators.images import KernelBlocks, kernel_distance
+
+    path = ctx.opt("kid_reference")
+    if not path and not ctx.opt("reference_images"):
+        raise DpmbenchError("invalid metrics: 'kid' needs reference features (option kid_reference: an .npz with "
+                            "key 'feats' or 'features', e.g. clean-fid's *_kid.npz) or reference_images")
+
+    def load() -> np.ndarray:
+        if not path:
+            return _reference_image_features(ctx)
+        with np.load(path, allow_pickle=False) as f:
+            key = "feats" if "feats" in f.files else "features"
+            return np.asarray(f[key], np.float64)
+    f, ref = _inception(ctx)["2048"], ctx.cached("kid_ref", load)
+    if idx is None:
+        return kernel_distance(f, ref)
+    return ctx.cached("kid_blocks", lambda: KernelBlocks(f, ref)).mmd2(idx)
+
+
+def _clip_score(ctx: Context, idx: np.ndarray | None) -> float:
+    from evaluators.clip import clip_embeddings, clip_score, load_clip
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        prompts = ctx.meta.get("prompts")
+        if prompts is None or np.size(prompts) != len(ctx.x):
+            raise DpmbenchError("invalid metrics: 'clip_score' needs one prompt per sample (samples key 'prompts')")
+        dev = str(ctx.opt("device"))
+        model, pre, tok = load_clip(str(ctx.opt("clip_model")), ctx.opt("clip_pretrained"), ctx.opt("clip_weights"),
+                                    None, dev)
+        return clip_embeddings(model, pre, tok, _images(ctx), [str(p) for p in np.asarray(prompts).reshape(-1)],
+                               device=dev)
+    im, tx = ctx.cached("clip", compute)
+    return clip_score(im, tx, idx)
+
+
 METRICS: dict[str, Metric] = {
     "rmse_exact": Metric(_rmse_exact, "RMSE to the exact probability-flow ODE solution from the same x_T "
-                         "(oracle models; needs the reference file)"),
+                         "(oracle models; needs the reference file; not computed for stochastic solvers, whose "
+                         "samples do not follow the ODE)", deterministic_only=True),
     "fd_true": Metric(_fd_true, "Frechet distance of the samples' moments to the true target distribution "
                       "(the data distribution; under guidance != 1 the exact guided ODE solutions)"),
+    "mse_ref": Metric(_mse_ref, "mean squared error (over samples and dimensions, pixel or latent) to a high-NFE "
+                      "reference run from the same x_T (`dpmbench reference --solver SPEC --nfe N`); not computed for "
+                      "stochastic solvers", deterministic_only=True),
+    "sw2_true": Metric(_sw2_true, "sliced 2-Wasserstein distance (256 random directions) to the true distribution "
+                       "p_{t_end} (a large sample of it; under guidance != 1 the exact guided ODE solutions)"),
+    "loglik_true": Metric(_loglik_true, "mean log-density (nats per sample) of the samples under the true "
+                          "p_{t_end} (class-conditional mixture when labels are used)", lower_is_better=False),
+    "fdd": Metric(_fdd, "Frechet digits distance: FID's formula on the 64-D features of the shipped digits CNN, "
+                  "against the 1,797 digits (digits models; torch-fidelity custom extractor 'digits-cnn')"),
+    "kdd": Metric(_kdd, "kernel digits distance: torch-fidelity's KID on the digits-CNN features", max_bootstraps=100),
+    "fid": Metric(_fid, "Frechet Inception distance to reference statistics (option fid_stats) through "
+                  "torch-fidelity or clean-fid (clean / legacy_tensorflow)", max_bootstraps=50),
+    "is": Metric(_is, "Inception score (torch-fidelity, 10 splits)", lower_is_better=False, max_bootstraps=50),
+    "kid": Metric(_kid, "kernel Inception distance to reference features (option kid_reference)", max_bootstraps=100),
+    "clip_score": Metric(_clip_score, "CLIP score 100*max(cos,0) (open_clip, default ViT-L-14/openai), mean over "
+                         "prompts", lower_is_better=False),
 }
 
 
@@ -99,15 +370,24 @@ def list_metrics() -> list[str]:
 
 def evaluate(
     names: list[str], x: np.ndarray, meta: dict[str, Any], reference: np.ndarray | None = None,
-    bootstraps: int = 200, seed: int = 0,
+    bootstraps: int = 200, seed: int = 0, options: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float | None], dict[str, list[float | None]], dict[str, Any]]:
     """Compute ``names`` on samples ``x``: values, 95% bootstrap CIs (paired: indices depend on n only),
-    and info (``status``: ``ok`` or ``diverged`` when a sample is not finite; the FD target)."""
+    and info (``status``: ``ok`` or ``diverged`` when a sample is not finite; the FD target; per metric the
+    number of samples and of bootstrap replicates). ``options`` override ``DEFAULT_OPTIONS``."""
+    for key in options or {}:
+        if key not in DEFAULT_OPTIONS:
+            raise bad_value("evaluation option", key, list(DEFAULT_OPTIONS))
     for name in names:
         if name not in METRICS:
             raise bad_value("metric", name, list_metrics())
-    ctx = Context(np.asarray(x), dict(meta), None if reference is None else np.asarray(reference))
+    ctx = Context(np.asarray(x), dict(meta), None if reference is None else np.asarray(reference), options)
     info: dict[str, Any] = {"status": "ok"}
+    if bool(meta.get("stochastic", False)):  # samples of an SDE solver: no pathwise comparison with the ODE
+        skipped = [n for n in names if METRICS[n].deterministic_only]
+        names = [n for n in names if not METRICS[n].deterministic_only]
+        if skipped:
+            info["not_applicable"] = skipped
     if not np.isfinite(ctx.x).all():
         info["status"] = "diverged"
         return {n: None for n in names}, {n: [None, None] for n in names}, info
@@ -117,9 +397,23 @@ def evaluate(
     for name in names:
         metric = METRICS[name]
         values[name] = metric.stat(ctx, None)
-        lo, hi = bootstrap_ci(lambda idx, m=metric: m.stat(ctx, idx), n, bootstraps, seed=seed,
+        reps = bootstraps if metric.max_bootstraps is None else min(bootstraps, metric.max_bootstraps)
+        lo, hi = bootstrap_ci(lambda idx, m=metric: m.stat(ctx, idx), n, reps, seed=seed,
                               estimate=values[name])
         cis[name] = [lo, hi]
+        info.setdefault("bootstraps", {})[name] = reps
     if "_fd_target" in ctx.meta:
         info["fd_target"] = ctx.meta["_fd_target"][2]
+    if "_fid_reference" in ctx.meta:
+        info["fid_reference"] = ctx.meta["_fid_reference"]
+    if any(nm in ("fid", "is", "kid", "fdd", "kdd") for nm in names):
+        from evaluators.images import QUANTIZATION
+
+        info["quantization"] = QUANTIZATION
+        info["fid_backend"] = _backend(ctx) + (f"/{ctx.opt('cleanfid_mode')}" if _backend(ctx) == "clean-fid" else "")
+    if "clip_score" in names:
+        from evaluators.clip import CONVENTION
+
+        info["clip"] = {"model": ctx.opt("clip_model"), "pretrained": ctx.opt("clip_pretrained"),
+                        "convention": CONVENTION}
     return values, cis, info

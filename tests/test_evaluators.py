@@ -59,9 +59,10 @@ def test_evaluate_metrics_and_divergence() -> None:
     assert info["status"] == "diverged" and values["rmse_exact"] is None
     with pytest.raises(DpmbenchError, match="needs --reference"):
         evaluate(["rmse_exact"], ref, meta, None)
-    with pytest.raises(DpmbenchError, match="invalid metric 'fid'; allowed: rmse_exact, fd_true"):
-        evaluate(["fid"], ref, meta, None)
-    assert list_metrics() == ["rmse_exact", "fd_true"]
+    with pytest.raises(DpmbenchError, match="invalid metric 'fidd'; allowed: rmse_exact, fd_true, mse_ref"):
+        evaluate(["fidd"], ref, meta, None)
+    assert list_metrics() == ["rmse_exact", "fd_true", "mse_ref", "sw2_true", "loglik_true", "fdd", "kdd", "fid",
+                              "is", "kid", "clip_score"]
 
 
 def test_fd_true_uses_analytic_target_for_oracles() -> None:

@@ -94,3 +94,26 @@ def test_timesteps_errors() -> None:
         timesteps([0.5, 1.0], 1, sch)
     with pytest.raises(DpmbenchError, match="invalid t_end"):
         timesteps("logsnr", 5, sch, 0.5, 0.7)
+
+
+def test_ays_published_tables() -> None:
+    from dpmbench.schedules import VPDiscrete
+    from dpmbench.timesteps import AYS_SIGMAS, ays_sigmas
+
+    sd = VPDiscrete(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    sig = lambda t: torch.exp(-sd.lambda_(t))  # noqa: E731
+    t0 = float(sd.t_of_lambda(-torch.log(torch.tensor(14.615, dtype=torch.float64))))
+    t1 = float(sd.t_of_lambda(-torch.log(torch.tensor(0.029, dtype=torch.float64))))
+    t = timesteps("ays-sd15", 10, sd, t0, t1)
+    torch.testing.assert_close(sig(t), torch.tensor(AYS_SIGMAS["sd15"], dtype=torch.float64), rtol=1e-9, atol=0)
+    # other step counts: log-linear interpolation, end points kept
+    s20 = ays_sigmas("sdxl", 20)
+    assert len(s20) == 21 and s20[0] == 14.615 and abs(float(s20[-1]) - 0.029) < 1e-12
+    assert bool((s20[1:] < s20[:-1]).all())
+    torch.testing.assert_close(s20[::2], torch.tensor(AYS_SIGMAS["sdxl"], dtype=torch.float64), rtol=1e-12, atol=0)
+    # on an oracle model (VP-linear, sigma range 151..0.0105) the interior levels are the table's
+    lin = timesteps("ays-sd15", 10, VPLinear(), 1.0, 1e-3)
+    torch.testing.assert_close(torch.exp(-VPLinear().lambda_(lin[1:-1])),
+                               torch.tensor(AYS_SIGMAS["sd15"][1:-1], dtype=torch.float64), rtol=1e-9, atol=0)
+    with pytest.raises(DpmbenchError, match="invalid schedule 'ays-svd'"):
+        timesteps("ays-svd", 10, VPLinear(), 0.5, 1e-3)  # sigma(0.5) = 3.4 < SVD's 54.5

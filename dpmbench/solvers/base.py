@@ -82,6 +82,12 @@ class Point:
         """The point at half log-SNR ``lam``."""
         return cls.at(schedule, schedule.t_of_lambda(lam))
 
+    @classmethod
+    def grid(cls, schedule: NoiseSchedule, ts: torch.Tensor) -> list[Point]:
+        """The points of a time grid, computed in one vectorized pass."""
+        lam, alpha, sigma = schedule.values(ts)
+        return [cls(float(t), *v) for t, *v in zip(ts.tolist(), lam, alpha, sigma, strict=True)]
+
 
 @dataclass
 class Plan:
@@ -160,6 +166,7 @@ class Solver:
     summary: ClassVar[str] = ""
     options: ClassVar[dict[str, Option]] = {}
     stochastic: ClassVar[bool] = False  # draws noise (needs NFECounter.noise)
+    adaptive: ClassVar[bool] = False  # data-dependent step count: the NFE budget is a cap (see sampling.sample)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -217,6 +224,13 @@ class Solver:
                                self.opts["sample_max_value"])
         return x0 if kind == "x0" else (x - p.alpha * x0) / p.sigma
 
+    def noise(self, model: NFECounter, step: int) -> torch.Tensor:
+        """The standard normal noise of step ``step`` (0-based), per sample seeded (``model.noise``); only
+        stochastic solvers may draw noise, and only through here."""
+        if not self.stochastic or model.noise is None:
+            raise RuntimeError(f"solver {self.spec} draws noise but is not run as a stochastic solver")
+        return model.noise(step)
+
     def run(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Solve along the plan, then denoise to zero if asked."""
         x = self.solve(model, x, plan)
@@ -237,7 +251,7 @@ class Solver:
     ) -> Plan:
         """``steps`` steps of order ``order`` on the ``kind`` grid."""
         ts = timesteps(kind, steps, schedule, t_start, t_end)
-        return Plan([Point.at(schedule, float(t)) for t in ts], [order] * steps, nfe)
+        return Plan(Point.grid(schedule, ts), [order] * steps, nfe)
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Integrate from ``plan.points[0]`` to ``plan.points[-1]``."""
@@ -300,7 +314,9 @@ class MultistepSolver(Solver):
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         hist = History(self.history_size())
         x_prev: torch.Tensor | None = None
+        self.model = model  # for stochastic updates: self.noise(self.model, self.step_index)
         for i, (s, t, order) in enumerate(zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True)):
+            self.step_index = i  # the step being taken (s -> t); correct() refines the end point of step i - 1
             out = self.predict(model, x, s, self.prediction)
             if x_prev is not None:
                 x = self.correct(x_prev, x, hist, s, out, plan.orders[i - 1])

@@ -13,12 +13,15 @@ r1 = 1/2 (order 2) and r1 = 1/3, r2 = 2/3 (order 3), ``lower_order_final`` below
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
+from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter
 from dpmbench.schedules import NoiseSchedule
+from dpmbench.solvers.adaptive import solve_adaptive
 from dpmbench.solvers.base import (
     History,
     MultistepSolver,
@@ -29,6 +32,7 @@ from dpmbench.solvers.base import (
     expm1,
     register,
 )
+from dpmbench.solvers.unipc import corrector_options, unic_correct
 from dpmbench.timesteps import timesteps
 
 
@@ -49,8 +53,10 @@ def singlestep_orders(nfe: int, order: int) -> list[int]:
 def _options(order: int, method: str) -> dict[str, Option]:
     return {
         "order": Option(int, order, "solver order", choices=(1, 2, 3)),
-        "method": Option(str, method, "singlestep (Alg. 1 style) or multistep (Alg. 2 style)",
-                         choices=("singlestep", "multistep")),
+        "method": Option(str, method, "singlestep (Alg. 1 style), multistep (Alg. 2 style) or adaptive (step-size "
+                         "control, DPM-Solver-12 for order 2 / -23 for order 3; the NFE is a cap, see "
+                         "solvers/adaptive.py)",
+                         choices=("singlestep", "multistep", "adaptive")),
         "solver_type": Option(str, "dpmsolver", "2nd/3rd-order variant: 'dpmsolver' (the papers' r-weighted "
                               "differences) or 'taylor' (Taylor-expansion coefficients)",
                               choices=("dpmsolver", "taylor")),
@@ -60,6 +66,15 @@ def _options(order: int, method: str) -> dict[str, Option]:
                               "diffusers; its second-difference term has half the Taylor coefficient, so its "
                               "global order is 2) or 'taylor' (Taylor-consistent coefficient, global order 3)",
                               choices=("official", "taylor")),
+        **corrector_options(),  # UniC on top of the multistep predictor (dpmbench/solvers/unipc.py)
+        # method=adaptive only (Lu et al. 2022, App. C; defaults of the official dpm_solver_adaptive)
+        "atol": Option(float, 0.0078, "adaptive: absolute tolerance (official default 0.0078)", minimum=0.0),
+        "rtol": Option(float, 0.05, "adaptive: relative tolerance (official default 0.05)", minimum=0.0),
+        "h_init": Option(float, 0.05, "adaptive: first step size in lambda (official default 0.05)", minimum=0.0),
+        "theta": Option(float, 0.9, "adaptive: safety factor of the step-size update (official default 0.9)",
+                        minimum=0.0),
+        "t_err": Option(float, 1e-5, "adaptive: stop when |t - t_end| <= t_err (official default 1e-5)",
+                        minimum=0.0),
     }
 
 
@@ -72,8 +87,28 @@ class _ExponentialIntegrator(MultistepSolver):
     def min_nfe(self) -> int:
         return self.order
 
+    def validate(self) -> None:
+        if self.corrector == "unic" and self.method != "multistep":
+            raise DpmbenchError(f"invalid option 'corrector' of solver {self.name!r} 'unic' with method="
+                                f"{self.method}; UniC needs method=multistep (allowed with singlestep: none)")
+        if self.method == "adaptive":  # method=adaptive: data-dependent steps, the NFE budget is a cap
+            if self.order == 1:
+                raise DpmbenchError(f"invalid option 'order' of solver {self.name!r} with method=adaptive: 1; "
+                                    "allowed: 2, 3")
+            self.adaptive = True
+
+    def correct(self, x_prev: torch.Tensor, x: torch.Tensor, hist: History, s: Point, out: torch.Tensor,
+                order: int) -> torch.Tensor:
+        """UniC-p with the predictor's order p (Zhao et al. 2023, Theorem 3.1), when ``corrector=unic``."""
+        if self.corrector == "none":
+            return x
+        return unic_correct(x_prev, hist, s, out, order, self.prediction, self.unic_variant)
+
     def plan(self, nfe: int, schedule: NoiseSchedule, kind: Any = "logsnr",
              t_start: float | None = None, t_end: float | None = None) -> Plan:
+        if self.method == "adaptive":  # only the end points; the steps are chosen while solving
+            ts = timesteps(kind, 1, schedule, t_start, t_end) if isinstance(kind, str) else list(kind)[:: len(kind) - 1]
+            return Plan([Point.at(schedule, float(t)) for t in ts], [self.order], nfe, {"cap": nfe})
         if self.method == "multistep":
             return super().plan(nfe, schedule, kind, t_start, t_end)
         orders = singlestep_orders(nfe, self.order)
@@ -85,9 +120,11 @@ class _ExponentialIntegrator(MultistepSolver):
             for o in orders:
                 ends.append(ends[-1] + o)
             ts = full[ends]
-        return Plan([Point.at(schedule, float(t)) for t in ts], orders, nfe)
+        return Plan(Point.grid(schedule, ts), orders, nfe)
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        if self.method == "adaptive":
+            return solve_adaptive(self, model, x, plan)
         if self.method == "multistep":
             return super().solve(model, x, plan)
         return SinglestepSolver.solve(self, model, x, plan)  # type: ignore[arg-type]
@@ -220,7 +257,43 @@ class DPMSolverPP(_ExponentialIntegrator):
     source = ("Lu et al. 2022b, 'DPM-Solver++', first-order update (DDIM in data form), Alg. 1 (2S), Alg. 2 (2M); "
               "3M as the official code's third-order multistep update")
     prediction = "x0"
-    options = _options(2, "multistep")
+    options = {**_options(2, "multistep"),
+               "sde": Option(bool, False, "SDE-DPM-Solver++ (Lu et al. 2022b, Sec. 5 / App. B, SDE-DPM-Solver++(2M); "
+                             "diffusers algorithm_type='sde-dpmsolver++', k-diffusion sample_dpmpp_2m_sde with "
+                             "eta=1): stochastic, method=multistep, order 1-2")}
+
+    # -- SDE-DPM-Solver++ (option sde=true) -------------------------------------------------------------
+    def validate(self) -> None:
+        super().validate()
+        if self.opts["sde"]:
+            if self.corrector != "none":
+                raise DpmbenchError("invalid option 'corrector' of solver 'dpm-solver++' with sde=true: "
+                                    f"{self.corrector!r}; allowed: none")
+            if self.method != "multistep" or self.order > 2:
+                raise DpmbenchError(f"invalid option 'sde' of solver 'dpm-solver++' with method={self.method}, "
+                                    f"order={self.order}: sde=true allows method=multistep, order 1, 2")
+            self.stochastic = True
+
+    def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
+        if not self.opts["sde"]:
+            return super().update(x, hist, t, order)
+        return self.sde_update(x, hist, t, order)
+
+    def sde_update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
+        """SDE-DPM-Solver++ 1 / 2M: the exact solution of the linear part of the reverse SDE in lambda,
+        x_t = (sigma_t/sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) x0 + sigma_t sqrt(1 - e^{-2h}) z,
+        with x0 extrapolated linearly (D1) for order 2."""
+        s, m0 = hist[-1].point, hist[-1].out
+        h = t.lam - s.lam
+        phi = -expm1(-2.0 * h)  # 1 - e^{-2h}
+        x_t = (t.sigma / s.sigma) * math.exp(-h) * x + t.alpha * phi * m0  # SDE-DPM-Solver++1 (DDPM posterior)
+        if order == 2:
+            d1 = (m0 - hist[-2].out) / ((s.lam - hist[-2].point.lam) / h)
+            if self.solver_type == "dpmsolver":  # midpoint: D = x0_s + D1 / 2
+                x_t = x_t + 0.5 * t.alpha * phi * d1
+            else:  # taylor ('heun' in diffusers): alpha_t int_0^h 2 e^{-2u} (h - u)/h du
+                x_t = x_t + t.alpha * (phi / (-2.0 * h) + 1.0) * d1
+        return x_t + t.sigma * math.sqrt(phi) * self.noise(self.model, self.step_index)
 
     def first_order(self, x: torch.Tensor, m_s: torch.Tensor, s: Point, t: Point) -> torch.Tensor:
         h = t.lam - s.lam

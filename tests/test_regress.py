@@ -1,0 +1,86 @@
+"""The regression gate: cell-by-cell comparison with tolerances, CI-aware for stochastic metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dpmbench.errors import DpmbenchError
+from dpmbench.regress import Tolerance, load_tolerances, regress
+
+COLS = ["model", "solver", "nfe", "schedule", "guidance", "metric", "value", "ci_low", "ci_high", "n_samples",
+        "wall_s"]
+
+
+def _csv(path: Path, rows: list[list]) -> Path:
+    pd.DataFrame(rows, columns=COLS).to_csv(path, index=False)
+    return path
+
+
+BASE = [
+    ["gmm-2d", "ddim", 10, "logsnr", "none", "rmse_exact", 0.10, 0.09, 0.11, 100, 1.0],
+    ["gmm-2d", "ddim", 10, "logsnr", "none", "fd_true", 0.020, 0.010, 0.030, 100, 1.0],
+    ["gmm-2d", "heun", 10, "logsnr", "7.5", "rmse_exact", 0.05, 0.04, 0.06, 100, 1.0],
+]
+
+
+def test_identical_results_pass(tmp_path: Path) -> None:
+    b = _csv(tmp_path / "b.csv", BASE)
+    ok, bad, summary = regress(b, b)
+    assert ok and bad.empty and summary.startswith("3 cells compared, 0 worse")
+
+
+def test_worse_cells_fail_with_a_table(tmp_path: Path) -> None:
+    b = _csv(tmp_path / "b.csv", BASE)
+    new = [r.copy() for r in BASE]
+    new[0][6] = 0.12  # rmse 20% worse
+    new[2][6] = float("nan")  # diverged
+    r = _csv(tmp_path / "r.csv", new[:2] + [new[2]])
+    ok, bad, summary = regress(b, r)
+    assert not ok and list(bad["verdict"]) == ["worse", "diverged"]
+    assert "| gmm-2d | ddim | 10 | logsnr | none | rmse_exact | 0.1 | 0.12 | worse |" in summary
+
+
+def test_missing_cells_and_tolerances(tmp_path: Path) -> None:
+    b = _csv(tmp_path / "b.csv", BASE)
+    new = [r.copy() for r in BASE[:2]]
+    new[0][6] = 0.1004  # within rtol 1%
+    new[1][6] = 0.028  # 40% worse but inside the baseline CI: noise for a stochastic metric
+    r = _csv(tmp_path / "r.csv", new)
+    tol = {"rmse_exact": Tolerance(rtol=0.01), "fd_true": Tolerance(rtol=0.05, stochastic=True)}
+    ok, bad, _ = regress(b, r, tol)
+    assert not ok and list(bad["verdict"]) == ["missing"]
+    new[1][6] = 0.031  # beyond the CI: a real regression
+    ok, bad, _ = regress(b, _csv(tmp_path / "r2.csv", new + [BASE[2]]), tol)
+    assert list(bad["verdict"]) == ["worse"] and bad.iloc[0]["metric"] == "fd_true"
+    # the default tolerance is tight: 0.1004 vs 0.1 fails without the 1% rtol
+    ok, bad, _ = regress(b, _csv(tmp_path / "r3.csv", [new[0], BASE[1], BASE[2]]))
+    assert list(bad["verdict"]) == ["worse"]
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(DpmbenchError, match="invalid --baseline '.*nope.csv': no such file"):
+        regress(tmp_path / "nope.csv", tmp_path / "nope.csv")
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DpmbenchError, match="missing columns model, solver"):
+        regress(tmp_path / "x.csv", tmp_path / "x.csv")
+    with pytest.raises(DpmbenchError, match="allowed: rtol, atol, stochastic"):
+        load_tolerances({"regression": {"tolerances": {"fd_true": {"rtl": 0.1}}}})
+
+
+def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dpmbench.cli import main
+
+    b = _csv(tmp_path / "b.csv", BASE)
+    worse = [r.copy() for r in BASE]
+    worse[2][6] = 0.5
+    r = _csv(tmp_path / "r.csv", worse)
+    assert main(["regress", "--baseline", str(b), "--results", str(b)]) == 0
+    assert main(["regress", "--baseline", str(b), "--results", str(r)]) == 1
+    assert "| gmm-2d | heun | 10 | logsnr | 7.5 | rmse_exact | 0.05 | 0.5 | worse |" in capsys.readouterr().out
+    cfg = tmp_path / "tol.yaml"
+    cfg.write_text("regression:\n  tolerances:\n    rmse_exact: {rtol: 20.0}\n")
+    assert main(["regress", "--baseline", str(b), "--results", str(r), "--config", str(cfg)]) == 0
+    assert main(["regress", "--baseline", str(tmp_path / "none.csv"), "--results", str(r)]) == 2
