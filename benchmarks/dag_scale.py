@@ -4,6 +4,10 @@
 3,600 cells, 720 sample jobs, 360 metrics jobs, 7,200 shard files. Nothing is sampled (dry run).
 
     PYTHONPATH=. python benchmarks/dag_scale.py [--repeat 3]
+
+Measured 2026-11-23 on the 2-core development VM (load average 0.4), Snakemake 9.27.1: 8.1 s with an empty
+$DPMBENCH_CACHE (registry facts computed: torch import, model construction), 5.0-5.1 s warm (no torch import),
+1,088 jobs. The first run after a source change pays the cold time once.
 """
 
 from __future__ import annotations
