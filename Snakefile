@@ -1,19 +1,35 @@
-# dpmbench workflow: reference (exact solutions) -> sample -> metrics -> report.
-#   snakemake --cores all                       (the embedded default, config/default.yaml)
-#   snakemake --cores all --configfile my.yaml  (any grid; validated against config/schema.yaml)
+# dpmbench workflow: checkpoints -> reference (exact solutions) -> sample (shards) -> metrics -> report.
+#   snakemake --cores all                          (the embedded default, config/default.yaml)
+#   snakemake --cores all --configfile my.yaml     (any grid; validated against config/schema.yaml)
+#   snakemake --profile profiles/slurm             (a SLURM cluster, see README "Running on a cluster")
 import os
 import sys
 
 import yaml
 from snakemake.utils import validate
 
+# the jobs and this file use the dpmbench beside the Snakefile, whatever is installed
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
+
+from dpmbench.errors import DpmbenchError
+from dpmbench.workflow import build_grid
+
+SCHEMA = os.path.join(workflow.basedir, "config", "schema.yaml")
 if not config:  # no --configfile / --config given: the embedded default
     with open(os.path.join(workflow.basedir, "config", "default.yaml")) as fh:
         config.update(yaml.safe_load(fh))
 
-validate(config, os.path.join(workflow.basedir, "config", "schema.yaml"), set_default=True)
-include: "workflows/common.smk"
+try:  # schema + registries (solvers, models, metrics, schedules, NFE minima): one line naming the bad key
+    GRID = build_grid(config, SCHEMA)
+except DpmbenchError as exc:
+    print(f"dpmbench: error: {exc}", file=sys.stderr)
+    sys.exit(2)
+validate(config, SCHEMA, set_default=True)  # cannot fail any more; fills the schema's defaults
 
+
+include: "workflows/common.smk"
+include: "workflows/checkpoints.smk"
 include: "workflows/reference.smk"
 include: "workflows/sample.smk"
 include: "workflows/metrics.smk"
@@ -21,7 +37,10 @@ include: "workflows/report.smk"
 
 
 rule all:
+    # Every shard and metric file is listed, so that deleting one regenerates it (and what depends on it)
+    # even when the report is up to date.
     input:
-        f"{REPORT}/results.csv",
-        f"{REPORT}/leaderboard.md",
+        REPORT_OUTPUTS,
+        GRID.all_metric_files(),
+        GRID.all_shard_files(),
     default_target: True

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nfe", type=_nfe_list, required=True, help="an NFE budget, or a comma list with {nfe} in --out")
     s.add_argument("--schedule", default="logsnr")
     s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    s.add_argument("--start", type=_nonneg_int("--start"), default=0,
+                   help="index of the first sample (a shard: samples START..START+K-1 of the seed's stream)")
 
     r = sub.add_parser("reference", help="exact ODE solutions of an oracle model (or a high-NFE solver run) "
                        "from the same x_T")
@@ -134,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="aggregate metric files into results.csv and leaderboard.md")
     rep.add_argument("results_dir")
     rep.add_argument("--out", default="reports")
+    rep.add_argument("--papers", default=None,
+                     help="directory of published numbers (papers/*.yaml; default: ./papers if it exists)")
 
     reg = sub.add_parser("regress", help="fail (exit 1) when results are worse than a baseline")
     reg.add_argument("--baseline", required=True)
@@ -193,9 +199,11 @@ def _batches(n: int, batch: int | None) -> list[tuple[int, int]]:
 def _meta(args: argparse.Namespace, model: Any, t_end: float) -> dict[str, Any]:
     import torch
 
-    labels = model.labels(args.num_samples) if args.guidance is not None else torch.zeros(0, dtype=torch.long)
+    start = getattr(args, "start", 0)
+    labels = (model.labels(args.num_samples, start=start) if args.guidance is not None
+              else torch.zeros(0, dtype=torch.long))
     return {
-        "model": args.model, "seed": args.seed, "num_samples": args.num_samples,
+        "model": args.model, "seed": args.seed, "num_samples": args.num_samples, "start": start,
         "guidance": math.nan if args.guidance is None else args.guidance,
         "t_end": t_end, "labels": labels.numpy(),
     }
@@ -217,10 +225,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
         make_plan(model, sol, nfe, args.schedule, None, t_end)
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
     meta = _meta(args, model, t_end)
+    for nfe in args.nfe:  # a killed earlier run may have left temporary files of these outputs
+        _remove_stale_temporaries(args.out.replace("{nfe}", str(nfe)))
     for nfe in args.nfe:
         start = time.perf_counter()
         chunks, used = [], []
         for lo, hi in _batches(args.num_samples, args.batch_size):
+            lo, hi = lo + args.start, hi + args.start  # sample i depends only on (seed, i): any sharding agrees
             x_T = model.prior(hi - lo, seed=args.seed, dtype=dtype, device=device, start=lo)
             cond = None if args.guidance is None else model.labels(hi - lo, start=lo).to(device)
             stats: dict[str, Any] = {}
@@ -232,6 +243,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
         save_npz(args.out.replace("{nfe}", str(nfe)), x=x.to(torch.float32).numpy(), nfe=nfe,
                  solver=args.solver.replace(" ", ""), solver_canonical=sol.spec, schedule=str(args.schedule),
                  wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic, **meta)  # nfe_used < nfe: adaptive only
+
+
+def _remove_stale_temporaries(out: str) -> None:
+    """Remove ``.NAME.*.tmp`` files that an atomic write of ``out`` left behind when its process was killed."""
+    p = Path(out)
+    if p.parent.is_dir():
+        for tmp in p.parent.glob(f".{p.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def cmd_reference(args: argparse.Namespace) -> None:
@@ -344,7 +363,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from dpmbench.report import write_report
 
-    write_report(args.results_dir, args.out)
+    write_report(args.results_dir, args.out, papers_dir=args.papers)
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
@@ -367,8 +386,14 @@ COMMANDS = {"list": cmd_list, "sample": cmd_sample, "reference": cmd_reference,
             "evaluate": cmd_evaluate, "report": cmd_report, "regress": cmd_regress}
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwind, so that atomic writes remove their temporary files
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dpmbench`` console script."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     args = build_parser().parse_args(argv)
     try:
         code = COMMANDS[args.command](args)

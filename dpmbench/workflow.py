@@ -1,17 +1,48 @@
-"""The benchmark grid behind the Snakemake workflow: config -> cells -> file paths.
+"""The benchmark grid behind the Snakemake workflow: config -> validated grid -> cells -> shard/metric files.
 
-A cell is (model, guidance, schedule, solver, nfe). Solver specs become path-safe slugs
-(``dpm-solver++:order=2,method=multistep`` -> ``dpm-solver++__order-2_method-multistep``).
+A config is a grid: models x solver specs x NFEs x schedules x guidance scales x seeds, with per-model overrides
+(``models.<name>.{nfe, solvers, schedules, guidance, seeds, metrics, num_samples, samples_per_shard, ...}``).
+A *cell* is (model, guidance, seed, schedule, solver, nfe); its ``num_samples`` samples are written in shards of
+``samples_per_shard`` samples (``<cell>/nfe<N>/<lo>-<hi>.npz``, samples ``lo..hi-1``). Sample i's x_T depends
+only on (seed, i), so the concatenated shards are bit-identical whatever the shard size.
+
+Solver specs become path-safe slugs (``dpm-solver++:order=2,method=multistep`` ->
+``dpm-solver++__order-2_method-multistep``).
+
+``python -m dpmbench.workflow evaluate`` is the metrics job: it concatenates the shards of each cell and runs
+``dpmbench evaluate`` on them in one process (no torch import).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import contextlib
+import difflib
+import hashlib
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dpmbench.errors import DpmbenchError
-from dpmbench.models.registry import load_model
-from dpmbench.solvers.base import get_solver
+
+DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
+OVERRIDABLE = ("nfe", "solvers", "schedules", "guidance", "seeds", "metrics", "samples_per_shard", "batch_size")
+STAGES = ("reference", "sample", "metrics", "report")
+DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
+    "reference": {"mem_mb": 2000, "runtime": 60, "threads": 1},
+    "sample": {"mem_mb": 4000, "runtime": 60, "threads": 1},
+    "metrics": {"mem_mb": 4000, "runtime": 30, "threads": 1},
+    "report": {"mem_mb": 4000, "runtime": 30, "threads": 1},
+}
 
 
 def slug(spec: str) -> str:
@@ -24,44 +55,224 @@ def guidance_key(g: Any) -> str:
     return "none" if g is None or g == "none" else str(float(g))
 
 
+# -- validation -------------------------------------------------------------------------------------------
+def _key(path: Sequence[Any]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<config>"
+
+
+def _bad(key: str, what: str) -> DpmbenchError:
+    return DpmbenchError(f"invalid config key {key!r}: {what}")
+
+
+def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str] = DEFAULT_SCHEMA) -> None:
+    """Validate ``config`` against the JSON schema; raise a one-line ``DpmbenchError`` naming the bad key."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is None:
+        return
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        key = _key([*path, extra[0]]) if extra else _key(path)
+        close = difflib.get_close_matches(extra[0], allowed, n=1) if extra else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise _bad(key, f"unknown key{hint} allowed: {', '.join(allowed)}")
+    if error.validator == "required":
+        raise _bad(_key(path), error.message)
+    if len(path) >= 2 and path[-2] == "guidance":
+        raise _bad(_key(path), f"{error.instance!r}; allowed: none or a number > 0")
+    if error.validator in ("minimum", "exclusiveMinimum"):
+        op = ">=" if error.validator == "minimum" else ">"
+        raise _bad(_key(path), f"{error.instance!r}; allowed: a number {op} {error.validator_value}")
+    raise _bad(_key(path), error.message.replace("\n", " "))
+
+
+class _Registry:
+    """Facts the grid needs about models, solvers, schedules and metrics, cached on disk (``$DPMBENCH_CACHE/workflow``)
+    under a digest of the package's source files, so that parsing the Snakefile (once per run, and once per cluster
+    job) does not import torch or build models when nothing changed."""
+
+    def __init__(self) -> None:
+        from dpmbench.io import cache_dir
+
+        h = hashlib.sha256()
+        root = Path(__file__).resolve().parents[1]
+        for p in sorted([*root.glob("dpmbench/**/*.py"), *root.glob("evaluators/**/*.py")]):
+            st = p.stat()
+            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
+        self.path = cache_dir("workflow") / f"registry-{h.hexdigest()[:20]}.json"
+        try:
+            self.data: dict[str, Any] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+        self.dirty = False
+
+    def _get(self, key: str, compute: Any) -> Any:
+        if key not in self.data:
+            self.data[key] = compute()
+            self.dirty = True
+        return self.data[key]
+
+    def save(self) -> None:
+        """Write the cache if anything was computed."""
+        if self.dirty:
+            from dpmbench.io import save_json
+
+            with contextlib.suppress(OSError):  # a read-only cache only costs time
+                save_json(self.path, self.data)
+
+    def models(self) -> list[str]:
+        def compute() -> list[str]:
+            from dpmbench.models.registry import list_models
+
+            return list(list_models())
+
+        return self._get("list:models", compute)
+
+    def schedules(self) -> list[str]:
+        def compute() -> list[str]:
+            from dpmbench.timesteps import ALL_KINDS
+
+            return [k for k in ALL_KINDS if k != "custom"]
+
+        return self._get("list:schedules", compute)
+
+    def metrics(self) -> list[str]:
+        def compute() -> list[str]:
+            from evaluators.registry import list_metrics
+
+            return list(list_metrics())
+
+        return self._get("list:metrics", compute)
+
+    def model(self, name: str) -> dict[str, Any]:
+        def compute() -> dict[str, Any]:
+            from dpmbench.models.registry import load_model
+
+            m = load_model(name)
+            return {"num_classes": int(m.num_classes or 0), "exact": hasattr(m, "exact_solution")}
+
+        return self._get(f"model:{name}", compute)
+
+    def solver_error(self, spec: str, nfe: int | None = None) -> str:
+        """The one-line problem of a solver spec (or of an NFE budget for it); empty if none."""
+
+        def compute() -> str:
+            from dpmbench.solvers.base import get_solver
+
+            try:
+                sol = get_solver(spec)
+                if nfe is not None:
+                    sol.check_nfe(nfe)
+            except DpmbenchError as exc:
+                return str(exc)
+            return ""
+
+        return self._get(f"solver:{spec}|{'' if nfe is None else nfe}", compute)
+
+
+@dataclass
+class ModelGrid:
+    """The effective grid of one model (top-level values with the model's overrides applied)."""
+
+    name: str
+    num_samples: int
+    samples_per_shard: int
+    nfe: list[int]
+    solvers: list[str]  # slugs
+    schedules: list[str]
+    guidance: list[str]
+    seeds: list[int]
+    metrics: list[str]
+    batch_size: int | None
+    shards: list[tuple[int, int]] = field(default_factory=list)
+
+
 @dataclass
 class Grid:
-    """A validated benchmark grid."""
+    """A validated benchmark grid (build it with :func:`build_grid`)."""
 
     config: dict[str, Any]
 
     def __post_init__(self) -> None:
         c = self.config
+        reg = _Registry()
         self.results_dir: str = c.get("results_dir", "results")
         self.report_dir: str = c.get("report_dir", "reports")
-        self.seed: int = int(c.get("seed", 0))
         self.t_end: float = float(c.get("t_end", 1e-3))
         self.device: str = c.get("device", "cpu")
-        self.metrics: list[str] = list(c["metrics"])
-        self.schedules: list[str] = list(c.get("schedules", ["logsnr"]))
-        self.nfe: list[int] = sorted(set(int(n) for n in c["nfe"]))
-        self.specs: dict[str, str] = {}
-        for spec in c["solvers"]:
-            solver = get_solver(spec)  # raises a one-line error naming the bad solver or option
-            if solver.min_nfe() > self.nfe[0]:
-                raise DpmbenchError(
-                    f"invalid nfe {self.nfe[0]} for solver {spec!r} in config: it needs nfe >= {solver.min_nfe()}")
-            key = slug(spec)
-            if key in self.specs:
-                raise DpmbenchError(f"invalid solvers: {spec!r} is listed twice")
-            self.specs[key] = spec
-        self.models: dict[str, dict[str, Any]] = {}
-        for name, m in c["models"].items():
-            model = load_model(name)
-            guidance = [guidance_key(g) for g in m.get("guidance", ["none"])]
-            if any(g != "none" for g in guidance) and not model.num_classes:
-                raise DpmbenchError(f"invalid guidance for model {name!r} in config: it is unconditional")
-            self.models[name] = {"num_samples": int(m["num_samples"]), "guidance": guidance}
+        self.specs: dict[str, str] = {}  # slug -> spec
+        metrics_known = reg.metrics()
+        schedules_known = reg.schedules()
+        models_known = reg.models()
+        if "seed" in c and "seeds" in c:
+            raise _bad("seed", "give either 'seed' or 'seeds', not both")
+        top = {
+            "nfe": c["nfe"], "solvers": c["solvers"], "schedules": c.get("schedules", ["logsnr"]),
+            "guidance": c.get("guidance", ["none"]), "seeds": c.get("seeds", [c.get("seed", 0)]),
+            "metrics": c["metrics"], "samples_per_shard": c.get("samples_per_shard", 100_000),
+            "batch_size": c.get("batch_size"),
+        }
+        self.models: dict[str, ModelGrid] = {}
+        self._has_reference: dict[str, bool] = {}
+        for name, mc in c["models"].items():
+            if name not in models_known:
+                raise _bad(f"models.{name}", f"unknown model; allowed: {', '.join(models_known)}")
+            eff = {k: mc.get(k, top[k]) for k in OVERRIDABLE}
+            where = {k: (f"models.{name}.{k}" if k in mc else k) for k in OVERRIDABLE}
+            for k in ("nfe", "solvers", "schedules", "guidance", "seeds", "metrics"):
+                if len(set(map(str, eff[k]))) != len(eff[k]):
+                    raise _bad(where[k], "an entry is listed twice")
+            for i, m in enumerate(eff["metrics"]):
+                if m not in metrics_known:
+                    raise _bad(f"{where['metrics']}[{i}]", f"unknown metric {m!r}; allowed: {', '.join(metrics_known)}")
+            for i, s in enumerate(eff["schedules"]):
+                if s not in schedules_known:
+                    raise _bad(f"{where['schedules']}[{i}]",
+                               f"unknown schedule {s!r}; allowed: {', '.join(schedules_known)}")
+            slugs = []
+            for i, spec in enumerate(eff["solvers"]):
+                problem = reg.solver_error(spec)
+                if problem:
+                    raise _bad(f"{where['solvers']}[{i}]", problem)
+                for n in eff["nfe"]:
+                    problem = reg.solver_error(spec, int(n))
+                    if problem:
+                        raise _bad(where["nfe"], problem)
+                key = slug(spec)
+                if self.specs.get(key, spec) != spec:
+                    raise _bad(f"{where['solvers']}[{i}]", f"{spec!r} and {self.specs[key]!r} share a path name")
+                self.specs[key] = spec
+                slugs.append(key)
+            guidance = [guidance_key(g) for g in eff["guidance"]]
+            info = reg.model(name)
+            self._has_reference[name] = info["exact"]
+            if any(g != "none" for g in guidance) and not info["num_classes"]:
+                raise _bad(where["guidance"], f"model {name!r} is unconditional; allowed: [none]")
+            n = int(mc["num_samples"])
+            per = int(eff["samples_per_shard"])
+            self.models[name] = ModelGrid(
+                name=name, num_samples=n, samples_per_shard=per, nfe=sorted(int(v) for v in eff["nfe"]),
+                solvers=slugs, schedules=list(eff["schedules"]), guidance=guidance,
+                seeds=[int(s) for s in eff["seeds"]], metrics=list(eff["metrics"]),
+                batch_size=None if eff["batch_size"] is None else int(eff["batch_size"]),
+                shards=[(lo, min(lo + per, n)) for lo in range(0, n, per)],
+            )
+        reg.save()
+        self.resources = {s: {**DEFAULT_RESOURCES[s], **c.get("resources", {}).get(s, {})} for s in STAGES}
+        self.checkpoints: dict[str, dict[str, Any]] = dict(c.get("checkpoints", {}))
 
-    # -- per-cell parameters ------------------------------------------------------------------------
+    # -- per-job parameters ------------------------------------------------------------------------------
     def num_samples(self, model: str) -> int:
         """Samples per cell of ``model``."""
-        return self.models[model]["num_samples"]
+        return self.models[model].num_samples
 
     def spec(self, solver_slug: str) -> str:
         """The solver spec behind a slug."""
@@ -69,44 +280,208 @@ class Grid:
 
     def nfes(self, model: str) -> list[int]:
         """NFE budgets of ``model``."""
-        return self.nfe
+        return self.models[model].nfe
+
+    def metrics(self, model: str) -> list[str]:
+        """Metric names of ``model``."""
+        return self.models[model].metrics
 
     @staticmethod
     def guidance_arg(g: str) -> str:
         """CLI flag for a guidance wildcard."""
         return "" if g == "none" else f"--guidance {g}"
 
-    def batch_arg(self) -> str:
-        """CLI flag for the batch size, if configured."""
-        b = self.config.get("batch_size")
-        return f"--batch-size {int(b)}" if b else ""
+    def batch_arg(self, model: str) -> str:
+        """CLI flag for the batch size of ``model``, if configured."""
+        b = self.models[model].batch_size
+        return f"--batch-size {b}" if b else ""
 
-    # -- file patterns ------------------------------------------------------------------------------
-    def _cell_dir(self) -> str:
-        return f"{self.results_dir}/{{model}}/g{{guidance}}/{{schedule}}/{{solver}}"
+    def resource(self, stage: str, key: str) -> int:
+        """A resource of a stage's jobs (``mem_mb``, ``runtime`` minutes, ``threads``, ``gpu``)."""
+        if key == "gpu":
+            return int(self.resources[stage].get("gpu", 1 if self.device == "cuda" and stage != "report" else 0))
+        return int(self.resources[stage][key])
 
-    def sample_outputs(self) -> list[str]:
-        """Sample files of one (model, guidance, schedule, solver) job, with wildcards."""
-        return [f"{self._cell_dir()}/nfe{n}.npz" for n in self.nfe]
+    # -- NFE sets: one sample/metrics rule per distinct NFE list (rule outputs are static patterns) -----------
+    def nfe_sets(self) -> list[tuple[str, list[int], list[str]]]:
+        """``(rule suffix, nfes, models)`` for every distinct NFE list; the first suffix is empty."""
+        sets: dict[tuple[int, ...], list[str]] = {}
+        for name, m in self.models.items():
+            sets.setdefault(tuple(m.nfe), []).append(name)
+        return [("" if i == 0 else f"_{i}", list(k), v) for i, (k, v) in enumerate(sets.items())]
 
-    def metric_outputs(self) -> list[str]:
-        """Metric files of one (model, guidance, schedule, solver) job, with wildcards."""
-        return [f"{self._cell_dir()}/nfe{n}.json" for n in self.nfe]
+    # -- file patterns -------------------------------------------------------------------------------------
+    def cell_dir(self) -> str:
+        """The (model, guidance, seed, schedule, solver) directory, with wildcards."""
+        return f"{self.results_dir}/{{model}}/g{{guidance}}/seed{{seed}}/{{schedule}}/{{solver}}"
+
+    def reference_file(self) -> str:
+        """The exact-solutions file of a (model, guidance, seed), with wildcards."""
+        return f"{self.results_dir}/{{model}}/g{{guidance}}/seed{{seed}}/reference.npz"
+
+    def shard_outputs(self, nfes: list[int]) -> list[str]:
+        """Shard files of one sample job (one shard of every NFE of a solver), with wildcards."""
+        return [f"{self.cell_dir()}/nfe{n}/{{shard}}.npz" for n in nfes]
+
+    def metric_outputs(self, nfes: list[int]) -> list[str]:
+        """Metric files of one metrics job (every NFE of a solver), with wildcards."""
+        return [f"{self.cell_dir()}/nfe{n}.json" for n in nfes]
+
+    @staticmethod
+    def shard_name(lo: int, hi: int) -> str:
+        """The shard wildcard of samples ``lo..hi-1``."""
+        return f"{lo}-{hi}"
+
+    def shards_of(self, model: str) -> list[str]:
+        """Shard names of a cell of ``model``."""
+        return [self.shard_name(lo, hi) for lo, hi in self.models[model].shards]
+
+    def shard_inputs(self, wc: Any) -> list[str]:
+        """Every shard file of every NFE of the metrics job ``wc`` (model, guidance, seed, schedule, solver)."""
+        d = f"{self.results_dir}/{wc.model}/g{wc.guidance}/seed{wc.seed}/{wc.schedule}/{wc.solver}"
+        return [f"{d}/nfe{n}/{s}.npz" for n in self.nfes(wc.model) for s in self.shards_of(wc.model)]
 
     def cells(self) -> list[dict[str, Any]]:
-        """Every (model, guidance, schedule, solver, nfe) cell of the grid."""
+        """Every (model, guidance, seed, schedule, solver, nfe) cell of the grid."""
         return [
-            {"model": m, "guidance": g, "schedule": s, "solver": k, "nfe": n}
-            for m, mc in self.models.items() for g in mc["guidance"] for s in self.schedules
-            for k in self.specs for n in self.nfe
+            {"model": m, "guidance": g, "seed": sd, "schedule": s, "solver": k, "nfe": n}
+            for m, mg in self.models.items() for g in mg.guidance for sd in mg.seeds for s in mg.schedules
+            for k in mg.solvers for n in mg.nfe
         ]
+
+    def _cell_path(self, c: dict[str, Any]) -> str:
+        return f"{self.results_dir}/{c['model']}/g{c['guidance']}/seed{c['seed']}/{c['schedule']}/{c['solver']}"
 
     def all_metric_files(self) -> list[str]:
         """Every metric file the report needs."""
-        return [f"{self.results_dir}/{c['model']}/g{c['guidance']}/{c['schedule']}/{c['solver']}/nfe{c['nfe']}.json"
-                for c in self.cells()]
+        return [f"{self._cell_path(c)}/nfe{c['nfe']}.json" for c in self.cells()]
+
+    def all_shard_files(self) -> list[str]:
+        """Every shard file of the grid."""
+        return [f"{self._cell_path(c)}/nfe{c['nfe']}/{s}.npz" for c in self.cells() for s in self.shards_of(c["model"])]
+
+    def all_reference_files(self) -> list[str]:
+        """Every exact-solutions file of the grid (models that have exact solutions)."""
+        return [f"{self.results_dir}/{m}/g{g}/seed{sd}/reference.npz"
+                for m, mg in self.models.items() if self.has_reference(m) for g in mg.guidance for sd in mg.seeds]
+
+    def has_reference(self, model: str) -> bool:
+        """Whether ``model`` has exact solutions (oracle models)."""
+        return self._has_reference[model]
 
 
-def build_grid(config: dict[str, Any]) -> Grid:
-    """Validate a (schema-checked) config and expand it into a grid."""
+def build_grid(config: dict[str, Any], schema: str | os.PathLike[str] | None = None) -> Grid:
+    """Validate a config (schema, then solvers/models/metrics/NFE minima) and expand it into a grid.
+
+    Every problem raises a one-line ``DpmbenchError`` naming the config key.
+    """
+    check_schema(config, DEFAULT_SCHEMA if schema is None else schema)
     return Grid(config)
+
+
+# -- the metrics job: concatenate each cell's shards, evaluate ----------------------------------------------
+_SHARD = re.compile(r"^(\d+)-(\d+)\.npz$")
+
+
+def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
+    """Concatenate shard files (any order) of one cell into one sample record; check they tile ``0..n-1``."""
+    import numpy as np
+
+    parts = []
+    for p in paths:
+        m = _SHARD.match(Path(p).name)
+        if not m:
+            raise DpmbenchError(f"invalid shard file {p!r}: name must be LO-HI.npz")
+        parts.append((int(m.group(1)), int(m.group(2)), p))
+    parts.sort()
+    expect = 0
+    for lo, hi, p in parts:
+        if lo != expect:
+            raise DpmbenchError(f"invalid shards: {p!r} starts at {lo}, expected {expect}")
+        expect = hi
+    xs, labels, wall, used, meta = [], [], 0.0, -1, None
+    for lo, hi, p in parts:
+        with np.load(p, allow_pickle=False) as f:
+            d = {k: f[k] for k in f.files}
+        if len(d["x"]) != hi - lo:
+            raise DpmbenchError(f"invalid shard {p!r}: {len(d['x'])} samples for range {lo}-{hi}")
+        xs.append(d.pop("x"))
+        labels.append(d.pop("labels", np.zeros(0, np.int64)))
+        wall += float(d.pop("wall_s", 0.0))
+        used = max(used, int(d.pop("nfe_used", -1)))  # adaptive solvers: the most any shard used
+        d.pop("start", None)
+        d.pop("num_samples", None)
+        if meta is None:
+            meta = d
+        else:
+            for k in ("model", "solver", "nfe", "seed", "schedule"):
+                if k in d and str(d[k]) != str(meta.get(k)):
+                    raise DpmbenchError(f"invalid shard {p!r}: {k} {d[k]} differs from the first shard's {meta[k]}")
+    assert meta is not None
+    if used >= 0:
+        meta["nfe_used"] = used
+    return {**meta, "x": np.concatenate(xs), "labels": np.concatenate(labels), "wall_s": wall,
+            "num_samples": expect, "num_shards": len(parts)}
+
+
+def run_evaluate(cells: Sequence[str], outs: Sequence[str], metrics: str, reference: str | None,
+                 seed: int | None = None) -> int:
+    """Metrics of several cells: ``cells[i]`` is a comma list of shard files, ``outs[i]`` its metrics json."""
+    from dpmbench.cli import main as cli_main
+    from dpmbench.io import save_json, save_npz
+
+    if len(cells) != len(outs):
+        raise DpmbenchError(f"invalid --out: {len(outs)} files for {len(cells)} --cells")
+    with tempfile.TemporaryDirectory(prefix=".merge-", dir=Path(outs[0]).parent) as tmp:
+        merged, shards = [], []
+        for i, cell in enumerate(cells):
+            rec = merge_shards([p for p in cell.split(",") if p])
+            shards.append(int(rec.pop("num_shards")))
+            path = Path(tmp) / f"cell{i}.npz"
+            save_npz(path, **rec)
+            merged.append(str(path))
+        args = ["evaluate", "--samples", *merged, "--metrics", metrics, "--out", *outs]
+        if reference:
+            args += ["--reference", reference]
+        rc = cli_main(args)
+    if rc:
+        return rc
+    for out, k in zip(outs, shards, strict=True):  # record where the numbers came from
+        rec = json.loads(Path(out).read_text())
+        rec["num_shards"] = k
+        if seed is not None:
+            rec["seed"] = seed
+        save_json(out, rec)
+    return 0
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds: temporary files are removed by their context managers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dpmbench.workflow evaluate --cells A,B C,D --out a.json c.json --metrics m [--reference R]``."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    p = argparse.ArgumentParser(prog="python -m dpmbench.workflow")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("evaluate", help="metrics of sharded cells")
+    e.add_argument("--cells", nargs="+", required=True, help="one comma list of shard files per cell")
+    e.add_argument("--out", nargs="+", required=True)
+    e.add_argument("--metrics", required=True)
+    e.add_argument("--reference", default=None)
+    e.add_argument("--seed", type=int, default=None)
+    v = sub.add_parser("validate", help="validate a config file (one line naming the bad key)")
+    v.add_argument("configfile")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "validate":
+            build_grid(yaml.safe_load(Path(args.configfile).read_text()) or {})
+            return 0
+        return run_evaluate(args.cells, args.out, args.metrics, args.reference, args.seed)
+    except DpmbenchError as exc:
+        print(f"dpmbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,13 +1,23 @@
-# Grid expansion shared by every stage. Solver specs (NAME:key=value,...) become path-safe slugs.
-from dpmbench.workflow import build_grid
+# Shared by every stage: the grid (built and validated in the Snakefile), paths, wildcard constraints.
+import re
+import shlex
 
-GRID = build_grid(config)
 RESULTS = GRID.results_dir
 REPORT = GRID.report_dir
-PY = sys.executable
+PAPERS = config.get("papers_dir", os.path.join(workflow.basedir, "papers"))
+PY = shlex.quote(sys.executable)
+THREADS_ENV = "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(re.escape(n) for n in names)
+
 
 wildcard_constraints:
-    model="[A-Za-z0-9_.+-]+",
+    model=one_of(GRID.models),
     guidance="none|[0-9.]+",
-    schedule="[a-z-]+",
+    seed="[0-9]+",
+    schedule="[a-z0-9-]+",
     solver="[A-Za-z0-9_.+-]+",
+    shard="[0-9]+-[0-9]+",

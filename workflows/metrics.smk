@@ -1,16 +1,40 @@
-# Metrics of every NFE of a (model, guidance, schedule, solver) in one job, against the shared reference.
-rule metrics:
-    input:
-        samples=GRID.sample_outputs(),
-        reference=f"{RESULTS}/{{model}}/g{{guidance}}/reference.npz",
-    output:
-        GRID.metric_outputs(),
-    params:
-        metrics=",".join(GRID.metrics),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {PY} -m dpmbench evaluate --samples {input.samples} --reference {input.reference}"
-        " --metrics {params.metrics} --out {output}"
+# One job per (model, guidance, seed, schedule, solver): reads every shard of every NFE, concatenates each cell's
+# shards and evaluates them against the shared reference, in one process.
+def reference_input(wc):
+    if GRID.has_reference(wc.model):
+        return GRID.reference_file().format(**dict(wc.items()))
+    return []
+
+
+def cells_arg(wc, nfes):
+    shards = GRID.shards_of(wc.model)
+    d = GRID.cell_dir().format(**dict(wc.items()))
+    return " ".join(",".join(f"{d}/nfe{n}/{s}.npz" for s in shards) for n in nfes)
+
+
+for _suffix, _nfes, _models in GRID.nfe_sets():
+
+    rule:
+        name:
+            f"metrics{_suffix}"
+        input:
+            shards=GRID.shard_inputs,
+            reference=reference_input,
+        output:
+            GRID.metric_outputs(_nfes),
+        wildcard_constraints:
+            model=one_of(_models),
+        params:
+            cells=lambda wc, nfes=_nfes: cells_arg(wc, nfes),
+            metrics=lambda wc: ",".join(GRID.metrics(wc.model)),
+            reference=lambda wc, input: f"--reference {input.reference}" if input.reference else "",
+        group:
+            "metrics-{model}"
+        threads: GRID.resource("metrics", "threads")
+        resources:
+            mem_mb=GRID.resource("metrics", "mem_mb"),
+            runtime=GRID.resource("metrics", "runtime"),
+            gpu=GRID.resource("metrics", "gpu"),
+        shell:
+            THREADS_ENV + " {PY} -m dpmbench.workflow evaluate --cells {params.cells} --out {output}"
+            " --metrics {params.metrics} {params.reference} --seed {wildcards.seed}"

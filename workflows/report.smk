@@ -1,9 +1,35 @@
-# Aggregate every metric file of the grid into results.csv, leaderboard.md and figures.
+# Aggregate every metric file into results.csv, leaderboard.md/.html, figures/ and paper_comparison.md.
+# Marked for `snakemake --report reports/snakemake_report.html`.
+import glob
+
+REPORT_OUTPUTS = [
+    f"{REPORT}/results.csv",
+    f"{REPORT}/leaderboard.md",
+    f"{REPORT}/leaderboard.html",
+    f"{REPORT}/paper_comparison.md",
+    f"{REPORT}/figures",
+]
+
+
 rule report:
     input:
-        GRID.all_metric_files(),
+        metrics=GRID.all_metric_files(),
+        shards=GRID.all_shard_files(),  # sample grids of image models
+        references=GRID.all_reference_files(),
+        papers=sorted(glob.glob(os.path.join(PAPERS, "*.yaml"))),
     output:
-        csv=f"{REPORT}/results.csv",
+        csv=report(f"{REPORT}/results.csv", category="Results", caption="report/results.rst"),
         md=f"{REPORT}/leaderboard.md",
+        html=report(f"{REPORT}/leaderboard.html", category="Leaderboard",
+                    caption="report/leaderboard.rst"),
+        papers=report(f"{REPORT}/paper_comparison.md", category="Papers",
+                      caption="report/papers.rst"),
+        figures=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures",
+                       caption="report/figure.rst"),
+    threads: 1
+    resources:
+        mem_mb=GRID.resource("report", "mem_mb"),
+        runtime=GRID.resource("report", "runtime"),
+        gpu=0,
     shell:
-        "{PY} -m dpmbench report {RESULTS} --out {REPORT}"
+        "{PY} -m dpmbench report {RESULTS} --out {REPORT} --papers {PAPERS:q}"

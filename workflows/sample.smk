@@ -1,19 +1,35 @@
-# One job per (model, guidance, schedule, solver): loads the model once, writes one npz per NFE.
-rule sample:
-    output:
-        GRID.sample_outputs(),
-    params:
-        n=lambda wc: GRID.num_samples(wc.model),
-        spec=lambda wc: GRID.spec(wc.solver),
-        nfe=lambda wc: ",".join(str(n) for n in GRID.nfes(wc.model)),
-        guidance=lambda wc: GRID.guidance_arg(wc.guidance),
-        pattern=lambda wc: f"{RESULTS}/{wc.model}/g{wc.guidance}/{wc.schedule}/{wc.solver}/nfe{{nfe}}.npz",
-        batch=GRID.batch_arg(),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    shell:
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {PY} -m dpmbench sample --model {wildcards.model} --solver '{params.spec}' --nfe {params.nfe}"
-        " --num-samples {params.n} --seed {GRID.seed} --schedule {wildcards.schedule} {params.guidance}"
-        " --t-end {GRID.t_end} --device {GRID.device} {params.batch} --out '{params.pattern}'"
+# One job per (model, guidance, seed, schedule, solver, shard): loads the model once and writes that shard of
+# every NFE (nfe<N>/<lo>-<hi>.npz, samples lo..hi-1). One rule per distinct NFE list (per-model overrides).
+# On a cluster, the jobs of one model form the group "sample-<model>" (see profiles/slurm: many jobs per
+# submission).
+for _suffix, _nfes, _models in GRID.nfe_sets():
+
+    rule:
+        name:
+            f"sample{_suffix}"
+        input:
+            checkpoint_input,
+        output:
+            GRID.shard_outputs(_nfes),
+        wildcard_constraints:
+            model=one_of(_models),
+        params:
+            spec=lambda wc: shlex.quote(GRID.spec(wc.solver)),
+            nfe=",".join(str(n) for n in _nfes),
+            lo=lambda wc: int(wc.shard.split("-")[0]),
+            n=lambda wc: int(wc.shard.split("-")[1]) - int(wc.shard.split("-")[0]),
+            guidance=lambda wc: GRID.guidance_arg(wc.guidance),
+            batch=lambda wc: GRID.batch_arg(wc.model),
+            pattern=lambda wc: shlex.quote(GRID.cell_dir().format(**dict(wc.items())) + "/nfe{nfe}/" + wc.shard + ".npz"),
+        group:
+            "sample-{model}"
+        threads: GRID.resource("sample", "threads")
+        resources:
+            mem_mb=GRID.resource("sample", "mem_mb"),
+            runtime=GRID.resource("sample", "runtime"),
+            gpu=GRID.resource("sample", "gpu"),
+        shell:
+            THREADS_ENV + " {PY} -m dpmbench sample --model {wildcards.model} --solver {params.spec}"
+            " --nfe {params.nfe} --num-samples {params.n} --start {params.lo} --seed {wildcards.seed}"
+            " --schedule {wildcards.schedule} {params.guidance} --t-end {GRID.t_end} --device {GRID.device}"
+            " {params.batch} --out {params.pattern}"
