@@ -1,7 +1,8 @@
 """The regression gate: compare a results.csv against a baseline.csv, cell by cell.
 
-A cell is (model, solver, nfe, schedule, guidance, metric); every metric is lower-is-better. A cell is worse when
-its value exceeds ``baseline * (1 + rtol) + atol`` and, for a metric marked stochastic, also lies above the
+A cell is (model, solver, nfe, schedule, guidance, metric). For a lower-is-better metric a cell is worse when
+its value exceeds ``baseline + |baseline| rtol + atol`` (mirrored for higher-is-better metrics) and, for a
+metric marked stochastic, also lies above the
 baseline's confidence interval (``ci_high``) — so sampling noise alone never fails the gate. A cell that
 diverged (NaN) where the baseline was finite, or that is missing from the results, is worse too.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from dpmbench.errors import DpmbenchError
+from dpmbench.report import higher_is_better
 
 KEY = ["model", "solver", "nfe", "schedule", "guidance", "metric"]
 REQUIRED = [*KEY, "value"]
@@ -65,8 +67,14 @@ def compare(baseline: pd.DataFrame, results: pd.DataFrame,
             verdicts.append("ok" if math.isnan(base) else "diverged")
         elif math.isnan(base):
             verdicts.append("ok")  # the baseline diverged, the new run does not: an improvement
+        elif higher_is_better(str(r["metric"])):  # log-likelihood, IS, CLIP score: a drop is worse
+            limit = base - abs(base) * tol.rtol - tol.atol
+            ci_low = r.get("ci_low_base")
+            if tol.stochastic and ci_low is not None and not math.isnan(float(ci_low)):
+                limit = min(limit, float(ci_low))
+            verdicts.append("worse" if new < limit else "ok")
         else:
-            limit = base * (1.0 + tol.rtol) + tol.atol
+            limit = base + abs(base) * tol.rtol + tol.atol
             ci_high = r.get("ci_high_base")
             if tol.stochastic and ci_high is not None and not math.isnan(float(ci_high)):
                 limit = max(limit, float(ci_high))

@@ -83,18 +83,28 @@ def _groups(df: pd.DataFrame) -> Iterable[tuple[tuple[Any, ...], pd.DataFrame]]:
 def _title(key: tuple[Any, ...], many_seeds: bool) -> str:
     model, guidance, schedule, seed, metric = key
     seed_part = f" · seed {seed}" if many_seeds else ""
-    return f"{metric} · guidance {guidance} · schedule {schedule}{seed_part}"
+    better = " (higher is better)" if higher_is_better(str(metric)) else ""
+    return f"{metric}{better} · guidance {guidance} · schedule {schedule}{seed_part}"
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better (log-likelihood, IS, CLIP score); all others: lower."""
+    from evaluators.registry import METRICS
+
+    return metric in METRICS and not METRICS[metric].lower_is_better
 
 
 def _table(g: pd.DataFrame) -> tuple[list[int], list[tuple[str, list[tuple[str, bool]]]]]:
-    """NFE columns and, per solver, (cell text, is best) per NFE; best = lowest value at that NFE."""
+    """NFE columns and, per solver, (cell text, is best) per NFE; best = lowest value at that NFE (highest for
+    the higher-is-better metrics)."""
+    pick = max if higher_is_better(str(g["metric"].iloc[0])) else min
     nfes = sorted(g["nfe"].unique())
     solvers = list(dict.fromkeys(g["solver"]))
     by = {(r.solver, r.nfe): r for r in g.itertuples()}
     best = {}
     for n in nfes:
         vals = [by[(s, n)].value for s in solvers if (s, n) in by and not _isnan(by[(s, n)].value)]
-        best[n] = min(vals) if vals else None
+        best[n] = pick(vals) if vals else None
     rows = []
     for s in solvers:
         cells = []
@@ -112,7 +122,8 @@ def _table(g: pd.DataFrame) -> tuple[list[int], list[tuple[str, list[tuple[str, 
 def leaderboard_markdown(df: pd.DataFrame) -> str:
     """Per model, per (guidance, schedule, seed, metric): a solver x NFE table with CIs, the best per NFE in bold."""
     lines = ["# dpmbench leaderboard", "",
-             "Lower is better for every metric. **Bold**: best solver at that NFE. Brackets: 95% paired bootstrap "
+             "Lower is better, except for the metrics marked (higher is better). "
+             "**Bold**: best solver at that NFE. Brackets: 95% paired bootstrap "
              "CI. All solvers of a table start from the same x_T (common random numbers).", ""]
     if df.empty:
         return "\n".join([*lines, "_No results._", ""])
@@ -261,7 +272,8 @@ def leaderboard_html(df: pd.DataFrame, figures: dict[tuple[Any, ...], Path],
            "img{max-width:100%;display:block;margin:.3em 0 1.5em}.ci{color:#777;font-size:11px}")
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>dpmbench leaderboard</title>',
              f"<style>{css}</style></head><body>", "<h1>dpmbench leaderboard</h1>",
-             "<p>Lower is better for every metric. <b>Bold</b>: best solver at that NFE. Grey: 95% paired bootstrap "
+             "<p>Lower is better, except for the metrics marked (higher is better). "
+             "<b>Bold</b>: best solver at that NFE. Grey: 95% paired bootstrap "
              "CI. All solvers of a table start from the same x<sub>T</sub>.</p>"]
     if df.empty:
         parts.append("<p><i>No results.</i></p>")

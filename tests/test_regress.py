@@ -84,3 +84,13 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     cfg.write_text("regression:\n  tolerances:\n    rmse_exact: {rtol: 20.0}\n")
     assert main(["regress", "--baseline", str(b), "--results", str(r), "--config", str(cfg)]) == 0
     assert main(["regress", "--baseline", str(tmp_path / "none.csv"), "--results", str(r)]) == 2
+
+
+def test_higher_is_better_metrics(tmp_path: Path) -> None:
+    base = [["gmm-2d", "ddim", 10, "logsnr", "none", "loglik_true", -1.0, -1.1, -0.9, 100, 1.0]]
+    b = _csv(tmp_path / "b.csv", base)
+    better = [base[0][:6] + [-0.5] + base[0][7:]]
+    worse = [base[0][:6] + [-2.0] + base[0][7:]]
+    assert regress(b, _csv(tmp_path / "r1.csv", better))[0]
+    ok, bad, _ = regress(b, _csv(tmp_path / "r2.csv", worse))
+    assert not ok and list(bad["verdict"]) == ["worse"]
