@@ -60,7 +60,8 @@ def test_clip_pipeline_shapes_and_metric(tiny_model: str) -> None:
     meta = {"model": "images", "prompts": np.array(prompts)}
     opts = {"clip_model": tiny_model, "clip_pretrained": None}
     v, ci, info = evaluate(["clip_score"], x, meta, bootstraps=20, options=opts)
-    assert v["clip_score"] == pytest.approx(per_sample_clip_score(im, tx).mean(), rel=1e-6)
+    # the evaluate path re-embeds the images in float32 with its own batching: agreement to float32 round-off
+    assert v["clip_score"] == pytest.approx(per_sample_clip_score(im, tx).mean(), rel=1e-5)
     assert info["clip"]["convention"].startswith("100*max(cos,0)") and ci["clip_score"][0] <= ci["clip_score"][1]
     x1 = np.concatenate([x, x[:1]])
     with pytest.raises(DpmbenchError, match="one prompt per sample"):
