@@ -36,43 +36,31 @@ def _nfe_list(text: str) -> list[int]:
     return vals
 
 
-def _positive_int(name: str) -> Any:
-    def parse(text: str) -> int:
+def _number(name: str, cast: type, ok: Any, allowed: str) -> Any:
+    """An argparse type: ``cast(text)`` accepted when ``ok(value)``, else a one-line error naming ``name``."""
+
+    def parse(text: str) -> Any:
         try:
-            v = int(text)
+            v = cast(text)
         except ValueError:
-            v = 0
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}; allowed: integers >= 1")
+            v = None
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}; allowed: {allowed}")
         return v
 
     return parse
+
+
+def _positive_int(name: str) -> Any:
+    return _number(name, int, lambda v: v >= 1, "integers >= 1")
 
 
 def _nonneg_int(name: str) -> Any:
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            v = -1
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}; allowed: integers >= 0")
-        return v
-
-    return parse
+    return _number(name, int, lambda v: v >= 0, "integers >= 0")
 
 
 def _float(name: str) -> Any:
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            v = math.nan
-        if not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}; allowed: a finite number")
-        return v
-
-    return parse
+    return _number(name, float, math.isfinite, "a finite number")
 
 
 def build_parser() -> argparse.ArgumentParser:

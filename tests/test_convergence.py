@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support import gmm2d_convergence_setup, rmse
 
-from dpmbench import load_model, sample
+from dpmbench import sample
 from dpmbench.solvers.base import History, get_solver
 
 T_END = 1e-3
@@ -22,18 +23,14 @@ MOD3_2 = [20, 41, 80, 158]
 
 @pytest.fixture(scope="module")
 def setup() -> tuple:
-    model = load_model("gmm-2d")
-    x_T = model.prior(500, seed=0, dtype=torch.float64)
-    return model, x_T, model.exact_solution(x_T, t_end=T_END)
+    return gmm2d_convergence_setup()
 
 
-def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((a - b) ** 2).mean().sqrt())
 
 
 def measured_order(setup: tuple, spec: str, nfes: list[int]) -> tuple[float, list[float]]:
     model, x_T, ref = setup
-    errs = [_rmse(sample(model, spec, n, x_T, schedule="logsnr", t_end=T_END), ref) for n in nfes]
+    errs = [rmse(sample(model, spec, n, x_T, schedule="logsnr", t_end=T_END), ref) for n in nfes]
     slope = -np.polyfit(np.log(nfes), np.log(errs), 1)[0]
     return float(slope), errs
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from support import CountingModel, gmm2d_convergence_setup, rmse
 
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
@@ -46,20 +47,16 @@ HIGH = [80, 160, 320, 640]
 
 @pytest.fixture(scope="module")
 def setup() -> tuple:
-    model = load_model("gmm-2d")
-    x_T = model.prior(500, seed=0, dtype=torch.float64)
-    return model, x_T, model.exact_solution(x_T, t_end=T_END)
+    return gmm2d_convergence_setup()
 
 
-def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((a - b) ** 2).mean().sqrt())
 
 
 def measured_order(setup: tuple, spec: str, nfes: list[int]) -> tuple[float, list[float]]:
     model, x_T, ref = setup
     n = 50 if nfes[-1] > 200 else 200  # the first 200 samples (high-NFE ranges: 50), to keep the test fast
     x_T, ref = x_T[:n], ref[:n]
-    errs = [_rmse(sample(model, spec, n, x_T, schedule="logsnr", t_end=T_END), ref) for n in nfes]
+    errs = [rmse(sample(model, spec, n, x_T, schedule="logsnr", t_end=T_END), ref) for n in nfes]
     return float(-np.polyfit(np.log(nfes), np.log(errs), 1)[0]), errs
 
 
@@ -311,17 +308,6 @@ def test_pndm_pie_matches_diffusers_skip_prk(steps: int) -> None:
 # -- NFE accounting -----------------------------------------------------------------------------------------
 
 
-class CountingModel(Model):
-    """Counts network calls independently of dpmbench's NFE counter."""
-
-    def __init__(self, base: Model):
-        self.base, self.calls = base, 0
-        self.name, self.shape, self.num_classes = base.name, base.shape, base.num_classes
-        self.schedule, self.parameterization = base.schedule, base.parameterization
-
-    def forward(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
-        self.calls += 1
-        return self.base.forward(x, t, cond)
 
 
 SPECS = ["deis", "deis:order=1", "deis:order=2,method=rhoab", "deis:order=3,method=logrho,lower_order_final=true",

@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import yaml
+from support import CountingModel
 
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
-from dpmbench.models.base import Model
 from dpmbench.solvers import get_solver, list_solvers, parse_spec
 from dpmbench.solvers.dpm_solver import singlestep_orders
 
 DEFAULT = yaml.safe_load((Path(__file__).parents[1] / "config" / "default.yaml").read_text())
 
 
-class CountingModel(Model):
-    """Counts network calls independently of dpmbench's NFE counter."""
-
-    def __init__(self, base: Model):
-        self.base, self.calls = base, 0
-        self.name, self.shape, self.num_classes = base.name, base.shape, base.num_classes
-        self.schedule, self.parameterization = base.schedule, base.parameterization
-
-    def forward(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
-        self.calls += 1
-        return self.base.forward(x, t, cond)
 
 
 @pytest.mark.parametrize("spec", DEFAULT["solvers"])

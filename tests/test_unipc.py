@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from support import CountingModel, gmm2d_convergence_setup, rmse
 
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
@@ -27,18 +28,14 @@ NFES = [20, 40, 80, 160]
 
 @pytest.fixture(scope="module")
 def setup() -> tuple:
-    model = load_model("gmm-2d")
-    x_T = model.prior(500, seed=0, dtype=torch.float64)
-    return model, x_T, model.exact_solution(x_T, t_end=T_END)
+    return gmm2d_convergence_setup()
 
 
-def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((a - b) ** 2).mean().sqrt())
 
 
 def _errors(setup: tuple, spec: str, nfes: list[int]) -> list[float]:
     model, x_T, ref = setup
-    return [_rmse(sample(model, spec, n, x_T, schedule="logsnr", t_end=T_END), ref) for n in nfes]
+    return [rmse(sample(model, spec, n, x_T, schedule="logsnr", t_end=T_END), ref) for n in nfes]
 
 
 def _slope(nfes: list[int], errs: list[float]) -> float:
@@ -363,17 +360,6 @@ def test_diffusers_solver_p_data_prediction_discrepancy() -> None:
 # -- NFE accounting, specs ------------------------------------------------------------------------------------
 
 
-class CountingModel(Model):
-    """Counts network calls independently of dpmbench's NFE counter (as in tests/test_solvers.py)."""
-
-    def __init__(self, base: Model):
-        self.base, self.calls = base, 0
-        self.name, self.shape, self.num_classes = base.name, base.shape, base.num_classes
-        self.schedule, self.parameterization = base.schedule, base.parameterization
-
-    def forward(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
-        self.calls += 1
-        return self.base.forward(x, t, cond)
 
 
 @pytest.mark.parametrize("spec", ["unipc", "unipc:order=1", "unipc:variant=bh2,order=3", "unipc:order=3,prediction=eps",
