@@ -1,0 +1,43 @@
+"""Helpers shared by the test modules (pytest puts tests/ on sys.path through its conftest.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from dpmbench import load_model
+from dpmbench.models.base import Model
+
+T_END = 1e-3
+
+
+class CountingModel(Model):
+    """Counts network calls independently of dpmbench's NFE counter."""
+
+    def __init__(self, base: Model):
+        self.base, self.calls = base, 0
+        self.name, self.shape, self.num_classes = base.name, base.shape, base.num_classes
+        self.schedule, self.parameterization = base.schedule, base.parameterization
+
+    def forward(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
+        self.calls += 1
+        return self.base.forward(x, t, cond)
+
+
+def gmm2d_convergence_setup(n: int = 500) -> tuple[Model, torch.Tensor, torch.Tensor]:
+    """gmm-2d, n float64 x_T (seed 0) and their exact solutions at T_END: the convergence-order set-up."""
+    model = load_model("gmm-2d")
+    x_T = model.prior(n, seed=0, dtype=torch.float64)
+    return model, x_T, model.exact_solution(x_T, t_end=T_END)
+
+
+def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Root mean squared difference over samples and dimensions."""
+    return float(((a - b) ** 2).mean().sqrt())
+
+
+def slope(nfes: list[int], errs: list[float]) -> float:
+    """Fitted convergence order: minus the slope of log(error) against log(NFE)."""
+    return float(-np.polyfit(np.log(nfes), np.log(errs), 1)[0])
