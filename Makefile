@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: bench test lint install clean
+.PHONY: bench test lint install clean regress regress-run baseline
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,5 +23,16 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+# the regression gate: a fast oracle-only grid compared with the committed reports/baseline.csv
+regress: regress-run
+	$(BIN)/dpmbench regress --baseline reports/baseline.csv --results reports/regression/results.csv \
+		--config config/regression.yaml
+
+baseline: regress-run
+	cp reports/regression/results.csv reports/baseline.csv
+
+regress-run: $(STAMP)
+	$(BIN)/snakemake --cores all --quiet --configfile config/regression.yaml
+
 clean:
-	rm -rf results reports/results.csv reports/leaderboard.md reports/figures .snakemake
+	rm -rf results reports/results.csv reports/leaderboard.* reports/figures reports/paper_comparison.md reports/regression .snakemake

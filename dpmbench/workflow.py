@@ -107,6 +107,7 @@ class _Registry:
         for p in sorted([*root.glob("dpmbench/**/*.py"), *root.glob("evaluators/**/*.py")]):
             st = p.stat()
             h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
+        h.update(os.environ.get("DPMBENCH_PLUGINS", "").encode())  # solvers from outside change the facts
         self.path = cache_dir("workflow") / f"registry-{h.hexdigest()[:20]}.json"
         try:
             self.data: dict[str, Any] = json.loads(self.path.read_text())

@@ -366,6 +366,9 @@ def get_solver(spec: str | Solver, **overrides: Any) -> Solver:
 
 def _ensure_loaded() -> None:
     import dpmbench.solvers  # noqa: F401  (registers the built-in families)
+    from dpmbench.solvers.plugins import load_plugins
+
+    load_plugins()
 
 
 def expm1(x: float) -> float:
