@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dpmbench import load_model
+from dpmbench import load_model, sample
+from dpmbench.cli import main
 from dpmbench.models.base import Model
 
 T_END = 1e-3
@@ -41,3 +42,25 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
 def slope(nfes: list[int], errs: list[float]) -> float:
     """Fitted convergence order: minus the slope of log(error) against log(NFE)."""
     return float(-np.polyfit(np.log(nfes), np.log(errs), 1)[0])
+
+
+def convergence_errors(setup: tuple, spec: str, nfes: list[int]) -> list[float]:
+    """RMSE to the exact solutions of ``setup = (model, x_T, exact)`` for every NFE (logSNR steps, T_END)."""
+    model, x_T, ref = setup
+    return [rmse(sample(model, spec, n, x_T, schedule="logsnr", t_end=T_END), ref) for n in nfes]
+
+
+def measured_order(setup: tuple, spec: str, nfes: list[int]) -> tuple[float, list[float]]:
+    """The fitted convergence order over ``nfes`` and the errors it was fitted to."""
+    errs = convergence_errors(setup, spec, nfes)
+    return slope(nfes, errs), errs
+
+
+def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    """Run ``dpmbench ARGV`` in-process: exit code (argparse's SystemExit included), stdout, stderr."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse
+        code = int(exc.code)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -9,18 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dpmbench.cli import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse
-        code = int(exc.code)
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from support import run_cli as run
 
 BAD = [
     (["sample", "--model", "cifar", "--solver", "ddim", "--nfe", "5", "--num-samples", "4", "--seed", "0"],

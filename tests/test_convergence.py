@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support import gmm2d_convergence_setup, rmse
+from support import gmm2d_convergence_setup, measured_order
 
-from dpmbench import sample
 from dpmbench.solvers.base import History, get_solver
 
 T_END = 1e-3
@@ -27,12 +26,6 @@ def setup() -> tuple:
 
 
 
-
-def measured_order(setup: tuple, spec: str, nfes: list[int]) -> tuple[float, list[float]]:
-    model, x_T, ref = setup
-    errs = [rmse(sample(model, spec, n, x_T, schedule="logsnr", t_end=T_END), ref) for n in nfes]
-    slope = -np.polyfit(np.log(nfes), np.log(errs), 1)[0]
-    return float(slope), errs
 
 
 CASES = [

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import CountingModel, gmm2d_convergence_setup, rmse
+from support import CountingModel, gmm2d_convergence_setup
+from support import measured_order as support_measured_order
 
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
@@ -55,9 +56,7 @@ def setup() -> tuple:
 def measured_order(setup: tuple, spec: str, nfes: list[int]) -> tuple[float, list[float]]:
     model, x_T, ref = setup
     n = 50 if nfes[-1] > 200 else 200  # the first 200 samples (high-NFE ranges: 50), to keep the test fast
-    x_T, ref = x_T[:n], ref[:n]
-    errs = [rmse(sample(model, spec, n, x_T, schedule="logsnr", t_end=T_END), ref) for n in nfes]
-    return float(-np.polyfit(np.log(nfes), np.log(errs), 1)[0]), errs
+    return support_measured_order((model, x_T[:n], ref[:n]), spec, nfes)
 
 
 ORDER_CASES = [

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from support import gmm2d_convergence_setup, measured_order
 
 from dpmbench import load_model, sample
 from dpmbench.cli import main
@@ -102,15 +103,7 @@ def test_ddpm_posterior_equals_sde_dpm_solver_pp_1_and_sa_solver_1() -> None:
 
 @pytest.fixture(scope="module")
 def exact() -> tuple:
-    model = load_model("gmm-2d")
-    x_T = model.prior(300, seed=0, dtype=torch.float64)
-    return model, x_T, model.exact_solution(x_T, t_end=T_END)
-
-
-def _slope(exact: tuple, spec: str, nfes: list[int]) -> tuple[float, list[float]]:
-    model, x_T, ref = exact
-    errs = [_rmse(sample(model, spec, n, x_T, t_end=T_END), ref) for n in nfes]
-    return float(-np.polyfit(np.log(nfes), np.log(errs), 1)[0]), errs
+    return gmm2d_convergence_setup(300)
 
 
 NFES = [20, 40, 80, 160]
@@ -122,10 +115,10 @@ def test_sa_solver_tau0_is_deterministic_and_second_order(exact: tuple) -> None:
     spec = "sa-solver:tau=0"
     assert torch.equal(sample(model, spec, 10, x_T, t_end=T_END, seed=0),
                        sample(model, spec, 10, x_T, t_end=T_END, seed=1))
-    slope, errs = _slope(exact, spec, NFES)
+    slope, errs = measured_order(exact, spec, NFES)
     assert abs(slope - 2) < 0.3, f"slope {slope:.2f}, errors {errs}"
     # the corrector helps: the predictor alone is worse at every NFE
-    _, alone = _slope(exact, spec + ",corrector_order=0", NFES)
+    _, alone = measured_order(exact, spec + ",corrector_order=0", NFES)
     assert all(e < a for e, a in zip(errs, alone, strict=True))
 
 
@@ -133,10 +126,10 @@ def test_sa_solver_tau0_third_order(exact: tuple) -> None:
     """Predictor order 3 is third order without lower_order_final (whose final order-1 step, always taken by
     diffusers' scheduler, leaves an O(h^2) local error: with it, p = c = 3 measures local slopes 3.6 -> 2.3 from
     NFE 20 to 320); the corrector of order 3 lowers the error further."""
-    slope, errs = _slope(exact, "sa-solver:tau=0,predictor_order=3,corrector_order=0,lower_order_final=false", NFES)
+    spec = "sa-solver:tau=0,predictor_order=3,corrector_order=0,lower_order_final=false"
+    slope, errs = measured_order(exact, spec, NFES)
     assert abs(slope - 3) < 0.3, f"slope {slope:.2f}, errors {errs}"
-    slope_pc, errs_pc = _slope(exact, "sa-solver:tau=0,predictor_order=3,corrector_order=3,lower_order_final=false",
-                               NFES)
+    slope_pc, errs_pc = measured_order(exact, spec.replace("corrector_order=0", "corrector_order=3"), NFES)
     assert slope_pc > 2.7 and all(e < a for e, a in zip(errs_pc, errs, strict=True)), (slope_pc, errs_pc)
 
 

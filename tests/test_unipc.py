@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import CountingModel, gmm2d_convergence_setup, rmse
+from support import CountingModel, convergence_errors, gmm2d_convergence_setup, slope
 
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
@@ -32,14 +32,6 @@ def setup() -> tuple:
 
 
 
-
-def _errors(setup: tuple, spec: str, nfes: list[int]) -> list[float]:
-    model, x_T, ref = setup
-    return [rmse(sample(model, spec, n, x_T, schedule="logsnr", t_end=T_END), ref) for n in nfes]
-
-
-def _slope(nfes: list[int], errs: list[float]) -> float:
-    return float(-np.polyfit(np.log(nfes), np.log(errs), 1)[0])
 
 
 # -- convergence orders ---------------------------------------------------------------------------------------
@@ -71,9 +63,9 @@ ORDERS = [
 @pytest.mark.parametrize(("spec", "order", "nfes"), ORDERS, ids=[c[0] for c in ORDERS])
 def test_convergence_order(setup: tuple, spec: str, order: int, nfes: list[int]) -> None:
     """UniP-p is order p; UniC-p on top of it (UniPC-p, or DPM-Solver(++)-p multistep) is order p + 1."""
-    errs = _errors(setup, spec, nfes)
-    slope = _slope(nfes, errs)
-    assert abs(slope - order) < 0.3, f"{spec}: slope {slope:.2f}, errors {errs}"
+    errs = convergence_errors(setup, spec, nfes)
+    fitted = slope(nfes, errs)
+    assert abs(fitted - order) < 0.3, f"{spec}: slope {fitted:.2f}, errors {errs}"
     assert all(a > b for a, b in zip(errs[:-1], errs[1:], strict=True)), errs
 
 
@@ -82,7 +74,7 @@ def test_unic_improves_every_predictor(setup: tuple) -> None:
     for bare, corrected in [("unipc:order=2,corrector=none", "unipc:order=2"),
                             ("unipc:order=3,corrector=none", "unipc:order=3"),
                             ("dpm-solver++:order=2", "dpm-solver++:order=2,corrector=unic")]:
-        e_bare, e_corr = _errors(setup, bare, [10, 40]), _errors(setup, corrected, [10, 40])
+        e_bare, e_corr = convergence_errors(setup, bare, [10, 40]), convergence_errors(setup, corrected, [10, 40])
         assert all(c < b for c, b in zip(e_corr, e_bare, strict=True)), (bare, e_bare, e_corr)
 
 
@@ -100,9 +92,9 @@ def test_official_lower_order_final() -> None:
     x_T = model.prior(100, seed=0, dtype=torch.float64)
     small = (model, x_T, model.exact_solution(x_T, t_end=T_END))
     nfes = [160, 320]
-    official = _errors(small, "unipc:order=3", nfes)
-    full = _errors(small, "unipc:order=3,lower_order_final=false", nfes)
-    s_official, s_full = _slope(nfes, official), _slope(nfes, full)
+    official = convergence_errors(small, "unipc:order=3", nfes)
+    full = convergence_errors(small, "unipc:order=3,lower_order_final=false", nfes)
+    s_official, s_full = slope(nfes, official), slope(nfes, full)
     assert 1.8 < s_official < 2.5, f"official lower_order_final: slope {s_official:.2f}"
     assert s_full > 3.5, f"lower_order_final=false: slope {s_full:.2f}"
     assert full[1] < official[1] / 5
