@@ -179,14 +179,21 @@ class _ExponentialIntegrator(MultistepSolver):
         return 2.0 if self.order3_rule == "taylor" else 1.0
 
     @staticmethod
-    def _divided_differences(hist: History, t: Point, order: int) -> tuple[float, ...]:
-        """Step ratios r_k = h_{k} / h of the multistep history (official code's r0, r1)."""
+    def _differences(hist: History, t: Point, order: int) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+        """h = lambda_t - lambda_s and the scaled divided differences of the model outputs m0, m1, m2 (newest
+        first) that both multistep forms use, with the step ratios r0 = h_0 / h, r1 = h_1 / h of the official code:
+        order 2: D1 = (m0 - m1) / r0 (D2 None); order 3: D1 ~ h m' and D2 ~ h^2 m'' / 2 from three points."""
         h = t.lam - hist[-1].point.lam
-        rs = []
-        for k in range(1, order):
-            rs.append((hist[-k].point.lam - hist[-k - 1].point.lam) / h)
-        return (h, *rs)
-
+        m0, m1 = hist[-1].out, hist[-2].out
+        r0 = (hist[-1].point.lam - hist[-2].point.lam) / h
+        d1_0 = (m0 - m1) / r0
+        if order == 2:
+            return h, d1_0, None
+        r1 = (hist[-2].point.lam - hist[-3].point.lam) / h
+        d1_1 = (m1 - hist[-3].out) / r1
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        return h, d1, d2
 
 @register
 class DPMSolver(_ExponentialIntegrator):
@@ -227,20 +234,16 @@ class DPMSolver(_ExponentialIntegrator):
         return (t.alpha / s.alpha) * x - t.sigma * phi_1 * m_s - t.sigma * phi_2 * dd1 - t.sigma * phi_3 * dd2
 
     def multistep_second(self, x: torch.Tensor, hist: History, t: Point) -> torch.Tensor:
-        h, r0 = self._divided_differences(hist, t, 2)
-        s, m0, m1 = hist[-1].point, hist[-1].out, hist[-2].out
-        d1 = (m0 - m1) / r0
+        h, d1, _ = self._differences(hist, t, 2)
+        s, m0 = hist[-1].point, hist[-1].out
         phi_1 = expm1(h)
         if self.solver_type == "dpmsolver":
             return (t.alpha / s.alpha) * x - t.sigma * phi_1 * m0 - 0.5 * t.sigma * phi_1 * d1
         return (t.alpha / s.alpha) * x - t.sigma * phi_1 * m0 - t.sigma * (phi_1 / h - 1.0) * d1
 
     def multistep_third(self, x: torch.Tensor, hist: History, t: Point) -> torch.Tensor:
-        h, r0, r1 = self._divided_differences(hist, t, 3)
-        s, m0, m1, m2 = hist[-1].point, hist[-1].out, hist[-2].out, hist[-3].out
-        d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
-        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-        d2 = (d1_0 - d1_1) / (r0 + r1)
+        h, d1, d2 = self._differences(hist, t, 3)
+        s, m0 = hist[-1].point, hist[-1].out
         phi_1 = expm1(h)
         phi_2 = phi_1 / h - 1.0
         phi_3 = phi_2 / h - 0.5
@@ -325,20 +328,16 @@ class DPMSolverPP(_ExponentialIntegrator):
         return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m_s + t.alpha * phi_2 * dd1 - t.alpha * phi_3 * dd2
 
     def multistep_second(self, x: torch.Tensor, hist: History, t: Point) -> torch.Tensor:
-        h, r0 = self._divided_differences(hist, t, 2)
-        s, m0, m1 = hist[-1].point, hist[-1].out, hist[-2].out
-        d1 = (m0 - m1) / r0  # Alg. 2: D_i = (1 + 1/(2r)) x0_{i-1} - 1/(2r) x0_{i-2}
+        h, d1, _ = self._differences(hist, t, 2)  # Alg. 2: D_i = x0_{i-1} + (x0_{i-1} - x0_{i-2}) / (2r)
+        s, m0 = hist[-1].point, hist[-1].out
         phi_1 = expm1(-h)
         if self.solver_type == "dpmsolver":
             return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m0 - 0.5 * t.alpha * phi_1 * d1
         return (t.sigma / s.sigma) * x - t.alpha * phi_1 * m0 + t.alpha * (phi_1 / h + 1.0) * d1
 
     def multistep_third(self, x: torch.Tensor, hist: History, t: Point) -> torch.Tensor:
-        h, r0, r1 = self._divided_differences(hist, t, 3)
-        s, m0, m1, m2 = hist[-1].point, hist[-1].out, hist[-2].out, hist[-3].out
-        d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
-        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-        d2 = (d1_0 - d1_1) / (r0 + r1)
+        h, d1, d2 = self._differences(hist, t, 3)
+        s, m0 = hist[-1].point, hist[-1].out
         phi_1 = expm1(-h)
         phi_2 = phi_1 / h + 1.0
         phi_3 = phi_2 / h - 0.5
