@@ -166,7 +166,8 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(name)
 
 
-def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model and the torch device of a sample/reference command, with their input checks."""
     import torch
 
     from dpmbench.models.registry import load_model
@@ -176,7 +177,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         raise DpmbenchError(f"invalid --guidance {args.guidance}: model {args.model!r} is unconditional")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DpmbenchError("invalid --device 'cuda': no CUDA device is available; allowed: cpu")
-    return model, load_model, torch.device(args.device)
+    return model, torch.device(args.device)
 
 
 def _batches(n: int, batch: int | None) -> list[tuple[int, int]]:
@@ -204,7 +205,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from dpmbench.sampling import make_plan, sample
     from dpmbench.solvers.base import get_solver
 
-    model, _, device = _setup(args)
+    model, device = _setup(args)
     if len(args.nfe) > 1 and "{nfe}" not in args.out:
         raise DpmbenchError("invalid --out: several --nfe values need '{nfe}' in the output path")
     sol = get_solver(args.solver)
@@ -246,7 +247,7 @@ def cmd_reference(args: argparse.Namespace) -> None:
 
     from dpmbench.io import save_npz
 
-    model, _, device = _setup(args)
+    model, device = _setup(args)
     oracle = hasattr(model, "exact_solution")
     if (args.solver is None) != (args.nfe is None):
         raise DpmbenchError("invalid reference: --solver and --nfe go together (a high-NFE reference run)")
