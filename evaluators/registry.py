@@ -96,31 +96,22 @@ def _guidance(meta: dict[str, Any]) -> float | None:
 
 
 def _fd_target(ctx: Context) -> tuple[np.ndarray, np.ndarray, str]:
-    cached = ctx.meta.get("_fd_target")
-    if cached is not None:
-        return cached
+    return ctx.cached("fd_target", lambda: _compute_fd_target(ctx))
+
+
+def _compute_fd_target(ctx: Context) -> tuple[np.ndarray, np.ndarray, str]:
     g = _guidance(ctx.meta)
     if ctx.meta.get("target_moments") is not None:  # stored with the reference by `dpmbench reference`
         mu, cov = ctx.meta["target_moments"]
         what = "data distribution" if g is None or g == 1.0 else "exact guided ODE solutions"
-        ctx.meta["_fd_target"] = (np.asarray(mu, np.float64), np.asarray(cov, np.float64), what)
-        return ctx.meta["_fd_target"]
-    labels = ctx.meta.get("labels")
-    labels = None if labels is None or len(labels) == 0 else np.asarray(labels)
+        return np.asarray(mu, np.float64), np.asarray(cov, np.float64), what
     if g is None or g == 1.0:
-        from dpmbench.models.registry import load_model
-
-        model = load_model(str(ctx.meta["model"]))
-        if not hasattr(model, "data_moments"):
-            raise DpmbenchError(f"invalid metrics: 'fd_true' needs an oracle model, not {ctx.meta['model']!r}")
-        t_end = ctx.meta.get("t_end")
-        mu, cov = model.data_moments(None if labels is None else labels, t=None if t_end is None else float(t_end))
-        target = (mu.numpy(), cov.numpy(), "data distribution" + (" (class-conditional)" if labels is not None else ""))
-    else:  # guided sampling: the target is the pushforward of the prior by the exact guided ODE
-        ref = np.asarray(ctx.require_reference("fd_true (with guidance != 1)"), np.float64).reshape(len(ctx.x), -1)
-        target = (ref.mean(0), np.atleast_2d(np.cov(ref, rowvar=False)), "exact guided ODE solutions")
-    ctx.meta["_fd_target"] = target
-    return target
+        labels, t_end = _labels(ctx), ctx.meta.get("t_end")
+        mu, cov = _oracle(ctx, "fd_true").data_moments(labels, t=None if t_end is None else float(t_end))
+        return mu.numpy(), cov.numpy(), "data distribution" + (" (class-conditional)" if labels is not None else "")
+    # guided sampling: the target is the pushforward of the prior by the exact guided ODE
+    ref = np.asarray(ctx.require_reference("fd_true (with guidance != 1)"), np.float64).reshape(len(ctx.x), -1)
+    return ref.mean(0), np.atleast_2d(np.cov(ref, rowvar=False)), "exact guided ODE solutions"
 
 
 def _fd_true(ctx: Context, idx: np.ndarray | None) -> float:
@@ -402,8 +393,8 @@ def evaluate(
                               estimate=values[name])
         cis[name] = [lo, hi]
         info.setdefault("bootstraps", {})[name] = reps
-    if "_fd_target" in ctx.meta:
-        info["fd_target"] = ctx.meta["_fd_target"][2]
+    if "fd_target" in ctx.meta.get("_cache", {}):
+        info["fd_target"] = ctx.meta["_cache"]["fd_target"][2]
     if "_fid_reference" in ctx.meta:
         info["fid_reference"] = ctx.meta["_fid_reference"]
     if any(nm in ("fid", "is", "kid", "fdd", "kdd") for nm in names):
