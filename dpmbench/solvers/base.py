@@ -127,7 +127,17 @@ class Context:
     def key(self) -> tuple[Any, ...]:
         """Everything a prepared artifact of this run depends on (besides the solver's own options)."""
         kind = self.kind if isinstance(self.kind, str) else torch.as_tensor(self.kind, dtype=torch.float64)
-        return (self.model.cache_key(), self.nfe, kind, self.t_start, self.t_end, self.guidance, str(self.dtype))
+        return (self.model.cache_key(), self.nfe, kind, self.start, self.end, self.guidance, str(self.dtype))
+
+    @property
+    def start(self) -> float:
+        """t_start, defaulted to the schedule's T."""
+        return float(self.model.schedule.T if self.t_start is None else self.t_start)
+
+    @property
+    def end(self) -> float:
+        """t_end, defaulted to the schedule's default."""
+        return float(self.model.schedule.t_end_default if self.t_end is None else self.t_end)
 
 
 @dataclass
