@@ -99,5 +99,8 @@ def run_search(kind: str, ctx: Context, solver: Solver | None = None, seed: int 
 
 
 def _ensure_loaded() -> None:
-    """Import the modules that register the built-in searches."""
+    """Import the modules that register the built-in searches, and plugins (which may register searches too)."""
     import dpmbench.search.builtin  # noqa: F401
+    from dpmbench.solvers.base import _ensure_loaded as load_solvers
+
+    load_solvers()

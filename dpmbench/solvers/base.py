@@ -129,6 +129,11 @@ class Context:
         kind = self.kind if isinstance(self.kind, str) else torch.as_tensor(self.kind, dtype=torch.float64)
         return (self.model.cache_key(), self.nfe, kind, self.start, self.end, self.guidance, str(self.dtype))
 
+    def cond(self, n: int) -> Any:
+        """Conditioning for ``n`` search samples: balanced class labels when guided (as the sample jobs use), else
+        None."""
+        return None if self.guidance is None else self.model.labels(n)
+
     @property
     def start(self) -> float:
         """t_start, defaulted to the schedule's T."""
