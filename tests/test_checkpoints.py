@@ -35,6 +35,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     files: dict[str, bytes] = {}
     cut: dict[str, tuple[int, int]] = {}
+    ignore_range = False
     requests: list[tuple[str, str | None]] = []
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
@@ -45,7 +46,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         m = re.match(r"bytes=(\d+)-$", self.headers.get("Range", ""))
-        start = int(m.group(1)) if m else 0
+        start = int(m.group(1)) if m and not cls.ignore_range else 0
         if start >= len(body) and start:
             self.send_error(416)
             return
@@ -70,7 +71,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture()
 def server() -> Iterator[str]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    _Handler.files, _Handler.cut, _Handler.requests = {}, {}, []
+    _Handler.files, _Handler.cut, _Handler.requests, _Handler.ignore_range = {}, {}, [], False
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     try:
@@ -143,6 +144,16 @@ def test_partial_file_is_kept_and_resumed_by_the_next_pull(server: str, cache: P
     _Handler.requests.clear()
     assert (ck.pull(e, progress=False) / "net.safetensors").read_bytes() == BIG
     assert _Handler.requests == [("/files/net.safetensors", "bytes=200000-")] and not part.exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_server_ignoring_range_restarts_the_file(server: str, cache: Path) -> None:
+    e = url_entry(server)
+    part = ck.checkpoint_dir(e) / "net.safetensors.part"
+    part.write_bytes(b"stale bytes from elsewhere")
+    _Handler.ignore_range = True  # answers 200 with the whole file: the partial data must not be kept
+    assert (ck.pull(e, progress=False) / "net.safetensors").read_bytes() == BIG and not part.exists()
+    assert _Handler.requests == [("/files/net.safetensors", "bytes=26-")]
 
 
 # (c) ---------------------------------------------------------------------------------------------------------
@@ -226,6 +237,11 @@ def test_cli_pull_offline_and_online(server: str, cache: Path, tmp_path: Path, c
     assert code == 0 and out.startswith("toy: 1 file(s) verified in ") and len(_Handler.requests) == 1
     code, out, err = run_cli(capsys, "pull", "nope", "--manifest", str(manifest))
     assert code == 2 and err.startswith("dpmbench: error: invalid checkpoint id 'nope'; allowed: ddpm-cifar10, ")
+    code, out, err = run_cli(capsys, "list", "models")
+    names = [line.split(":")[0] for line in out.splitlines()]
+    assert code == 0 and names[:3] == ["gmm-2d", "gmm-digits", "digits-empirical"] and names[3:] == list(
+        ck.load_manifest())
+    assert "sd15: checkpoint (stable-diffusion), 512px, text-conditioned, vp-discrete/eps, license " in out
 
 
 # (e) ---------------------------------------------------------------------------------------------------------
@@ -443,7 +459,11 @@ def test_config_checkpoints_section_is_validated(tmp_path: Path) -> None:
             "files": [{"path": "unet/config.json", "sha256": None}], "license": "test-only",
             "schedule": "vp-discrete", "parameterization": "eps", "resolution": 8}
     grid = build_grid({**base, "checkpoints": {"toy-ckpt": ckpt}})
-    assert list(grid.checkpoints) == ["toy-ckpt"] and not grid.has_reference("toy-ckpt")
+    assert list(grid.checkpoints) == ["toy-ckpt"] and not grid.has_reference("toy-ckpt") and not grid.offline
+    assert build_grid({**base, "checkpoints": {"toy-ckpt": ckpt}, "offline": True}).offline
+    assert build_grid({**base, "checkpoints": {"toy-ckpt": ckpt}, "offline": "true"}).offline  # --config offline=true
+    with pytest.raises(DpmbenchError, match=r"invalid config key 'offline'"):
+        build_grid({**base, "checkpoints": {"toy-ckpt": ckpt}, "offline": "maybe"})
     with pytest.raises(DpmbenchError, match=r"invalid config key 'checkpoints.toy-ckpt.adapter': 'unet' is not one"):
         build_grid({**base, "checkpoints": {"toy-ckpt": {**ckpt, "adapter": "unet"}}})
     with pytest.raises(DpmbenchError, match=r"invalid config key 'checkpoints.toy-ckpt.licence': unknown key; "
