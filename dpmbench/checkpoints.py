@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -108,7 +109,9 @@ class CheckpointEntry:
         """Where ``f`` is downloaded from (None for a manual source)."""
         if self.kind == "hf":
             endpoint = os.environ.get(HF_ENDPOINT_ENV, "").strip() or DEFAULT_HF_ENDPOINT
-            return f"{endpoint.rstrip('/')}/{self.source['hf']}/resolve/{self.source['revision']}/{f.path}"
+            # a branch like refs/pr/1 is one path segment: refs%2Fpr%2F1
+            rev, path = quote(str(self.source["revision"]), safe=""), quote(f.path, safe="/")
+            return f"{endpoint.rstrip('/')}/{self.source['hf']}/resolve/{rev}/{path}"
         if self.kind == "url":
             return str(self.source["url"])
         return None
@@ -315,11 +318,16 @@ def _record_lock(entry: CheckpointEntry, root: Path, path: str, sha: str) -> Non
     files = _lock(entry, root)
     files[path] = sha
     save_json(root / LOCK_FILE, {"id": entry.id, "source": entry.source, "files": files})
-    if (entry.id, path) not in _WARNED:
-        _WARNED.add((entry.id, path))
-        warnings.warn(f"checkpoint {entry.id!r} file {path!r} has no sha256 in the manifest; recorded the sha256 "
-                      f"of the file obtained ({sha}) in {root / LOCK_FILE}: pin it in the manifest",
-                      UnpinnedChecksumWarning, stacklevel=3)
+
+
+def _warn_unpinned(entry: CheckpointEntry, root: Path, recorded: list[str]) -> None:
+    """One warning per checkpoint (and process) for the files whose hash was just recorded in the lock file."""
+    new = [p for p in recorded if (entry.id, p) not in _WARNED]
+    if new:
+        _WARNED.update((entry.id, p) for p in new)
+        warnings.warn(f"checkpoint {entry.id!r}: {len(new)} file(s) have no sha256 in the manifest "
+                      f"({', '.join(repr(p) for p in new)}); recorded the sha256 of the files obtained in "
+                      f"{root / LOCK_FILE}: pin them in the manifest", UnpinnedChecksumWarning, stacklevel=3)
 
 
 def _expected(entry: CheckpointEntry, f: CheckpointFile, lock: Mapping[str, str]) -> tuple[str | None, str]:
@@ -408,15 +416,18 @@ def verify(entry: CheckpointEntry) -> Path:
     lock = _lock(entry, root)
     cache = _read_json(root / VERIFIED_FILE)
     before = json.dumps(cache, sort_keys=True)
+    recorded = []
     try:
         for f in entry.files:
             got, unpinned = _verify_file(entry, root, f, lock, cache)
             if unpinned:
                 _record_lock(entry, root, f.path, got)
+                recorded.append(f.path)
                 lock = _lock(entry, root)
     finally:
         if json.dumps(cache, sort_keys=True) != before:
             save_json(root / VERIFIED_FILE, cache)
+    _warn_unpinned(entry, root, recorded)
     return root
 
 
@@ -450,11 +461,13 @@ def pull(entry: CheckpointEntry, offline: bool | None = None, progress: bool = T
                     raise
                 (root / f.path).unlink()  # a wrong file: fetch it again
                 todo.append(f)
+        from dpmbench.io import save_json
+
+        save_json(root / VERIFIED_FILE, cache)
         if todo and (offline or entry.kind == "manual"):
             lead = "offline (DPMBENCH_OFFLINE=1, --offline or config offline: true) and "
             raise _missing_error(entry, root, todo, lead)
-        from dpmbench.io import save_json
-
+        recorded = []
         for f in todo:
             dest = root / f.path
             expected = _expected(entry, f, lock)[0]
@@ -465,7 +478,9 @@ def pull(entry: CheckpointEntry, offline: bool | None = None, progress: bool = T
             save_json(root / VERIFIED_FILE, cache)
             if expected is None:
                 _record_lock(entry, root, f.path, sha)
+                recorded.append(f.path)
                 lock = _lock(entry, root)
+        _warn_unpinned(entry, root, recorded)
     return verify(entry)
 
 

@@ -120,6 +120,28 @@ def test_pull_downloads_and_verifies(server: str, cache: Path) -> None:
     assert ck.stamp_text(e) == f"{SHA_BIG}  net.safetensors\n"
 
 
+@pytest.mark.timeout(60)
+def test_progress_bar_on_big_files(server: str, cache: Path, monkeypatch, capsys) -> None:
+    import evaluators.download as dl
+
+    e = url_entry(server)
+    monkeypatch.setattr(dl, "PROGRESS_MIN_BYTES", len(BIG))  # BIG counts as big here
+    ck.pull(e, progress=True)
+    assert "net.safetensors" in capsys.readouterr().err  # tqdm's bar, named after the file
+    small = entry({"url": f"{server}/files/net.safetensors"}, [{"path": "n.safetensors", "sha256": SHA_BIG}], "two")
+    monkeypatch.setattr(dl, "PROGRESS_MIN_BYTES", len(BIG) + 1)
+    ck.pull(small, progress=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_hf_url_quotes_the_revision(monkeypatch) -> None:
+    monkeypatch.setenv("DPMBENCH_HF_ENDPOINT", "http://mirror.local/hf/")
+    e = entry({"hf": "org/repo", "revision": "refs/pr/1"}, [{"path": "unet/a b.json", "sha256": SHA_SMALL}])
+    assert e.url(e.files[0]) == "http://mirror.local/hf/org/repo/resolve/refs%2Fpr%2F1/unet/a%20b.json"
+    monkeypatch.delenv("DPMBENCH_HF_ENDPOINT")
+    assert e.url(e.files[0]).startswith("https://huggingface.co/org/repo/resolve/")
+
+
 # (b) ---------------------------------------------------------------------------------------------------------
 @pytest.mark.timeout(60)
 def test_cut_connection_is_resumed_with_a_range_request(server: str, cache: Path) -> None:
@@ -252,19 +274,25 @@ def test_hf_source_through_the_endpoint_and_unpinned_lock(server: str, cache: Pa
     _Handler.files["/org/repo/resolve/abc123/unet/diffusion_pytorch_model.safetensors"] = BIG
     e = entry({"hf": "org/repo", "revision": "abc123"},
               [{"path": "unet/config.json", "sha256": None},
-               {"path": "unet/diffusion_pytorch_model.safetensors", "sha256": SHA_BIG, "size": len(BIG)}])
-    with pytest.warns(ck.UnpinnedChecksumWarning, match="'unet/config.json' has no sha256 in the manifest") as rec:
+               {"path": "unet/diffusion_pytorch_model.safetensors", "sha256": SHA_BIG, "size": len(BIG)},
+               {"path": "tokenizer/vocab.txt", "sha256": None}])
+    _Handler.files["/org/repo/resolve/abc123/tokenizer/vocab.txt"] = b"a\nb\n"
+    unpinned = (r"checkpoint 'toy': 2 file\(s\) have no sha256 in the manifest "
+                r"\('unet/config.json', 'tokenizer/vocab.txt'\)")
+    with pytest.warns(ck.UnpinnedChecksumWarning, match=unpinned) as rec:
         root = ck.pull(e, progress=False)
-    assert len(rec) == 1
-    assert sorted(p for p, _ in _Handler.requests) == ["/org/repo/resolve/abc123/unet/config.json",
+    assert len(rec) == 1  # one warning for the checkpoint
+    assert sorted(p for p, _ in _Handler.requests) == ["/org/repo/resolve/abc123/tokenizer/vocab.txt",
+                                                       "/org/repo/resolve/abc123/unet/config.json",
                                                        "/org/repo/resolve/abc123/unet/diffusion_pytorch_model.safetensors"]
     assert (root / "unet" / "config.json").read_bytes() == SMALL
     lock = json.loads((root / ck.LOCK_FILE).read_text())
-    assert lock["files"] == {"unet/config.json": SHA_SMALL} and lock["source"] == e.source
+    assert lock["source"] == e.source and lock["files"] == {
+        "unet/config.json": SHA_SMALL, "tokenizer/vocab.txt": hashlib.sha256(b"a\nb\n").hexdigest()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the recorded hash is used: no second warning, no new request
         assert ck.pull(e, progress=False) == root and ck.verify(e) == root
-    assert len(_Handler.requests) == 2
+    assert len(_Handler.requests) == 3
     (root / "unet" / "config.json").write_bytes(SMALL.replace(b"8", b"9"))
     with pytest.raises(DpmbenchError, match=r"checksum mismatch .*config.json.* \(from the lock file\)"):
         ck.verify(e)
