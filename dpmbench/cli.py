@@ -1,4 +1,4 @@
-"""Command line: ``dpmbench list|sample|reference|evaluate|report``. Bad input: one line, exit code 2."""
+"""Command line: ``dpmbench list|sample|reference|evaluate|report|regress|pull``. Bad input: one line, exit code 2."""
 
 from __future__ import annotations
 
@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--papers", default=None,
                      help="directory of published numbers (papers/*.yaml; default: ./papers if it exists)")
 
+    pl = sub.add_parser("pull", help="download and verify (sha256) a checkpoint of the manifest")
+    pl.add_argument("id", help="a checkpoint id (`dpmbench list models`)")
+    pl.add_argument("--manifest", default=None, help="a manifest or run config whose `checkpoints:` entries add to "
+                    "(or override) config/checkpoints.yaml")
+    pl.add_argument("--offline", action="store_true", help="never open a connection (also DPMBENCH_OFFLINE=1): "
+                    "verify what is there and say which file to place where")
+    pl.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     reg = sub.add_parser("regress", help="fail (exit 1) when results are worse than a baseline")
     reg.add_argument("--baseline", required=True)
     reg.add_argument("--results", required=True)
@@ -179,12 +187,19 @@ def cmd_list(args: argparse.Namespace) -> None:
                 default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
                 print(f"    {key}={default}  [{opt.describe()}]  {opt.doc}")
     elif args.what == "models":
+        from dpmbench.checkpoints import checkpoint_dir, load_manifest
         from dpmbench.models.registry import load_model
 
         for name in ORACLES:
             m = load_model(name)
             cond = f", {m.num_classes} classes" if m.num_classes else ""
             print(f"{name}: oracle, shape {tuple(m.shape)}{cond}; {getattr(m, 'description', '')}")
+        for name, e in load_manifest().items():
+            src = e.source.get("hf") or e.source.get("url") or "manual download"
+            cond = "" if e.conditioning == "none" else f", {e.conditioning}-conditioned"
+            pulled = "pulled" if all((checkpoint_dir(e) / f.path).is_file() for f in e.files) else "not pulled"
+            print(f"{name}: checkpoint ({e.adapter}), {e.resolution}px{cond}, {e.schedule}/{e.parameterization}, "
+                  f"license {e.license}; {src}; {pulled}")
     elif args.what == "metrics":
         for name, metric in METRICS.items():
             print(f"{name}: {metric.doc}")
@@ -476,6 +491,23 @@ def cmd_report(args: argparse.Namespace) -> None:
     write_report(args.results_dir, args.out, papers_dir=args.papers)
 
 
+def cmd_pull(args: argparse.Namespace) -> None:
+    import warnings
+
+    from dpmbench.checkpoints import get_entry, load_manifest, pull
+
+    manifest = load_manifest()
+    if args.manifest:
+        manifest.update(load_manifest(args.manifest))
+    entry = get_entry(args.id, manifest)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        root = pull(entry, offline=True if args.offline else None, progress=not args.no_progress)
+    for w in caught:
+        print(f"dpmbench: warning: {w.message}", file=sys.stderr)
+    print(f"{entry.id}: {len(entry.files)} file(s) verified in {root}")
+
+
 def cmd_regress(args: argparse.Namespace) -> int:
     from dpmbench.regress import load_tolerances, regress
 
@@ -494,7 +526,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 COMMANDS = {"list": cmd_list, "sample": cmd_sample, "reference": cmd_reference,
             "evaluate": cmd_evaluate, "report": cmd_report, "regress": cmd_regress,
-            "search": cmd_search, "prepare": cmd_prepare}
+            "search": cmd_search, "prepare": cmd_prepare, "pull": cmd_pull}
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

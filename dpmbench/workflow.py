@@ -131,12 +131,14 @@ class _Registry:
                 save_json(self.path, self.data)
 
     def models(self) -> list[str]:
+        """The oracle models (checkpoint ids come from the manifest, read on every parse, not cached)."""
+
         def compute() -> list[str]:
-            from dpmbench.models.registry import list_models
+            from dpmbench.models.registry import ORACLES
 
-            return list(list_models())
+            return list(ORACLES)
 
-        return self._get("list:models", compute)
+        return self._get("list:oracles", compute)
 
     def schedules(self) -> list[str]:
         def compute() -> list[str]:
@@ -231,7 +233,9 @@ class Grid:
         self.specs: dict[str, str] = {}  # slug -> spec
         metrics_known = reg.metrics()
         schedules_known = reg.schedules()
-        models_known = reg.models()
+        self.offline: bool = str(c.get("offline", False)).strip().lower() in ("true", "1", "yes")
+        manifest = checkpoint_manifest(c)
+        models_known = [*reg.models(), *(k for k in manifest if k not in reg.models())]
         if "seed" in c and "seeds" in c:
             raise _bad("seed", "give either 'seed' or 'seeds', not both")
         top = {
@@ -280,7 +284,11 @@ class Grid:
                 if reg.solver_prepares(spec):
                     self.prepares.add(key)
             guidance = [guidance_key(g) for g in eff["guidance"]]
-            info = reg.model(name)
+            if name in manifest and name not in reg.models():  # a checkpoint: facts from its entry, nothing loaded
+                e = manifest[name]
+                info = {"num_classes": e.num_classes or (1 if e.conditioning != "none" else 0), "exact": False}
+            else:
+                info = reg.model(name)
             self._has_reference[name] = info["exact"]
             if any(g != "none" for g in guidance) and not info["num_classes"]:
                 raise _bad(where["guidance"], f"model {name!r} is unconditional; allowed: [none]")
@@ -295,7 +303,8 @@ class Grid:
             )
         reg.save()
         self.resources = {s: {**DEFAULT_RESOURCES[s], **c.get("resources", {}).get(s, {})} for s in STAGES}
-        self.checkpoints: dict[str, dict[str, Any]] = dict(c.get("checkpoints", {}))
+        # the checkpoint models of the grid: their files are pulled and verified before any of their jobs
+        self.checkpoints: dict[str, Any] = {m: manifest[m] for m in self.models if m not in reg.models()}
 
     def _check_searches(self, searches: dict[str, Any], reg: _Registry, models_known: list[str]
                         ) -> dict[str, dict[str, Any]]:
@@ -463,6 +472,16 @@ class Grid:
     def has_reference(self, model: str) -> bool:
         """Whether ``model`` has exact solutions (oracle models)."""
         return self._has_reference[model]
+
+
+def checkpoint_manifest(config: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint entries a config can use: ``config/checkpoints.yaml`` updated by the config's own
+    ``checkpoints:`` section (``dpmbench.checkpoints``; one-line errors naming ``checkpoints.<id>.<field>``)."""
+    from dpmbench.checkpoints import load_manifest, parse_manifest
+
+    manifest = load_manifest()
+    manifest.update(parse_manifest(config.get("checkpoints") or {}, "the config's checkpoints section"))
+    return manifest
 
 
 def build_grid(config: dict[str, Any], schema: str | os.PathLike[str] | None = None) -> Grid:

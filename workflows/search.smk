@@ -4,7 +4,15 @@
 #   prepare: a solver's own cached artifacts (DC-Solver ratios, DPM-Solver-v3 statistics, ...) per cell.
 
 
+def search_checkpoint_input(wildcards):
+    """The checkpoint stamp of the model a named search runs on, if it is a checkpoint model."""
+    model = GRID.searches[wildcards.name]["model"]
+    return [f"{RESULTS}/.checkpoints/{model}.sha256"] if model in GRID.checkpoints else []
+
+
 rule search:
+    input:
+        search_checkpoint_input,
     output:
         f"{ARTIFACTS}/named/{{name}}.json",
     wildcard_constraints:
