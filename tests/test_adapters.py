@@ -305,6 +305,8 @@ def test_stable_diffusion_text_eps_and_cfg(sd_dir: tuple[Path, Any, Any, Any]) -
     cfg = guided(model, 7.5)
     want = raw_u + 7.5 * (raw_c - raw_u)  # Ho & Salimans 2022, eq. 6
     torch.testing.assert_close(cfg.eps(x, t, PROMPTS), want, rtol=1e-5, atol=1e-5)  # batched [cond; uncond]
+    per_sample_t = torch.full((2,), t, dtype=torch.float64)
+    torch.testing.assert_close(cfg.eps(x, per_sample_t, PROMPTS), want, rtol=1e-5, atol=1e-5)
 
     class TwoCalls(Guided):  # Guided without the batched hook: two separate evaluations
         pass

@@ -150,8 +150,8 @@ class DiffusersUNet(Model):
         """(eps(x, t | cond), eps(x, t)) from ONE network call on the concatenated batch, as diffusers' pipelines
         do for classifier-free guidance; used by ``Guided`` (one guided evaluation = 1 NFE either way)."""
         n = x.shape[0]
-        xx = torch.cat([x, x])
-        out = self.net(xx, self.timestep(t, xx), self.batched_kwargs(cond, n, x.device))
+        ts = self.timestep(t, x)
+        out = self.net(torch.cat([x, x]), torch.cat([ts, ts]), self.batched_kwargs(cond, n, x.device))
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
         return tuple(convert_prediction(o, self.parameterization, "eps", x, alpha, sigma) for o in out.split(n))
 
