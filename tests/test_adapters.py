@@ -127,6 +127,39 @@ def test_v_and_x0_prediction_from_scheduler_config(tmp_path: Path, ddpm_dir: tup
         load_adapter(_entry("diffusers-unet", parameterization="eps"), tmp_path)  # manifest disagrees: sample
 
 
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction"])
+def test_ddim_through_the_adapter_matches_diffusers_ddim_on_the_same_unet(ptype: str, tmp_path: Path,
+                                                                         ddpm_dir: tuple[Path, Any, Any]) -> None:
+    """End-to-end check of the time convention against an independent implementation: diffusers' DDIMScheduler
+    driving the raw UNet (as DDIMPipeline does: ``unet(x, timestep)``, ``scheduler.step``) and dpmbench's ``ddim``
+    through the adapter on the times ``(timestep + 1) / N`` agree (float32 both; SD's "leading" spacing with
+    steps_offset=1, set_alpha_to_one=False so the last step lands at alphas_cumprod[0] = t 1/N)."""
+    _, unet, _ = ddpm_dir
+    unet.save_pretrained(tmp_path / "unet")
+    sch = diffusers.DDIMScheduler(**SD_BETAS, prediction_type=ptype, clip_sample=False, set_alpha_to_one=False,
+                                  steps_offset=1, timestep_spacing="leading")
+    sch.save_pretrained(tmp_path / "scheduler")
+    model = load_adapter(_entry("diffusers-unet"), tmp_path)
+    steps = 8
+    sch.set_timesteps(steps)
+    ts = [int(n) for n in sch.timesteps]
+    times = [(n + 1) / 1000 for n in ts] + [1 / 1000]  # lands at timestep - 1000 // steps each step (>= 0 here)
+    assert [n - 1000 // steps for n in ts[:-1]] == ts[1:] and ts[-1] - 1000 // steps < 0
+    x_T = model.prior(4, seed=0)
+    theirs = x_T.clone()
+    with torch.no_grad():
+        for n in sch.timesteps:
+            theirs = sch.step(unet(theirs, n).sample, n, theirs, eta=0.0).prev_sample
+    ours = sample(model, "ddim", steps, x_T, schedule=times)
+    rel = float((ours - theirs).norm() / theirs.norm())
+    assert rel < 5e-6, rel  # float32 both sides (measured ~3e-7; diffusers' alphas_cumprod is float32, ours float64)
+    # sensitivity: feeding the UNet N t (one step late) instead of N t - 1 is detected
+    shifted = model.timestep
+    model.timestep = lambda t, x: shifted(t, x) + 1.0
+    off = sample(model, "ddim", steps, x_T, schedule=times)
+    assert float((off - theirs).norm() / theirs.norm()) > 100 * 5e-6  # measured ~5e-3
+
+
 def test_bare_unet_folder_and_learned_variance(tmp_path: Path) -> None:
     unet = _tiny_unet(out_channels=6)  # learned variance: eps is the first half
     unet.save_pretrained(tmp_path)
