@@ -160,6 +160,19 @@ def test_ddim_through_the_adapter_matches_diffusers_ddim_on_the_same_unet(ptype:
     assert float((off - theirs).norm() / theirs.norm()) > 100 * 5e-6  # measured ~5e-3
 
 
+def test_flat_repository_like_google_ddpm_cifar10(tmp_path: Path, ddpm_dir: tuple[Path, Any, Any]) -> None:
+    """google/ddpm-cifar10-32's layout: config.json, weights and scheduler_config.json at the root (manifest option
+    ``subfolder: ""``); the scheduler config there is found and used (v-prediction here, to see it was read)."""
+    _, unet, _ = ddpm_dir
+    unet.save_pretrained(tmp_path)
+    diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(tmp_path)
+    for opts in ({"subfolder": ""}, {}):
+        model = load_adapter(_entry("diffusers-unet", parameterization="v", options=opts), tmp_path)
+        assert model.parameterization == "v" and model.schedule.beta_schedule == "squaredcos_cap_v2"
+    with pytest.raises(DpmbenchError, match="option unet"):
+        load_adapter(_entry("diffusers-unet", options={"unet": "nope"}), tmp_path)
+
+
 def test_bare_unet_folder_and_learned_variance(tmp_path: Path) -> None:
     unet = _tiny_unet(out_channels=6)  # learned variance: eps is the first half
     unet.save_pretrained(tmp_path)
@@ -237,7 +250,8 @@ def ldm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_latent_diffusion_decode_and_cli_images(ldm_dir: Path, tmp_path: Path, capsys: Any,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    model = load_adapter(_entry("latent-diffusion", resolution=16), ldm_dir)
+    model = load_adapter(_entry("latent-diffusion", resolution=16, options={"unet": "unet", "vqvae": "vqvae"}),
+                         ldm_dir)  # the manifest's ldm-celebahq options
     assert model.shape == (4, 8, 8) and model.scale_factor == 0.5
     z = model.prior(3, seed=0)
     img = model.decode(z)
@@ -438,8 +452,9 @@ class TinyPrecond(torch.nn.Module):
     """Mimics NVlabs/edm EDMPrecond: D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) (Karras et al. Table 1)."""
 
     def __init__(self, img_resolution=8, img_channels=3, label_dim=0, sigma_min=0.0, sigma_max=float("inf"),
-                 sigma_data=0.5):
+                 sigma_data=0.5, **vp):
         super().__init__()
+        self.__dict__.update(vp)  # VPPrecond's beta_d, beta_min
         self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
         self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, sigma_data
         self.conv = torch.nn.Conv2d(img_channels, img_channels, 3, padding=1)
@@ -480,11 +495,15 @@ def edm_files(tmp_path: Path) -> Any:
         data.mkdir()
         with open(data / "edm-tiny.pkl", "wb") as f:
             pickle.dump({"ema": net, "loss_fn": None}, f)
+        vp_net = mod.TinyPrecond(beta_d=19.9, beta_min=0.1).eval()
+        with open(data / "edm-tiny-vp.pkl", "wb") as f:
+            pickle.dump({"ema": vp_net}, f)
     finally:
         sys.path.remove(str(code))
         sys.modules.pop("dpmbench_tiny_edm_net", None)
     sha = hashlib.sha256((data / "edm-tiny.pkl").read_bytes()).hexdigest()
-    yield code, data, net, sha
+    sha_vp = hashlib.sha256((data / "edm-tiny-vp.pkl").read_bytes()).hexdigest()
+    yield code, data, net, sha, vp_net, sha_vp
     sys.modules.pop("dpmbench_tiny_edm_net", None)
     if str(code) in sys.path:
         sys.path.remove(str(code))
@@ -496,7 +515,7 @@ def _edm_entry(code: Path, **kw: Any) -> dict[str, Any]:
 
 
 def test_edm_pickle_refuses_unverified_files(edm_files: Any) -> None:
-    code, data, _, sha = edm_files
+    code, data, _, sha, *_ = edm_files
     for bad in ({"sha256": "0" * 64}, {}, {"files": {"edm-tiny.pkl": "f" * 64}}):
         with pytest.raises(DpmbenchError, match="refusing to unpickle") as info:
             load_adapter(_edm_entry(code, **bad), data)
@@ -505,11 +524,14 @@ def test_edm_pickle_refuses_unverified_files(edm_files: Any) -> None:
         assert str(code) not in sys.path
 
 
-def test_edm_pickle_loads_verified_file_and_predicts(edm_files: Any) -> None:
-    code, data, net, sha = edm_files
-    for verified in ({"sha256": sha}, {"files": [{"path": "edm-tiny.pkl", "sha256": sha}]}):
-        model = load_adapter(_edm_entry(code, **verified), data)
-        assert "dpmbench_tiny_edm_net" in sys.modules
+def test_edm_pickle_loads_verified_file_and_predicts(edm_files: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, data, net, sha, *_ = edm_files
+    model = load_adapter(_edm_entry(code, sha256=sha), data)
+    assert "dpmbench_tiny_edm_net" in sys.modules
+    # the manifest's form (CheckpointEntry.as_dict): files with sha256, no options; the EDM checkout from the env
+    monkeypatch.setenv("DPMBENCH_EDM_CODE", str(code))
+    model = load_adapter(_entry("edm-pickle", parameterization="x0", schedule="edm",
+                                files=[{"path": "edm-tiny.pkl", "sha256": sha, "size": None}]), data)
     assert (model.parameterization, model.schedule.kind, model.shape, model.num_classes) == ("x0", "edm",
                                                                                             (3, 8, 8), 4)
     assert (model.schedule.T, model.schedule.t_end_default) == (80.0, 0.002)  # EDM generate.py's sigma range
@@ -527,6 +549,26 @@ def test_edm_pickle_loads_verified_file_and_predicts(edm_files: Any) -> None:
     for spec in ("heun", "dpm-solver++", "euler"):
         out = sample(model, spec, 8, x_T, schedule="karras", cond=labels[:2])
         assert torch.isfinite(out).all()
+
+
+def test_edm_pickle_vp_variant_on_vp_linear(edm_files: Any) -> None:
+    """VP-EDM nets on the manifest's vp-linear schedule: D(x / alpha; sigma_edm) with EDM's VP
+    sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) (Karras et al. 2022, Table 1), written out here."""
+    import math
+
+    code, data, _, _, vp_net, sha_vp = edm_files
+    model = load_adapter(_entry("edm-pickle", parameterization="x0", schedule="vp-linear", options={
+        "code_path": str(code)}, files=[{"path": "edm-tiny-vp.pkl", "sha256": sha_vp, "size": None}]), data)
+    assert model.schedule.key() == "vp-linear(b0=0.1,b1=20.0,T=1.0)" and model.schedule.t_end_default == 1e-3
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    for t in (1e-3, 0.3, 1.0):
+        sigma = math.sqrt(math.exp(0.5 * 19.9 * t**2 + 0.1 * t) - 1)
+        scale = 1 / math.sqrt(1 + sigma**2)  # EDM's VP s(t)
+        with torch.no_grad():
+            want = vp_net(x / scale, torch.full((2,), sigma, dtype=torch.float64))
+        torch.testing.assert_close(model.x0(x, t), want.double(), rtol=1e-6, atol=1e-6)
+    out = sample(model, "dpm-solver++", 6, model.prior(2, seed=0))
+    assert torch.isfinite(out).all()
 
 
 # -- score-sde ------------------------------------------------------------------------------------------------
@@ -606,11 +648,11 @@ def score_sde_files(tmp_path: Path) -> Any:
 def test_score_sde_checkpoint(score_sde_files: Any) -> None:
     code, data, net, shadow, sha = score_sde_files
     entry = _entry("score-sde", parameterization="eps", schedule="vp-linear",
-                   options={"file": "checkpoint_8.pth", "code_path": str(code), "config": "configs.tiny_vp"})
+                   options={"code_path": str(code), "config": "tiny_vp"})  # as the manifest: vp/cifar10_...
     with pytest.raises(DpmbenchError, match="refusing to unpickle"):
-        load_adapter({**entry, "sha256": "1" * 64}, data)
+        load_adapter({**entry, "files": [{"path": "checkpoint_8.pth", "sha256": "1" * 64}]}, data)
     assert "models" not in sys.modules
-    model = load_adapter({**entry, "sha256": sha}, data)
+    model = load_adapter({**entry, "files": [{"path": "checkpoint_8.pth", "sha256": sha, "size": None}]}, data)
     assert (model.parameterization, model.schedule.kind, model.shape) == ("eps", "vp-linear", (3, 8, 8))
     assert model.schedule.key() == "vp-linear(b0=0.1,b1=20.0,T=1.0)"
     with torch.no_grad():

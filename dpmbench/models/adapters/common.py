@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -99,18 +100,35 @@ def verified_file(entry: Mapping[str, Any], root: Path, name: str) -> Path:
     return path
 
 
-def add_code_path(opts: Mapping[str, Any], adapter: str) -> Path:
-    """Put the checkpoint's source tree (option ``code_path``) first on ``sys.path``."""
-    raw = opts.get("code_path")
+def add_code_path(opts: Mapping[str, Any], adapter: str, env: str, repo: str) -> Path:
+    """Put the checkpoint's source tree first on ``sys.path``: option ``code_path``, else environment variable
+    ``env`` (a checkout is machine-specific, so a shared manifest need not name it)."""
+    raw = opts.get("code_path") or os.environ.get(env, "").strip()
     if not raw:
-        raise DpmbenchError(f"invalid options of adapter {adapter!r}: 'code_path' (the official repository's "
-                            "checkout) is required")
+        raise DpmbenchError(f"invalid options of adapter {adapter!r}: no code_path; set option code_path or {env} "
+                            f"to a checkout of {repo}")
     path = Path(raw).expanduser()
     if not path.is_dir():
-        raise DpmbenchError(f"invalid option code_path {str(path)!r}: no such directory")
+        raise DpmbenchError(f"invalid code_path {str(path)!r} (adapter {adapter!r}): no such directory")
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     return path
+
+
+def checkpoint_file(entry: Mapping[str, Any], opts: Mapping[str, Any], suffixes: tuple[str, ...]) -> str:
+    """The checkpoint file's name: option ``file``, else the one file of the entry's ``files`` with one of
+    ``suffixes``."""
+    if opts.get("file"):
+        return str(opts["file"])
+    files = entry.get("files") or []
+    names = [str(f.get("path")) if isinstance(f, Mapping) else str(f) for f in files]
+    if isinstance(files, Mapping):
+        names = [str(k) for k in files]
+    found = [n for n in names if n.lower().endswith(suffixes)]
+    if len(found) != 1:
+        raise DpmbenchError(f"invalid options of adapter {entry.get('adapter')!r}: no 'file' option and "
+                            f"{len(found)} files ending in {', '.join(suffixes)} in the entry; allowed: exactly one")
+    return found[0]
 
 
 def time_column(t: float | torch.Tensor, x: torch.Tensor, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:

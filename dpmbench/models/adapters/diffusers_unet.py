@@ -12,10 +12,12 @@ Parameterization: the scheduler config's ``prediction_type`` (``epsilon`` -> eps
 ``sample`` -> x0). UNets with learned variance (``out_channels == 2 * in_channels``, e.g. improved DDPM) return
 the mean part only (the first half of the channels, as diffusers' pipelines split it).
 
-Folder layout: a pipeline folder with ``unet/`` and ``scheduler/`` (e.g. google/ddpm-cifar10-32,
-google/ddpm-bedroom-256), or a bare ``UNet2DModel`` folder (``config.json`` + weights): then the betas come from
-the options ``num_train_timesteps``/``beta_start``/``beta_end``/``beta_schedule`` (diffusers' defaults:
-1000, 1e-4, 0.02, linear) and the parameterization from the entry.
+Folder layout (options name the components' folders, relative to the checkpoint root): a pipeline folder with
+``unet/`` and ``scheduler/``; a flat repository (google/ddpm-cifar10-32: ``config.json``, weights and
+``scheduler_config.json`` at the root; option ``subfolder: ""``, or found by itself); or a bare ``UNet2DModel``
+folder without a scheduler config: then the betas come from the options ``num_train_timesteps``/``beta_start``/
+``beta_end``/``beta_schedule`` (diffusers' defaults: 1000, 1e-4, 0.02, linear) and the parameterization from the
+entry. Options ``unet`` (alias ``subfolder``) and ``scheduler`` override the folder names.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from dpmbench.models.base import Model, convert_prediction
 from dpmbench.schedules import VPDiscrete
 
 SCHEDULE_OPTIONS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
-UNET_OPTIONS = ("dtype", "unet_subfolder", "scheduler_subfolder", "num_classes", "null_class", *SCHEDULE_OPTIONS)
+UNET_OPTIONS = ("dtype", "unet", "subfolder", "scheduler", "num_classes", "null_class", *SCHEDULE_OPTIONS)
 # diffusers' DDPMScheduler defaults (used where a scheduler config leaves a key out)
 DIFFUSERS_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
                       "prediction_type": "epsilon"}
@@ -81,10 +83,17 @@ def parameterization_of(prediction_type: str) -> str:
     return PREDICTION_TYPES[prediction_type]
 
 
-def subfolder(root: Path, opts: Mapping[str, Any], key: str, default: str) -> Path | None:
-    """``root / opts[key]`` (default ``default``) if it is a folder, else None."""
-    path = Path(root) / str(opts.get(key, default))
-    return path if path.is_dir() else None
+def component_dir(root: Path, opts: Mapping[str, Any], keys: tuple[str, ...], defaults: tuple[str, ...],
+                  marker: str) -> Path | None:
+    """The folder of one pipeline component: ``root / opts[key]`` for the first option key given (``""`` is the
+    root itself), else the first of ``root / default`` holding the file ``marker``; None when there is none."""
+    for key in keys:
+        if key in opts:
+            path = Path(root) / str(opts[key])
+            if not (path / marker).is_file():
+                raise DpmbenchError(f"invalid option {key} {opts[key]!r}: no {marker} in {str(path)!r}")
+            return path
+    return next((Path(root) / d for d in defaults if (Path(root) / d / marker).is_file()), None)
 
 
 class DiffusersUNet(Model):
@@ -160,12 +169,12 @@ class DiffusersUNet(Model):
 
 
 def _unet_folder(root: Path, opts: Mapping[str, Any]) -> tuple[Path, Path | None]:
-    unet_dir = subfolder(root, opts, "unet_subfolder", "unet")
-    sched_dir = subfolder(root, opts, "scheduler_subfolder", "scheduler")
-    if unet_dir is None:  # a bare UNet folder
-        if not (Path(root) / "config.json").is_file():
-            raise DpmbenchError(f"invalid diffusers folder {str(root)!r}: neither unet/ nor config.json")
-        unet_dir = Path(root)
+    """(UNet folder, scheduler-config folder or None): ``unet/`` + ``scheduler/``, or a flat repository."""
+    unet_dir = component_dir(root, opts, ("unet", "subfolder"), ("unet", ""), "config.json")
+    if unet_dir is None:
+        raise DpmbenchError(f"invalid diffusers folder {str(root)!r}: neither unet/config.json nor config.json")
+    sched_dir = component_dir(root, opts, ("scheduler",), ("scheduler", "", str(unet_dir.relative_to(root))),
+                              "scheduler_config.json")
     return unet_dir, sched_dir
 
 
@@ -198,7 +207,7 @@ def load_diffusers_unet(entry: Mapping[str, Any], root: Path, device: str | torc
     unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=dtype).to(device).eval().requires_grad_(False)
     size = entry.get("resolution") or unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    num_classes = opts.get("num_classes", unet.config.num_class_embeds)
+    num_classes = opts.get("num_classes", entry.get("num_classes") or unet.config.num_class_embeds)
     return DiffusersUNet(unet, schedule, param, str(entry.get("id", unet_dir.name)),
                          (unet.config.in_channels, *size), dtype=dtype, num_classes=num_classes,
                          null_class=opts.get("null_class"), digest=entry_digest(entry))

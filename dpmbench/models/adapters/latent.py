@@ -29,10 +29,11 @@ from dpmbench.models.adapters.diffusers_unet import (
     UNET_OPTIONS,
     DiffusersUNet,
     _unet_folder,
+    component_dir,
     schedule_and_parameterization,
 )
 
-LATENT_OPTIONS = (*UNET_OPTIONS, "vae_subfolder", "decode_batch_size")
+LATENT_OPTIONS = (*UNET_OPTIONS, "vae", "vqvae", "decode_batch_size")
 
 
 class LatentDiffusion(DiffusersUNet):
@@ -78,14 +79,13 @@ class LatentDiffusion(DiffusersUNet):
 
 
 def load_vae(root: Path, opts: Mapping[str, Any], dtype: torch.dtype, device: str | torch.device) -> torch.nn.Module:
-    """The autoencoder: ``vae/`` (AutoencoderKL, or VQModel by its config's class name) or ``vqvae/``."""
+    """The autoencoder: ``vae/`` or ``vqvae/`` (options ``vae`` / ``vqvae``), AutoencoderKL or VQModel by its
+    config's class name."""
     from diffusers import AutoencoderKL, VQModel
 
-    names = [opts["vae_subfolder"]] if "vae_subfolder" in opts else ["vae", "vqvae"]
-    folder = next((Path(root) / str(n) for n in names if (Path(root) / str(n)).is_dir()), None)
+    folder = component_dir(root, opts, ("vae", "vqvae"), ("vae", "vqvae"), "config.json")
     if folder is None:
-        raise DpmbenchError(f"invalid latent-diffusion folder {str(root)!r}: no {' or '.join(map(str, names))}/ "
-                            "subfolder")
+        raise DpmbenchError(f"invalid latent-diffusion folder {str(root)!r}: no vae/ or vqvae/ with a config.json")
     cls_name = json.loads((folder / "config.json").read_text()).get("_class_name", "AutoencoderKL")
     cls = VQModel if cls_name == "VQModel" else AutoencoderKL
     return cls.from_pretrained(folder, torch_dtype=dtype).to(device).eval().requires_grad_(False)
@@ -113,7 +113,8 @@ def latent_parts(entry: Mapping[str, Any], root: Path, device: str | torch.devic
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     res = entry.get("resolution")
     size = int(res) // vae_scale if res else int(unet.config.sample_size)
-    num_classes = None if conditional else opts.get("num_classes", unet.config.num_class_embeds)
+    num_classes = None if conditional else opts.get("num_classes", entry.get("num_classes")
+                                                          or unet.config.num_class_embeds)
     kwargs = {"unet": unet, "vae": vae, "schedule": schedule, "parameterization": param,
               "name": str(entry.get("id", Path(root).name)), "shape": (unet.config.in_channels, size, size),
               "dtype": dtype, "num_classes": num_classes, "null_class": opts.get("null_class"),

@@ -8,7 +8,8 @@ eq. 33), t in [1e-3, 1]. Data are centered to [-1, 1] (``config.data.centered``)
 checkpoints are supported (discrete-time, subVP and VE configs are refused).
 
 Loading: the network is built from the repository's config module (option ``config``, e.g.
-``configs.vp.cifar10_ddpmpp_deep_continuous``; ``code_path`` on ``sys.path``) through its model registry
+``vp/cifar10_ddpmpp_deep_continuous``; the repository is option ``code_path`` or env ``DPMBENCH_SCORE_SDE_CODE``,
+put on ``sys.path``; the file is option ``file`` or the entry's one ``.pth``) through its model registry
 (``models.utils.get_model(config.model.name)``, after importing ``models.<name>`` or the modules in option
 ``model_modules``), without ``DataParallel``. The checkpoint is sha256-verified and read with
 ``torch.load(weights_only=True)`` (a plain state dict); by default the EMA weights are used (``ema.copy_to`` as
@@ -28,6 +29,7 @@ from dpmbench.errors import DpmbenchError
 from dpmbench.models.adapters.common import (
     add_code_path,
     check_entry_field,
+    checkpoint_file,
     entry_digest,
     options,
     time_column,
@@ -37,6 +39,7 @@ from dpmbench.models.base import Model
 from dpmbench.schedules import VPLinear
 
 SCORE_SDE_OPTIONS = ("file", "code_path", "config", "model_modules", "ema")
+CODE_ENV = "DPMBENCH_SCORE_SDE_CODE"
 LABEL_SCALE = 999.0  # score_sde: labels = t * 999 for continuously trained VP models
 
 
@@ -64,17 +67,24 @@ def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
+def config_module(name: str) -> str:
+    """The config's module: ``vp/cifar10_ddpmpp_continuous`` (a path under configs/, .py optional) or
+    ``configs.vp.cifar10_ddpmpp_continuous``."""
+    mod = name.removesuffix(".py").replace("/", ".")
+    return mod if mod.startswith("configs.") else f"configs.{mod}"
+
+
 def load_score_sde(entry: Mapping[str, Any], root: Path, device: str | torch.device = "cpu") -> ScoreSDEVP:
     """Load a ``score-sde`` entry: sha256 gate, config module, model registry, weights-only state dict, EMA."""
     opts = options(entry, SCORE_SDE_OPTIONS)
-    for key in ("file", "config"):
-        if not opts.get(key):
-            raise DpmbenchError(f"invalid options of adapter 'score-sde': {key!r} is required")
+    if not opts.get("config"):
+        raise DpmbenchError("invalid options of adapter 'score-sde': 'config' (e.g. vp/cifar10_ddpmpp_continuous) "
+                            "is required")
     check_entry_field(entry, "parameterization", "eps", "the score-sde adapter (continuous VP: noise prediction)")
     check_entry_field(entry, "schedule", "vp-linear", "the score-sde adapter")
-    path = verified_file(entry, root, str(opts["file"]))
-    add_code_path(opts, "score-sde")
-    config = importlib.import_module(str(opts["config"])).get_config()
+    path = verified_file(entry, root, checkpoint_file(entry, opts, (".pth", ".pt")))
+    add_code_path(opts, "score-sde", CODE_ENV, "yang-song/score_sde_pytorch")
+    config = importlib.import_module(config_module(str(opts["config"]))).get_config()
     if str(config.training.sde).lower() != "vpsde" or not config.training.continuous:
         raise DpmbenchError(f"invalid score-sde config {opts['config']!r}: sde={config.training.sde!r}, "
                             f"continuous={config.training.continuous!r}; allowed: vpsde, continuous=True")

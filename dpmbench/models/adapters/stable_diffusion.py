@@ -28,7 +28,7 @@ import torch
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.adapters.latent import LATENT_OPTIONS, LatentDiffusion, latent_parts
 
-SD_OPTIONS = (*LATENT_OPTIONS, "text_encoder_subfolder", "tokenizer_subfolder")
+SD_OPTIONS = (*LATENT_OPTIONS, "text_encoder", "tokenizer")
 _EMBED_CACHE = 8  # prompt batches kept
 
 
@@ -84,8 +84,8 @@ def load_stable_diffusion(entry: Mapping[str, Any], root: Path, device: str | to
     kwargs, opts = latent_parts(entry, root, device, SD_OPTIONS)
     if not kwargs["conditional_unet"]:
         raise DpmbenchError(f"invalid stable-diffusion folder {str(root)!r}: its UNet is not a UNet2DConditionModel")
-    te_dir = Path(root) / str(opts.get("text_encoder_subfolder", "text_encoder"))
-    tok_dir = Path(root) / str(opts.get("tokenizer_subfolder", "tokenizer"))
+    te_dir = Path(root) / str(opts.get("text_encoder", "text_encoder"))
+    tok_dir = Path(root) / str(opts.get("tokenizer", "tokenizer"))
     for d in (te_dir, tok_dir):
         if not d.is_dir():
             raise DpmbenchError(f"invalid stable-diffusion folder {str(root)!r}: no {d.name}/ subfolder")
