@@ -276,22 +276,30 @@ def cmd_sample(args: argparse.Namespace) -> None:
     meta = _meta(args, model, t_end)
     for nfe in args.nfe:  # a killed earlier run may have left temporary files of these outputs
         _remove_stale_temporaries(args.out.replace("{nfe}", str(nfe)))
+    decode = getattr(model, "decode", None)  # latent models: also write the decoded uint8 `images`
     for nfe in args.nfe:
         start = time.perf_counter()
-        chunks, used = [], []
+        chunks, used, images, decode_s = [], [], [], 0.0
         for lo, hi in _batches(args.num_samples, args.batch_size):
             lo, hi = lo + args.start, hi + args.start  # sample i depends only on (seed, i): any sharding agrees
             x_T = model.prior(hi - lo, seed=args.seed, dtype=dtype, device=device, start=lo)
             cond = None if args.guidance is None else model.labels(hi - lo, start=lo).to(device)
             stats: dict[str, Any] = {}
-            chunks.append(sample(model, sol, nfe, x_T, schedule=args.schedule, t_end=t_end,
-                                 guidance=args.guidance, cond=cond, seed=args.seed, start=lo, stats=stats).cpu())
+            xb = sample(model, sol, nfe, x_T, schedule=args.schedule, t_end=t_end,
+                        guidance=args.guidance, cond=cond, seed=args.seed, start=lo, stats=stats)
+            if decode is not None:
+                d0 = time.perf_counter()
+                images.append(decode(xb).cpu())
+                decode_s += time.perf_counter() - d0
+            chunks.append(xb.cpu())
             used.append(stats["nfe_used"])
         x = torch.cat(chunks)
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - start - decode_s  # sampling only
+        extra = {"images": torch.cat(images).numpy(), "decode_wall_s": decode_s} if decode is not None else {}
         save_npz(args.out.replace("{nfe}", str(nfe)), x=x.to(torch.float32).numpy(), nfe=nfe,
                  solver=args.solver.replace(" ", ""), solver_canonical=sol.spec, schedule=str(args.schedule),
-                 wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic, **meta)  # nfe_used < nfe: adaptive only
+                 wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic,
+                 **extra, **meta)  # nfe_used < nfe: adaptive only
 
 
 def _context(args: argparse.Namespace, model: Any, device: Any, nfe: int) -> Any:
