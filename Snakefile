@@ -27,6 +27,18 @@ except DpmbenchError as exc:
     sys.exit(2)
 validate(config, SCHEMA, set_default=True)  # cannot fail any more; fills the schema's defaults
 
+if config.get("checkpoints"):  # the config's own checkpoint entries, for the jobs' `dpmbench` commands
+    import json
+
+    from dpmbench.io import cache_dir, digest, save_json
+
+    _text = json.dumps({"checkpoints": config["checkpoints"]}, sort_keys=True)
+    _manifest = str(cache_dir("workflow") / f"manifest-{digest(_text)[:20]}.json")
+    if not os.path.isfile(_manifest):
+        save_json(_manifest, json.loads(_text))
+    os.environ["DPMBENCH_MANIFESTS"] = os.pathsep.join(
+        p for p in (os.environ.get("DPMBENCH_MANIFESTS"), _manifest) if p)
+
 
 include: "workflows/common.smk"
 include: "workflows/checkpoints.smk"

@@ -50,6 +50,7 @@ SOURCE_KINDS = ("hf", "url", "manual")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 UNPINNED_OK_SUFFIXES = (".safetensors", ".json", ".txt")
 HF_ENDPOINT_ENV = "DPMBENCH_HF_ENDPOINT"
+MANIFESTS_ENV = "DPMBENCH_MANIFESTS"
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 LOCK_FILE = ".sha256.json"
 VERIFIED_FILE = ".verified.json"
@@ -261,8 +262,18 @@ def parse_manifest(data: Any, manifest: str | None = None) -> dict[str, Checkpoi
 
 
 def load_manifest(path: str | os.PathLike[str] | None = None) -> dict[str, CheckpointEntry]:
-    """The entries of a manifest file (default ``config/checkpoints.yaml``) or of a run config's ``checkpoints:``
-    section."""
+    """The entries of a manifest file or of a run config's ``checkpoints:`` section. Without ``path``:
+    ``config/checkpoints.yaml`` updated by the files listed in ``$DPMBENCH_MANIFESTS`` (os.pathsep-separated; the
+    workflow lists its config's own ``checkpoints:`` entries there, so that its jobs load those models too)."""
+    if path is None:
+        entries = _load_manifest_file(None)
+        for extra in filter(None, os.environ.get(MANIFESTS_ENV, "").split(os.pathsep)):
+            entries.update(_load_manifest_file(extra))
+        return entries
+    return _load_manifest_file(path)
+
+
+def _load_manifest_file(path: str | os.PathLike[str] | None) -> dict[str, CheckpointEntry]:
     p = Path(path) if path is not None else DEFAULT_MANIFEST
     if not p.is_file():
         if path is None:

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--t-end", type=_float("--t-end"), default=None)
         q.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None)
         q.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+        q.add_argument("--captions", default=None, help="text-conditional models: captions file (MS-COCO captions "
+                       "JSON or one per line); sample i gets caption i of a subset chosen with --seed")
         q.add_argument("--out", required=True)
 
     s = sub.add_parser("sample", help="sample with one solver and one (or several) NFE budgets")
@@ -232,11 +234,11 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
 
     from dpmbench.models.registry import load_model
 
-    model = load_model(args.model)
-    if args.guidance is not None and not model.num_classes:
-        raise DpmbenchError(f"invalid --guidance {args.guidance}: model {args.model!r} is unconditional")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DpmbenchError("invalid --device 'cuda': no CUDA device is available; allowed: cpu")
+    model = load_model(args.model, device=args.device)
+    if args.guidance is not None and not (model.num_classes or getattr(model, "text_conditional", False)):
+        raise DpmbenchError(f"invalid --guidance {args.guidance}: model {args.model!r} is unconditional")
     return model, torch.device(args.device)
 
 
@@ -249,13 +251,42 @@ def _meta(args: argparse.Namespace, model: Any, t_end: float) -> dict[str, Any]:
     import torch
 
     start = getattr(args, "start", 0)
-    labels = (model.labels(args.num_samples, start=start) if args.guidance is not None
+    text = getattr(model, "text_conditional", False)
+    labels = (model.labels(args.num_samples, start=start) if args.guidance is not None and not text
               else torch.zeros(0, dtype=torch.long))
-    return {
+    meta = {
         "model": args.model, "seed": args.seed, "num_samples": args.num_samples, "start": start,
         "guidance": math.nan if args.guidance is None else args.guidance,
         "t_end": t_end, "labels": labels.numpy(),
     }
+    if text:
+        meta["prompts"] = np.array(_prompts(args, model, 0, args.num_samples), dtype=str)
+    return meta
+
+
+def _prompts(args: argparse.Namespace, model: Any, lo: int, hi: int) -> list[str]:
+    """Prompts of samples ``start + lo .. start + hi - 1``: a seeded, prefix-stable subset of the captions file,
+    so sample i gets the same prompt however the samples are sharded or batched."""
+    from dpmbench.models.adapters import prompts_from_captions
+
+    if not getattr(args, "captions", None):
+        raise DpmbenchError(f"invalid --captions None: model {args.model!r} is text-conditional; give a captions "
+                            "file (MS-COCO captions JSON, or one caption per line)")
+    start = getattr(args, "start", 0)
+    key = (args.captions, args.seed, start + args.num_samples)
+    if getattr(args, "_prompt_cache", (None,))[0] != key:
+        args._prompt_cache = (key, prompts_from_captions(args.captions, start + args.num_samples, args.seed))
+    return args._prompt_cache[1][start + lo:start + hi]
+
+
+def _cond(args: argparse.Namespace, model: Any, lo: int, hi: int, device: Any) -> Any:
+    """The conditioning of samples ``start + lo .. start + hi - 1``: prompts for text-conditional models, class
+    labels (i mod num_classes) when guided, else None."""
+    if getattr(model, "text_conditional", False):
+        return _prompts(args, model, lo, hi)
+    if args.guidance is None:
+        return None
+    return model.labels(hi - lo, start=getattr(args, "start", 0) + lo).to(device)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -283,7 +314,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         for lo, hi in _batches(args.num_samples, args.batch_size):
             lo, hi = lo + args.start, hi + args.start  # sample i depends only on (seed, i): any sharding agrees
             x_T = model.prior(hi - lo, seed=args.seed, dtype=dtype, device=device, start=lo)
-            cond = None if args.guidance is None else model.labels(hi - lo, start=lo).to(device)
+            cond = _cond(args, model, lo - args.start, hi - args.start, device)
             stats: dict[str, Any] = {}
             xb = sample(model, sol, nfe, x_T, schedule=args.schedule, t_end=t_end,
                         guidance=args.guidance, cond=cond, seed=args.seed, start=lo, stats=stats)
@@ -403,7 +434,7 @@ def cmd_reference(args: argparse.Namespace) -> None:
     t_end = model.schedule.t_end_default if args.t_end is None else args.t_end
     meta = _meta(args, model, t_end)
     start = time.perf_counter()
-    cond = None if args.guidance is None else model.labels(args.num_samples)
+    cond = _cond(args, model, 0, args.num_samples, "cpu")
     if args.solver is None:
         net = guided(model, args.guidance)
         x_T = model.prior(args.num_samples, seed=args.seed, dtype=torch.float64)
@@ -418,7 +449,7 @@ def cmd_reference(args: argparse.Namespace) -> None:
         chunks = []
         for lo, hi in _batches(args.num_samples, args.batch_size):
             x_T = model.prior(hi - lo, seed=args.seed, dtype=torch.float64, device=device, start=lo)
-            c = None if args.guidance is None else model.labels(hi - lo, start=lo).to(device)
+            c = _cond(args, model, lo, hi, device)
             chunks.append(sample(model, sol, args.nfe, x_T, schedule=args.schedule, t_end=t_end,
                                  guidance=args.guidance, cond=c, seed=args.seed, start=lo).cpu())
         x = torch.cat(chunks)

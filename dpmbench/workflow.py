@@ -244,9 +244,11 @@ class Grid:
             "metrics": c["metrics"], "samples_per_shard": c.get("samples_per_shard", 100_000),
             "batch_size": c.get("batch_size"),
         }
-        self.searches = self._check_searches(c.get("searches", {}), reg, models_known)
+        self.searches = self._check_searches(c.get("searches", {}), reg, [*models_known, *manifest])
         self.schedule_specs: dict[str, str] = {}  # path slug -> schedule (``searched:NAME`` -> ``searched__NAME``)
         self.prepares: set[str] = set()  # solver slugs with a prepare step
+        self.reference_runs: dict[str, dict[str, Any] | None] = {}  # model -> high-NFE reference run, if configured
+        self.captions: dict[str, str | None] = {}  # model -> captions file (text-conditional models)
         self.models: dict[str, ModelGrid] = {}
         self._has_reference: dict[str, bool] = {}
         for name, mc in c["models"].items():
@@ -289,7 +291,18 @@ class Grid:
                 info = {"num_classes": e.num_classes or (1 if e.conditioning != "none" else 0), "exact": False}
             else:
                 info = reg.model(name)
-            self._has_reference[name] = info["exact"]
+            self._has_reference[name] = info["exact"] or "reference" in mc
+            ref = mc.get("reference")
+            if ref is not None:
+                problem = reg.solver_error(ref["solver"], int(ref["nfe"]))
+                if problem:
+                    raise _bad(f"models.{name}.reference.solver", problem)
+                ref_sched = ref.get("schedule", "logsnr")
+                if ref_sched not in schedules_known:
+                    raise _bad(f"models.{name}.reference.schedule",
+                               f"unknown schedule {ref_sched!r}; allowed: {', '.join(schedules_known)}")
+            self.reference_runs[name] = ref
+            self.captions[name] = mc.get("captions")
             if any(g != "none" for g in guidance) and not info["num_classes"]:
                 raise _bad(where["guidance"], f"model {name!r} is unconditional; allowed: [none]")
             n = int(mc["num_samples"])
@@ -395,6 +408,19 @@ class Grid:
         """CLI flag for a guidance wildcard."""
         return "" if g == "none" else f"--guidance {g}"
 
+    def reference_args(self, model: str) -> str:
+        """CLI flags of the model's reference: none for exact solutions, else its high-NFE solver run."""
+        ref = self.reference_runs.get(model)
+        if ref is None:
+            return ""
+        return (f"--solver {shlex.quote(ref['solver'])} --nfe {int(ref['nfe'])} "
+                f"--schedule {shlex.quote(ref.get('schedule', 'logsnr'))}")
+
+    def captions_arg(self, model: str) -> str:
+        """CLI flag of the model's captions file (text-conditional models), if configured."""
+        path = self.captions.get(model)
+        return f"--captions {shlex.quote(path)}" if path else ""
+
     def batch_arg(self, model: str) -> str:
         """CLI flag for the batch size of ``model``, if configured."""
         b = self.models[model].batch_size
@@ -497,6 +523,9 @@ def build_grid(config: dict[str, Any], schema: str | os.PathLike[str] | None = N
 _SHARD = re.compile(r"^(\d+)-(\d+)\.npz$")
 
 
+PER_SAMPLE_KEYS = ("images", "prompts")  # besides x and labels: one entry per sample, concatenated over shards
+
+
 def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
     """Concatenate shard files (any order) of one cell into one sample record; check they tile ``0..n-1``."""
     import numpy as np
@@ -514,6 +543,7 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
             raise DpmbenchError(f"invalid shards: {p!r} starts at {lo}, expected {expect}")
         expect = hi
     xs, labels, wall, used, meta = [], [], 0.0, -1, None
+    per_sample: dict[str, list[Any]] = {k: [] for k in PER_SAMPLE_KEYS}
     for lo, hi, p in parts:
         with np.load(p, allow_pickle=False) as f:
             d = {k: f[k] for k in f.files}
@@ -521,6 +551,9 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
             raise DpmbenchError(f"invalid shard {p!r}: {len(d['x'])} samples for range {lo}-{hi}")
         xs.append(d.pop("x"))
         labels.append(d.pop("labels", np.zeros(0, np.int64)))
+        for k in PER_SAMPLE_KEYS:
+            if k in d:
+                per_sample[k].append(d.pop(k))
         wall += float(d.pop("wall_s", 0.0))
         used = max(used, int(d.pop("nfe_used", -1)))  # adaptive solvers: the most any shard used
         d.pop("start", None)
@@ -534,6 +567,11 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
     assert meta is not None
     if used >= 0:
         meta["nfe_used"] = used
+    for k, arrays in per_sample.items():
+        if arrays and len(arrays) != len(parts):
+            raise DpmbenchError(f"invalid shards: {k!r} is in some shards of the cell but not in all")
+        if arrays:
+            meta[k] = np.concatenate(arrays)
     return {**meta, "x": np.concatenate(xs), "labels": np.concatenate(labels), "wall_s": wall,
             "num_samples": expect, "num_shards": len(parts)}
 

@@ -174,6 +174,8 @@ def _loglik_true(ctx: Context, idx: np.ndarray | None) -> float:
 def _images(ctx: Context) -> Any:
     from evaluators.images import to_uint8
 
+    if "images" in ctx.meta:  # latent models: the decoded images (x holds the latents)
+        return ctx.cached("uint8", lambda: to_uint8(np.asarray(ctx.meta["images"], dtype=np.uint8)))
     return ctx.cached("uint8", lambda: to_uint8(ctx.x))
 
 

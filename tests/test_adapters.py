@@ -69,7 +69,10 @@ def ddpm_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
 
 
 def _entry(adapter: str, **kw: Any) -> dict[str, Any]:
-    return {"id": f"tiny-{adapter}", "adapter": adapter, "options": {}, **kw}
+    """A manifest entry; diffusers adapters get ``micro_batch: 0`` (one network call per batch) so that outputs can
+    be compared bit for bit with direct calls of the network on the same batch."""
+    opts = {"micro_batch": 0} if adapter in ("diffusers-unet", "latent-diffusion", "stable-diffusion") else {}
+    return {"id": f"tiny-{adapter}", "adapter": adapter, **kw, "options": {**opts, **kw.get("options", {})}}
 
 
 def test_diffusers_unet_eps_is_raw_unet_output_and_schedule_matches(ddpm_dir: tuple[Path, Any, Any]) -> None:
@@ -421,6 +424,24 @@ def test_stable_diffusion_v_prediction(sd_dir: tuple[Path, Any, Any, Any], tmp_p
     assert model.parameterization == "v"
     out = sample(model, "unipc", 4, model.prior(2, seed=0), guidance=7.5, cond=PROMPTS)
     assert torch.isfinite(out).all()
+
+
+def test_micro_batches_make_samples_independent_of_the_batch(ddpm_dir: tuple[Path, Any, Any]) -> None:
+    """Network calls on fixed-size chunks: a sample's output does not depend on the batch it is evaluated in (a
+    direct call at another batch size differs in the last bits, which is what the chunking removes)."""
+    root, unet, _ = ddpm_dir
+    model = load_adapter({**_entry("diffusers-unet"), "options": {}}, root)
+    assert model.micro_batch is None  # default: DEFAULT_MICRO_BATCH of the device (8 on CPU)
+    x_T = model.prior(11, seed=0)
+    whole = sample(model, "dpm-solver++", 5, x_T)
+    parts = torch.cat([sample(model, "dpm-solver++", 5, x_T[i:i + 3]) for i in range(0, 11, 3)])
+    assert torch.equal(whole, parts)
+    t = model.schedule.t_of_index(500)
+    with torch.no_grad():
+        raw = unet(x_T, _timesteps(500, 11)).sample
+    torch.testing.assert_close(model.eps(x_T, t), raw, rtol=1e-5, atol=1e-5)
+    with pytest.raises(DpmbenchError, match="micro_batch"):
+        load_adapter(_entry("diffusers-unet", options={"micro_batch": -1}), root)
 
 
 def test_prompts_from_captions(tmp_path: Path) -> None:

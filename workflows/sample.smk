@@ -22,6 +22,7 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             n=lambda wc: int(wc.shard.split("-")[1]) - int(wc.shard.split("-")[0]),
             guidance=lambda wc: GRID.guidance_arg(wc.guidance),
             batch=lambda wc: GRID.batch_arg(wc.model),
+            captions=lambda wc: GRID.captions_arg(wc.model),
             pattern=lambda wc: shlex.quote(GRID.cell_dir().format(**dict(wc.items())) + "/nfe{nfe}/" + wc.shard + ".npz"),
         group:
             "sample-{model}"
@@ -34,4 +35,4 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             THREADS_ENV + " " + ARTIFACTS_ENV + " {PY} -m dpmbench sample --model {wildcards.model} --solver {params.spec}"
             " --nfe {params.nfe} --num-samples {params.n} --start {params.lo} --seed {wildcards.seed}"
             " --schedule {params.schedule} {params.guidance} --t-end {GRID.t_end} --device {GRID.device}"
-            " {params.batch} --out {params.pattern}"
+            " {params.batch} {params.captions} --out {params.pattern}"

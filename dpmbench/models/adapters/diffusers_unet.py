@@ -42,7 +42,12 @@ from dpmbench.models.base import Model, convert_prediction
 from dpmbench.schedules import VPDiscrete
 
 SCHEDULE_OPTIONS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
-UNET_OPTIONS = ("dtype", "unet", "subfolder", "scheduler", "num_classes", "null_class", *SCHEDULE_OPTIONS)
+UNET_OPTIONS = ("dtype", "unet", "subfolder", "scheduler", "num_classes", "null_class", "micro_batch",
+                *SCHEDULE_OPTIONS)
+# Rows per network call. Convolution kernels pick their algorithm by batch size, so a sample's output would change
+# in the last float32 bits with the batch it is evaluated in; calls on fixed-size chunks (the last one padded)
+# make samples bit-identical whatever the batch size or shard count. 0: one call per batch (no padding).
+DEFAULT_MICRO_BATCH = {"cpu": 8, "cuda": 64}
 # diffusers' DDPMScheduler defaults (used where a scheduler config leaves a key out)
 DIFFUSERS_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
                       "prediction_type": "epsilon"}
@@ -140,8 +145,24 @@ class DiffusersUNet(Model):
         return {"class_labels": labels}
 
     # -- evaluation ---------------------------------------------------------------------------------
+    micro_batch: int | None = None  # rows per network call (None: DEFAULT_MICRO_BATCH of the device; 0: no chunks)
+
     def net(self, x: torch.Tensor, timestep: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-        """One UNet call: native output in x's dtype (learned-variance channels dropped)."""
+        """The UNet on x (one evaluation): native output in x's dtype (learned-variance channels dropped), computed
+        in chunks of ``micro_batch`` rows, the last padded by repeating its final row, so that every row's result
+        is independent of the batch it came in."""
+        n = x.shape[0]
+        mb = self.micro_batch if self.micro_batch is not None else DEFAULT_MICRO_BATCH.get(x.device.type, 0)
+        if not mb or n == mb:
+            return self._call(x, timestep, kwargs)
+        outs = []
+        for lo in range(0, n, mb):
+            idx = torch.arange(lo, lo + mb, device=x.device).clamp(max=n - 1)  # pad: repeat the last row
+            chunk = {k: v[idx] if torch.is_tensor(v) and v.ndim and v.shape[0] == n else v for k, v in kwargs.items()}
+            outs.append(self._call(x[idx], timestep[idx], chunk)[: min(mb, n - lo)])
+        return torch.cat(outs)
+
+    def _call(self, x: torch.Tensor, timestep: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         out = self.unet(x.to(self.dtype), timestep, return_dict=False, **kwargs)[0]
         if out.shape[1] == 2 * x.shape[1]:
             out = out[:, : x.shape[1]]
@@ -208,6 +229,17 @@ def load_diffusers_unet(entry: Mapping[str, Any], root: Path, device: str | torc
     size = entry.get("resolution") or unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     num_classes = opts.get("num_classes", entry.get("num_classes") or unet.config.num_class_embeds)
-    return DiffusersUNet(unet, schedule, param, str(entry.get("id", unet_dir.name)),
-                         (unet.config.in_channels, *size), dtype=dtype, num_classes=num_classes,
-                         null_class=opts.get("null_class"), digest=entry_digest(entry))
+    model = DiffusersUNet(unet, schedule, param, str(entry.get("id", unet_dir.name)),
+                          (unet.config.in_channels, *size), dtype=dtype, num_classes=num_classes,
+                          null_class=opts.get("null_class"), digest=entry_digest(entry))
+    return set_micro_batch(model, opts)
+
+
+def set_micro_batch(model: DiffusersUNet, opts: Mapping[str, Any]) -> DiffusersUNet:
+    """Apply the ``micro_batch`` option (rows per network call; default per device, 0 = none)."""
+    if "micro_batch" in opts:
+        mb = opts["micro_batch"]
+        if isinstance(mb, bool) or not isinstance(mb, int) or mb < 0:
+            raise bad_value("option micro_batch", mb, "an integer >= 0")
+        model.micro_batch = mb
+    return model

@@ -31,6 +31,7 @@ from dpmbench.models.adapters.diffusers_unet import (
     _unet_folder,
     component_dir,
     schedule_and_parameterization,
+    set_micro_batch,
 )
 
 LATENT_OPTIONS = (*UNET_OPTIONS, "vae", "vqvae", "decode_batch_size")
@@ -125,6 +126,6 @@ def latent_parts(entry: Mapping[str, Any], root: Path, device: str | torch.devic
 
 def load_latent_diffusion(entry: Mapping[str, Any], root: Path, device: str | torch.device = "cpu") -> LatentDiffusion:
     """Load a ``latent-diffusion`` entry (UNet + autoencoder + scheduler)."""
-    kwargs, _ = latent_parts(entry, root, device, LATENT_OPTIONS)
+    kwargs, opts = latent_parts(entry, root, device, LATENT_OPTIONS)
     unet, vae = kwargs.pop("unet"), kwargs.pop("vae")
-    return LatentDiffusion(unet, vae, **kwargs)
+    return set_micro_batch(LatentDiffusion(unet, vae, **kwargs), opts)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from dpmbench.errors import DpmbenchError
+from dpmbench.models.adapters.diffusers_unet import set_micro_batch
 from dpmbench.models.adapters.latent import LATENT_OPTIONS, LatentDiffusion, latent_parts
 
 SD_OPTIONS = (*LATENT_OPTIONS, "text_encoder", "tokenizer")
@@ -93,7 +94,7 @@ def load_stable_diffusion(entry: Mapping[str, Any], root: Path, device: str | to
     text_encoder.requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     unet, vae = kwargs.pop("unet"), kwargs.pop("vae")
-    return StableDiffusion(unet, vae, text_encoder, tokenizer, **kwargs)
+    return set_micro_batch(StableDiffusion(unet, vae, text_encoder, tokenizer, **kwargs), opts)
 
 
 def read_captions(path: str | Path) -> list[str]:
