@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import tempfile
@@ -34,7 +35,9 @@ import yaml
 
 from dpmbench.errors import DpmbenchError
 
-DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SCHEMA = ROOT / "config" / "schema.yaml"
+DEFAULT_MANIFEST = ROOT / "config" / "checkpoints.yaml"  # the checkpoint manifest, consulted when present
 OVERRIDABLE = ("nfe", "solvers", "schedules", "guidance", "seeds", "metrics", "samples_per_shard", "batch_size")
 STAGES = ("reference", "sample", "metrics", "report")
 DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
@@ -92,6 +95,60 @@ def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str] = D
         op = ">=" if error.validator == "minimum" else ">"
         raise _bad(_key(path), f"{error.instance!r}; allowed: a number {op} {error.validator_value}")
     raise _bad(_key(path), error.message.replace("\n", " "))
+
+
+def _manifest_entries(doc: Any) -> dict[str, dict[str, Any]]:
+    """Model id -> entry of a checkpoint manifest: a mapping under ``checkpoints`` or ``models`` (id -> entry, or a
+    list of entries with an ``id``), or a top-level mapping id -> entry."""
+    if isinstance(doc, dict):
+        for key in ("checkpoints", "models"):
+            if key in doc:
+                return _manifest_entries(doc[key])
+        return {str(k): (v if isinstance(v, dict) else {}) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return {str(e["id"]): e for e in doc if isinstance(e, dict) and "id" in e}
+    return {}
+
+
+def load_manifests(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Checkpoint model ids the config may name: ``config/checkpoints.yaml`` when present, plus every file of the
+    config's ``checkpoints_manifest`` (a path or a list; relative paths are taken from the repository root). A listed
+    file that does not exist is an error naming the key."""
+    paths: list[tuple[str, Path]] = []
+    if DEFAULT_MANIFEST.is_file():
+        paths.append(("checkpoints_manifest", DEFAULT_MANIFEST))
+    listed = config.get("checkpoints_manifest", [])
+    for i, name in enumerate([listed] if isinstance(listed, str) else listed):
+        path = Path(name) if Path(name).is_absolute() else ROOT / name
+        key = "checkpoints_manifest" if isinstance(listed, str) else f"checkpoints_manifest[{i}]"
+        if not path.is_file():
+            raise _bad(key, f"no manifest file {str(name)!r}")
+        paths.append((key, path))
+    out: dict[str, dict[str, Any]] = {}
+    for key, path in paths:
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise _bad(key, f"{str(path)!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        for mid, entry in _manifest_entries(doc).items():
+            out.setdefault(mid, entry)
+    return out
+
+
+def _manifest_conditional(entry: dict[str, Any]) -> bool | None:
+    """Whether a manifest model takes conditioning (so that guidance applies); None when the entry does not say."""
+    if "num_classes" in entry:
+        return bool(entry["num_classes"])
+    cond = entry.get("conditioning")
+    if cond is None:
+        return None
+    return str(cond).lower() not in ("none", "unconditional", "false")
+
+
+def reference_stats_names() -> list[str]:
+    """Names of reference_stats/manifest.yaml (the ``reference_stats`` a config may name)."""
+    doc = yaml.safe_load((ROOT / "reference_stats" / "manifest.yaml").read_text()) or {}
+    return [str(e["name"]) for e in doc.get("stats", []) if isinstance(e, dict) and "name" in e]
 
 
 class _Registry:
@@ -213,6 +270,7 @@ class Grid:
         metrics_known = reg.metrics()
         schedules_known = reg.schedules()
         models_known = reg.models()
+        manifest = load_manifests(c)
         if "seed" in c and "seeds" in c:
             raise _bad("seed", "give either 'seed' or 'seeds', not both")
         top = {
@@ -223,9 +281,12 @@ class Grid:
         }
         self.models: dict[str, ModelGrid] = {}
         self._has_reference: dict[str, bool] = {}
+        self.model_extra: dict[str, dict[str, Any]] = {}  # per-model t_end, reference_solver, reference_stats
         for name, mc in c["models"].items():
-            if name not in models_known:
-                raise _bad(f"models.{name}", f"unknown model; allowed: {', '.join(models_known)}")
+            if name not in models_known and name not in manifest:
+                allowed = [*models_known, *sorted(manifest)]
+                raise _bad(f"models.{name}", f"unknown model; allowed: {', '.join(allowed)} (oracle models and the "
+                           "ids of config/checkpoints.yaml and of the config's checkpoints_manifest)")
             eff = {k: mc.get(k, top[k]) for k in OVERRIDABLE}
             where = {k: (f"models.{name}.{k}" if k in mc else k) for k in OVERRIDABLE}
             for k in ("nfe", "solvers", "schedules", "guidance", "seeds", "metrics"):
@@ -253,10 +314,30 @@ class Grid:
                 self.specs[key] = spec
                 slugs.append(key)
             guidance = [guidance_key(g) for g in eff["guidance"]]
-            info = reg.model(name)
-            self._has_reference[name] = info["exact"]
-            if any(g != "none" for g in guidance) and not info["num_classes"]:
+            if name in models_known:
+                info = reg.model(name)
+                conditional: bool | None = bool(info["num_classes"])
+                exact = bool(info["exact"])
+            else:  # a checkpoint id: validated from its manifest entry, never loaded here
+                conditional, exact = _manifest_conditional(manifest[name]), False
+            self._has_reference[name] = exact or "reference_solver" in mc
+            if any(g != "none" for g in guidance) and conditional is False:
                 raise _bad(where["guidance"], f"model {name!r} is unconditional; allowed: [none]")
+            if "reference_solver" in mc:
+                rs = mc["reference_solver"]
+                problem = reg.solver_error(rs["solver"], int(rs["nfe"]))
+                if problem:
+                    raise _bad(f"models.{name}.reference_solver", problem)
+                if rs.get("schedule", "logsnr") not in schedules_known:
+                    raise _bad(f"models.{name}.reference_solver.schedule",
+                               f"unknown schedule {rs['schedule']!r}; allowed: {', '.join(schedules_known)}")
+            if "reference_stats" in mc:
+                stats = str(mc["reference_stats"])
+                names = reference_stats_names()
+                if stats not in names and not stats.endswith(".npz"):
+                    raise _bad(f"models.{name}.reference_stats",
+                               f"unknown reference statistics {stats!r}; allowed: {', '.join(names)} or an .npz path")
+            self.model_extra[name] = {k: mc[k] for k in ("t_end", "reference_solver", "reference_stats") if k in mc}
             n = int(mc["num_samples"])
             per = int(eff["samples_per_shard"])
             self.models[name] = ModelGrid(
@@ -296,6 +377,23 @@ class Grid:
         """CLI flag for the batch size of ``model``, if configured."""
         b = self.models[model].batch_size
         return f"--batch-size {b}" if b else ""
+
+    def t_end_of(self, model: str) -> float:
+        """The sampling end time of ``model`` (its ``t_end`` override, else the config's ``t_end``)."""
+        return float(self.model_extra.get(model, {}).get("t_end", self.t_end))
+
+    def reference_args(self, model: str) -> str:
+        """CLI flags of the reference job: a high-NFE solver run (``reference_solver``) or none (exact solutions)."""
+        rs = self.model_extra.get(model, {}).get("reference_solver")
+        if not rs:
+            return ""
+        return (f"--solver {shlex.quote(str(rs['solver']))} --nfe {int(rs['nfe'])} "
+                f"--schedule {shlex.quote(str(rs.get('schedule', 'logsnr')))} --device {self.device}")
+
+    def fid_stats_arg(self, model: str) -> str:
+        """CLI flag naming the FID reference statistics of ``model`` (``reference_stats``), if configured."""
+        stats = self.model_extra.get(model, {}).get("reference_stats")
+        return f"--fid-stats {shlex.quote(str(stats))}" if stats else ""
 
     def resource(self, stage: str, key: str) -> int:
         """A resource of a stage's jobs (``mem_mb``, ``runtime`` minutes, ``threads``, ``gpu``)."""
@@ -367,7 +465,7 @@ class Grid:
                 for m, mg in self.models.items() if self.has_reference(m) for g in mg.guidance for sd in mg.seeds]
 
     def has_reference(self, model: str) -> bool:
-        """Whether ``model`` has exact solutions (oracle models)."""
+        """Whether ``model`` has a reference file: exact solutions (oracle models) or a ``reference_solver`` run."""
         return self._has_reference[model]
 
 
@@ -426,7 +524,7 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
 
 
 def run_evaluate(cells: Sequence[str], outs: Sequence[str], metrics: str, reference: str | None,
-                 seed: int | None = None) -> int:
+                 seed: int | None = None, fid_stats: str | None = None) -> int:
     """Metrics of several cells: ``cells[i]`` is a comma list of shard files, ``outs[i]`` its metrics json."""
     from dpmbench.cli import main as cli_main
     from dpmbench.io import save_json, save_npz
@@ -444,6 +542,8 @@ def run_evaluate(cells: Sequence[str], outs: Sequence[str], metrics: str, refere
         args = ["evaluate", "--samples", *merged, "--metrics", metrics, "--out", *outs]
         if reference:
             args += ["--reference", reference]
+        if fid_stats:
+            args += ["--fid-stats", fid_stats]
         rc = cli_main(args)
     if rc:
         return rc
@@ -471,6 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--metrics", required=True)
     e.add_argument("--reference", default=None)
     e.add_argument("--seed", type=int, default=None)
+    e.add_argument("--fid-stats", default=None, help="fid reference statistics (passed to dpmbench evaluate)")
     v = sub.add_parser("validate", help="validate a config file (one line naming the bad key)")
     v.add_argument("configfile")
     args = p.parse_args(argv)
@@ -478,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             build_grid(yaml.safe_load(Path(args.configfile).read_text()) or {})
             return 0
-        return run_evaluate(args.cells, args.out, args.metrics, args.reference, args.seed)
+        return run_evaluate(args.cells, args.out, args.metrics, args.reference, args.seed, args.fid_stats)
     except DpmbenchError as exc:
         print(f"dpmbench: error: {exc}", file=sys.stderr)
         return 2
