@@ -326,6 +326,16 @@ def _paper_entry_problem(e: dict[str, Any], pinned: bool = True) -> str:
         g = e["guidance"]
         checks.append(("guidance", g in (None, "none") or (isinstance(g, (int, float)) and not isinstance(g, bool)
                                                             and g > 0), "none or a number > 0"))
+    if "printed" in e:
+        try:
+            same = math.isclose(float(str(e["printed"])), float(e["value"]), rel_tol=0, abs_tol=1e-12)
+        except (TypeError, ValueError):
+            same = False
+        checks.append(("printed", isinstance(e["printed"], str) and same,
+                       "the value as printed (a string), equal to value"))
+    if "t_end" in e:
+        checks.append(("t_end", isinstance(e["t_end"], (int, float)) and not isinstance(e["t_end"], bool)
+                       and e["t_end"] > 0, "a number > 0"))
     for key in ("source", "schedule", "note", "checkpoint", "not_in_config"):
         if key in e:
             checks.append((key, isinstance(e[key], str) and bool(e[key]), "a non-empty string"))
@@ -397,7 +407,7 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
             if "guidance" in e:
                 sel = sel[sel["guidance"] == ("none" if e["guidance"] in (None, "none") else str(float(e["guidance"])))]
             head = (f"| {e['table']} | {e['page']} | {e['model']} | {e['metric']} | {e['solver']} | {e['nfe']} | "
-                    f"{e.get('schedule', 'any')} | {e.get('guidance', 'any')} | {e['value']} |")
+                    f"{e.get('schedule', 'any')} | {e.get('guidance', 'any')} | {e.get('printed', e['value'])} |")
             if sel.empty:
                 if e["model"] not in models:
                     why = f"not run: needs checkpoint {e.get('checkpoint', e['model'])}"

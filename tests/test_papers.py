@@ -54,7 +54,7 @@ def test_there_are_published_numbers() -> None:
 def test_paper_file_fields_and_types(path: Path, doc: dict[str, Any]) -> None:
     assert isinstance(doc.get("paper"), str) and doc["paper"], path
     assert re.fullmatch(r"https://arxiv\.org/abs/\d{4}\.\d{4,5}", doc.get("url", "")), path
-    assert re.fullmatch(r"arXiv:\d{4}\.\d{4,5}v\d+", doc.get("version", "")), "the PDF version the pages refer to"
+    assert re.fullmatch(r"arXiv:\d{4}\.\d{4,5}(v\d+)?", doc.get("version", "")), "the PDF version the pages refer to"
     for part in ("entries", "unpinned"):
         for i, e in enumerate(doc.get(part) or []):
             where = f"{path.name} {part}[{i}]"
@@ -66,6 +66,7 @@ def test_paper_file_fields_and_types(path: Path, doc: dict[str, Any]) -> None:
                 assert isinstance(e["page"], int) and not isinstance(e["page"], bool) and e["page"] >= 1, where
             else:
                 assert "page" not in e and isinstance(e["why"], str) and e["why"], where
+            assert isinstance(e.get("printed"), str) and float(e["printed"]) == e["value"], where  # as printed
             if "n_samples" in e:
                 assert isinstance(e["n_samples"], int) and e["n_samples"] > 0, where
 
@@ -108,15 +109,16 @@ def test_paper_configs_validate(path: Path) -> None:
     assert grid.results_dir.startswith("results/papers/") and grid.report_dir.startswith("reports/papers/")
 
 
-def _config_cells() -> set[tuple[str, str, str, int, str, str]]:
-    """(model, canonical solver, metric, nfe, schedule, guidance) of every cell of every paper configuration."""
-    cells = set()
+def _config_cells() -> dict[tuple[str, str, str, int, str, str], set[float]]:
+    """(model, canonical solver, metric, nfe, schedule, guidance) -> end times, over every paper configuration."""
+    cells: dict[tuple[str, str, str, int, str, str], set[float]] = {}
     for path in PAPER_CONFIGS:
         grid = build_grid(yaml.safe_load(path.read_text()))
         for c in grid.cells():
             spec = get_solver(grid.spec(c["solver"])).spec
             for metric in grid.metrics(c["model"]):
-                cells.add((c["model"], spec, metric, c["nfe"], c["schedule"], c["guidance"]))
+                key = (c["model"], spec, metric, c["nfe"], c["schedule"], c["guidance"])
+                cells.setdefault(key, set()).add(grid.t_end_of(c["model"]))
     return cells
 
 
@@ -130,6 +132,8 @@ def test_every_published_number_of_an_implemented_solver_has_a_config_cell() -> 
                guidance_key(e.get("guidance", "none")))
         if key not in cells:
             missing.append(f"{name} {part} table {e['table']}: {key}")
+        elif "t_end" in e and float(e["t_end"]) not in cells[key]:
+            missing.append(f"{name} {part} table {e['table']}: {key} at t_end {e['t_end']} (configs: {cells[key]})")
     assert not missing, missing
 
 
@@ -193,6 +197,7 @@ def test_report_puts_ours_beside_a_published_number(tmp_path: Path) -> None:
     ({"value": "4.7"}, "entries[0] has value='4.7'; allowed: a number"),
     ({"guidance": -1}, "entries[0] has guidance=-1; allowed: none or a number > 0"),
     ({"source": ""}, "entries[0] has source=''; allowed: a non-empty string"),
+    ({"printed": "4.71", "value": 4.7}, "entries[0] has printed='4.71'; allowed: the value as printed"),
 ])
 def test_bad_entry_types_name_the_field(tmp_path: Path, change: dict[str, Any], message: str) -> None:
     entry = {"table": 1, "page": 3, "model": "gmm-2d", "metric": "fd_true", "solver": "ddim", "nfe": 5,
