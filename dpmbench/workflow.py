@@ -464,6 +464,14 @@ class Grid:
         return [f"{self.results_dir}/{m}/g{g}/seed{sd}/reference.npz"
                 for m, mg in self.models.items() if self.has_reference(m) for g in mg.guidance for sd in mg.seeds]
 
+    def exact_models(self) -> list[str]:
+        """Models whose reference file holds exact solutions (the ``reference`` rule)."""
+        return [m for m in self.models if self._has_reference[m] and not self.reference_args(m)]
+
+    def solver_reference_models(self) -> list[str]:
+        """Models whose reference file is a high-NFE solver run (``reference_solver``; the ``reference_run`` rule)."""
+        return [m for m in self.models if self.reference_args(m)]
+
     def has_reference(self, model: str) -> bool:
         """Whether ``model`` has a reference file: exact solutions (oracle models) or a ``reference_solver`` run."""
         return self._has_reference[model]

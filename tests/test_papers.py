@@ -234,3 +234,26 @@ def test_checkpoint_ids_validate_without_loading_and_unknown_ids_are_named() -> 
         build_grid({**base, "models": {"ldm-lsun-bedroom256": {"num_samples": 4, "reference_stats": "lsun-typo"}}})
     with pytest.raises(DpmbenchError, match="'models.sd14.reference_solver'"):
         build_grid({**base, "models": {"sd14": {"num_samples": 4, "reference_solver": {"solver": "nope", "nfe": 9}}}})
+
+
+def test_snakemake_dry_run_of_a_paper_config_builds_the_dag() -> None:
+    """The workflow (not just the validator) accepts a paper config: checkpoint ids, per-model end times, FID
+    statistics and the GPU reference run of mse_ref reach the jobs' command lines."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
+    assert snakemake, "snakemake not installed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([snakemake, "-n", "-p", "--nolock", "--cores", "1", "--configfile",
+                          "config/papers/dpm-solver-v3.yaml"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = out.stdout + out.stderr
+    assert re.search(r"reference_run\s+2\b", log)  # sd14 at guidance 1.5 and 7.5
+    assert "--model sd14" in log and "--solver dpm-solver++:order=2,method=multistep --nfe 200" in log
+    assert "--fid-stats lsun-bedroom-256-adm-ref" in log and "--fid-stats imagenet-256-adm-ref" in log
+    assert re.search(r"--model edm-cifar10-uncond-vp .*--t-end 0\.002", log)
+    assert re.search(r"--model scoresde-cifar10-ddpmpp-deep-continuous .*--t-end 0\.001", log)

@@ -5,17 +5,43 @@ rule reference:
         checkpoint_input,
     output:
         GRID.reference_file(),
+    wildcard_constraints:
+        model=one_of(GRID.exact_models()) or "(?!x)x",  # matches nothing when the list is empty
     params:
         n=lambda wc: GRID.num_samples(wc.model),
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
         t_end=lambda wc: GRID.t_end_of(wc.model),
-        # a high-NFE solver run (models with reference_solver, for mse_ref) instead of exact solutions
-        solver=lambda wc: GRID.reference_args(wc.model),
     threads: GRID.resource("reference", "threads")
     resources:
         mem_mb=GRID.resource("reference", "mem_mb"),
         runtime=GRID.resource("reference", "runtime"),
-        gpu=lambda wc: GRID.resource("sample", "gpu") if GRID.reference_args(wc.model) else 0,
+        gpu=0,
     shell:
         THREADS_ENV + " {PY} -m dpmbench reference --model {wildcards.model} --num-samples {params.n}"
-        " --seed {wildcards.seed} {params.guidance} --t-end {params.t_end} {params.solver} --out {output}"
+        " --seed {wildcards.seed} {params.guidance} --t-end {params.t_end} --out {output}"
+
+
+# Models with a `reference_solver` (checkpoint models, for mse_ref): a high-NFE solver run from the same x_T, once
+# per (model, guidance, seed). It samples like a sample job, so it takes the sample stage's resources (GPU).
+rule reference_run:
+    input:
+        checkpoint_input,
+    output:
+        GRID.reference_file(),
+    wildcard_constraints:
+        model=one_of(GRID.solver_reference_models()) or "(?!x)x",
+    params:
+        n=lambda wc: GRID.num_samples(wc.model),
+        guidance=lambda wc: GRID.guidance_arg(wc.guidance),
+        t_end=lambda wc: GRID.t_end_of(wc.model),
+        solver=lambda wc: GRID.reference_args(wc.model),
+        batch=lambda wc: GRID.batch_arg(wc.model),
+    threads: GRID.resource("sample", "threads")
+    resources:
+        mem_mb=GRID.resource("sample", "mem_mb"),
+        runtime=GRID.resource("sample", "runtime"),
+        gpu=GRID.resource("sample", "gpu"),
+    shell:
+        THREADS_ENV + " {PY} -m dpmbench reference --model {wildcards.model} --num-samples {params.n}"
+        " --seed {wildcards.seed} {params.guidance} --t-end {params.t_end} {params.solver} {params.batch}"
+        " --out {output}"
