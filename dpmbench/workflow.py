@@ -314,12 +314,12 @@ class Grid:
                 self.specs[key] = spec
                 slugs.append(key)
             guidance = [guidance_key(g) for g in eff["guidance"]]
-            if name in models_known:
+            if name in manifest:  # a checkpoint id: validated from its manifest entry, never loaded here
+                conditional: bool | None = _manifest_conditional(manifest[name])
+                exact = False
+            else:
                 info = reg.model(name)
-                conditional: bool | None = bool(info["num_classes"])
-                exact = bool(info["exact"])
-            else:  # a checkpoint id: validated from its manifest entry, never loaded here
-                conditional, exact = _manifest_conditional(manifest[name]), False
+                conditional, exact = bool(info["num_classes"]), bool(info["exact"])
             self._has_reference[name] = exact or "reference_solver" in mc
             if any(g != "none" for g in guidance) and conditional is False:
                 raise _bad(where["guidance"], f"model {name!r} is unconditional; allowed: [none]")
