@@ -305,8 +305,52 @@ def leaderboard_html(df: pd.DataFrame, figures: dict[tuple[Any, ...], Path],
 
 
 # -- papers ----------------------------------------------------------------------------------------------------
+def _paper_entry_problem(e: dict[str, Any], pinned: bool = True) -> str:
+    """The first problem of a papers entry (missing key or wrong type), or an empty string."""
+    keys = PAPER_KEYS if pinned else tuple(k for k in PAPER_KEYS if k != "page")
+    missing = [k for k in keys if k not in e]
+    if missing:
+        return f"lacks {missing[0]!r}"
+    checks: list[tuple[str, bool, str]] = [
+        ("nfe", isinstance(e["nfe"], int) and not isinstance(e["nfe"], bool) and e["nfe"] >= 1, "an integer >= 1"),
+        ("value", isinstance(e["value"], (int, float)) and not isinstance(e["value"], bool), "a number"),
+        ("table", isinstance(e["table"], (int, str)) and not isinstance(e["table"], bool), "a table number or label"),
+        ("model", isinstance(e["model"], str) and bool(e["model"]), "a model id"),
+        ("metric", isinstance(e["metric"], str) and bool(e["metric"]), "a metric name"),
+        ("solver", isinstance(e["solver"], str) and bool(e["solver"]), "a solver spec"),
+    ]
+    if pinned:
+        checks.append(("page", isinstance(e["page"], int) and not isinstance(e["page"], bool) and e["page"] >= 1,
+                       "the PDF page, an integer >= 1"))
+    if "guidance" in e:
+        g = e["guidance"]
+        checks.append(("guidance", g in (None, "none") or (isinstance(g, (int, float)) and not isinstance(g, bool)
+                                                            and g > 0), "none or a number > 0"))
+    if "printed" in e:
+        try:
+            same = math.isclose(float(str(e["printed"])), float(e["value"]), rel_tol=0, abs_tol=1e-12)
+        except (TypeError, ValueError):
+            same = False
+        checks.append(("printed", isinstance(e["printed"], str) and same,
+                       "the value as printed (a string), equal to value"))
+    if "t_end" in e:
+        checks.append(("t_end", isinstance(e["t_end"], (int, float)) and not isinstance(e["t_end"], bool)
+                       and e["t_end"] > 0, "a number > 0"))
+    for key in ("source", "schedule", "note", "checkpoint", "not_in_config"):
+        if key in e:
+            checks.append((key, isinstance(e[key], str) and bool(e[key]), "a non-empty string"))
+    for key, ok, allowed in checks:
+        if not ok:
+            return f"has {key}={e[key]!r}; allowed: {allowed}"
+    return ""
+
+
 def load_papers(papers_dir: str | Path | None) -> list[dict[str, Any]]:
-    """Entries of every ``papers/*.yaml`` (schema: papers/README.md), each with its paper's name and file."""
+    """Entries of every ``papers/*.yaml`` (schema: papers/README.md), each with its paper's name, url, version and file.
+
+    Only ``entries`` are returned (they are compared); a file's ``unpinned`` list (numbers transcribed whose PDF page
+    could not be determined) is validated but not returned.
+    """
     if papers_dir is None or not Path(papers_dir).is_dir():
         return []
     entries = []
@@ -315,10 +359,17 @@ def load_papers(papers_dir: str | Path | None) -> list[dict[str, Any]]:
         if not isinstance(doc, dict) or "paper" not in doc or not isinstance(doc.get("entries"), list):
             raise DpmbenchError(f"invalid papers file {str(path)!r}: needs 'paper' and a list 'entries'")
         for i, e in enumerate(doc["entries"]):
-            missing = [k for k in PAPER_KEYS if k not in (e or {})]
-            if missing:
-                raise DpmbenchError(f"invalid papers file {str(path)!r}: entries[{i}] lacks {missing[0]!r}")
-            entries.append({**e, "paper": doc["paper"], "url": doc.get("url", ""), "file": path.name})
+            problem = _paper_entry_problem(e if isinstance(e, dict) else {})
+            if problem:
+                raise DpmbenchError(f"invalid papers file {str(path)!r}: entries[{i}] {problem}")
+            entries.append({**e, "paper": doc["paper"], "url": doc.get("url", ""), "version": doc.get("version", ""),
+                            "file": path.name})
+        for i, e in enumerate(doc.get("unpinned") or []):
+            problem = _paper_entry_problem(e if isinstance(e, dict) else {}, pinned=False)
+            if not problem and not isinstance((e or {}).get("why"), str):
+                problem = "lacks 'why' (the reason its page is not given)"
+            if problem:
+                raise DpmbenchError(f"invalid papers file {str(path)!r}: unpinned[{i}] {problem}")
     return entries
 
 
@@ -343,8 +394,8 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
     models = set(df["model"]) if not df.empty else set()
     for paper in dict.fromkeys(e["paper"] for e in entries):
         es = [e for e in entries if e["paper"] == paper]
-        url = es[0].get("url")
-        lines += [f"## {paper}" + (f" ({url})" if url else ""), "",
+        url, version = es[0].get("url"), es[0].get("version")
+        lines += [f"## {paper}" + (f" ({url}{', ' + str(version) if version else ''})" if url else ""), "",
                   "| table | page | model | metric | solver | NFE | schedule | guidance | published | ours | delta |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in es:
@@ -356,7 +407,7 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
             if "guidance" in e:
                 sel = sel[sel["guidance"] == ("none" if e["guidance"] in (None, "none") else str(float(e["guidance"])))]
             head = (f"| {e['table']} | {e['page']} | {e['model']} | {e['metric']} | {e['solver']} | {e['nfe']} | "
-                    f"{e.get('schedule', 'any')} | {e.get('guidance', 'any')} | {e['value']} |")
+                    f"{e.get('schedule', 'any')} | {e.get('guidance', 'any')} | {e.get('printed', e['value'])} |")
             if sel.empty:
                 if e["model"] not in models:
                     why = f"not run: needs checkpoint {e.get('checkpoint', e['model'])}"

@@ -35,7 +35,9 @@ import yaml
 
 from dpmbench.errors import DpmbenchError
 
-DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SCHEMA = ROOT / "config" / "schema.yaml"
+DEFAULT_MANIFEST = ROOT / "config" / "checkpoints.yaml"  # the checkpoint manifest, consulted when present
 OVERRIDABLE = ("nfe", "solvers", "schedules", "guidance", "seeds", "metrics", "samples_per_shard", "batch_size")
 STAGES = ("reference", "sample", "metrics", "report")
 DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
@@ -93,6 +95,65 @@ def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str] = D
         op = ">=" if error.validator == "minimum" else ">"
         raise _bad(_key(path), f"{error.instance!r}; allowed: a number {op} {error.validator_value}")
     raise _bad(_key(path), error.message.replace("\n", " "))
+
+
+def _manifest_entries(doc: Any) -> dict[str, dict[str, Any]]:
+    """Model id -> entry of a checkpoint manifest: a mapping under ``checkpoints`` or ``models`` (id -> entry, or a
+    list of entries with an ``id``), or a top-level mapping id -> entry."""
+    if isinstance(doc, dict):
+        for key in ("checkpoints", "models"):
+            if key in doc:
+                return _manifest_entries(doc[key])
+        return {str(k): (v if isinstance(v, dict) else {}) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return {str(e["id"]): e for e in doc if isinstance(e, dict) and "id" in e}
+    return {}
+
+
+def load_manifests(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Checkpoint model ids the config may name: ``config/checkpoints.yaml`` when present, plus every file of the
+    config's ``checkpoints_manifest`` (a path or a list; relative paths are taken from the repository root). A listed
+    file that does not exist is an error naming the key."""
+    paths: list[tuple[str, Path]] = []
+    if DEFAULT_MANIFEST.is_file():
+        paths.append(("checkpoints_manifest", DEFAULT_MANIFEST))
+    listed = config.get("checkpoints_manifest", [])
+    for i, name in enumerate([listed] if isinstance(listed, str) else listed):
+        path = Path(name) if Path(name).is_absolute() else ROOT / name
+        key = "checkpoints_manifest" if isinstance(listed, str) else f"checkpoints_manifest[{i}]"
+        if not path.is_file():
+            raise _bad(key, f"no manifest file {str(name)!r}")
+        paths.append((key, path))
+    out: dict[str, dict[str, Any]] = {}
+    for key, path in paths:
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise _bad(key, f"{str(path)!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        for mid, entry in _manifest_entries(doc).items():
+            out.setdefault(mid, entry)
+    return out
+
+
+def _entry_conditional(entry: Any) -> bool:
+    """Whether a loadable checkpoint entry (``dpmbench.checkpoints.CheckpointEntry``) takes conditioning."""
+    return bool(entry.num_classes or entry.conditioning != "none")
+
+
+def _manifest_conditional(entry: dict[str, Any]) -> bool | None:
+    """Whether a manifest model takes conditioning (so that guidance applies); None when the entry does not say."""
+    if "num_classes" in entry:
+        return bool(entry["num_classes"])
+    cond = entry.get("conditioning")
+    if cond is None:
+        return None
+    return str(cond).lower() not in ("none", "unconditional", "false")
+
+
+def reference_stats_names() -> list[str]:
+    """Names of reference_stats/manifest.yaml (the ``reference_stats`` a config may name)."""
+    doc = yaml.safe_load((ROOT / "reference_stats" / "manifest.yaml").read_text()) or {}
+    return [str(e["name"]) for e in doc.get("stats", []) if isinstance(e, dict) and "name" in e]
 
 
 class _Registry:
@@ -234,8 +295,9 @@ class Grid:
         metrics_known = reg.metrics()
         schedules_known = reg.schedules()
         self.offline: bool = str(c.get("offline", False)).strip().lower() in ("true", "1", "yes")
-        manifest = checkpoint_manifest(c)
-        models_known = [*reg.models(), *(k for k in manifest if k not in reg.models())]
+        manifest = checkpoint_manifest(c)  # loadable entries: config/checkpoints.yaml + the config's checkpoints
+        named_only = {k: v for k, v in load_manifests(c).items() if k not in manifest}  # ids of checkpoints_manifest
+        models_known = reg.models()
         if "seed" in c and "seeds" in c:
             raise _bad("seed", "give either 'seed' or 'seeds', not both")
         top = {
@@ -247,13 +309,15 @@ class Grid:
         self.searches = self._check_searches(c.get("searches", {}), reg, [*models_known, *manifest])
         self.schedule_specs: dict[str, str] = {}  # path slug -> schedule (``searched:NAME`` -> ``searched__NAME``)
         self.prepares: set[str] = set()  # solver slugs with a prepare step
-        self.reference_runs: dict[str, dict[str, Any] | None] = {}  # model -> high-NFE reference run, if configured
         self.captions: dict[str, str | None] = {}  # model -> captions file (text-conditional models)
         self.models: dict[str, ModelGrid] = {}
         self._has_reference: dict[str, bool] = {}
+        self.model_extra: dict[str, dict[str, Any]] = {}  # per-model t_end, reference_solver, reference_stats
         for name, mc in c["models"].items():
-            if name not in models_known:
-                raise _bad(f"models.{name}", f"unknown model; allowed: {', '.join(models_known)}")
+            if name not in models_known and name not in manifest and name not in named_only:
+                allowed = [*models_known, *sorted(manifest), *sorted(named_only)]
+                raise _bad(f"models.{name}", f"unknown model; allowed: {', '.join(allowed)} (oracle models and the "
+                           "ids of config/checkpoints.yaml and of the config's checkpoints_manifest)")
             eff = {k: mc.get(k, top[k]) for k in OVERRIDABLE}
             where = {k: (f"models.{name}.{k}" if k in mc else k) for k in OVERRIDABLE}
             for k in ("nfe", "solvers", "schedules", "guidance", "seeds", "metrics"):
@@ -286,25 +350,32 @@ class Grid:
                 if reg.solver_prepares(spec):
                     self.prepares.add(key)
             guidance = [guidance_key(g) for g in eff["guidance"]]
-            if name in manifest and name not in reg.models():  # a checkpoint: facts from its entry, nothing loaded
-                e = manifest[name]
-                info = {"num_classes": e.num_classes or (1 if e.conditioning != "none" else 0), "exact": False}
+            if name in manifest or name in named_only:  # a checkpoint id: facts from its entry, never loaded here
+                conditional: bool | None = (_entry_conditional(manifest[name]) if name in manifest
+                                            else _manifest_conditional(named_only[name]))
+                exact = False
             else:
                 info = reg.model(name)
-            self._has_reference[name] = info["exact"] or "reference" in mc
-            ref = mc.get("reference")
-            if ref is not None:
-                problem = reg.solver_error(ref["solver"], int(ref["nfe"]))
-                if problem:
-                    raise _bad(f"models.{name}.reference.solver", problem)
-                ref_sched = ref.get("schedule", "logsnr")
-                if ref_sched not in schedules_known:
-                    raise _bad(f"models.{name}.reference.schedule",
-                               f"unknown schedule {ref_sched!r}; allowed: {', '.join(schedules_known)}")
-            self.reference_runs[name] = ref
+                conditional, exact = bool(info["num_classes"]), bool(info["exact"])
+            self._has_reference[name] = exact or "reference_solver" in mc
             self.captions[name] = mc.get("captions")
-            if any(g != "none" for g in guidance) and not info["num_classes"]:
+            if any(g != "none" for g in guidance) and conditional is False:
                 raise _bad(where["guidance"], f"model {name!r} is unconditional; allowed: [none]")
+            if "reference_solver" in mc:
+                rs = mc["reference_solver"]
+                problem = reg.solver_error(rs["solver"], int(rs["nfe"]))
+                if problem:
+                    raise _bad(f"models.{name}.reference_solver", problem)
+                if rs.get("schedule", "logsnr") not in schedules_known:
+                    raise _bad(f"models.{name}.reference_solver.schedule",
+                               f"unknown schedule {rs['schedule']!r}; allowed: {', '.join(schedules_known)}")
+            if "reference_stats" in mc:
+                stats = str(mc["reference_stats"])
+                names = reference_stats_names()
+                if stats not in names and not stats.endswith(".npz"):
+                    raise _bad(f"models.{name}.reference_stats",
+                               f"unknown reference statistics {stats!r}; allowed: {', '.join(names)} or an .npz path")
+            self.model_extra[name] = {k: mc[k] for k in ("t_end", "reference_solver", "reference_stats") if k in mc}
             n = int(mc["num_samples"])
             per = int(eff["samples_per_shard"])
             self.models[name] = ModelGrid(
@@ -317,7 +388,10 @@ class Grid:
         reg.save()
         self.resources = {s: {**DEFAULT_RESOURCES[s], **c.get("resources", {}).get(s, {})} for s in STAGES}
         # the checkpoint models of the grid: their files are pulled and verified before any of their jobs
-        self.checkpoints: dict[str, Any] = {m: manifest[m] for m in self.models if m not in reg.models()}
+        oracles = reg.models()
+        self.checkpoints: dict[str, Any] = {m: manifest[m] for m in self.models if m in manifest and m not in oracles}
+        # ids named by a checkpoints_manifest without a loadable entry (adapter, files): their jobs stop at the pull
+        self.unavailable: dict[str, dict[str, Any]] = {m: named_only[m] for m in self.models if m in named_only}
 
     def _check_searches(self, searches: dict[str, Any], reg: _Registry, models_known: list[str]
                         ) -> dict[str, dict[str, Any]]:
@@ -358,7 +432,7 @@ class Grid:
         sc = self.searches[name]
         args = [sc["search"], "--model", sc["model"], "--nfe", ",".join(str(n) for n in sc["nfe"]),
                 "--seed", str(sc.get("seed", 0)), "--schedule", sc.get("schedule", "logsnr"),
-                "--t-end", repr(self.t_end), "--device", self.device, "--name", name]
+                "--t-end", repr(self.t_end_of(sc["model"])), "--device", self.device, "--name", name]
         if sc.get("solver"):
             args += ["--solver", sc["solver"]]
         if sc.get("guidance", "none") != "none":
@@ -408,14 +482,6 @@ class Grid:
         """CLI flag for a guidance wildcard."""
         return "" if g == "none" else f"--guidance {g}"
 
-    def reference_args(self, model: str) -> str:
-        """CLI flags of the model's reference: none for exact solutions, else its high-NFE solver run."""
-        ref = self.reference_runs.get(model)
-        if ref is None:
-            return ""
-        return (f"--solver {shlex.quote(ref['solver'])} --nfe {int(ref['nfe'])} "
-                f"--schedule {shlex.quote(ref.get('schedule', 'logsnr'))}")
-
     def captions_arg(self, model: str) -> str:
         """CLI flag of the model's captions file (text-conditional models), if configured."""
         path = self.captions.get(model)
@@ -425,6 +491,23 @@ class Grid:
         """CLI flag for the batch size of ``model``, if configured."""
         b = self.models[model].batch_size
         return f"--batch-size {b}" if b else ""
+
+    def t_end_of(self, model: str) -> float:
+        """The sampling end time of ``model`` (its ``t_end`` override, else the config's ``t_end``)."""
+        return float(self.model_extra.get(model, {}).get("t_end", self.t_end))
+
+    def reference_args(self, model: str) -> str:
+        """CLI flags of the reference job: a high-NFE solver run (``reference_solver``) or none (exact solutions)."""
+        rs = self.model_extra.get(model, {}).get("reference_solver")
+        if not rs:
+            return ""
+        return (f"--solver {shlex.quote(str(rs['solver']))} --nfe {int(rs['nfe'])} "
+                f"--schedule {shlex.quote(str(rs.get('schedule', 'logsnr')))} --device {self.device}")
+
+    def fid_stats_arg(self, model: str) -> str:
+        """CLI flag naming the FID reference statistics of ``model`` (``reference_stats``), if configured."""
+        stats = self.model_extra.get(model, {}).get("reference_stats")
+        return f"--fid-stats {shlex.quote(str(stats))}" if stats else ""
 
     def resource(self, stage: str, key: str) -> int:
         """A resource of a stage's jobs (``mem_mb``, ``runtime`` minutes, ``threads``, ``gpu``)."""
@@ -495,8 +578,16 @@ class Grid:
         return [f"{self.results_dir}/{m}/g{g}/seed{sd}/reference.npz"
                 for m, mg in self.models.items() if self.has_reference(m) for g in mg.guidance for sd in mg.seeds]
 
+    def exact_models(self) -> list[str]:
+        """Models whose reference file holds exact solutions (the ``reference`` rule)."""
+        return [m for m in self.models if self._has_reference[m] and not self.reference_args(m)]
+
+    def solver_reference_models(self) -> list[str]:
+        """Models whose reference file is a high-NFE solver run (``reference_solver``; the ``reference_run`` rule)."""
+        return [m for m in self.models if self.reference_args(m)]
+
     def has_reference(self, model: str) -> bool:
-        """Whether ``model`` has exact solutions (oracle models)."""
+        """Whether ``model`` has a reference file: exact solutions (oracle models) or a ``reference_solver`` run."""
         return self._has_reference[model]
 
 
@@ -577,7 +668,7 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
 
 
 def run_evaluate(cells: Sequence[str], outs: Sequence[str], metrics: str, reference: str | None,
-                 seed: int | None = None) -> int:
+                 seed: int | None = None, fid_stats: str | None = None) -> int:
     """Metrics of several cells: ``cells[i]`` is a comma list of shard files, ``outs[i]`` its metrics json."""
     from dpmbench.cli import main as cli_main
     from dpmbench.io import save_json, save_npz
@@ -595,6 +686,8 @@ def run_evaluate(cells: Sequence[str], outs: Sequence[str], metrics: str, refere
         args = ["evaluate", "--samples", *merged, "--metrics", metrics, "--out", *outs]
         if reference:
             args += ["--reference", reference]
+        if fid_stats:
+            args += ["--fid-stats", fid_stats]
         rc = cli_main(args)
     if rc:
         return rc
@@ -622,6 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--metrics", required=True)
     e.add_argument("--reference", default=None)
     e.add_argument("--seed", type=int, default=None)
+    e.add_argument("--fid-stats", default=None, help="fid reference statistics (passed to dpmbench evaluate)")
     v = sub.add_parser("validate", help="validate a config file (one line naming the bad key)")
     v.add_argument("configfile")
     args = p.parse_args(argv)
@@ -629,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             build_grid(yaml.safe_load(Path(args.configfile).read_text()) or {})
             return 0
-        return run_evaluate(args.cells, args.out, args.metrics, args.reference, args.seed)
+        return run_evaluate(args.cells, args.out, args.metrics, args.reference, args.seed, args.fid_stats)
     except DpmbenchError as exc:
         print(f"dpmbench: error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 def checkpoint_input(wildcards):
     """The verification stamp of the model's checkpoint, if it is a checkpoint model."""
-    if wildcards.model in GRID.checkpoints:
+    if wildcards.model in GRID.checkpoints or wildcards.model in GRID.unavailable:
         return [f"{RESULTS}/.checkpoints/{wildcards.model}.sha256"]
     return []
 
@@ -19,11 +19,15 @@ rule pull_checkpoint:
     output:
         f"{RESULTS}/.checkpoints/{{model}}.sha256",
     params:
-        entry=lambda wc: GRID.checkpoints[wc.model].fingerprint(),
+        entry=lambda wc: GRID.checkpoints[wc.model].fingerprint() if wc.model in GRID.checkpoints else "",
     localrule: True  # on a cluster, downloads run where the workflow runs (compute nodes are often offline)
     run:
         from dpmbench.checkpoints import pull, stamp_text
 
+        if wildcards.model not in GRID.checkpoints:
+            raise WorkflowError(f"dpmbench: error: checkpoint {wildcards.model!r} is only named (checkpoints_manifest: "
+                                f"{GRID.unavailable[wildcards.model].get('source', '?')}); add a loadable entry (adapter,"
+                                " source, files with sha256) to config/checkpoints.yaml or the config's checkpoints")
         entry = GRID.checkpoints[wildcards.model]
         try:
             pull(entry, offline=True if GRID.offline else None)

@@ -28,6 +28,7 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             cells=lambda wc, nfes=_nfes: cells_arg(wc, nfes),
             metrics=lambda wc: ",".join(GRID.metrics(wc.model)),
             reference=lambda wc, input: f"--reference {input.reference}" if input.reference else "",
+            fid_stats=lambda wc: GRID.fid_stats_arg(wc.model),
         group:
             "metrics-{model}"
         threads: GRID.resource("metrics", "threads")
@@ -37,4 +38,4 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             gpu=GRID.resource("metrics", "gpu"),
         shell:
             THREADS_ENV + " {PY} -m dpmbench.workflow evaluate --cells {params.cells} --out {output}"
-            " --metrics {params.metrics} {params.reference} --seed {wildcards.seed}"
+            " --metrics {params.metrics} {params.reference} {params.fid_stats} --seed {wildcards.seed}"

@@ -1,24 +1,48 @@
 # Exact ODE solutions (and the target's moments) from the shared x_T: computed once per (model, guidance, seed),
-# reused by every solver, schedule and NFE of the model. Models without exact solutions get a high-NFE solver run
-# instead when their config names one (`models.<m>.reference: {solver, nfe}`).
+# reused by every solver, schedule and NFE of the model.
 rule reference:
     input:
         checkpoint_input,
     output:
         GRID.reference_file(),
+    wildcard_constraints:
+        model=one_of(GRID.exact_models()) or "(?!x)x",  # matches nothing when the list is empty
     params:
         n=lambda wc: GRID.num_samples(wc.model),
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
-        run=lambda wc: GRID.reference_args(wc.model),
-        captions=lambda wc: GRID.captions_arg(wc.model),
-        batch=lambda wc: GRID.batch_arg(wc.model),
-        device=lambda wc: GRID.device if GRID.reference_runs.get(wc.model) else "cpu",
+        t_end=lambda wc: GRID.t_end_of(wc.model),
     threads: GRID.resource("reference", "threads")
     resources:
         mem_mb=GRID.resource("reference", "mem_mb"),
         runtime=GRID.resource("reference", "runtime"),
-        gpu=lambda wc: GRID.resource("sample", "gpu") if GRID.reference_runs.get(wc.model) else 0,
+        gpu=0,
     shell:
         THREADS_ENV + " {PY} -m dpmbench reference --model {wildcards.model} --num-samples {params.n}"
-        " --seed {wildcards.seed} {params.guidance} {params.run} {params.captions} {params.batch} --t-end {GRID.t_end}"
-        " --device {params.device} --out {output}"
+        " --seed {wildcards.seed} {params.guidance} --t-end {params.t_end} --out {output}"
+
+
+# Models with a `reference_solver` (checkpoint models, for mse_ref): a high-NFE solver run from the same x_T, once
+# per (model, guidance, seed). It samples like a sample job, so it takes the sample stage's resources (GPU).
+rule reference_run:
+    input:
+        checkpoint_input,
+    output:
+        GRID.reference_file(),
+    wildcard_constraints:
+        model=one_of(GRID.solver_reference_models()) or "(?!x)x",
+    params:
+        n=lambda wc: GRID.num_samples(wc.model),
+        guidance=lambda wc: GRID.guidance_arg(wc.guidance),
+        t_end=lambda wc: GRID.t_end_of(wc.model),
+        solver=lambda wc: GRID.reference_args(wc.model),
+        batch=lambda wc: GRID.batch_arg(wc.model),
+        captions=lambda wc: GRID.captions_arg(wc.model),
+    threads: GRID.resource("sample", "threads")
+    resources:
+        mem_mb=GRID.resource("sample", "mem_mb"),
+        runtime=GRID.resource("sample", "runtime"),
+        gpu=GRID.resource("sample", "gpu"),
+    shell:
+        THREADS_ENV + " {PY} -m dpmbench reference --model {wildcards.model} --num-samples {params.n}"
+        " --seed {wildcards.seed} {params.guidance} --t-end {params.t_end} {params.solver} {params.batch}"
+        " {params.captions} --out {output}"

@@ -23,6 +23,7 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             guidance=lambda wc: GRID.guidance_arg(wc.guidance),
             batch=lambda wc: GRID.batch_arg(wc.model),
             captions=lambda wc: GRID.captions_arg(wc.model),
+            t_end=lambda wc: GRID.t_end_of(wc.model),
             pattern=lambda wc: shlex.quote(GRID.cell_dir().format(**dict(wc.items())) + "/nfe{nfe}/" + wc.shard + ".npz"),
         group:
             "sample-{model}"
@@ -34,5 +35,5 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
         shell:
             THREADS_ENV + " " + ARTIFACTS_ENV + " {PY} -m dpmbench sample --model {wildcards.model} --solver {params.spec}"
             " --nfe {params.nfe} --num-samples {params.n} --start {params.lo} --seed {wildcards.seed}"
-            " --schedule {params.schedule} {params.guidance} --t-end {GRID.t_end} --device {GRID.device}"
+            " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} --device {GRID.device}"
             " {params.batch} {params.captions} --out {params.pattern}"

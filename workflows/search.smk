@@ -7,7 +7,7 @@
 def search_checkpoint_input(wildcards):
     """The checkpoint stamp of the model a named search runs on, if it is a checkpoint model."""
     model = GRID.searches[wildcards.name]["model"]
-    return [f"{RESULTS}/.checkpoints/{model}.sha256"] if model in GRID.checkpoints else []
+    return [f"{RESULTS}/.checkpoints/{model}.sha256"] if model in GRID.checkpoints or model in GRID.unavailable else []
 
 
 rule search:
@@ -40,6 +40,7 @@ rule prepare:
         schedule=lambda wc: shlex.quote(GRID.schedule(wc.schedule)),
         nfe=lambda wc: ",".join(str(n) for n in GRID.nfes(wc.model)),
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
+        t_end=lambda wc: GRID.t_end_of(wc.model),
     threads: GRID.resource("sample", "threads")
     resources:
         mem_mb=GRID.resource("sample", "mem_mb"),
@@ -47,5 +48,5 @@ rule prepare:
         gpu=GRID.resource("sample", "gpu"),
     shell:
         THREADS_ENV + " " + ARTIFACTS_ENV + " {PY} -m dpmbench prepare --model {wildcards.model} --solver {params.spec}"
-        " --nfe {params.nfe} --schedule {params.schedule} {params.guidance} --t-end {GRID.t_end}"
+        " --nfe {params.nfe} --schedule {params.schedule} {params.guidance} --t-end {params.t_end}"
         " --device {GRID.device} --out {output}"

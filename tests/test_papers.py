@@ -1,0 +1,262 @@
+"""The published numbers (papers/*.yaml) and the paper reproductions (config/papers/*.yaml).
+
+Every entry has its source fields with the right types, names only dpmbench metrics, solvers, schedules and model ids,
+is listed by `dpmbench report`, and (for implemented solvers) is reproduced by a cell of a paper configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dpmbench.cli import main
+from dpmbench.errors import DpmbenchError
+from dpmbench.report import load_papers, write_report
+from dpmbench.solvers.base import get_solver, list_solvers
+from dpmbench.timesteps import ALL_KINDS
+from dpmbench.workflow import build_grid, guidance_key, load_manifests
+
+ROOT = Path(__file__).parents[1]
+PAPERS = ROOT / "papers"
+CONFIGS = sorted((ROOT / "config" / "papers").glob("*.yaml"))
+PAPER_CONFIGS = [p for p in CONFIGS if p.name != "checkpoints.yaml"]
+# published solvers not implemented in dpmbench yet (dpm-solver-v3-singlestep: DPM-Solver-v3's Alg. 3, Table 12 (S))
+PENDING_SOLVERS = {"dpm-solver-v3", "dpm-solver-v3-singlestep", "dc-solver", "usf"}
+
+
+def _docs() -> list[tuple[Path, dict[str, Any]]]:
+    return [(p, yaml.safe_load(p.read_text())) for p in sorted(PAPERS.glob("*.yaml"))]
+
+
+def _all_rows() -> list[tuple[str, str, dict[str, Any]]]:
+    """(file, 'entries'|'unpinned', row) of every published number."""
+    return [(p.name, part, e) for p, doc in _docs() for part in ("entries", "unpinned") for e in doc.get(part) or []]
+
+
+def _solver_name(spec: str) -> str:
+    return spec.split(":", 1)[0]
+
+
+def _implemented(spec: str) -> bool:
+    return _solver_name(spec) in list_solvers()
+
+
+def test_there_are_published_numbers() -> None:
+    assert _docs(), "papers/*.yaml is empty"
+    assert load_papers(PAPERS), "no pinned entry in papers/*.yaml"
+
+
+@pytest.mark.parametrize(("path", "doc"), _docs(), ids=lambda v: v.name if isinstance(v, Path) else "")
+def test_paper_file_fields_and_types(path: Path, doc: dict[str, Any]) -> None:
+    assert isinstance(doc.get("paper"), str) and doc["paper"], path
+    assert re.fullmatch(r"https://arxiv\.org/abs/\d{4}\.\d{4,5}", doc.get("url", "")), path
+    assert re.fullmatch(r"arXiv:\d{4}\.\d{4,5}(v\d+)?", doc.get("version", "")), "the PDF version the pages refer to"
+    for part in ("entries", "unpinned"):
+        for i, e in enumerate(doc.get(part) or []):
+            where = f"{path.name} {part}[{i}]"
+            assert isinstance(e["table"], (int, str)) and not isinstance(e["table"], bool), where
+            assert isinstance(e["value"], (int, float)) and not isinstance(e["value"], bool), where
+            assert isinstance(e["nfe"], int) and e["nfe"] >= 1, where
+            assert isinstance(e["source"], str) and doc["version"].split(":")[1] in e["source"], where
+            if part == "entries":
+                assert isinstance(e["page"], int) and not isinstance(e["page"], bool) and e["page"] >= 1, where
+            else:
+                assert "page" not in e and isinstance(e["why"], str) and e["why"], where
+            assert isinstance(e.get("printed"), str) and float(e["printed"]) == e["value"], where  # as printed
+            if "n_samples" in e:
+                assert isinstance(e["n_samples"], int) and e["n_samples"] > 0, where
+
+
+def test_names_are_dpmbench_names() -> None:
+    from evaluators.registry import list_metrics
+
+    metrics = set(list_metrics())
+    known_models = set(load_manifests({"checkpoints_manifest": "config/papers/checkpoints.yaml"}))
+    from dpmbench.models.registry import list_models
+
+    known_models |= set(list_models())
+    for name, part, e in _all_rows():
+        where = f"{name} {part}: {e['table']} {e['solver']} NFE {e['nfe']}"
+        assert e["metric"] in metrics, where
+        assert e["model"] in known_models, where
+        if _implemented(e["solver"]):
+            get_solver(e["solver"]).check_nfe(e["nfe"])  # raises DpmbenchError on a bad spec or budget
+        else:
+            assert _solver_name(e["solver"]) in PENDING_SOLVERS, where
+        if "schedule" in e:
+            assert e["schedule"] in ALL_KINDS, where
+        if "guidance" in e:
+            assert e["guidance"] == "none" or (isinstance(e["guidance"], (int, float)) and e["guidance"] > 0), where
+
+
+def test_no_number_is_listed_twice() -> None:
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, part, e in _all_rows():
+        key = (name, str(e["table"]), e["model"], e["metric"], get_solver(e["solver"]).spec if _implemented(
+            e["solver"]) else e["solver"], e["nfe"], e.get("schedule"), str(e.get("guidance")))
+        assert key not in seen, f"{key} in {part} and {seen[key]}"
+        seen[key] = part
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.name)
+def test_paper_configs_validate(path: Path) -> None:
+    grid = build_grid(yaml.safe_load(path.read_text()))
+    assert grid.cells()
+    assert grid.results_dir.startswith("results/papers/") and grid.report_dir.startswith("reports/papers/")
+
+
+def _config_cells() -> dict[tuple[str, str, str, int, str, str], set[float]]:
+    """(model, canonical solver, metric, nfe, schedule, guidance) -> end times, over every paper configuration."""
+    cells: dict[tuple[str, str, str, int, str, str], set[float]] = {}
+    for path in PAPER_CONFIGS:
+        grid = build_grid(yaml.safe_load(path.read_text()))
+        for c in grid.cells():
+            spec = get_solver(grid.spec(c["solver"])).spec
+            for metric in grid.metrics(c["model"]):
+                key = (c["model"], spec, metric, c["nfe"], c["schedule"], c["guidance"])
+                cells.setdefault(key, set()).add(grid.t_end_of(c["model"]))
+    return cells
+
+
+def test_every_published_number_of_an_implemented_solver_has_a_config_cell() -> None:
+    cells = _config_cells()
+    missing = []
+    for name, part, e in _all_rows():
+        if not _implemented(e["solver"]) or "not_in_config" in e:
+            continue
+        key = (e["model"], get_solver(e["solver"]).spec, e["metric"], e["nfe"], e["schedule"],
+               guidance_key(e.get("guidance", "none")))
+        if key not in cells:
+            missing.append(f"{name} {part} table {e['table']}: {key}")
+        elif "t_end" in e and float(e["t_end"]) not in cells[key]:
+            missing.append(f"{name} {part} table {e['table']}: {key} at t_end {e['t_end']} (configs: {cells[key]})")
+    assert not missing, ("published numbers without a config/papers/*.yaml cell (when a pending solver becomes "
+                         "implemented, add it to its paper's config with the paper's options, or give the entry "
+                         f"`not_in_config`): {missing}")
+
+
+def test_paper_config_settings_match_the_papers() -> None:
+    """The per-model settings the paper states (App. D of DPM-Solver-v3) are the ones configured."""
+    cfg = yaml.safe_load((ROOT / "config" / "papers" / "dpm-solver-v3.yaml").read_text())
+    grid = build_grid(cfg)
+    assert grid.t_end_of("scoresde-cifar10-ddpmpp-deep-continuous") == 1e-3
+    assert grid.t_end_of("edm-cifar10-uncond-vp") == 0.002
+    assert max(grid.nfes("scoresde-cifar10-ddpmpp-deep-continuous")) <= 10
+    high = build_grid(yaml.safe_load((ROOT / "config" / "papers" / "dpm-solver-v3-scoresde-nfe-gt10.yaml").read_text()))
+    assert high.t_end_of("scoresde-cifar10-ddpmpp-deep-continuous") == 1e-4
+    assert min(high.nfes("scoresde-cifar10-ddpmpp-deep-continuous")) > 10
+    assert grid.num_samples("edm-cifar10-uncond-vp") == 50000 and grid.num_samples("sd14") == 10000
+    assert grid.reference_args("sd14").startswith("--solver dpm-solver++:order=2,method=multistep --nfe 200 ")
+    assert grid.has_reference("sd14") and not grid.has_reference("edm-cifar10-uncond-vp")
+    assert grid.fid_stats_arg("ldm-lsun-bedroom256") == "--fid-stats lsun-bedroom-256-adm-ref"
+
+
+def _comparison_rows(md: str) -> list[str]:
+    return [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| table ")]
+
+
+def test_report_lists_every_entry_on_empty_results(tmp_path: Path) -> None:
+    (tmp_path / "results").mkdir()
+    assert main(["report", str(tmp_path / "results"), "--out", str(tmp_path / "out"), "--papers", str(PAPERS)]) == 0
+    md = (tmp_path / "out" / "paper_comparison.md").read_text()
+    entries = load_papers(PAPERS)
+    rows = _comparison_rows(md)
+    assert len(rows) == len(entries)
+    for e in entries:
+        assert f"## {e['paper']}" in md
+    assert all("not run: needs checkpoint" in r for r in rows)
+
+
+def test_report_puts_ours_beside_a_published_number(tmp_path: Path) -> None:
+    entries = load_papers(PAPERS)
+    e = next(x for x in entries if _implemented(x["solver"]))
+    res = tmp_path / "results"
+    d = res / e["model"] / f"g{guidance_key(e['guidance'])}" / "seed0" / e["schedule"] / "x"
+    d.mkdir(parents=True)
+    ours = float(e["value"]) + 0.25  # a made-up value of ours: this tests the matching, not a result
+    (d / f"nfe{e['nfe']}.json").write_text(json.dumps({
+        "model": e["model"], "solver": get_solver(e["solver"]).spec, "nfe": e["nfe"], "schedule": e["schedule"],
+        "guidance": None if e["guidance"] == "none" else e["guidance"], "n_samples": 4,
+        "metrics": {e["metric"]: ours}, "ci": {}, "wall_s": 0.0}))
+    write_report(res, tmp_path / "out", papers_dir=PAPERS)
+    rows = _comparison_rows((tmp_path / "out" / "paper_comparison.md").read_text())
+    assert len(rows) == len(entries)
+    matched = [r for r in rows if "+0.25 |" in r]
+    assert len(matched) == 1 and f"| {e['solver']} | {e['nfe']} |" in matched[0]
+    # the other entries of the same model now say which cell is missing, not which checkpoint
+    same_model = [x for x in entries if x["model"] == e["model"]]
+    assert sum("not run: no " in r for r in rows) == len(same_model) - 1
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"page": "7"}, "entries[0] has page='7'; allowed: the PDF page, an integer >= 1"),
+    ({"page": 0}, "entries[0] has page=0"),
+    ({"nfe": 2.5}, "entries[0] has nfe=2.5; allowed: an integer >= 1"),
+    ({"value": "4.7"}, "entries[0] has value='4.7'; allowed: a number"),
+    ({"guidance": -1}, "entries[0] has guidance=-1; allowed: none or a number > 0"),
+    ({"source": ""}, "entries[0] has source=''; allowed: a non-empty string"),
+    ({"printed": "4.71", "value": 4.7}, "entries[0] has printed='4.71'; allowed: the value as printed"),
+])
+def test_bad_entry_types_name_the_field(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    entry = {"table": 1, "page": 3, "model": "gmm-2d", "metric": "fd_true", "solver": "ddim", "nfe": 5,
+             "value": 0.1, "source": "x", **change}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"paper": "X", "entries": [entry]}))
+    with pytest.raises(DpmbenchError) as err:
+        load_papers(tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unpinned_rows_need_a_reason_and_are_not_compared(tmp_path: Path) -> None:
+    row = {"table": 1, "model": "gmm-2d", "metric": "fd_true", "solver": "ddim", "nfe": 5, "value": 0.1}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"paper": "X", "entries": [], "unpinned": [row]}))
+    with pytest.raises(DpmbenchError, match=r"unpinned\[0\] lacks 'why'"):
+        load_papers(tmp_path)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"paper": "X", "entries": [], "unpinned": [{**row, "why": "w"}]}))
+    assert load_papers(tmp_path) == []
+
+
+def test_checkpoint_ids_validate_without_loading_and_unknown_ids_are_named() -> None:
+    base = {"metrics": ["fid"], "nfe": [5], "solvers": ["ddim"],
+            "checkpoints_manifest": "config/papers/checkpoints.yaml"}
+    grid = build_grid({**base, "models": {"sd14": {"num_samples": 4, "guidance": [7.5], "t_end": 0.002}}})
+    assert grid.t_end_of("sd14") == 0.002 and not grid.has_reference("sd14")
+    with pytest.raises(DpmbenchError, match="invalid config key 'models.sd15-typo': unknown model; allowed: gmm-2d"):
+        build_grid({**base, "models": {"sd15-typo": {"num_samples": 4}}})
+    with pytest.raises(DpmbenchError, match="'models.edm-cifar10-uncond-vp.guidance': model 'edm-cifar10-uncond-vp' "
+                                           "is unconditional"):
+        build_grid({**base, "models": {"edm-cifar10-uncond-vp": {"num_samples": 4, "guidance": [2.0]}}})
+    with pytest.raises(DpmbenchError, match="invalid config key 'checkpoints_manifest': no manifest file 'nope.yaml'"):
+        build_grid({**base, "checkpoints_manifest": "nope.yaml", "models": {"gmm-2d": {"num_samples": 4}}})
+    with pytest.raises(DpmbenchError, match="'models.ldm-lsun-bedroom256.reference_stats': unknown reference "
+                                           "statistics 'lsun-typo'"):
+        build_grid({**base, "models": {"ldm-lsun-bedroom256": {"num_samples": 4, "reference_stats": "lsun-typo"}}})
+    with pytest.raises(DpmbenchError, match="'models.sd14.reference_solver'"):
+        build_grid({**base, "models": {"sd14": {"num_samples": 4, "reference_solver": {"solver": "nope", "nfe": 9}}}})
+
+
+def test_snakemake_dry_run_of_a_paper_config_builds_the_dag() -> None:
+    """The workflow (not just the validator) accepts a paper config: checkpoint ids, per-model end times, FID
+    statistics and the GPU reference run of mse_ref reach the jobs' command lines."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
+    assert snakemake, "snakemake not installed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([snakemake, "-n", "-p", "--nolock", "--cores", "1", "--configfile",
+                          "config/papers/dpm-solver-v3.yaml"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = out.stdout + out.stderr
+    assert re.search(r"reference_run\s+2\b", log)  # sd14 at guidance 1.5 and 7.5
+    assert "--model sd14" in log and "--solver dpm-solver++:order=2,method=multistep --nfe 200" in log
+    assert "--fid-stats lsun-bedroom-256-adm-ref" in log and "--fid-stats imagenet-256-adm-ref" in log
+    assert re.search(r"--model edm-cifar10-uncond-vp .*--t-end 0\.002", log)
+    assert re.search(r"--model scoresde-cifar10-ddpmpp-deep-continuous .*--t-end 0\.001", log)
