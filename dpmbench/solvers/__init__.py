@@ -1,5 +1,6 @@
 """Solvers, registered by kebab-case name. Importing this package registers every built-in family."""
 
+import dpmbench.solvers.usf  # noqa: F401  (registration: USF solver schedules)
 from dpmbench.solvers import ddim, ddpm, deis, dpm_solver, edm, pndm, sa_solver, unipc  # noqa: F401  (registration)
 from dpmbench.solvers.base import SOLVERS, Option, Plan, Point, Solver, get_solver, list_solvers, parse_spec
 
