@@ -22,7 +22,7 @@ from dpmbench.timesteps import timesteps
 SMALL = {"samples": 128, "random": 32, "generations": 4, "population": 6, "children": 12}
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # many small evaluations: one thread is several times faster on shared cores

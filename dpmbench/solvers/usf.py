@@ -177,6 +177,8 @@ class USF(Solver):
         "search_seed": Option(int, 0, "seed of the search's x_T (search=true)", minimum=0),
     }
 
+    needs_prepare = True  # the class says "may need prepare"; an instance without search=true does not
+
     def validate(self) -> None:
         if self.schedule_name and self.search:
             raise DpmbenchError("invalid option 'search' of solver 'usf' with schedule_name: use one of them")
