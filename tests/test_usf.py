@@ -143,14 +143,18 @@ def test_searched_schedule_beats_dpm_solver_and_unipc_on_held_out_x_T(artifacts:
 
 def test_cli_search_and_sample(capsys: Any, artifacts: Path, tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "search", "usf", "--model", "gmm-2d", "--nfe", "5,6", "--t-end", "1e-3",
-                           "--set", "samples=32,random=4,generations=1,children=4", "--name", "u56")
+                           "--guidance", "2.0", "--set", "samples=32,random=4,generations=1,children=4",
+                           "--name", "u56")
     assert code == 0, err
     data = load_named("u56", "usf")
     assert sorted(data) == ["5", "6"] and len(data["6"]["steps"]) == 6
     code, _, err = run_cli(capsys, "sample", "--model", "gmm-2d", "--solver", "usf:schedule_name=u56", "--nfe",
-                           "5,6", "--num-samples", "8", "--seed", "0", "--t-end", "1e-3",
+                           "5,6", "--num-samples", "8", "--seed", "0", "--t-end", "1e-3", "--guidance", "2.0",
                            "--out", str(tmp_path / "x{nfe}.npz"))
     assert code == 0, err
+    model = load_model("gmm-2d")  # denoise_to_zero keeps the last NFE back: the search=true schedule has 3 steps
+    x = sample(model, "usf:search=true,denoise_to_zero=true", 4, model.prior(4, seed=0), t_end=T_END)
+    assert x.shape == (4, 2)
     code, _, err = run_cli(capsys, "search", "usf", "--model", "gmm-2d", "--nfe", "5", "--set", "orders=4")
     assert code == 2 and "option 'orders' of search 'usf'" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "sample", "--model", "gmm-2d", "--solver", "usf:strategy=foo", "--nfe", "5",

@@ -36,6 +36,7 @@ built-in ``strategy`` (``ddim``, ``dpm-solver++``, ``unipc``, ``3m``; on the run
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -193,6 +194,8 @@ class USF(Solver):
         """search=true: run or load the usf search for (model, NFE, guidance, t range)."""
         if not self.search:
             return {}
+        if self.opts["denoise_to_zero"]:  # the last NFE denoises: the schedule has one step less
+            ctx = dataclasses.replace(ctx, nfe=ctx.nfe - 1)
         key = ctx.key()
         if key not in self._prepared:
             from dpmbench.search import run_search
