@@ -23,11 +23,19 @@ Objectives (option ``objective``):
 Procedure (the paper's iterative optimization, Sec. 3.3): start from the run's schedule (``--schedule``,
 default logSNR), or with ``init=best`` (default) from the best of the standard grids under the objective;
 optionally optimize a grid of ceil(steps/2) steps first and subdivide it (midpoints in lambda inserted in the
-widest steps; kept only if that beats the starting grid); then sweep over the interior points, optimizing each
-with the others fixed by a coarse-to-fine search (``candidates`` positions spread over its bracket
-(lambda_{i-1}, lambda_{i+1}), then ``levels - 1`` refinements around the best), until a sweep improves the
-objective by less than ``tol`` (early stopping) or after ``iterations`` sweeps. The current position is always
-a candidate, so the objective never increases (the recorded ``trace``). Deterministic given the seed.
+widest steps; kept only if that beats the starting grid); then sweep over the interior points (alternating
+direction), optimizing each with the others fixed by a coarse-to-fine search (``candidates`` positions spread
+over its bracket (lambda_{i-1}, lambda_{i+1}), then ``levels - 1`` refinements around the best), until a sweep
+improves the objective by less than ``tol`` (early stopping) or after ``iterations`` sweeps. The current
+position is always a candidate, so the objective never increases (the recorded ``trace``). Deterministic given
+the seed.
+
+Checked on Gaussian data N(0, s^2 I) (tests/test_search_ays.py), where the KLUB of a step has the closed form
+int e^{2 lambda} d s^4 (sigma_s^2 - sigma^2) / ((s^2 + sigma_s^2)(s^2 + sigma^2)) dlambda and, for many steps, is
+minimized by grids uniform in log(sigma^2 / (s^2 + sigma^2)) (per-step cost ~ d s^4 dsigma^2 / (sigma (s^2 +
+sigma^2))^2, equalized): the estimator matches the closed form to ~1%, and the search approaches that grid's KLUB.
+Coordinate descent converges slowly on this chain-coupled objective: with the default 4 sweeps the KLUB is
+still decreasing when the sweep cap stops it (raise ``iterations`` for a closer optimum).
 """
 
 from __future__ import annotations
@@ -236,8 +244,9 @@ def search_ays(ctx: Context, solver: Solver | None, seed: int, opts: dict[str, A
         def optimize(lam: list[float], trace: list[float]) -> list[float]:
             value = total(lam)
             trace.append(value)
-            for _ in range(opts["iterations"]):
-                for i in range(1, len(lam) - 1):
+            for sweep in range(opts["iterations"]):
+                inner = list(range(1, len(lam) - 1))
+                for i in inner if sweep % 2 == 0 else inner[::-1]:  # alternate directions (symmetric sweeps)
                     lam[i], _ = _coarse_to_fine(local(lam, i), lam[i - 1], lam[i + 1], lam[i], opts["candidates"],
                                                 opts["levels"])
                 new = total(lam)
