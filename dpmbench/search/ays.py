@@ -22,20 +22,21 @@ Objectives (option ``objective``):
 
 Procedure (the paper's iterative optimization, Sec. 3.3): start from the run's schedule (``--schedule``,
 default logSNR), or with ``init=best`` (default) from the best of the standard grids under the objective;
-optionally optimize a grid of ceil(steps/2) steps first and subdivide it (midpoints in lambda inserted in the
-widest steps; kept only if that beats the starting grid); then sweep over the interior points (alternating
-direction), optimizing each with the others fixed by a coarse-to-fine search (``candidates`` positions spread
-over its bracket (lambda_{i-1}, lambda_{i+1}), then ``levels - 1`` refinements around the best), until a sweep
-improves the objective by less than ``tol`` (early stopping) or after ``iterations`` sweeps. The current
-position is always a candidate, so the objective never increases (the recorded ``trace``). Deterministic given
-the seed.
+optionally optimize a grid of ceil(steps/2) steps first (recursively) and subdivide it (midpoints in lambda
+inserted in the widest steps; kept only if that beats the starting grid); then sweep over the interior points
+(alternating direction), optimizing each with the others fixed by a coarse-to-fine search (``candidates``
+positions spread over its bracket (lambda_{i-1}, lambda_{i+1}), then ``levels - 1`` refinements around the
+best), until a sweep improves the objective by less than ``tol`` (early stopping) or after ``iterations``
+sweeps. The current position is always a candidate, so the objective never increases (the recorded ``trace``).
+Deterministic given the seed.
 
 Checked on Gaussian data N(0, s^2 I) (tests/test_search_ays.py), where the KLUB of a step has the closed form
 int e^{2 lambda} d s^4 (sigma_s^2 - sigma^2) / ((s^2 + sigma_s^2)(s^2 + sigma^2)) dlambda and, for many steps, is
 minimized by grids uniform in log(sigma^2 / (s^2 + sigma^2)) (per-step cost ~ d s^4 dsigma^2 / (sigma (s^2 +
 sigma^2))^2, equalized): the estimator matches the closed form to ~1%, and the search approaches that grid's KLUB.
-Coordinate descent converges slowly on this chain-coupled objective: with the default 4 sweeps the KLUB is
-still decreasing when the sweep cap stops it (raise ``iterations`` for a closer optimum).
+Coordinate descent converges slowly on this chain-coupled objective (8 steps: 34.2 after 4 sweeps, 21.8 after
+16, optimum 21.2): the sweep cap usually stops it while the objective is still decreasing; raise ``iterations``
+for a closer optimum.
 """
 
 from __future__ import annotations
@@ -59,11 +60,12 @@ OPTIONS = {
     "objective": Option(str, "klub", "klub: the paper's KL upper bound of the discretized SDE (solver-independent); "
                         "exact: RMSE of the solver to the exact ODE solutions (oracle models)",
                         choices=("klub", "exact")),
-    "iterations": Option(int, 4, "at most this many sweeps over the interior points per stage", minimum=1),
+    "iterations": Option(int, 0, "at most this many sweeps over the interior points per stage; 0: 8 for klub, 4 "
+                         "for exact", minimum=0),
     "candidates": Option(int, 6, "candidate positions per point and level of the coarse-to-fine search", minimum=2),
     "levels": Option(int, 2, "coarse-to-fine levels per point (each narrows the bracket around the best)",
                      minimum=1),
-    "samples": Option(int, 0, "klub: data samples x_0; exact: x_T (stream = the search seed); 0: 64 for klub, "
+    "samples": Option(int, 0, "klub: data samples x_0; exact: x_T (stream = the search seed); 0: 32 for klub, "
                       "128 for exact", minimum=0),
     "init": Option(str, "best", "starting grid: 'best' (the best of logsnr, time-uniform, time-quadratic, karras and "
                    "the run's --schedule under the objective) or 'schedule' (the run's --schedule)",
@@ -71,8 +73,8 @@ OPTIONS = {
     "quadrature": Option(int, 3, "klub: Gauss-Legendre nodes per step (in lambda)", minimum=1),
     "tol": Option(float, 2e-3, "early stopping: stop when a sweep lowers the objective by less than this "
                   "fraction", minimum=0.0),
-    "subdivide": Option(bool, True, "optimize ceil(steps/2) steps first, then insert midpoints and refine "
-                        "(the paper's subdivision; skipped for fewer than 4 steps)"),
+    "subdivide": Option(bool, True, "optimize ceil(steps/2) steps first (recursively, down to 3 steps), then "
+                        "insert midpoints and refine (the paper's subdivision)"),
 }
 
 
@@ -210,7 +212,8 @@ def search_ays(ctx: Context, solver: Solver | None, seed: int, opts: dict[str, A
     t0, t1 = ctx.start, ctx.end
     steps = steps_for(solver, ctx.nfe, sch, t0, t1)
     init = ctx.kind if isinstance(ctx.kind, str) and ctx.kind in TIMESTEP_SCHEDULES else "logsnr"
-    n_samples = opts["samples"] or (64 if opts["objective"] == "klub" else 128)
+    n_samples = opts["samples"] or (32 if opts["objective"] == "klub" else 128)
+    sweeps = opts["iterations"] or (8 if opts["objective"] == "klub" else 4)
     with single_thread():
         if opts["objective"] == "klub":
             klub = Klub(ctx, n_samples, seed, opts["quadrature"])
@@ -244,7 +247,7 @@ def search_ays(ctx: Context, solver: Solver | None, seed: int, opts: dict[str, A
         def optimize(lam: list[float], trace: list[float]) -> list[float]:
             value = total(lam)
             trace.append(value)
-            for sweep in range(opts["iterations"]):
+            for sweep in range(sweeps):
                 inner = list(range(1, len(lam) - 1))
                 for i in inner if sweep % 2 == 0 else inner[::-1]:  # alternate directions (symmetric sweeps)
                     lam[i], _ = _coarse_to_fine(local(lam, i), lam[i - 1], lam[i + 1], lam[i], opts["candidates"],
@@ -264,31 +267,44 @@ def search_ays(ctx: Context, solver: Solver | None, seed: int, opts: dict[str, A
         if opts["init"] == "best":
             init = min(kinds, key=lambda k: reference[k])
         stages: list[dict[str, Any]] = []
-        coarse = math.ceil(steps / 2)
-        lam = lam_grid(init, steps)
-        can_coarse = opts["subdivide"] and steps >= 4
-        if can_coarse and opts["objective"] == "exact":  # the solver must run the coarse grid with its own NFE
-            can_coarse = solver is not None and coarse >= solver.min_nfe() and steps_for(
-                solver, coarse, sch, t0, t1) == coarse and steps == ctx.nfe
-            grid_nfe[coarse] = coarse
-        if can_coarse:
-            trace_c: list[float] = []
-            lc = optimize(lam_grid(init, coarse), trace_c)
-            stages.append({"steps": coarse, "trace": trace_c})
-            while len(lc) - 1 < steps:  # subdivide: a midpoint (in lambda) into the widest step
-                j = int(np.argmax(np.diff(lc)))
-                lc.insert(j + 1, 0.5 * (lc[j] + lc[j + 1]))
-            sub_value = total(list(lc))
-            stages[-1]["subdivided"] = sub_value
-            lam = lc if sub_value <= reference[init] else lam  # never start worse than the initial schedule
-        trace: list[float] = []
-        lam = optimize(lam, trace)
-        stages.append({"steps": steps, "trace": trace})
+
+        def coarse_ok(k: int) -> bool:
+            """May a grid of k steps be optimized at ceil(k/2) steps first (the exact objective runs the solver
+            with NFE = steps, so only for solvers taking one step per NFE)?"""
+            c = math.ceil(k / 2)
+            if not opts["subdivide"] or k < 4:
+                return False
+            if opts["objective"] == "exact":
+                if solver is None or c < solver.min_nfe() or steps != ctx.nfe or steps_for(solver, c, sch, t0, t1) != c:
+                    return False
+                grid_nfe[c] = c
+            return True
+
+        def solve(k: int, start: list[float], start_value: float) -> list[float]:
+            """Optimize a k-step grid: coarse-to-fine in resolution (ceil(k/2) steps first, recursively, then
+            midpoints in lambda inserted into the widest steps), then point by point."""
+            lam = start
+            if coarse_ok(k):
+                c = math.ceil(k / 2)
+                lc = solve(c, lam_grid(init, c), total(lam_grid(init, c)))
+                while len(lc) - 1 < k:  # subdivide: a midpoint (in lambda) into the widest step
+                    j = int(np.argmax(np.diff(lc)))
+                    lc.insert(j + 1, 0.5 * (lc[j] + lc[j + 1]))
+                sub_value = total(list(lc))
+                stages[-1]["subdivided"] = sub_value
+                lam = lc if sub_value <= start_value else lam  # never start worse than the initial schedule
+            trace_k: list[float] = []
+            lam = optimize(list(lam), trace_k)
+            stages.append({"steps": k, "trace": trace_k})
+            return lam
+
+        lam = solve(steps, lam_grid(init, steps), reference[init])
+        trace = stages[-1]["trace"]
         t = sch.t_of_lambda(torch.tensor(lam, dtype=torch.float64))
         t[0], t[-1] = t0, t1
         if not bool((t[1:] < t[:-1]).all()):
             raise RuntimeError("ays search produced a non-decreasing grid")
     return {"grids": {str(steps): t.tolist()}, "objective": opts["objective"], "value": trace[-1],
-            "initial": {"kind": init, "value": reference[init]}, "samples": n_samples,
+            "initial": {"kind": init, "value": reference[init]}, "samples": n_samples, "sweeps": sweeps,
             "reference": reference, "trace": trace, "stages": stages, "lambdas": lam,
             "solver": solver.spec if solver is not None else None, "steps": steps}
