@@ -92,14 +92,14 @@ def test_klub_decreases_and_what_it_buys(digits: dict[str, Any]) -> None:
     r = run_search("ays", Context(model, 5, "logsnr", None, T_END), None, 0, opts)
     for stage in r["stages"]:  # the coarse (3-step) stage, then the subdivided 5-step grid
         assert all(b <= a for a, b in zip(stage["trace"], stage["trace"][1:], strict=False)), r["stages"]
-    assert r["trace"][-1] < 0.5 * r["reference"]["logsnr"], r  # measured 279 vs 1100 (logSNR), 20400 (uniform)
+    assert r["trace"][-1] < 0.5 * r["reference"]["logsnr"], r  # measured 310 vs 1100 (logSNR), 20400 (uniform)
     assert r["reference"]["logsnr"] < r["reference"]["time-uniform"]  # the KLUB ranks logSNR above time-uniform
     # an independent evaluation of the same KLUB (fresh estimator) agrees with the search's value
     klub = Klub(Context(model, 5, "logsnr", None, T_END), 32, 0, 3)
     assert abs(klub.total(r["lambdas"]) - r["value"]) < 1e-9 * r["value"]
     g = torch.tensor(r["grids"]["5"], dtype=torch.float64)
     ours, logsnr = _err(digits, "dpm-solver++", 5, g), _err(digits, "dpm-solver++", 5, "logsnr")
-    assert ours > logsnr, (ours, logsnr)  # measured 0.284 vs 0.150: the KLUB is not the ODE error here
+    assert ours > logsnr, (ours, logsnr)  # measured 0.258 vs 0.150: the KLUB is not the ODE error here
 
 
 def test_search_is_deterministic(artifacts: Path) -> None:
