@@ -16,6 +16,8 @@ stored key differs from its name, is treated as absent and recomputed.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
@@ -73,14 +75,31 @@ def keyed_path(kind: str, key: str) -> Path:
     return artifact_dir() / kind / f"{key[:32]}.json"
 
 
-def cached(kind: str, items: tuple[Any, ...], compute: Callable[[], Any], meta: dict[str, Any] | None = None) -> Any:
+@functools.cache
+def _file_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "?"
+
+
+def code_version(fn: Callable[..., Any]) -> str:
+    """A digest of the source file that defines ``fn``: artifacts are recomputed when the code computing them
+    changes (a conservative key: any edit of that module counts)."""
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__func__", None), "__code__", None)
+    return _file_digest(code.co_filename) if code is not None else "?"
+
+
+def cached(kind: str, items: tuple[Any, ...], compute: Callable[[], Any], meta: dict[str, Any] | None = None,
+           code: Callable[..., Any] | None = None) -> Any:
     """The artifact of ``kind`` keyed by ``items``: read it if present, else compute it once (file lock, so
     concurrent jobs wait for the first instead of repeating the work) and store it atomically.
 
     ``compute()`` returns JSON-able data; ``meta`` (JSON-able, e.g. the search's settings and wall time) is
-    stored beside it for people reading the file.
+    stored beside it for people reading the file. The key also holds the version of the code that computes the
+    artifact (``code_version`` of ``code``, default ``compute``'s module), so stale results are never reused.
     """
-    key = artifact_key(kind, *items)
+    key = artifact_key(kind, *items, code_version(code or compute))
     for d in _search_dirs():
         obj = _read(d / kind / f"{key[:32]}.json", key)
         if obj is not None:

@@ -13,7 +13,7 @@ import torch
 from support import run_cli
 
 from dpmbench import load_model, sample
-from dpmbench.artifacts import cached, keyed_path, load_named, save_named
+from dpmbench.artifacts import artifact_key, cached, code_version, keyed_path, load_named, save_named
 from dpmbench.errors import DpmbenchError
 from dpmbench.search import SEARCHES, register_search
 from dpmbench.solvers.base import SOLVERS, Context, Option, register
@@ -48,7 +48,8 @@ def test_cached_computes_once_and_recovers_from_corruption(artifacts: Path) -> N
     assert data == {"x": [1.0, 2.0]} and calls == [1]
     assert cached("toy", ("a", 1), lambda: calls.append(1) or {"x": 0}) == {"x": [1.0, 2.0]} and calls == [1]
     assert cached("toy", ("a", 2), lambda: calls.append(1) or {"x": 3}) == {"x": 3} and len(calls) == 2
-    path = keyed_path("toy", __import__("dpmbench.artifacts", fromlist=["artifact_key"]).artifact_key("toy", "a", 1))
+    key = artifact_key("toy", "a", 1, code_version(_slow_compute))  # computed by lambdas of this module
+    path = keyed_path("toy", key)
     path.write_text(path.read_text()[:10])  # truncated by a killed copy: recomputed, not trusted
     assert cached("toy", ("a", 1), lambda: calls.append(1) or {"x": [1.0, 2.0]}) == {"x": [1.0, 2.0]}
     assert len(calls) == 3 and json.loads(path.read_text())["data"] == {"x": [1.0, 2.0]}

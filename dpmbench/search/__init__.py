@@ -69,7 +69,7 @@ def parse_options(search: Search, raw: dict[str, Any]) -> dict[str, Any]:
         raise bad_value(f"option of search {search.name!r}", sorted(unknown)[0], sorted(search.options) or "none")
     opts = {k: o.default for k, o in search.options.items()}
     for k, v in raw.items():
-        opts[k] = search.options[k].parse(search.name, k, v)
+        opts[k] = search.options[k].parse(search.name, k, v, owner="search")
     return opts
 
 
@@ -92,7 +92,7 @@ def run_search(kind: str, ctx: Context, solver: Solver | None = None, seed: int 
         return data
 
     items = (*ctx.key(), solver.spec if solver else None, seed, sorted(opts.items()))
-    data = cached(f"search-{kind}", items, compute, meta)
+    data = cached(f"search-{kind}", items, compute, meta, code=search.fn)
     if name is not None:
         save_named(name, search.produces, data, meta)
     return data

@@ -29,7 +29,7 @@ class Option:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
 
-    def parse(self, solver: str, key: str, raw: Any) -> Any:
+    def parse(self, solver: str, key: str, raw: Any, owner: str = "solver") -> Any:
         """Convert and validate a value given as text or a Python object."""
         allowed = self.describe()
         try:
@@ -45,11 +45,11 @@ class Option:
             else:
                 value = self.type(raw)
         except (TypeError, ValueError):
-            raise bad_value(f"option {key!r} of solver {solver!r}", raw, allowed) from None
+            raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, allowed) from None
         if self.choices is not None and value not in self.choices:
-            raise bad_value(f"option {key!r} of solver {solver!r}", raw, allowed)
+            raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, allowed)
         if self.minimum is not None and value < self.minimum:
-            raise bad_value(f"option {key!r} of solver {solver!r}", raw, allowed)
+            raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, allowed)
         return value
 
     def describe(self) -> str:
