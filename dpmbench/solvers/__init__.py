@@ -5,7 +5,7 @@ from dpmbench.solvers import (  # noqa: F401  (registration)
     ddpm,
     deis,
     dpm_solver,
-    dpm_solver_v3,  # noqa: F401  (registration)
+    dpm_solver_v3,
     edm,
     pndm,
     sa_solver,

@@ -151,7 +151,9 @@ def _compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples
     dl = np.gradient(l_arr, lam_np, edge_order=2)
     vff = np.array(mom["vff"])
     scale = np.array([float((fm * fm).sum()) for fm in mom["f"]]) + vff  # E ||f||^2
-    # eq. (10); where f hardly varies over the samples (Var f ~ round-off of E||f||^2) s is not identifiable: 0
+    # eq. (10); where f does not vary over the samples at all (Var f at the round-off of E||f||^2, e.g. an isotropic
+    # Gaussian, where f = -l mu) s is not identifiable: 0. Note: at high noise Var f << E||f||^2 and s is noisy for
+    # small K (measured: s ~ 1e3 at lambda_T with K = 16, 8 intervals, which overflows e^S; K >= 64 is safe).
     ok = vff > 1e-12 * scale
     s_arr = np.where(ok, (np.array(mom["cuf"]) - dl * np.array(mom["cyf"])) / np.where(ok, vff, 1.0), 0.0)
     u_m, y_m, f_m = (torch.stack(mom[k]).numpy() for k in ("u", "y", "f"))
