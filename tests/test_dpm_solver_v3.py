@@ -227,3 +227,16 @@ def test_claim_on_gmm2d_as_measured(claim_errors: dict) -> None:
     for base in BASELINES:
         assert errs[V3][0] > 1.5 * errs[base][0] and errs[V3][1] > 1.2 * errs[base][1], (errs[V3], errs[base])
     assert errs[V3][3] < errs["dpm-solver++:order=2"][3], errs
+
+
+def test_order_auto_is_3_unconditional_and_2_guided() -> None:
+    """order=auto (default) follows the official recommendation: 3 for unconditional, 2 for guided sampling."""
+    model = load_model("gmm-2d")
+    x_T, cond = model.prior(8, seed=0, dtype=torch.float64), model.labels(8)
+    small = "dpm-solver-v3:ems_samples=64,ems_steps=16"
+    assert torch.equal(sample(model, small, 6, x_T, t_end=T_END), sample(model, f"{small},order=3", 6, x_T,
+                                                                           t_end=T_END))
+    guided_auto = sample(model, small, 6, x_T, t_end=T_END, guidance=4.0, cond=cond)
+    assert torch.equal(guided_auto, sample(model, f"{small},order=2", 6, x_T, t_end=T_END, guidance=4.0, cond=cond))
+    assert not torch.equal(guided_auto, sample(model, f"{small},order=3", 6, x_T, t_end=T_END, guidance=4.0,
+                                               cond=cond))
