@@ -85,8 +85,8 @@ def x0_jvps(model: Model, x: torch.Tensor, lam: float, v: torch.Tensor, z: torch
     if cond is not None and cond2 is None:
         cond2 = torch.cat([torch.as_tensor(cond), torch.as_tensor(cond)])
     with fwad.dual_level():
-        lam_vec = fwad.make_dual(torch.full((2 * n,), lam, dtype=torch.float64),
-                                 torch.cat([torch.ones(n), torch.zeros(n)]).to(torch.float64))
+        lam_vec = fwad.make_dual(torch.full((2 * n,), lam, dtype=torch.float64, device=x.device),
+                                 torch.cat([torch.ones(n), torch.zeros(n)]).to(torch.float64).to(x.device))
         xd = fwad.make_dual(torch.cat([x, x]), torch.cat([v, z]))
         out = model.x0(xd, model.schedule.t_of_lambda(lam_vec), cond2)
         tangent = fwad.unpack_dual(out).tangent.detach().clone()
@@ -94,19 +94,19 @@ def x0_jvps(model: Model, x: torch.Tensor, lam: float, v: torch.Tensor, z: torch
 
 
 def compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples: int, seed: int,
-                conditional: bool) -> dict[str, Any]:
+                conditional: bool, device: str | torch.device = "cpu") -> dict[str, Any]:
     """See ``_compute_ems``; runs on one intra-op thread (small batches: threads only add contention, measured
     4x slower with 2 threads on a loaded 2-core machine), restoring the thread count afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _compute_ems(model, t_start, t_end, steps, samples, seed, conditional)
+        return _compute_ems(model, t_start, t_end, steps, samples, seed, conditional, device)
     finally:
         torch.set_num_threads(threads)
 
 
 def _compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples: int, seed: int,
-                 conditional: bool) -> dict[str, Any]:
+                 conditional: bool, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Estimate the EMS l, s, b (paper eqs. (9)-(10)) on ``steps + 1`` points uniform in lambda from t_start to
     t_end, with ``samples`` trajectories from x_T = model.prior(samples, seed) (labels model.labels() when
     ``conditional``). Returns JSON-able lists: ``lam`` (increasing), ``l``, ``s``, ``b`` (one flattened data-sized
@@ -116,7 +116,7 @@ def _compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples
     lams = torch.linspace(sch.lambda_(t_start), sch.lambda_(t_end), steps + 1, dtype=torch.float64)
     ts = sch.t_of_lambda(lams)
     dla = _dlog_alpha_dlambda(sch, lams)
-    x = model.prior(samples, seed=seed, dtype=torch.float64)
+    x = model.prior(samples, seed=seed, dtype=torch.float64, device=device)
     cond = model.labels(samples) if conditional else None
     cond2 = None if cond is None else torch.cat([cond, cond])
     dim = x[0].numel()
@@ -129,7 +129,7 @@ def _compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples
         alpha, sigma = sch.alpha(t), sch.sigma(t)
         x0 = model.x0(x, t, cond)
         v = dla[i] * x - (x - alpha * x0)  # dx/dlambda = (dlog alpha/dlambda) x - sigma eps
-        z = (torch.randint(0, 2, x.shape, generator=gen, dtype=torch.float64) * 2.0 - 1.0)  # Rademacher probes
+        z = (torch.randint(0, 2, x.shape, generator=gen, dtype=torch.float64) * 2.0 - 1.0).to(x.device)  # Rademacher
         dx0, jz = x0_jvps(model, x, float(lam), v, z, cond, cond2)
         dx0, jz = dx0.reshape(samples, -1), jz.reshape(samples, -1)
         l_i = 1.0 - alpha * float((z.reshape(samples, -1) * jz).sum(1).mean()) / dim  # eq. (9), Hutchinson
@@ -154,13 +154,13 @@ def _compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples
     l_arr = np.array(l_list)
     dl = np.gradient(l_arr, lam_np, edge_order=2)
     vff = np.array(mom["vff"])
-    scale = np.array([float((fm * fm).sum()) for fm in mom["f"]]) + vff  # E ||f||^2
+    scale = np.array([float((fm * fm).sum()) for fm in mom["f"]]) + vff  # E ||f||^2 (~ ||E f||^2 + Var f)
     # eq. (10); where f does not vary over the samples at all (Var f at the round-off of E||f||^2, e.g. an isotropic
     # Gaussian, where f = -l mu) s is not identifiable: 0. Note: at high noise Var f << E||f||^2 and s is noisy for
     # small K (measured: s ~ 1e3 at lambda_T with K = 16, 8 intervals, which overflows e^S; K >= 64 is safe).
     ok = vff > 1e-12 * scale
     s_arr = np.where(ok, (np.array(mom["cuf"]) - dl * np.array(mom["cyf"])) / np.where(ok, vff, 1.0), 0.0)
-    u_m, y_m, f_m = (torch.stack(mom[k]).numpy() for k in ("u", "y", "f"))
+    u_m, y_m, f_m = (torch.stack(mom[k]).cpu().numpy() for k in ("u", "y", "f"))
     b_arr = u_m - dl[:, None] * y_m - s_arr[:, None] * f_m
     return {"lam": lam_np.tolist(), "l": l_arr.tolist(), "s": s_arr.tolist(), "b": b_arr.tolist(),
             "wall_s": time.perf_counter() - start}
@@ -347,7 +347,7 @@ class DPMSolverV3(MultistepSolver):
         if self._ems_for != items:
             data = cached(EMS_KIND, items, lambda: compute_ems(
                 ctx.model, ctx.start, ctx.end, self.ems_steps, self.ems_samples, self.ems_seed,
-                ctx.guidance is not None), meta={"model": ctx.model.cache_key(), "guidance": ctx.guidance,
+                ctx.guidance is not None, ctx.device), meta={"model": ctx.model.cache_key(), "guidance": ctx.guidance,
                                                  "t_start": ctx.start, "t_end": ctx.end, "samples": self.ems_samples,
                                                  "steps": self.ems_steps, "seed": self.ems_seed})
             self._ems, self._ems_for = EMS(data["lam"], data["l"], data["s"], data["b"]), items
