@@ -2,7 +2,10 @@
 
 from dpmbench.solvers import ddim, ddpm, deis, dpm_solver, edm, pndm, sa_solver, unipc  # noqa: F401  (registration)
 
-from dpmbench.solvers import usf  # noqa: F401  # isort: skip  (registration, after the families it builds on)
+# isort: off  (registration order: the families built on the ones above come after them)
+from dpmbench.solvers import dpm_solver_v3  # noqa: F401
+from dpmbench.solvers import usf  # noqa: F401
+# isort: on
 from dpmbench.solvers.base import SOLVERS, Option, Plan, Point, Solver, get_solver, list_solvers, parse_spec
 
 __all__ = ["SOLVERS", "Option", "Plan", "Point", "Solver", "get_solver", "list_solvers", "parse_spec"]
