@@ -39,7 +39,7 @@ from support import CountingModel, gmm2d_convergence_setup, measured_order, rmse
 
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
-from dpmbench.models.base import guided
+from dpmbench.models.base import NFECounter, guided
 from dpmbench.solvers.base import Context, History, Point, get_solver
 from dpmbench.solvers.dc_solver import AdamWState, DCSolver, adamw_step, compensated_output
 
@@ -146,8 +146,10 @@ def test_nfe_contract(spec: str, nfe: int) -> None:
 
 def test_unprepared_and_bad_specs() -> None:
     sol = get_solver("dc-solver")
+    m = load_model("gmm-2d")
+    plan = sol.make_plan(5, m.schedule)  # a plan can be made (to validate a run) before prepare, not run
     with pytest.raises(DpmbenchError, match="not prepared"):
-        sol.make_plan(5, load_model("gmm-2d").schedule)
+        sol.run(NFECounter(m), m.prior(2), plan)
     for spec, msg in [("dc-solver:ratios=best", "allowed: search, cpr, fixed"),
                       ("dc-solver:cpr_nfes=5/x", "'/'-separated integers >= 2"),
                       ("dc-solver:cpr_nfes=1/5", "'/'-separated integers >= 2"),
@@ -277,5 +279,9 @@ def test_cli_search_and_prepare(capsys: Any, tmp_path: Path) -> None:
                              "--t-end", "1e-3", "--out", str(tmp_path / "p.json"))
     assert code == 0, err
     assert json.loads((tmp_path / "p.json").read_text())["prepared"]["5"]["ratios"] == data["ratios"]
+    code, out, err = run_cli(capsys, "sample", "--model", "gmm-2d", "--solver", "dc-solver", "--nfe", "5,6",
+                             "--num-samples", "8", "--seed", "0", "--t-end", "1e-3", "--guidance", "7.5",
+                             "--out", str(tmp_path / "x{nfe}.npz"))
+    assert code == 0, err
     code, out, err = run_cli(capsys, "search", "dc-ratios", "--model", "gmm-2d", "--nfe", "5", "--solver", "ddim")
     assert code != 0 and "allowed: dc-solver" in err and len(err.strip().splitlines()) == 1

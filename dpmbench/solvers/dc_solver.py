@@ -244,14 +244,15 @@ class DCSolver(UniPC):
         p = super().plan(nfe, schedule, kind, t_start, t_end)
         steps = len(p.orders)
         ratios = [self.ratio] * steps if self.ratios == "fixed" else self._active
-        if ratios is None or len(ratios) != steps:
-            raise DpmbenchError(f"invalid use of solver {self.spec!r}: its ratios for {steps} steps are not prepared "
-                                "(run prepare(ctx) first; dpmbench.sample does)")
-        p.extra["dc_ratios"] = list(ratios)
+        # None until prepared (a plan may be made to validate a run before its preparation)
+        p.extra["dc_ratios"] = list(ratios) if ratios is not None and len(ratios) == steps else None
         return p
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         self._run_ratios = plan.extra["dc_ratios"]
+        if self._run_ratios is None:
+            raise DpmbenchError(f"invalid use of solver {self.spec!r}: its ratios for {len(plan.orders)} steps are "
+                                "not prepared (run prepare(ctx) first; dpmbench.sample does)")
         return super().solve(model, x, plan)
 
     def refine(self, hist: History, step: int) -> None:
