@@ -24,16 +24,17 @@ DEFAULT = yaml.safe_load((Path(__file__).parents[1] / "config" / "default.yaml")
 def test_every_solver_uses_exactly_its_nfe(spec: str, nfe: int) -> None:
     base = load_model("gmm-2d")
     x_T = base.prior(4, seed=0)
+    sol = get_solver(spec)
     model = CountingModel(base)
-    if get_solver(spec).needs_prepare:  # statistics/searches run in prepare, outside the budget: cache them first
-        sample(model, spec, nfe, x_T)
-        sample(model, spec, nfe, x_T, guidance=7.5, cond=base.labels(4))
+    if sol.needs_prepare:  # statistics/searches run in prepare, outside the budget: cache them first
+        sample(model, sol, nfe, x_T)
+        sample(model, sol, nfe, x_T, guidance=7.5, cond=base.labels(4))
         model.calls = 0
-    out = sample(model, spec, nfe, x_T)
+    out = sample(model, sol, nfe, x_T)
     assert model.calls == nfe and out.shape == x_T.shape and bool(torch.isfinite(out).all())
     # guided: one guided evaluation = 1 NFE, made of a conditional and an unconditional call
     model.calls = 0
-    sample(model, spec, nfe, x_T, guidance=7.5, cond=base.labels(4))
+    sample(model, sol, nfe, x_T, guidance=7.5, cond=base.labels(4))
     assert model.calls == 2 * nfe
 
 

@@ -358,6 +358,11 @@ class MultistepSolver(Solver):
         """How many past model outputs the update and the corrector need."""
         return self.max_order()
 
+    def refine(self, hist: History, step: int) -> None:
+        """Hook run once the model output of step ``step`` is pushed: it may replace ``hist[-1].out`` before the
+        predictor of this step and the corrector of the next one use it (DC-Solver's dynamic compensation).
+        Default: none."""
+
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         hist = History(self.history_size())
         x_prev: torch.Tensor | None = None
@@ -368,6 +373,7 @@ class MultistepSolver(Solver):
             if x_prev is not None:
                 x = self.correct(x_prev, x, hist, s, out, plan.orders[i - 1])
             hist.push(s, out)
+            self.refine(hist, i)
             x_prev = x
             x = self.update(x, hist, t, order)
         return x
