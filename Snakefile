@@ -31,6 +31,7 @@ validate(config, SCHEMA, set_default=True)  # cannot fail any more; fills the sc
 include: "workflows/common.smk"
 include: "workflows/checkpoints.smk"
 include: "workflows/reference.smk"
+include: "workflows/search.smk"
 include: "workflows/sample.smk"
 include: "workflows/metrics.smk"
 include: "workflows/report.smk"

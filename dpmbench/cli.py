@@ -1,4 +1,4 @@
-"""Command line: ``dpmbench list|sample|reference|evaluate|report``. Bad input: one line, exit code 2."""
+"""Command line: ``dpmbench list|sample|reference|evaluate|report|regress|pull``. Bad input: one line, exit code 2."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ls = sub.add_parser("list", help="list solvers, models, metrics or schedules")
-    ls.add_argument("what", choices=["solvers", "models", "metrics", "schedules"])
+    ls.add_argument("what", choices=["solvers", "models", "metrics", "schedules", "searches"])
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--model", required=True)
@@ -90,6 +90,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     s.add_argument("--start", type=_nonneg_int("--start"), default=0,
                    help="index of the first sample (a shard: samples START..START+K-1 of the seed's stream)")
+
+    se = sub.add_parser("search", help="run a search (time grid, solver schedule, ...) and save it by name")
+    se.add_argument("kind", help="a search name (`dpmbench list searches`)")
+    se.add_argument("--model", required=True)
+    se.add_argument("--nfe", type=_nfe_list, required=True, help="an NFE budget or a comma list")
+    se.add_argument("--solver", default=None, help="NAME[:key=value,...]: the solver searched for")
+    se.add_argument("--guidance", type=_float("--guidance"), default=None)
+    se.add_argument("--schedule", default="logsnr", help="the timestep schedule the search starts from")
+    se.add_argument("--t-end", type=_float("--t-end"), default=None)
+    se.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
+    se.add_argument("--set", default="", help="search options key=value,...")
+    se.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    se.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    se.add_argument("--name", default=None, help="save the result as this named artifact (e.g. for "
+                    "--schedule searched:NAME)")
+    se.add_argument("--out", default=None, help="also write the result to this JSON file")
+
+    pr = sub.add_parser("prepare", help="compute a solver's cached artifacts (searches, model statistics) once")
+    pr.add_argument("--model", required=True)
+    pr.add_argument("--solver", required=True, help="NAME[:key=value,...]")
+    pr.add_argument("--nfe", type=_nfe_list, required=True)
+    pr.add_argument("--guidance", type=_float("--guidance"), default=None)
+    pr.add_argument("--schedule", default="logsnr")
+    pr.add_argument("--t-end", type=_float("--t-end"), default=None)
+    pr.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    pr.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    pr.add_argument("--out", required=True, help="JSON summary of what was prepared")
 
     r = sub.add_parser("reference", help="exact ODE solutions of an oracle model (or a high-NFE solver run) "
                        "from the same x_T")
@@ -129,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--papers", default=None,
                      help="directory of published numbers (papers/*.yaml; default: ./papers if it exists)")
 
+    pl = sub.add_parser("pull", help="download and verify (sha256) a checkpoint of the manifest")
+    pl.add_argument("id", help="a checkpoint id (`dpmbench list models`)")
+    pl.add_argument("--manifest", default=None, help="a manifest or run config whose `checkpoints:` entries add to "
+                    "(or override) config/checkpoints.yaml")
+    pl.add_argument("--offline", action="store_true", help="never open a connection (also DPMBENCH_OFFLINE=1): "
+                    "verify what is there and say which file to place where")
+    pl.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     reg = sub.add_parser("regress", help="fail (exit 1) when results are worse than a baseline")
     reg.add_argument("--baseline", required=True)
     reg.add_argument("--results", required=True)
@@ -152,18 +187,43 @@ def cmd_list(args: argparse.Namespace) -> None:
                 default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
                 print(f"    {key}={default}  [{opt.describe()}]  {opt.doc}")
     elif args.what == "models":
+        from dpmbench.checkpoints import checkpoint_dir, load_manifest
         from dpmbench.models.registry import load_model
 
         for name in ORACLES:
             m = load_model(name)
             cond = f", {m.num_classes} classes" if m.num_classes else ""
             print(f"{name}: oracle, shape {tuple(m.shape)}{cond}; {getattr(m, 'description', '')}")
+        for name, e in load_manifest().items():
+            src = e.source.get("hf") or e.source.get("url") or "manual download"
+            cond = "" if e.conditioning == "none" else f", {e.conditioning}-conditioned"
+            pulled = "pulled" if all((checkpoint_dir(e) / f.path).is_file() for f in e.files) else "not pulled"
+            print(f"{name}: checkpoint ({e.adapter}), {e.resolution}px{cond}, {e.schedule}/{e.parameterization}, "
+                  f"license {e.license}; {src}; {pulled}")
     elif args.what == "metrics":
         for name, metric in METRICS.items():
             print(f"{name}: {metric.doc}")
+    elif args.what == "searches":
+        from dpmbench.artifacts import list_named
+        from dpmbench.search import SEARCHES, list_searches
+
+        for name in list_searches():
+            srch = SEARCHES[name]
+            print(f"{name}: {srch.summary} (produces {srch.produces})")
+            print(f"    source: {srch.source}")
+            for key, opt in srch.options.items():
+                default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
+                print(f"    {key}={default}  [{opt.describe()}]  {opt.doc}")
+        for name, kind in list_named().items():
+            print(f"saved {kind}: {name}")
     else:
+        from dpmbench.artifacts import list_named
+
         for name in ALL_KINDS:
             print(name)
+        for name, kind in list_named().items():
+            if kind == "timesteps":
+                print(f"searched:{name}")
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -216,22 +276,106 @@ def cmd_sample(args: argparse.Namespace) -> None:
     meta = _meta(args, model, t_end)
     for nfe in args.nfe:  # a killed earlier run may have left temporary files of these outputs
         _remove_stale_temporaries(args.out.replace("{nfe}", str(nfe)))
+    decode = getattr(model, "decode", None)  # latent models: also write the decoded uint8 `images`
     for nfe in args.nfe:
         start = time.perf_counter()
-        chunks, used = [], []
+        chunks, used, images, decode_s = [], [], [], 0.0
         for lo, hi in _batches(args.num_samples, args.batch_size):
             lo, hi = lo + args.start, hi + args.start  # sample i depends only on (seed, i): any sharding agrees
             x_T = model.prior(hi - lo, seed=args.seed, dtype=dtype, device=device, start=lo)
             cond = None if args.guidance is None else model.labels(hi - lo, start=lo).to(device)
             stats: dict[str, Any] = {}
-            chunks.append(sample(model, sol, nfe, x_T, schedule=args.schedule, t_end=t_end,
-                                 guidance=args.guidance, cond=cond, seed=args.seed, start=lo, stats=stats).cpu())
+            xb = sample(model, sol, nfe, x_T, schedule=args.schedule, t_end=t_end,
+                        guidance=args.guidance, cond=cond, seed=args.seed, start=lo, stats=stats)
+            if decode is not None:
+                d0 = time.perf_counter()
+                images.append(decode(xb).cpu())
+                decode_s += time.perf_counter() - d0
+            chunks.append(xb.cpu())
             used.append(stats["nfe_used"])
         x = torch.cat(chunks)
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - start - decode_s  # sampling only
+        extra = {"images": torch.cat(images).numpy(), "decode_wall_s": decode_s} if decode is not None else {}
         save_npz(args.out.replace("{nfe}", str(nfe)), x=x.to(torch.float32).numpy(), nfe=nfe,
                  solver=args.solver.replace(" ", ""), solver_canonical=sol.spec, schedule=str(args.schedule),
-                 wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic, **meta)  # nfe_used < nfe: adaptive only
+                 wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic,
+                 **extra, **meta)  # nfe_used < nfe: adaptive only
+
+
+def _context(args: argparse.Namespace, model: Any, device: Any, nfe: int) -> Any:
+    import torch
+
+    from dpmbench.models.base import guided
+    from dpmbench.solvers.base import Context
+
+    dtype = torch.float32 if args.dtype == "float32" else torch.float64
+    t_end = model.schedule.t_end_default if args.t_end is None else args.t_end
+    return Context(guided(model, args.guidance), nfe, args.schedule, None, t_end, args.guidance, dtype, device)
+
+
+def _options(text: str) -> dict[str, str]:
+    from dpmbench.solvers.base import parse_spec
+
+    return parse_spec("search:" + text)[1] if text.strip() else {}
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from dpmbench.artifacts import check_name, save_named
+    from dpmbench.io import save_json
+    from dpmbench.search import get_search, parse_options, run_search
+    from dpmbench.solvers.base import get_solver
+
+    search = get_search(args.kind)
+    opts = _options(args.set)
+    parse_options(search, opts)  # validate before any work
+    if args.name is not None:
+        check_name(args.name)
+    model, device = _setup(args)
+    sol = None if args.solver is None else get_solver(args.solver)
+    if search.needs_solver and sol is None:
+        raise DpmbenchError(f"invalid --solver None: search {args.kind!r} needs the solver it searches for")
+    for nfe in args.nfe:
+        if sol is not None:
+            sol.check_nfe(nfe)
+    results = {}
+    with torch.no_grad():
+        for nfe in tqdm(args.nfe, desc=f"search {args.kind}", disable=len(args.nfe) < 2):
+            results[nfe] = run_search(args.kind, _context(args, model, device, nfe), sol, args.seed, opts)
+    if search.produces == "timesteps":  # one artifact holds the grids of every NFE searched
+        data: Any = {"grids": {k: v for r in results.values() for k, v in r["grids"].items()},
+                     "details": {str(n): {k: v for k, v in r.items() if k != "grids"} for n, r in results.items()}}
+    else:
+        data = {str(n): r for n, r in results.items()} if len(results) > 1 else next(iter(results.values()))
+    meta = {"search": args.kind, "model": args.model, "nfe": args.nfe, "solver": args.solver,
+            "guidance": args.guidance, "schedule": args.schedule, "t_end": args.t_end, "seed": args.seed,
+            "options": opts}
+    if args.name is not None:
+        print(save_named(args.name, search.produces, data, meta))
+    if args.out is not None:
+        save_json(args.out, {"meta": meta, "data": data})
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from dpmbench.io import save_json
+    from dpmbench.solvers.base import get_solver
+
+    model, device = _setup(args)
+    sol = get_solver(args.solver)
+    for nfe in args.nfe:  # validate everything before any work
+        sol.check_nfe(nfe)
+    done: dict[str, Any] = {}
+    start = time.perf_counter()
+    with torch.no_grad():
+        for nfe in tqdm(args.nfe, desc=f"prepare {sol.spec}", disable=not sol.needs_prepare):
+            done[str(nfe)] = sol.prepare(_context(args, model, device, nfe)) if sol.needs_prepare else {}
+    save_json(args.out, {"model": args.model, "solver": sol.spec, "guidance": args.guidance,
+                         "schedule": args.schedule, "prepared": done, "wall_s": time.perf_counter() - start})
 
 
 def _remove_stale_temporaries(out: str) -> None:
@@ -355,6 +499,23 @@ def cmd_report(args: argparse.Namespace) -> None:
     write_report(args.results_dir, args.out, papers_dir=args.papers)
 
 
+def cmd_pull(args: argparse.Namespace) -> None:
+    import warnings
+
+    from dpmbench.checkpoints import get_entry, load_manifest, pull
+
+    manifest = load_manifest()
+    if args.manifest:
+        manifest.update(load_manifest(args.manifest))
+    entry = get_entry(args.id, manifest)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        root = pull(entry, offline=True if args.offline else None, progress=not args.no_progress)
+    for w in caught:
+        print(f"dpmbench: warning: {w.message}", file=sys.stderr)
+    print(f"{entry.id}: {len(entry.files)} file(s) verified in {root}")
+
+
 def cmd_regress(args: argparse.Namespace) -> int:
     from dpmbench.regress import load_tolerances, regress
 
@@ -372,7 +533,8 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": cmd_list, "sample": cmd_sample, "reference": cmd_reference,
-            "evaluate": cmd_evaluate, "report": cmd_report, "regress": cmd_regress}
+            "evaluate": cmd_evaluate, "report": cmd_report, "regress": cmd_regress,
+            "search": cmd_search, "prepare": cmd_prepare, "pull": cmd_pull}
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

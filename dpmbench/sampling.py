@@ -10,7 +10,7 @@ import torch
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import Model, NFECounter, NoiseSource, guided
 from dpmbench.models.registry import load_model
-from dpmbench.solvers.base import Plan, Solver, get_solver
+from dpmbench.solvers.base import Context, Plan, Solver, get_solver
 
 
 def make_plan(
@@ -44,6 +44,9 @@ def sample(
     and device. Stochastic solvers draw the noise of step k for sample ``start + i`` from (``seed``, k), so
     results do not depend on batching.
 
+    Solvers with ``needs_prepare`` first run ``solver.prepare`` (searches, model statistics; cached artifacts)
+    with the uncounted model: that work is outside the sampling budget, as in the papers.
+
     NFE contract: a fixed-step solver spends exactly ``nfe`` evaluations (asserted). An adaptive solver
     (``solver.adaptive``, e.g. ``dpm-solver:method=adaptive``) takes a data-dependent number of steps: for it
     ``nfe`` is a cap that it never exceeds (asserted), and the evaluations actually spent are reported in
@@ -55,7 +58,12 @@ def sample(
     if guidance is not None and cond is None:
         raise DpmbenchError("invalid cond None: guidance needs class labels (cond)")
     net = guided(model, guidance)
-    sol, plan = make_plan(net, solver, nfe, schedule, t_start, t_end)
+    sol = get_solver(solver)
+    sol.check_nfe(nfe)
+    if sol.needs_prepare:
+        with torch.no_grad():
+            sol.prepare(Context(net, nfe, schedule, t_start, t_end, guidance, x_T.dtype, x_T.device))
+    plan = sol.make_plan(nfe, net.schedule, schedule, t_start, t_end)
     counter = NFECounter(net, cond, NoiseSource(seed, start, x_T) if sol.stochastic else None)
     with torch.no_grad():
         x = sol.run(counter, x_T, plan)

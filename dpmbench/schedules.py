@@ -187,6 +187,17 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     return out.reshape(x.shape)
 
 
+def _cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
+    """Improved-DDPM cosine betas, beta_i = min(1 - abar((i+1)/n) / abar(i/n), 0.999) with
+    abar(t) = cos((t + 0.008) / 1.008 * pi / 2)^2 (Nichol & Dhariwal 2021, eq. 17; diffusers' ``squaredcos_cap_v2``,
+    ``betas_for_alpha_bar``), in float64."""
+
+    def abar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), max_beta) for i in range(n)], dtype=torch.float64)
+
+
 class VPDiscrete(_VP):
     """Discrete-time DDPM betas; t_n = (n + 1) / N and log alpha piecewise linear in t (DPM-Solver App. D)."""
 
@@ -208,8 +219,10 @@ class VPDiscrete(_VP):
                     betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
                 elif beta_schedule == "scaled_linear":
                     betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
+                elif beta_schedule == "squaredcos_cap_v2":
+                    betas = _cosine_betas(n)
                 else:
-                    raise bad_value("beta_schedule", beta_schedule, ["linear", "scaled_linear"])
+                    raise bad_value("beta_schedule", beta_schedule, ["linear", "scaled_linear", "squaredcos_cap_v2"])
             betas = torch.as_tensor(betas, dtype=torch.float64)
             log_alpha = 0.5 * torch.cumsum(torch.log1p(-betas), dim=0)
         else:

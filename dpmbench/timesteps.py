@@ -91,6 +91,29 @@ TIMESTEP_SCHEDULES: dict[str, Callable[[int, NoiseSchedule, float, float], torch
     **{f"ays-{family}": _ays(family) for family in AYS_SIGMAS},
 }
 ALL_KINDS = [*TIMESTEP_SCHEDULES, "custom"]
+SEARCHED = "searched:"
+
+
+def searched_grid(name: str, steps: int, t0: float, t1: float) -> torch.Tensor:
+    """The time grid of ``steps`` steps saved by a search as the named artifact ``name`` (``searched:NAME``).
+
+    The artifact holds ``{"grids": {"<steps>": [t_0, ..., t_steps]}}``; its end points must be the run's
+    ``t_start`` and ``t_end`` (a grid searched for other end points is not silently stretched).
+    """
+    from dpmbench.artifacts import load_named
+
+    data = load_named(name, "timesteps")
+    grids = data.get("grids", {}) if isinstance(data, dict) else {}
+    if str(steps) not in grids:
+        raise DpmbenchError(f"invalid schedule searched:{name} for {steps} steps: it has grids for steps "
+                            f"{', '.join(sorted(grids, key=int)) or 'none'}")
+    t = torch.tensor(grids[str(steps)], dtype=torch.float64)
+    if not (math.isclose(float(t[0]), t0, rel_tol=1e-9) and math.isclose(float(t[-1]), t1, rel_tol=1e-9)):
+        raise DpmbenchError(f"invalid schedule searched:{name}: it spans t {float(t[0])}..{float(t[-1])}, the run "
+                            f"needs {t0}..{t1} (search it with the same t_start/t_end)")
+    if not bool((t[1:] < t[:-1]).all()):
+        raise DpmbenchError(f"invalid schedule searched:{name}: times must be strictly decreasing")
+    return t
 
 
 def timesteps(
@@ -112,10 +135,12 @@ def timesteps(
         if not bool((t[1:] < t[:-1]).all()):
             raise DpmbenchError("invalid custom timesteps: times must be strictly decreasing")
         return t
-    if kind not in TIMESTEP_SCHEDULES:
-        raise bad_value("schedule", kind, ALL_KINDS)
     t0 = float(schedule.T if t_start is None else t_start)
     t1 = float(schedule.t_end_default if t_end is None else t_end)
+    if kind.startswith(SEARCHED):
+        return searched_grid(kind[len(SEARCHED):], steps, t0, t1)
+    if kind not in TIMESTEP_SCHEDULES:
+        raise bad_value("schedule", kind, [*ALL_KINDS, "searched:NAME"])
     if not t1 < t0:
         raise DpmbenchError(f"invalid t_end {t1}: must be smaller than t_start {t0}")
     if steps < 1:

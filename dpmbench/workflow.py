@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import tempfile
@@ -130,12 +131,14 @@ class _Registry:
                 save_json(self.path, self.data)
 
     def models(self) -> list[str]:
+        """The oracle models (checkpoint ids come from the manifest, read on every parse, not cached)."""
+
         def compute() -> list[str]:
-            from dpmbench.models.registry import list_models
+            from dpmbench.models.registry import ORACLES
 
-            return list(list_models())
+            return list(ORACLES)
 
-        return self._get("list:models", compute)
+        return self._get("list:oracles", compute)
 
     def schedules(self) -> list[str]:
         def compute() -> list[str]:
@@ -178,6 +181,24 @@ class _Registry:
 
         return self._get(f"solver:{spec}|{'' if nfe is None else nfe}", compute)
 
+    def solver_prepares(self, spec: str) -> bool:
+        """Whether the solver computes cached artifacts before sampling (``needs_prepare``)."""
+
+        def compute() -> bool:
+            from dpmbench.solvers.base import get_solver
+
+            return bool(get_solver(spec).needs_prepare)
+
+        return self._get(f"prepares:{spec}", compute)
+
+    def searches(self) -> list[str]:
+        def compute() -> list[str]:
+            from dpmbench.search import list_searches
+
+            return list(list_searches())
+
+        return self._get("list:searches", compute)
+
 
 @dataclass
 class ModelGrid:
@@ -212,7 +233,9 @@ class Grid:
         self.specs: dict[str, str] = {}  # slug -> spec
         metrics_known = reg.metrics()
         schedules_known = reg.schedules()
-        models_known = reg.models()
+        self.offline: bool = str(c.get("offline", False)).strip().lower() in ("true", "1", "yes")
+        manifest = checkpoint_manifest(c)
+        models_known = [*reg.models(), *(k for k in manifest if k not in reg.models())]
         if "seed" in c and "seeds" in c:
             raise _bad("seed", "give either 'seed' or 'seeds', not both")
         top = {
@@ -221,6 +244,9 @@ class Grid:
             "metrics": c["metrics"], "samples_per_shard": c.get("samples_per_shard", 100_000),
             "batch_size": c.get("batch_size"),
         }
+        self.searches = self._check_searches(c.get("searches", {}), reg, models_known)
+        self.schedule_specs: dict[str, str] = {}  # path slug -> schedule (``searched:NAME`` -> ``searched__NAME``)
+        self.prepares: set[str] = set()  # solver slugs with a prepare step
         self.models: dict[str, ModelGrid] = {}
         self._has_reference: dict[str, bool] = {}
         for name, mc in c["models"].items():
@@ -235,9 +261,12 @@ class Grid:
                 if m not in metrics_known:
                     raise _bad(f"{where['metrics']}[{i}]", f"unknown metric {m!r}; allowed: {', '.join(metrics_known)}")
             for i, s in enumerate(eff["schedules"]):
-                if s not in schedules_known:
-                    raise _bad(f"{where['schedules']}[{i}]",
-                               f"unknown schedule {s!r}; allowed: {', '.join(schedules_known)}")
+                if s.startswith("searched:"):
+                    self._check_searched(s, f"{where['schedules']}[{i}]", name, eff["nfe"])
+                elif s not in schedules_known:
+                    raise _bad(f"{where['schedules']}[{i}]", f"unknown schedule {s!r}; allowed: "
+                               f"{', '.join(schedules_known)}, or searched:NAME with NAME in searches")
+                self.schedule_specs[slug(s)] = s
             slugs = []
             for i, spec in enumerate(eff["solvers"]):
                 problem = reg.solver_error(spec)
@@ -252,8 +281,14 @@ class Grid:
                     raise _bad(f"{where['solvers']}[{i}]", f"{spec!r} and {self.specs[key]!r} share a path name")
                 self.specs[key] = spec
                 slugs.append(key)
+                if reg.solver_prepares(spec):
+                    self.prepares.add(key)
             guidance = [guidance_key(g) for g in eff["guidance"]]
-            info = reg.model(name)
+            if name in manifest and name not in reg.models():  # a checkpoint: facts from its entry, nothing loaded
+                e = manifest[name]
+                info = {"num_classes": e.num_classes or (1 if e.conditioning != "none" else 0), "exact": False}
+            else:
+                info = reg.model(name)
             self._has_reference[name] = info["exact"]
             if any(g != "none" for g in guidance) and not info["num_classes"]:
                 raise _bad(where["guidance"], f"model {name!r} is unconditional; allowed: [none]")
@@ -261,14 +296,82 @@ class Grid:
             per = int(eff["samples_per_shard"])
             self.models[name] = ModelGrid(
                 name=name, num_samples=n, samples_per_shard=per, nfe=sorted(int(v) for v in eff["nfe"]),
-                solvers=slugs, schedules=list(eff["schedules"]), guidance=guidance,
+                solvers=slugs, schedules=[slug(v) for v in eff["schedules"]], guidance=guidance,
                 seeds=[int(s) for s in eff["seeds"]], metrics=list(eff["metrics"]),
                 batch_size=None if eff["batch_size"] is None else int(eff["batch_size"]),
                 shards=[(lo, min(lo + per, n)) for lo in range(0, n, per)],
             )
         reg.save()
         self.resources = {s: {**DEFAULT_RESOURCES[s], **c.get("resources", {}).get(s, {})} for s in STAGES}
-        self.checkpoints: dict[str, dict[str, Any]] = dict(c.get("checkpoints", {}))
+        # the checkpoint models of the grid: their files are pulled and verified before any of their jobs
+        self.checkpoints: dict[str, Any] = {m: manifest[m] for m in self.models if m not in reg.models()}
+
+    def _check_searches(self, searches: dict[str, Any], reg: _Registry, models_known: list[str]
+                        ) -> dict[str, dict[str, Any]]:
+        """Validate the ``searches`` section: name -> {search, model, nfe, solver, guidance, seed, set, schedule}."""
+        from dpmbench.artifacts import check_name
+
+        known = reg.searches()
+        for name, sc in searches.items():
+            try:
+                check_name(name)
+            except DpmbenchError as exc:
+                raise _bad(f"searches.{name}", str(exc)) from None
+            if sc["search"] not in known:
+                raise _bad(f"searches.{name}.search", f"unknown search {sc['search']!r}; allowed: {', '.join(known)}")
+            if sc["model"] not in models_known:
+                raise _bad(f"searches.{name}.model", f"unknown model; allowed: {', '.join(models_known)}")
+            if "solver" in sc:
+                for n in sc["nfe"]:
+                    problem = reg.solver_error(sc["solver"], int(n))
+                    if problem:
+                        raise _bad(f"searches.{name}.solver", problem)
+        return dict(searches)
+
+    def _check_searched(self, schedule: str, key: str, model: str, nfes: list[int]) -> None:
+        name = schedule.split(":", 1)[1]
+        if name not in self.searches:
+            raise _bad(key, f"unknown searched schedule {schedule!r}; allowed: searched:NAME with NAME in "
+                       f"searches ({', '.join(self.searches) or 'none defined'})")
+        sc = self.searches[name]
+        missing = sorted(set(int(n) for n in nfes) - set(int(n) for n in sc["nfe"]))
+        if missing:
+            raise _bad(key, f"search {name!r} has no grid for nfe {missing}; its nfe: {sc['nfe']}")
+        if sc["model"] != model:
+            raise _bad(key, f"search {name!r} was made for model {sc['model']!r}, not {model!r}")
+
+    def search_args(self, name: str) -> str:
+        """The ``dpmbench search`` arguments of the named search ``name``."""
+        sc = self.searches[name]
+        args = [sc["search"], "--model", sc["model"], "--nfe", ",".join(str(n) for n in sc["nfe"]),
+                "--seed", str(sc.get("seed", 0)), "--schedule", sc.get("schedule", "logsnr"),
+                "--t-end", repr(self.t_end), "--device", self.device, "--name", name]
+        if sc.get("solver"):
+            args += ["--solver", sc["solver"]]
+        if sc.get("guidance", "none") != "none":
+            args += ["--guidance", str(float(sc["guidance"]))]
+        if sc.get("set"):
+            args += ["--set", sc["set"]]
+        return " ".join(shlex.quote(a) for a in args)
+
+    def schedule(self, schedule_slug: str) -> str:
+        """The schedule behind a path slug."""
+        return self.schedule_specs[schedule_slug]
+
+    def artifacts_dir(self) -> str:
+        """Where the DAG's searched and prepared artifacts live (``DPMBENCH_ARTIFACTS`` of its jobs)."""
+        return f"{self.results_dir}/artifacts"
+
+    def sample_extra_inputs(self, wc: Any) -> list[str]:
+        """The searched schedule and the prepare summary a sample job needs, if any."""
+        out = []
+        sched = self.schedule(wc.schedule)
+        if sched.startswith("searched:"):
+            out.append(f"{self.artifacts_dir()}/named/{sched.split(':', 1)[1]}.json")
+        if wc.solver in self.prepares:
+            out.append(f"{self.results_dir}/{wc.model}/g{wc.guidance}/seed{wc.seed}/{wc.schedule}/{wc.solver}/"
+                       "prepared.json")
+        return out
 
     # -- per-job parameters ------------------------------------------------------------------------------
     def num_samples(self, model: str) -> int:
@@ -369,6 +472,16 @@ class Grid:
     def has_reference(self, model: str) -> bool:
         """Whether ``model`` has exact solutions (oracle models)."""
         return self._has_reference[model]
+
+
+def checkpoint_manifest(config: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint entries a config can use: ``config/checkpoints.yaml`` updated by the config's own
+    ``checkpoints:`` section (``dpmbench.checkpoints``; one-line errors naming ``checkpoints.<id>.<field>``)."""
+    from dpmbench.checkpoints import load_manifest, parse_manifest
+
+    manifest = load_manifest()
+    manifest.update(parse_manifest(config.get("checkpoints") or {}, "the config's checkpoints section"))
+    return manifest
 
 
 def build_grid(config: dict[str, Any], schema: str | os.PathLike[str] | None = None) -> Grid:

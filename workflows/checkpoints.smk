@@ -1,36 +1,33 @@
-# Checkpoint files (config `checkpoints`: model id -> file, sha256, source), verified once before any job of
-# the model. Offline machines get one line saying which file to place where.
-import hashlib
-
+# Checkpoint models (config/checkpoints.yaml, plus the config's own `checkpoints:` entries): `pull_checkpoint`
+# downloads each checkpoint model's files once (resume, sha256 checked before a file is renamed into place) and
+# verifies them, before any job of the model. Offline (`--config offline=true` or DPMBENCH_OFFLINE=1) it never
+# opens a connection and a missing file stops the run with one line naming the file and where to place it.
+# The stamp lists `sha256  path` for every file (sha256sum format, relative to the checkpoint directory); it is
+# redone when the entry's source or pinned files change (params). The oracle models need none.
+from dpmbench.io import atomic_write
 from snakemake.exceptions import WorkflowError
 
 
-def checkpoint_root():
-    return os.path.join(os.environ.get("DPMBENCH_CACHE", os.path.expanduser("~/.cache/dpmbench")), "checkpoints")
-
-
 def checkpoint_input(wildcards):
-    """The verification stamp of the model's checkpoint, if it has one."""
+    """The verification stamp of the model's checkpoint, if it is a checkpoint model."""
     if wildcards.model in GRID.checkpoints:
         return [f"{RESULTS}/.checkpoints/{wildcards.model}.sha256"]
     return []
 
 
-rule checkpoint:
+rule pull_checkpoint:
     output:
         f"{RESULTS}/.checkpoints/{{model}}.sha256",
-    localrule: True
+    params:
+        entry=lambda wc: GRID.checkpoints[wc.model].fingerprint(),
+    localrule: True  # on a cluster, downloads run where the workflow runs (compute nodes are often offline)
     run:
+        from dpmbench.checkpoints import pull, stamp_text
+
         entry = GRID.checkpoints[wildcards.model]
-        path = os.path.join(checkpoint_root(), entry["file"])
-        if not os.path.isfile(path):
-            raise WorkflowError(f"missing checkpoint of model {wildcards.model!r}: place {entry.get('source', 'the file')}"
-                                f" at {path} (sha256 {entry['sha256']})")
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != entry["sha256"]:
-            raise WorkflowError(f"checkpoint {path} has sha256 {h.hexdigest()}, expected {entry['sha256']}")
-        with open(output[0], "w") as fh:
-            fh.write(h.hexdigest() + "\n")
+        try:
+            pull(entry, offline=True if GRID.offline else None)
+            text = stamp_text(entry)
+        except DpmbenchError as exc:
+            raise WorkflowError(f"dpmbench: error: {exc}") from None
+        atomic_write(output[0], lambda tmp: tmp.write_text(text))

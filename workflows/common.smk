@@ -7,6 +7,8 @@ REPORT = GRID.report_dir
 PAPERS = config.get("papers_dir", os.path.join(workflow.basedir, "papers"))
 PY = shlex.quote(sys.executable)
 THREADS_ENV = "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+ARTIFACTS = GRID.artifacts_dir()
+ARTIFACTS_ENV = f"DPMBENCH_ARTIFACTS={shlex.quote(ARTIFACTS)}"  # searched/prepared artifacts are DAG outputs
 
 
 def one_of(names):
@@ -18,6 +20,6 @@ wildcard_constraints:
     model=one_of(GRID.models),
     guidance="none|[0-9.]+",
     seed="[0-9]+",
-    schedule="[a-z0-9-]+",
+    schedule="[A-Za-z0-9_.+-]+",
     solver="[A-Za-z0-9_.+-]+",
     shard="[0-9]+-[0-9]+",

@@ -9,12 +9,14 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             f"sample{_suffix}"
         input:
             checkpoint_input,
+            GRID.sample_extra_inputs,
         output:
             GRID.shard_outputs(_nfes),
         wildcard_constraints:
             model=one_of(_models),
         params:
             spec=lambda wc: shlex.quote(GRID.spec(wc.solver)),
+            schedule=lambda wc: shlex.quote(GRID.schedule(wc.schedule)),
             nfe=",".join(str(n) for n in _nfes),
             lo=lambda wc: int(wc.shard.split("-")[0]),
             n=lambda wc: int(wc.shard.split("-")[1]) - int(wc.shard.split("-")[0]),
@@ -29,7 +31,7 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             runtime=GRID.resource("sample", "runtime"),
             gpu=GRID.resource("sample", "gpu"),
         shell:
-            THREADS_ENV + " {PY} -m dpmbench sample --model {wildcards.model} --solver {params.spec}"
+            THREADS_ENV + " " + ARTIFACTS_ENV + " {PY} -m dpmbench sample --model {wildcards.model} --solver {params.spec}"
             " --nfe {params.nfe} --num-samples {params.n} --start {params.lo} --seed {wildcards.seed}"
-            " --schedule {wildcards.schedule} {params.guidance} --t-end {GRID.t_end} --device {GRID.device}"
+            " --schedule {params.schedule} {params.guidance} --t-end {GRID.t_end} --device {GRID.device}"
             " {params.batch} --out {params.pattern}"

@@ -175,10 +175,13 @@ class Guided(Model):
     def forward(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
         if cond is None:
             raise DpmbenchError("invalid cond None: guided sampling needs class labels or prompts")
-        e_c = self.base.eps(x, t, cond)
         if self.scale == 1.0:
-            return e_c
-        e_u = self.base.eps(x, t, None)
+            return self.base.eps(x, t, cond)
+        pair = getattr(self.base, "eps_cond_uncond", None)  # checkpoint adapters: one batched [cond; uncond] call
+        if pair is not None:
+            e_c, e_u = pair(x, t, cond)
+        else:
+            e_c, e_u = self.base.eps(x, t, cond), self.base.eps(x, t, None)
         return e_u + self.scale * (e_c - e_u)
 
     def exact_solution(self, x_T: torch.Tensor, t_end: float | None = None, **kwargs: Any) -> torch.Tensor:

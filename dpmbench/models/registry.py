@@ -1,15 +1,17 @@
-"""Named models: the embedded oracle models (no download) and, later, checkpoint manifests."""
+"""Named models: the embedded oracle models (no download) and the checkpoints of the manifest
+(``config/checkpoints.yaml``, loaded through ``dpmbench.models.adapters``)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from dpmbench.errors import bad_value
+from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.models.base import Model
 from dpmbench.models.oracle import MixtureOracle
 from dpmbench.schedules import NoiseSchedule, make_schedule
@@ -75,17 +77,46 @@ DEFAULT_ORACLE_SCHEDULE = "vp-linear"
 
 
 def list_models() -> list[str]:
-    """Names accepted by ``load_model``."""
-    return list(ORACLES)
+    """Names accepted by ``load_model``: the oracle models, then the checkpoint ids of the manifest."""
+    from dpmbench.checkpoints import load_manifest
+
+    return [*ORACLES, *(k for k in load_manifest() if k not in ORACLES)]
+
+
+def _load_adapter(entry: dict[str, Any], root: Path, device: str | torch.device) -> Model:
+    """``dpmbench.models.adapters.load_adapter`` (imported here, so that a missing package is one clear error)."""
+    try:
+        from dpmbench.models.adapters import load_adapter
+    except ImportError as exc:
+        if exc.name is not None and not exc.name.startswith("dpmbench.models.adapters"):
+            raise  # the adapters package exists but one of its dependencies is missing: show that
+        raise DpmbenchError(f"checkpoint model {entry['id']!r} needs adapter {entry['adapter']!r}, but the package "
+                            "dpmbench.models.adapters is not installed in this dpmbench") from None
+    return load_adapter(entry, root, device)
 
 
 def load_model(
     name: str, schedule: str | NoiseSchedule | None = None, device: str | torch.device = "cpu", **kw: Any
 ) -> Model:
-    """Load a model by name; oracle models accept any noise schedule (default ``vp-linear``)."""
-    if name not in ORACLES:
+    """Load a model by name; oracle models accept any noise schedule (default ``vp-linear``).
+
+    A checkpoint id of the manifest is verified (sha256; a missing file is an error naming where to place it, it
+    is never downloaded here: ``dpmbench pull ID``) and loaded by its adapter with the schedule it was trained
+    with.
+    """
+    if name in ORACLES:
+        if schedule is None:
+            schedule = DEFAULT_ORACLE_SCHEDULE
+        sch = make_schedule(schedule, **kw) if isinstance(schedule, str) else schedule
+        return ORACLES[name](sch)
+    from dpmbench.checkpoints import load_manifest, verify
+
+    manifest = load_manifest()
+    if name not in manifest:
         raise bad_value("model", name, list_models())
-    if schedule is None:
-        schedule = DEFAULT_ORACLE_SCHEDULE
-    sch = make_schedule(schedule, **kw) if isinstance(schedule, str) else schedule
-    return ORACLES[name](sch)
+    if schedule is not None or kw:
+        raise DpmbenchError(f"invalid schedule for checkpoint model {name!r}: it uses the schedule it was trained "
+                            f"with ({manifest[name].schedule}); allowed: none")
+    entry = manifest[name]
+    root = verify(entry)
+    return _load_adapter(entry.as_dict(), root, device)

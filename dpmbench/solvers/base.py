@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from dpmbench.errors import DpmbenchError, bad_value
-from dpmbench.models.base import NFECounter
+from dpmbench.models.base import Model, NFECounter
 from dpmbench.schedules import NoiseSchedule
 from dpmbench.timesteps import timesteps
 
@@ -105,6 +105,47 @@ class Plan:
 
 
 @dataclass
+class Context:
+    """What a solver's ``prepare`` may use: the (guided) model, uncounted, and the run's settings.
+
+    ``prepare`` runs before the NFE counter starts: searches and model statistics (DC-Solver's ratios,
+    DPM-Solver-v3's statistics, searched solver schedules) evaluate the model here, outside the sampling budget,
+    and cache their results as artifacts (``dpmbench.artifacts.cached``) keyed by ``key()`` and the solver's
+    options. Artifacts must not depend on the batch being sampled (so results do not depend on batching): a
+    search that needs samples draws its own, e.g. ``model.prior(n, seed)`` and ``model.labels(n)`` when guided.
+    """
+
+    model: Model
+    nfe: int
+    kind: Any = "logsnr"
+    t_start: float | None = None
+    t_end: float | None = None
+    guidance: float | None = None
+    dtype: torch.dtype = torch.float32
+    device: str | torch.device = "cpu"
+
+    def key(self) -> tuple[Any, ...]:
+        """Everything a prepared artifact of this run depends on (besides the solver's own options)."""
+        kind = self.kind if isinstance(self.kind, str) else torch.as_tensor(self.kind, dtype=torch.float64)
+        return (self.model.cache_key(), self.nfe, kind, self.start, self.end, self.guidance, str(self.dtype))
+
+    def cond(self, n: int) -> Any:
+        """Conditioning for ``n`` search samples: balanced class labels when guided (as the sample jobs use), else
+        None."""
+        return None if self.guidance is None else self.model.labels(n)
+
+    @property
+    def start(self) -> float:
+        """t_start, defaulted to the schedule's T."""
+        return float(self.model.schedule.T if self.t_start is None else self.t_start)
+
+    @property
+    def end(self) -> float:
+        """t_end, defaulted to the schedule's default."""
+        return float(self.model.schedule.t_end_default if self.t_end is None else self.t_end)
+
+
+@dataclass
 class Record:
     """One entry of the multistep history: a point and the model output there."""
 
@@ -167,6 +208,7 @@ class Solver:
     options: ClassVar[dict[str, Option]] = {}
     stochastic: ClassVar[bool] = False  # draws noise (needs NFECounter.noise)
     adaptive: ClassVar[bool] = False  # data-dependent step count: the NFE budget is a cap (see sampling.sample)
+    needs_prepare: ClassVar[bool] = False  # prepare() computes cached artifacts (the workflow runs it once per cell)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -200,6 +242,11 @@ class Solver:
     def min_nfe(self) -> int:
         """The smallest NFE budget the solver's steps need (``denoise_to_zero`` adds one)."""
         return 1
+
+    def prepare(self, ctx: Context) -> dict[str, Any]:
+        """Compute or load what the solver needs before sampling (searches, model statistics), outside the NFE
+        budget; return a JSON-able summary of what was prepared (artifact keys, settings). Default: nothing."""
+        return {}
 
     def check_nfe(self, nfe: int) -> None:
         """Raise a one-line error if ``nfe`` is too small for this solver."""

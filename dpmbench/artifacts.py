@@ -1,0 +1,139 @@
+"""Cached artifacts of searches and model statistics: computed once, shared by every job, never corrupt.
+
+Two kinds of artifacts, both JSON:
+
+- *keyed* artifacts (``cached``): the result of a deterministic computation, stored under a sha256 of
+  everything it depends on (model, NFE, guidance, solver options, seed, ...). A solver's ``prepare`` asks for
+  them; the first job to ask computes the artifact under a file lock, every later one reads it.
+- *named* artifacts (``save_named`` / ``load_named``): a search result saved under a user-chosen name, e.g. a
+  searched time grid used as ``schedule=searched:NAME``.
+
+Both live in ``artifact_dir()``: ``$DPMBENCH_ARTIFACTS`` if set (the workflow points it into its results
+directory, so artifacts are outputs of the DAG), else ``$DPMBENCH_CACHE/artifacts``. Reads also fall back to
+``$DPMBENCH_CACHE/artifacts``. Writes are atomic (temp file + rename); a file that does not parse, or whose
+stored key differs from its name, is treated as absent and recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from dpmbench.errors import DpmbenchError
+from dpmbench.io import cache_dir, digest, save_json
+
+FORMAT = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def artifact_dir() -> Path:
+    """Where artifacts are written: ``$DPMBENCH_ARTIFACTS``, else ``$DPMBENCH_CACHE/artifacts``."""
+    env = os.environ.get("DPMBENCH_ARTIFACTS")
+    if env:
+        path = Path(env)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return cache_dir("artifacts")
+
+
+def _search_dirs() -> list[Path]:
+    dirs = [artifact_dir()]
+    fallback = cache_dir("artifacts")
+    if fallback.resolve() != dirs[0].resolve():
+        dirs.append(fallback)
+    return dirs
+
+
+def _read(path: Path, key: str | None = None) -> dict[str, Any] | None:
+    """The artifact at ``path``, or None if absent, unreadable or not the expected one."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or "data" not in obj:
+        return None
+    if key is not None and obj.get("key") != key:
+        return None
+    return obj
+
+
+def artifact_key(kind: str, *items: Any) -> str:
+    """The content key of an artifact of ``kind`` that depends on ``items`` (tensors, numbers, strings)."""
+    return digest("artifact", FORMAT, kind, *items)
+
+
+def keyed_path(kind: str, key: str) -> Path:
+    """The file of the keyed artifact (in the write directory)."""
+    return artifact_dir() / kind / f"{key[:32]}.json"
+
+
+def cached(kind: str, items: tuple[Any, ...], compute: Callable[[], Any], meta: dict[str, Any] | None = None) -> Any:
+    """The artifact of ``kind`` keyed by ``items``: read it if present, else compute it once (file lock, so
+    concurrent jobs wait for the first instead of repeating the work) and store it atomically.
+
+    ``compute()`` returns JSON-able data; ``meta`` (JSON-able, e.g. the search's settings and wall time) is
+    stored beside it for people reading the file.
+    """
+    key = artifact_key(kind, *items)
+    for d in _search_dirs():
+        obj = _read(d / kind / f"{key[:32]}.json", key)
+        if obj is not None:
+            return obj["data"]
+    path = keyed_path(kind, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        obj = _read(path, key)  # another job may have finished it while we waited
+        if obj is not None:
+            return obj["data"]
+        data = compute()
+        save_json(path, {"format": FORMAT, "kind": kind, "key": key, "meta": meta or {}, "data": data})
+    return data
+
+
+def check_name(name: str) -> str:
+    """Validate an artifact name (letters, digits and ``_.+-``)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DpmbenchError(f"invalid artifact name {name!r}: use letters, digits and _.+- (no slashes)")
+    return name
+
+
+def named_path(name: str) -> Path:
+    """The file of the named artifact (in the write directory)."""
+    return artifact_dir() / "named" / f"{check_name(name)}.json"
+
+
+def save_named(name: str, kind: str, data: Any, meta: dict[str, Any] | None = None) -> Path:
+    """Save ``data`` (JSON-able) as the named artifact ``name`` of ``kind``; returns its path."""
+    return save_json(named_path(name), {"format": FORMAT, "kind": kind, "name": name, "meta": meta or {},
+                                        "data": data})
+
+
+def load_named(name: str, kind: str | None = None) -> Any:
+    """The data of the named artifact ``name`` (one-line error if it is missing or of another kind)."""
+    check_name(name)
+    for d in _search_dirs():
+        obj = _read(d / "named" / f"{name}.json")
+        if obj is not None:
+            if kind is not None and obj.get("kind") != kind:
+                raise DpmbenchError(f"invalid artifact {name!r}: it is a {obj.get('kind')!r} artifact, "
+                                    f"expected {kind!r}")
+            return obj["data"]
+    raise DpmbenchError(f"unknown searched artifact {name!r}: run `dpmbench search ... --name {name}` first, or place "
+                        f"its JSON at {named_path(name)}")
+
+
+def list_named() -> dict[str, str]:
+    """Names of the saved named artifacts and their kinds."""
+    out: dict[str, str] = {}
+    for d in reversed(_search_dirs()):
+        for p in sorted((d / "named").glob("*.json")) if (d / "named").is_dir() else ():
+            obj = _read(p)
+            if obj is not None:
+                out[p.stem] = str(obj.get("kind"))
+    return out

@@ -1,0 +1,154 @@
+"""Cached artifacts, the search registry, ``schedule=searched:NAME`` and the solver ``prepare`` hook."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from support import run_cli
+
+from dpmbench import load_model, sample
+from dpmbench.artifacts import cached, keyed_path, load_named, save_named
+from dpmbench.errors import DpmbenchError
+from dpmbench.search import SEARCHES, register_search
+from dpmbench.solvers.base import SOLVERS, Context, Option, register
+from dpmbench.solvers.ddim import DDIM
+from dpmbench.timesteps import timesteps
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DPMBENCH_ARTIFACTS", str(tmp_path / "artifacts"))
+    return tmp_path / "artifacts"
+
+
+def _slow_compute(args: tuple[str, str]) -> Any:
+    root, marker = args
+    os.environ["DPMBENCH_ARTIFACTS"] = root
+
+    def compute() -> Any:
+        with open(marker, "a") as fh:  # one line per computation
+            fh.write("computed\n")
+        import time
+
+        time.sleep(0.3)
+        return {"value": 42}
+
+    return cached("test-lock", ("same", 1), compute)
+
+
+def test_cached_computes_once_and_recovers_from_corruption(artifacts: Path) -> None:
+    calls: list[int] = []
+    data = cached("toy", ("a", 1), lambda: calls.append(1) or {"x": [1.0, 2.0]})
+    assert data == {"x": [1.0, 2.0]} and calls == [1]
+    assert cached("toy", ("a", 1), lambda: calls.append(1) or {"x": 0}) == {"x": [1.0, 2.0]} and calls == [1]
+    assert cached("toy", ("a", 2), lambda: calls.append(1) or {"x": 3}) == {"x": 3} and len(calls) == 2
+    path = keyed_path("toy", __import__("dpmbench.artifacts", fromlist=["artifact_key"]).artifact_key("toy", "a", 1))
+    path.write_text(path.read_text()[:10])  # truncated by a killed copy: recomputed, not trusted
+    assert cached("toy", ("a", 1), lambda: calls.append(1) or {"x": [1.0, 2.0]}) == {"x": [1.0, 2.0]}
+    assert len(calls) == 3 and json.loads(path.read_text())["data"] == {"x": [1.0, 2.0]}
+
+
+def test_concurrent_processes_compute_a_shared_artifact_once(tmp_path: Path) -> None:
+    root, marker = str(tmp_path / "artifacts"), str(tmp_path / "marker")
+    with mp.get_context("spawn").Pool(3) as pool:
+        out = pool.map(_slow_compute, [(root, marker)] * 3)
+    assert out == [{"value": 42}] * 3
+    assert Path(marker).read_text().count("computed") == 1
+
+
+def test_named_artifacts_and_searched_schedule(artifacts: Path) -> None:
+    model = load_model("gmm-2d")
+    sch = model.schedule
+    grid = timesteps("time-quadratic", 5, sch, None, 1e-3)
+    save_named("quad5", "timesteps", {"grids": {"5": grid.tolist()}})
+    assert torch.equal(timesteps("searched:quad5", 5, sch, None, 1e-3), grid)
+    with pytest.raises(DpmbenchError, match="it has grids for steps 5"):
+        timesteps("searched:quad5", 6, sch, None, 1e-3)
+    with pytest.raises(DpmbenchError, match="spans t"):
+        timesteps("searched:quad5", 5, sch, None, 1e-2)
+    with pytest.raises(DpmbenchError, match="unknown searched artifact 'nope'"):
+        timesteps("searched:nope", 5, sch, None, 1e-3)
+    with pytest.raises(DpmbenchError, match="invalid artifact name"):
+        load_named("../etc")
+    x_T = model.prior(64, seed=0)
+    a = sample(model, "ddim", 5, x_T, schedule="searched:quad5", t_end=1e-3)
+    b = sample(model, "ddim", 5, x_T, schedule="time-quadratic", t_end=1e-3)
+    assert torch.equal(a, b)
+
+
+@pytest.fixture
+def toy_search() -> Any:
+    @register_search("toy-power-grid", "t = t_end + (T - t_end) * u^p, p searched on a small list",
+                     "test", produces="timesteps",
+                     options={"powers": Option(str, "1,2,3", "candidate exponents")})
+    def search(ctx: Context, solver: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
+        sch = ctx.model.schedule
+        x_T = ctx.model.prior(200, seed=seed, dtype=torch.float64)
+        ref = ctx.model.exact_solution(x_T, t_end=ctx.t_end)
+        best = None
+        for p in [float(v) for v in opts["powers"].split(",")]:
+            u = torch.linspace(1, 0, ctx.nfe + 1, dtype=torch.float64) ** p
+            ts = ctx.t_end + (sch.T - ctx.t_end) * u
+            err = float(((sample(ctx.model, solver, ctx.nfe, x_T, schedule=ts, t_end=ctx.t_end) - ref) ** 2).mean())
+            if best is None or err < best[0]:
+                best = (err, p, ts.tolist())
+        return {"grids": {str(ctx.nfe): best[2]}, "power": best[1], "mse": best[0]}
+
+    yield search
+    SEARCHES.pop("toy-power-grid")
+
+
+def test_search_cli_saves_a_named_grid(capsys: Any, artifacts: Path, toy_search: Any, tmp_path: Path) -> None:
+    code, out, err = run_cli(capsys, "search", "toy-power-grid", "--model", "gmm-2d", "--nfe", "5,6",
+                             "--solver", "ddim", "--t-end", "1e-3", "--name", "toy", "--out", str(tmp_path / "s.json"))
+    assert code == 0, err
+    grids = load_named("toy", "timesteps")["grids"]
+    assert sorted(grids) == ["5", "6"]
+    details = json.loads((tmp_path / "s.json").read_text())["data"]["details"]
+    assert all(details[n]["power"] in (1.0, 2.0, 3.0) for n in ("5", "6"))
+    code, out, err = run_cli(capsys, "sample", "--model", "gmm-2d", "--solver", "ddim", "--nfe", "6",
+                             "--num-samples", "8", "--seed", "0", "--schedule", "searched:toy", "--t-end", "1e-3",
+                             "--out", str(tmp_path / "x.npz"))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "search", "toy-power-grid", "--model", "gmm-2d", "--nfe", "5",
+                             "--solver", "ddim", "--set", "bogus=1", "--name", "toy2")
+    assert code == 2 and "option of search 'toy-power-grid'" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(capsys, "list", "schedules")
+    assert "searched:toy" in out
+
+
+def test_prepare_runs_once_outside_the_budget(artifacts: Path, capsys: Any, tmp_path: Path) -> None:
+    @register
+    class Prepared(DDIM):
+        name = "test-prepared"
+        needs_prepare = True
+        calls = 0
+
+        def prepare(self, ctx: Context) -> dict[str, Any]:
+            def compute() -> Any:
+                type(self).calls += 1
+                ctx.model.eps(ctx.model.prior(4, seed=0), 0.5)  # model calls here are not counted
+                return {"ok": True}
+
+            self.data = cached("test-prepared", ctx.key(), compute)
+            return {"ok": True}
+
+    try:
+        model = load_model("gmm-2d")
+        x_T = model.prior(16, seed=0)
+        assert torch.equal(sample(model, "test-prepared", 5, x_T), sample(model, "ddim", 5, x_T))
+        sample(model, "test-prepared", 5, x_T)
+        assert Prepared.calls == 1
+        code, _, err = run_cli(capsys, "prepare", "--model", "gmm-2d", "--solver", "test-prepared", "--nfe", "5,6",
+                               "--out", str(tmp_path / "p.json"))
+        assert code == 0, err
+        assert Prepared.calls == 2  # nfe 6 is new, nfe 5 was cached
+        assert json.loads((tmp_path / "p.json").read_text())["prepared"] == {"5": {"ok": True}, "6": {"ok": True}}
+    finally:
+        SOLVERS.pop("test-prepared")

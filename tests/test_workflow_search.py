@@ -1,0 +1,74 @@
+"""Named searches and solver preparation in the workflow: run once, before the sample jobs, as DAG outputs."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import yaml
+from test_workflow import TINY, _env, table
+
+PLUGIN = textwrap.dedent('''
+    """A plugin registering a toy search (time grid t = T u^p) and a solver with a prepare step."""
+    import torch
+
+    from dpmbench.artifacts import cached
+    from dpmbench.search import register_search
+    from dpmbench.solvers.base import Option, register
+    from dpmbench.solvers.ddim import DDIM
+
+    @register_search("toy-power", "t_end + (T - t_end) u^p", "test", produces="timesteps",
+                     options={"p": Option(float, 2.0, "exponent")})
+    def toy_power(ctx, solver, seed, opts):
+        u = torch.linspace(1, 0, ctx.nfe + 1, dtype=torch.float64) ** opts["p"]
+        return {"grids": {str(ctx.nfe): (ctx.end + (ctx.start - ctx.end) * u).tolist()}}
+
+    @register
+    class PreparedDDIM(DDIM):
+        name = "prepared-ddim"
+        needs_prepare = True
+
+        def prepare(self, ctx):
+            x = ctx.model.prior(8, seed=0, dtype=torch.float64)
+            stat = cached("toy-stat", ctx.key(), lambda: float(ctx.model.eps(x, 0.5, ctx.cond(8)).pow(2).mean()))
+            return {"stat": stat}
+''')
+
+
+def test_named_search_and_prepare_are_dag_outputs(tmp_path: Path) -> None:
+    (tmp_path / "toy_plugin.py").write_text(PLUGIN)
+    config = {**TINY, "solvers": ["ddim", "prepared-ddim"], "schedules": ["logsnr", "searched:quad"],
+              "searches": {"quad": {"search": "toy-power", "model": "gmm-2d", "nfe": [3, 5], "set": "p=2"}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = _env(tmp_path)
+    env["DPMBENCH_PLUGINS"] = "toy_plugin"
+    env["PYTHONPATH"] += f":{tmp_path}"
+
+    def run(*args: str):  # noqa: ANN202
+        import subprocess
+
+        from test_workflow import _cmd
+
+        return subprocess.run(_cmd(tmp_path, *args), capture_output=True, text=True, env=env, timeout=900)
+
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    named = tmp_path / "results" / "artifacts" / "named" / "quad.json"
+    grids = json.loads(named.read_text())["data"]["grids"]
+    assert sorted(grids) == ["3", "5"] and abs(grids["5"][-1] - 1e-3) < 1e-15
+    prepared = list((tmp_path / "results").rglob("prepared.json"))
+    assert len(prepared) == 2  # prepared-ddim x (logsnr, searched:quad); plain ddim needs none
+    rows = table(tmp_path / "reports" / "results.csv")
+    assert {r["schedule"] for r in rows} == {"logsnr", "searched:quad"}
+    # prepared-ddim is ddim plus an (unused) statistic: identical numbers in every cell
+    by = {(r["schedule"], r["nfe"], r["metric"], r["solver"]): r["value"] for r in rows}
+    assert all(by[(s, n, m, "prepared-ddim")] == v for (s, n, m, k), v in by.items() if k == "ddim")
+    # the searched grid differs from logsnr, so the results do too
+    assert by[("searched:quad", "5", "rmse_exact", "ddim")] != by[("logsnr", "5", "rmse_exact", "ddim")]
+    assert "Nothing to be done" in run("-n").stdout + run("-n").stderr
+    # a searched schedule must name a search of the config
+    bad = {**config, "schedules": ["searched:nope"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(bad))
+    proc = run()
+    assert proc.returncode == 2 and "invalid config key 'schedules[0]': unknown searched schedule" in proc.stderr
