@@ -4,7 +4,7 @@ Processes via Improved Integration Approximation', ICLR 2024, Sec. 4 "IIA for DD
 IIA keeps a solver's update and adds, per step i, a few extra terms built from model outputs the solver already
 has (no extra NFE at sampling time), with coefficients gamma_i fitted once per (model, NFE, grid, guidance) by
 least squares (minimum MSE, the paper's MMSE) against a fine-grained integration of the same step by the original
-solver:
+solver (least squares with a tiny relative ridge, see ``ridge_lstsq``):
 
     x_{i+1} = update_i(x_i) + sum_k gamma_{i,k} f_{i,k},
     gamma_i = argmin_gamma || x^fine_{i+1} - update_i(x_i) - sum_k gamma_k f_{i,k} ||^2   over a fit batch,
@@ -39,6 +39,18 @@ import torch
 from dpmbench.artifacts import cached
 from dpmbench.models.base import Model
 from dpmbench.solvers.base import Context, MultistepSolver, Option, Plan, Point, expm1, register
+
+RIDGE = 1e-4  # relative Tikhonov weight of the fit (see ridge_lstsq)
+
+
+def ridge_lstsq(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """argmin_g |a g - b|^2 + mu |g|^2 with mu = RIDGE * max diag(a^T a): the MMSE fit, kept well-posed when
+    the extra terms are nearly collinear (at high noise the data- and noise-prediction differences of IIA-DDIM
+    are: plain least squares then returns coefficients of opposite sign and size ~1e8 whose cancellation float32
+    sampling cannot reproduce)."""
+    ata = a.T @ a
+    mu = RIDGE * float(ata.diagonal().max())
+    return torch.linalg.solve(ata + mu * torch.eye(len(ata), dtype=ata.dtype), a.T @ b).tolist()
 
 
 def _options() -> dict[str, Option]:
@@ -125,8 +137,7 @@ class _IIA(MultistepSolver):
             feats = self.features(xs, pts, x0s, t)
             if feats:
                 target = self.fine(model, cond, x, pts, x0s, t) - base
-                a = torch.stack([f.reshape(-1) for f in feats], dim=1)
-                g = torch.linalg.lstsq(a, target.reshape(-1, 1)).solution.reshape(-1).tolist()  # MMSE
+                g = ridge_lstsq(torch.stack([f.reshape(-1) for f in feats], dim=1), target.reshape(-1))  # MMSE
             else:
                 g = []
             gammas.append(g)
