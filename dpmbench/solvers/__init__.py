@@ -1,21 +1,12 @@
-"""Solvers, registered by kebab-case name. Importing this package registers every built-in family."""
+"""Solvers, registered by kebab-case name. Importing this package registers every built-in family.
 
-# isort: off  (registration order: the families built on the ones above come after them)
-from dpmbench.solvers import (  # noqa: F401  (registration)
-    dc_solver,  # noqa: F401
-    ddim,
-    ddpm,
-    deis,
-    dpm_solver,
-    dpm_solver_v3,  # noqa: F401
-    edm,
-    pndm,
-    sa_solver,
-    unipc,
-    usf,  # noqa: F401
-)
+Registration order is listing order (`dpmbench list solvers`, "allowed:" lists): the base families first, then
+the methods built on them.
+"""
 
-# isort: on
+from dpmbench.solvers import ddim, ddpm, deis, dpm_solver, edm, pndm, sa_solver, unipc  # noqa: F401, I001
+from dpmbench.solvers import dpm_solver_v3, usf, dc_solver  # noqa: F401, I001
+from dpmbench.solvers import iia, momentum, time_shift  # noqa: F401, I001
 from dpmbench.solvers.base import SOLVERS, Option, Plan, Point, Solver, get_solver, list_solvers, parse_spec
 
 __all__ = ["SOLVERS", "Option", "Plan", "Point", "Solver", "get_solver", "list_solvers", "parse_spec"]
