@@ -240,3 +240,19 @@ def test_order_auto_is_3_unconditional_and_2_guided() -> None:
     assert torch.equal(guided_auto, sample(model, f"{small},order=2", 6, x_T, t_end=T_END, guidance=4.0, cond=cond))
     assert not torch.equal(guided_auto, sample(model, f"{small},order=3", 6, x_T, t_end=T_END, guidance=4.0,
                                                cond=cond))
+
+
+def test_finite_difference_jvps_agree_with_forward_mode() -> None:
+    """Networks without forward-mode derivatives (diffusers' fused CPU attention) use central differences."""
+    from dpmbench.solvers.dpm_solver_v3 import x0_jvps, x0_jvps_fd
+
+    model = load_model("gmm-2d")
+    x = model.prior(64, seed=0, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    v, z = torch.randn(x.shape, generator=gen, dtype=torch.float64), torch.randn(x.shape, generator=gen,
+                                                                                   dtype=torch.float64)
+    lam = float(model.schedule.lambda_(0.5))
+    ad = x0_jvps(model, x, lam, v, z)
+    fd = x0_jvps_fd(model, x, lam, v, z)
+    for a, f in zip(ad, fd, strict=True):
+        assert float((a - f).norm() / a.norm()) < 1e-5
