@@ -27,6 +27,10 @@ except DpmbenchError as exc:
     sys.exit(2)
 validate(config, SCHEMA, set_default=True)  # cannot fail any more; fills the schema's defaults
 
+if workflow.is_main_process:  # files left truncated by a killed job or copy: removed (even by -n), so recomputed
+    for _path in GRID.remove_corrupt():
+        print(f"dpmbench: removed incomplete file {_path} (it is recomputed)", file=sys.stderr)
+
 
 include: "workflows/common.smk"
 include: "workflows/checkpoints.smk"

@@ -366,9 +366,48 @@ class Grid:
         return [f"{self.results_dir}/{m}/g{g}/seed{sd}/reference.npz"
                 for m, mg in self.models.items() if self.has_reference(m) for g in mg.guidance for sd in mg.seeds]
 
+    def remove_corrupt(self, remove: bool = True) -> list[str]:
+        """Find the grid's shard, reference and metric files that exist but are incomplete — a truncated ``.npz``
+        (its zip directory, at the end of the file, is unreadable) or a metric file that is not a complete JSON
+        object — as left by a job or a copy killed half-way; remove them (``remove``) so that Snakemake recomputes
+        them and what depends on them. Cheap (no file is read in full): the consumers verify each ``.npz``'s
+        embedded sha256 when they load it. Returns the paths found."""
+        found = []
+        for path in [*self.all_reference_files(), *self.all_shard_files()]:
+            if os.path.exists(path) and not npz_complete(path):
+                found.append(path)
+        for path in self.all_metric_files():
+            if os.path.exists(path) and not metrics_complete(path):
+                found.append(path)
+        if remove:
+            for path in found:
+                Path(path).unlink(missing_ok=True)
+        return found
+
     def has_reference(self, model: str) -> bool:
         """Whether ``model`` has exact solutions (oracle models)."""
         return self._has_reference[model]
+
+
+def npz_complete(path: str | os.PathLike[str]) -> bool:
+    """Whether an ``.npz`` has its complete zip directory (a truncated file has not); reads only the directory."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            size = os.path.getsize(path)
+            return all(i.header_offset + i.compress_size <= size for i in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def metrics_complete(path: str | os.PathLike[str]) -> bool:
+    """Whether a metric file is a complete JSON object with a ``metrics`` object."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and isinstance(rec.get("metrics"), dict)
 
 
 def build_grid(config: dict[str, Any], schema: str | os.PathLike[str] | None = None) -> Grid:
@@ -400,10 +439,17 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
         if lo != expect:
             raise DpmbenchError(f"invalid shards: {p!r} starts at {lo}, expected {expect}")
         expect = hi
+    from dpmbench.io import CorruptFileError, load_npz
+
     xs, labels, wall, used, meta = [], [], 0.0, -1, None
     for lo, hi, p in parts:
-        with np.load(p, allow_pickle=False) as f:
-            d = {k: f[k] for k in f.files}
+        try:
+            d = load_npz(p, "shard")
+        except FileNotFoundError:
+            raise DpmbenchError(f"invalid shard {p!r}: no such file") from None
+        except CorruptFileError as exc:  # never use it; remove it so that the next run recomputes it
+            Path(p).unlink(missing_ok=True)
+            raise DpmbenchError(f"{exc}; removed it: re-run snakemake to recompute it") from None
         if len(d["x"]) != hi - lo:
             raise DpmbenchError(f"invalid shard {p!r}: {len(d['x'])} samples for range {lo}-{hi}")
         xs.append(d.pop("x"))
