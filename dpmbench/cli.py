@@ -364,7 +364,11 @@ def cmd_regress(args: argparse.Namespace) -> int:
         path = Path(args.config)
         if not path.is_file():
             raise DpmbenchError(f"invalid --config {args.config!r}: no such file")
-        tolerances = load_tolerances(yaml.safe_load(path.read_text()) or {})
+        try:
+            config = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise DpmbenchError(f"invalid --config {args.config!r}: not YAML ({exc.__class__.__name__})") from None
+        tolerances = load_tolerances(config)
     passed, _, summary = regress(args.baseline, args.results, tolerances)
     print(summary)
     return 0 if passed else 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from dpmbench.errors import DpmbenchError
 
 DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 OVERRIDABLE = ("nfe", "solvers", "schedules", "guidance", "seeds", "metrics", "samples_per_shard", "batch_size")
+MAX_SHARDS_PER_CELL = 10_000
 STAGES = ("reference", "sample", "metrics", "report")
 DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
     "reference": {"mem_mb": 2000, "runtime": 60, "threads": 1},
@@ -67,12 +69,19 @@ def _bad(key: str, what: str) -> DpmbenchError:
     return DpmbenchError(f"invalid config key {key!r}: {what}")
 
 
+@functools.lru_cache(maxsize=8)
+def _validator(path: str, mtime_ns: int) -> Any:
+    """The JSON-schema validator of a schema file (parsed once per file version)."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(yaml.safe_load(Path(path).read_text()))
+
+
 def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str] = DEFAULT_SCHEMA) -> None:
     """Validate ``config`` against the JSON schema; raise a one-line ``DpmbenchError`` naming the bad key."""
     import jsonschema
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator(str(schema_path), Path(schema_path).stat().st_mtime_ns)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is None:
         return
@@ -259,6 +268,11 @@ class Grid:
                 raise _bad(where["guidance"], f"model {name!r} is unconditional; allowed: [none]")
             n = int(mc["num_samples"])
             per = int(eff["samples_per_shard"])
+            if -(-n // per) > MAX_SHARDS_PER_CELL:  # would be millions of jobs (and a list that never ends)
+                raise _bad(where["samples_per_shard"] if "samples_per_shard" in mc or "samples_per_shard" in c
+                           else f"models.{name}.num_samples",
+                           f"{n} samples in shards of {per} make {-(-n // per)} shards per cell; allowed: at most "
+                           f"{MAX_SHARDS_PER_CELL} (raise samples_per_shard)")
             self.models[name] = ModelGrid(
                 name=name, num_samples=n, samples_per_shard=per, nfe=sorted(int(v) for v in eff["nfe"]),
                 solvers=slugs, schedules=list(eff["schedules"]), guidance=guidance,
