@@ -6,8 +6,10 @@ references, as recorded in the files they write) against Snakemake's total wall 
 Runs ``snakemake --cores N`` on the config (its results/report directories redirected into a temporary directory,
 with an empty $DPMBENCH_CACHE: a cold run, exact solutions included), then reads every metrics JSON (``wall_s``:
 the sampling time of its cell, summed over shards; ``eval_wall_s``: the metric computation) and every reference
-file (``wall_s``). ``--quick`` runs a subset of the default grid (gmm-2d and gmm-digits, 6 solvers, NFE 5/10/20, 500
-samples) for machines where the full default takes too long. Prints a markdown table.
+file (``wall_s``), and the CPU time (user + sys) of the whole process tree: on a shared machine, wall x cores
+counts time spent waiting for a core, CPU time does not. ``--quick`` runs a subset of the default grid (gmm-2d
+and gmm-digits, 6 solvers, NFE 5/10/20, 500 samples) for machines where the full default takes too long. Prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -71,9 +74,10 @@ def main() -> None:
     env = {**os.environ, "DPMBENCH_CACHE": str(work / "cache"), "PYTHONPATH": str(ROOT)}
     cmd = [str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(work), "--configfile", str(work / "config.yaml"), "--cores", str(args.cores)]
-    t0 = time.perf_counter()
+    t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
+    wall, ru1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)  # every job process, Snakemake included
     if proc.returncode:
         sys.exit(f"snakemake failed:\n{proc.stderr[-3000:]}")
     t0 = time.perf_counter()
@@ -103,6 +107,7 @@ def main() -> None:
     rows = [("total wall time (snakemake, cold cache)", wall), ("wall time x cores", cap),
             ("sampling (sum of shard wall_s)", sample_s), ("metrics computation (sum of eval_wall_s)", eval_s),
             ("exact references (sum of reference wall_s)", ref_s), ("all in-job work", work_s),
+            ("CPU time (user + sys) of Snakemake and all its jobs", cpu),
             ("everything else: process start + imports, model set-up, file I/O, Snakemake scheduling, report",
              cap - work_s),
             (f"of which process start + imports, measured once ({per_job:.2f} s) x {njobs} jobs", per_job * njobs),
