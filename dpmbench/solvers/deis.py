@@ -147,7 +147,13 @@ class DEIS(MultistepSolver):
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
         s = hist[-1].point
         recs = [hist[-1 - j] for j in range(order)]  # newest first: eps at t_i, t_{i+1}, ...
-        coef = deis_coefficients(self.method, self._schedule, [r.point.t for r in recs], s.t, t.t)
+        key = (self.method, self._schedule, tuple(r.point.t for r in recs), s.t, t.t)
+        cache = self.__dict__.setdefault("_coefficients", {})  # the same steps again (next batch, shard): reuse
+        if key not in cache:
+            if len(cache) > 4096:
+                cache.clear()
+            cache[key] = deis_coefficients(self.method, self._schedule, list(key[2]), s.t, t.t)
+        coef = cache[key]
         y = x / s.alpha  # x / alpha: the exponential integrator's variable (Psi-scaled state)
         for c, r in zip(coef.tolist(), recs, strict=True):
             y = y + c * r.out  # x_{t_{i-1}} / alpha = x_{t_i} / alpha + sum_j C_ij eps_{i+j}
