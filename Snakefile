@@ -38,6 +38,9 @@ if config.get("checkpoints"):  # the config's own checkpoint entries, for the jo
         save_json(_manifest, json.loads(_text))
     os.environ["DPMBENCH_MANIFESTS"] = os.pathsep.join(
         p for p in (os.environ.get("DPMBENCH_MANIFESTS"), _manifest) if p)
+if workflow.is_main_process:  # files left truncated by a killed job or copy: removed (even by -n), so recomputed
+    for _path in GRID.remove_corrupt():
+        print(f"dpmbench: removed incomplete file {_path} (it is recomputed)", file=sys.stderr)
 
 
 include: "workflows/common.smk"

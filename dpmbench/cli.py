@@ -466,14 +466,13 @@ def cmd_reference(args: argparse.Namespace) -> None:
 
 
 def _load_npz(path: str, what: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise DpmbenchError(f"invalid {what} {path!r}: no such file")
+    """An input ``.npz``, its embedded checksum verified (a truncated or corrupted file is a one-line error)."""
+    from dpmbench.io import load_npz
+
     try:
-        with np.load(p, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise DpmbenchError(f"invalid {what} {path!r}: not a readable .npz ({exc.__class__.__name__})") from None
+        return load_npz(path, what)
+    except FileNotFoundError:
+        raise DpmbenchError(f"invalid {what} {path!r}: no such file") from None
 
 
 def _scalar(v: Any) -> Any:
@@ -557,7 +556,11 @@ def cmd_regress(args: argparse.Namespace) -> int:
         path = Path(args.config)
         if not path.is_file():
             raise DpmbenchError(f"invalid --config {args.config!r}: no such file")
-        tolerances = load_tolerances(yaml.safe_load(path.read_text()) or {})
+        try:
+            config = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise DpmbenchError(f"invalid --config {args.config!r}: not YAML ({exc.__class__.__name__})") from None
+        tolerances = load_tolerances(config)
     passed, _, summary = regress(args.baseline, args.results, tolerances)
     print(summary)
     return 0 if passed else 1

@@ -48,6 +48,13 @@ def _read(path: str | Path, what: str) -> pd.DataFrame:
         raise DpmbenchError(f"invalid {what} {str(p)!r}: missing columns {', '.join(missing)}")
     if df.duplicated(KEY).any():
         raise DpmbenchError(f"invalid {what} {str(p)!r}: duplicated cells")
+    for col in ("value", "ci_low", "ci_high"):  # numbers, or empty / nan (a diverged run)
+        if col in df.columns:
+            num = pd.to_numeric(df[col], errors="coerce")
+            bad = df[col][num.isna() & df[col].notna()]
+            if len(bad):
+                raise DpmbenchError(f"invalid {what} {str(p)!r}: column {col} holds {bad.iloc[0]!r}, not a number")
+            df[col] = num
     return df
 
 
@@ -103,12 +110,28 @@ def regress(baseline_path: str | Path, results_path: str | Path,
 
 def load_tolerances(config: dict[str, Any]) -> dict[str, Tolerance]:
     """Tolerances from a config's ``regression.tolerances`` mapping: metric -> {rtol, atol, stochastic}."""
-    out = {}
-    for metric, spec in ((config.get("regression") or {}).get("tolerances") or {}).items():
+    out: dict[str, Tolerance] = {}
+    section = config.get("regression") if isinstance(config, dict) else None
+    if not isinstance(config, dict) or not isinstance(section or {}, dict):
+        raise DpmbenchError("invalid config key 'regression': must be a mapping with 'tolerances'")
+    tolerances = (section or {}).get("tolerances") or {}
+    if not isinstance(tolerances, dict):
+        raise DpmbenchError("invalid config key 'regression.tolerances': must be a mapping metric -> "
+                            "{rtol, atol, stochastic}")
+    for metric, spec in tolerances.items():
+        key = f"regression.tolerances.{metric}"
+        if not isinstance(spec, dict):
+            raise DpmbenchError(f"invalid config key {key!r}: {spec!r}; allowed: a mapping of rtol, atol, stochastic")
         unknown = set(spec) - {"rtol", "atol", "stochastic"}
         if unknown:
-            raise DpmbenchError(f"invalid regression.tolerances.{metric} key {sorted(unknown)[0]!r}; "
-                                "allowed: rtol, atol, stochastic")
-        out[metric] = Tolerance(float(spec.get("rtol", 0.0)), float(spec.get("atol", 0.0)),
-                                bool(spec.get("stochastic", False)))
+            raise DpmbenchError(f"invalid {key} key {sorted(unknown)[0]!r}; allowed: rtol, atol, stochastic")
+        vals = {}
+        for name in ("rtol", "atol"):
+            v = spec.get(name, 0.0)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
+                raise DpmbenchError(f"invalid config key '{key}.{name}': {v!r}; allowed: a number >= 0")
+            vals[name] = float(v)
+        if not isinstance(spec.get("stochastic", False), bool):
+            raise DpmbenchError(f"invalid config key '{key}.stochastic': {spec['stochastic']!r}; allowed: true, false")
+        out[metric] = Tolerance(vals["rtol"], vals["atol"], bool(spec.get("stochastic", False)))
     return out

@@ -10,6 +10,7 @@ import base64
 import html
 import json
 import math
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pandas as pd
 import yaml
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.io import atomic_write
+from dpmbench.io import CorruptFileError, atomic_write, load_npz, verify_npz
 
 # DESIGN.md's columns; results.csv adds a last column `seed` only when the results hold several seeds
 COLUMNS = ["model", "solver", "nfe", "schedule", "guidance", "metric", "value", "ci_low", "ci_high",
@@ -38,23 +39,50 @@ def collect(results_dir: str | Path) -> pd.DataFrame:
         try:
             rec = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
+            raise DpmbenchError(f"invalid metrics file {str(path)!r}: truncated or not JSON; delete it and re-run "
+                                "its metrics job") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
-            continue
-        for metric, value in rec["metrics"].items():
-            lo, hi = (rec.get("ci", {}).get(metric) or [None, None])[:2]
-            rows.append({
-                "model": rec["model"], "solver": rec["solver"], "nfe": int(rec["nfe"]),
-                "schedule": rec["schedule"], "guidance": rec.get("guidance"), "metric": metric,
-                "value": math.nan if value is None else value, "ci_low": lo, "ci_high": hi,
-                "n_samples": rec.get("n_samples"), "wall_s": rec.get("wall_s"), "seed": rec.get("seed", 0),
-            })
+            continue  # another JSON file, not a metrics record
+        rows.extend(_rows(path, rec))
     df = pd.DataFrame(rows, columns=COLUMNS)
     if not df.empty:
         df["guidance"] = df["guidance"].astype(object).where(df["guidance"].notna(), "none")
         df["guidance"] = df["guidance"].map(str)
         df = df.sort_values(["model", "guidance", "schedule", "seed", "metric", "solver", "nfe"], key=_sort_key)
     return df.reset_index(drop=True)
+
+
+def _number(path: Path, field: str, v: Any, integer: bool = False) -> Any:
+    """A metrics record's number (None / NaN allowed except for integers), or a one-line error naming it."""
+    if v is None and not integer:
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, int | float) or (integer and not float(v).is_integer()):
+        raise DpmbenchError(f"invalid metrics file {str(path)!r}: {field} {v!r} is not a number")
+    return int(v) if integer else float(v)
+
+
+def _rows(path: Path, rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tidy rows of one metrics record; a record lacking a field, or with a non-numeric value, is a one-line
+    error naming the file and the field. A value of None (JSON null) is a diverged run: NaN."""
+    for key in ("model", "solver", "nfe", "schedule"):
+        if key not in rec:
+            raise DpmbenchError(f"invalid metrics file {str(path)!r}: missing key {key!r}")
+    g = rec.get("guidance")
+    guidance = None if g is None else _number(path, "guidance", g)
+    cis = rec.get("ci") if isinstance(rec.get("ci"), dict) else {}
+    rows = []
+    for metric, value in rec["metrics"].items():
+        ci = cis.get(metric)
+        lo, hi = (ci[:2] if isinstance(ci, list) and len(ci) >= 2 else [None, None])
+        rows.append({
+            "model": str(rec["model"]), "solver": str(rec["solver"]), "nfe": _number(path, "nfe", rec["nfe"], True),
+            "schedule": str(rec["schedule"]), "guidance": guidance, "metric": str(metric),
+            "value": _number(path, f"metrics.{metric}", value), "ci_low": _number(path, f"ci.{metric}", lo),
+            "ci_high": _number(path, f"ci.{metric}", hi),
+            "n_samples": rec.get("n_samples"), "wall_s": rec.get("wall_s"),
+            "seed": _number(path, "seed", rec.get("seed", 0), True),
+        })
+    return rows
 
 
 def _sort_key(col: pd.Series) -> pd.Series:
@@ -174,18 +202,20 @@ def write_figures(df: pd.DataFrame, out: Path) -> dict[tuple[Any, ...], Path]:
     many_seeds = df["seed"].nunique() > 1
     for key, g in _groups(df):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        positive = True
+        positive, finite = True, False
         for solver, s in g.groupby("solver", sort=False):
             s = s.sort_values("nfe")
             ok = s["value"].notna()
-            line = ax.plot(s["nfe"][ok], s["value"][ok], marker="o", ms=3, label=solver)[0]
+            finite |= bool(ok.any())
+            diverged = "" if ok.all() else f" (diverged at NFE {', '.join(str(n) for n in s['nfe'][~ok])})"
+            line = ax.plot(s["nfe"][ok], s["value"][ok], marker="o", ms=3, label=f"{solver}{diverged}")[0]
             lo, hi = pd.to_numeric(s["ci_low"], errors="coerce"), pd.to_numeric(s["ci_high"], errors="coerce")
             band = ok & lo.notna() & hi.notna()
             if band.any():
                 ax.fill_between(s["nfe"][band], lo[band], hi[band], color=line.get_color(), alpha=0.15, lw=0)
             positive &= bool((s["value"][ok] > 0).all())
         ax.set_xscale("log")
-        ax.set_yscale("log" if positive else "symlog")
+        ax.set_yscale(("log" if positive else "symlog") if finite else "linear")  # nothing finite: no log axis
         nfes = sorted(g["nfe"].unique())
         ax.set_xticks(nfes, [str(n) for n in nfes])
         ax.minorticks_off()
@@ -200,8 +230,8 @@ def write_figures(df: pd.DataFrame, out: Path) -> dict[tuple[Any, ...], Path]:
 
 
 def _npz_meta(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k].item() for k in ("model", "solver", "schedule", "guidance", "seed", "nfe") if k in f.files}
+    f = load_npz(path, "shard")
+    return {k: f[k].item() for k in ("model", "solver", "schedule", "guidance", "seed", "nfe") if k in f}
 
 
 def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> dict[tuple[str, ...], Path]:
@@ -212,12 +242,14 @@ def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> 
     for path in sorted(Path(results_dir).rglob("nfe*/0-*.npz")):
         try:
             meta = _npz_meta(path)
+        except CorruptFileError as exc:  # a sample grid is an illustration: skip the file, say so
+            print(f"dpmbench: warning: {exc}; not in the sample grids", file=sys.stderr)
+            continue
         except (OSError, ValueError, KeyError):
             continue
         model = str(meta.get("model"))
         if model not in image:
-            with np.load(path, allow_pickle=False) as f:
-                shape = f["x"].shape
+            shape = load_npz(path, "shard")["x"].shape
             image[model] = len(shape) == 4 and shape[1] in (1, 3)
         if not image[model]:
             continue
@@ -231,12 +263,10 @@ def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> 
         nfe = min(by_nfe)
         rows: list[tuple[str, np.ndarray]] = []
         ref = next(iter(by_nfe[nfe].values())).parents[3] / "reference.npz"
-        if ref.is_file():
-            with np.load(ref, allow_pickle=False) as f:
-                rows.append(("exact", f["x"][:columns]))
+        if ref.is_file() and verify_npz(ref):
+            rows.append(("exact", load_npz(ref)["x"][:columns]))
         for solver, path in by_nfe[nfe].items():
-            with np.load(path, allow_pickle=False) as f:
-                rows.append((solver, f["x"][:columns]))
+            rows.append((solver, load_npz(path)["x"][:columns]))
         ncol = max(len(x) for _, x in rows)
         fig, axes = plt.subplots(len(rows), ncol, figsize=(0.75 * ncol + 2.6, 0.75 * len(rows) + 0.4), squeeze=False)
         for i, (label, xs) in enumerate(rows):
@@ -433,6 +463,7 @@ def write_report(results_dir: str | Path, out: str | Path, papers_dir: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     table = df if df["seed"].nunique() > 1 else df.drop(columns="seed")
+    table = table.assign(value=table["value"].map(lambda v: "nan" if _isnan(v) else v))  # nan: a diverged run
     atomic_write(out / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     md = leaderboard_markdown(df)
     atomic_write(out / "leaderboard.md", lambda tmp: tmp.write_text(md))

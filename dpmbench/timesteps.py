@@ -137,12 +137,12 @@ def timesteps(
         return t
     t0 = float(schedule.T if t_start is None else t_start)
     t1 = float(schedule.t_end_default if t_end is None else t_end)
+    if not 0 < t1 < t0:  # NaN fails too
+        raise DpmbenchError(f"invalid t_end {t1}: must be in (0, t_start={t0})")
     if kind.startswith(SEARCHED):
         return searched_grid(kind[len(SEARCHED):], steps, t0, t1)
     if kind not in TIMESTEP_SCHEDULES:
         raise bad_value("schedule", kind, [*ALL_KINDS, "searched:NAME"])
-    if not t1 < t0:
-        raise DpmbenchError(f"invalid t_end {t1}: must be smaller than t_start {t0}")
     if steps < 1:
         raise DpmbenchError(f"invalid steps {steps}: must be >= 1")
     if (kind in ("logsnr", "karras") or kind.startswith("ays")) and not math.isfinite(schedule.lambda_(t0)):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCHEMA = ROOT / "config" / "schema.yaml"
 DEFAULT_MANIFEST = ROOT / "config" / "checkpoints.yaml"  # the checkpoint manifest, consulted when present
 OVERRIDABLE = ("nfe", "solvers", "schedules", "guidance", "seeds", "metrics", "samples_per_shard", "batch_size")
+MAX_SHARDS_PER_CELL = 10_000
 STAGES = ("reference", "sample", "metrics", "report")
 DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
     "reference": {"mem_mb": 2000, "runtime": 60, "threads": 1},
@@ -70,12 +72,19 @@ def _bad(key: str, what: str) -> DpmbenchError:
     return DpmbenchError(f"invalid config key {key!r}: {what}")
 
 
+@functools.lru_cache(maxsize=8)
+def _validator(path: str, mtime_ns: int) -> Any:
+    """The JSON-schema validator of a schema file (parsed once per file version)."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(yaml.safe_load(Path(path).read_text()))
+
+
 def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str] = DEFAULT_SCHEMA) -> None:
     """Validate ``config`` against the JSON schema; raise a one-line ``DpmbenchError`` naming the bad key."""
     import jsonschema
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator(str(schema_path), Path(schema_path).stat().st_mtime_ns)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is None:
         return
@@ -378,6 +387,11 @@ class Grid:
             self.model_extra[name] = {k: mc[k] for k in ("t_end", "reference_solver", "reference_stats") if k in mc}
             n = int(mc["num_samples"])
             per = int(eff["samples_per_shard"])
+            if -(-n // per) > MAX_SHARDS_PER_CELL:  # would be millions of jobs (and a list that never ends)
+                raise _bad(where["samples_per_shard"] if "samples_per_shard" in mc or "samples_per_shard" in c
+                           else f"models.{name}.num_samples",
+                           f"{n} samples in shards of {per} make {-(-n // per)} shards per cell; allowed: at most "
+                           f"{MAX_SHARDS_PER_CELL} (raise samples_per_shard)")
             self.models[name] = ModelGrid(
                 name=name, num_samples=n, samples_per_shard=per, nfe=sorted(int(v) for v in eff["nfe"]),
                 solvers=slugs, schedules=[slug(v) for v in eff["schedules"]], guidance=guidance,
@@ -585,6 +599,23 @@ class Grid:
     def solver_reference_models(self) -> list[str]:
         """Models whose reference file is a high-NFE solver run (``reference_solver``; the ``reference_run`` rule)."""
         return [m for m in self.models if self.reference_args(m)]
+    def remove_corrupt(self, remove: bool = True) -> list[str]:
+        """Find the grid's shard, reference and metric files that exist but are incomplete — a truncated ``.npz``
+        (its zip directory, at the end of the file, is unreadable) or a metric file that is not a complete JSON
+        object — as left by a job or a copy killed half-way; remove them (``remove``) so that Snakemake recomputes
+        them and what depends on them. Cheap (no file is read in full): the consumers verify each ``.npz``'s
+        embedded sha256 when they load it. Returns the paths found."""
+        found = []
+        for path in [*self.all_reference_files(), *self.all_shard_files()]:
+            if os.path.exists(path) and not npz_complete(path):
+                found.append(path)
+        for path in self.all_metric_files():
+            if os.path.exists(path) and not metrics_complete(path):
+                found.append(path)
+        if remove:
+            for path in found:
+                Path(path).unlink(missing_ok=True)
+        return found
 
     def has_reference(self, model: str) -> bool:
         """Whether ``model`` has a reference file: exact solutions (oracle models) or a ``reference_solver`` run."""
@@ -599,6 +630,25 @@ def checkpoint_manifest(config: dict[str, Any]) -> dict[str, Any]:
     manifest = load_manifest()
     manifest.update(parse_manifest(config.get("checkpoints") or {}, "the config's checkpoints section"))
     return manifest
+def npz_complete(path: str | os.PathLike[str]) -> bool:
+    """Whether an ``.npz`` has its complete zip directory (a truncated file has not); reads only the directory."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            size = os.path.getsize(path)
+            return all(i.header_offset + i.compress_size <= size for i in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def metrics_complete(path: str | os.PathLike[str]) -> bool:
+    """Whether a metric file is a complete JSON object with a ``metrics`` object."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and isinstance(rec.get("metrics"), dict)
 
 
 def build_grid(config: dict[str, Any], schema: str | os.PathLike[str] | None = None) -> Grid:
@@ -633,11 +683,18 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
         if lo != expect:
             raise DpmbenchError(f"invalid shards: {p!r} starts at {lo}, expected {expect}")
         expect = hi
+    from dpmbench.io import CorruptFileError, load_npz
+
     xs, labels, wall, used, meta = [], [], 0.0, -1, None
     per_sample: dict[str, list[Any]] = {k: [] for k in PER_SAMPLE_KEYS}
     for lo, hi, p in parts:
-        with np.load(p, allow_pickle=False) as f:
-            d = {k: f[k] for k in f.files}
+        try:
+            d = load_npz(p, "shard")
+        except FileNotFoundError:
+            raise DpmbenchError(f"invalid shard {p!r}: no such file") from None
+        except CorruptFileError as exc:  # never use it; remove it so that the next run recomputes it
+            Path(p).unlink(missing_ok=True)
+            raise DpmbenchError(f"{exc}; removed it: re-run snakemake to recompute it") from None
         if len(d["x"]) != hi - lo:
             raise DpmbenchError(f"invalid shard {p!r}: {len(d['x'])} samples for range {lo}-{hi}")
         xs.append(d.pop("x"))

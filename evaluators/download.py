@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.io import cache_dir
+from dpmbench.io import cache_dir, file_lock
 
 CHUNK = 1 << 20
 PROGRESS_MIN_BYTES = 8 << 20  # a progress bar only for files at least this big
@@ -160,10 +160,25 @@ def download(url: str, dest: str | Path, sha256: str | None = None, *, size: int
 def fetch(url: str, sha256: str | None, filename: str | None = None, subdir: str = "downloads",
           timeout: float = 60.0) -> Path:
     """The verified local copy of ``url`` (cached by file name): download it if absent, resuming a partial
-    ``.part`` file, and check its sha256. Offline (``DPMBENCH_OFFLINE=1``) only the cache is consulted."""
+    ``.part`` file, and check its sha256; a cached copy that fails its sha256 is fetched again. Offline
+    (``DPMBENCH_OFFLINE=1``) only the cache is consulted."""
     dest = cache_dir(subdir) / (filename or url.rstrip("/").rsplit("/", 1)[-1])
     if dest.is_file():
-        return verify_sha256(dest, sha256, "cached file")
+        try:
+            return verify_sha256(dest, sha256, "cached file")
+        except DpmbenchError:
+            if offline():
+                raise
+    with file_lock(dest):  # concurrent jobs: one downloads (appending to one .part file), the others wait
+        if dest.is_file():
+            try:
+                return verify_sha256(dest, sha256, "cached file")
+            except DpmbenchError:
+                dest.unlink()  # a corrupted cache entry is fetched again, never used
+        return _download(url, sha256, dest, timeout)
+
+
+def _download(url: str, sha256: str | None, dest: Path, timeout: float) -> Path:
     if offline():
         raise DpmbenchError(f"offline (DPMBENCH_OFFLINE=1) and {dest.name!r} is not cached: download {url} "
                             f"and place it at {dest}" + (f" (sha256 {sha256})" if sha256 else ""))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dpmbench.errors import DpmbenchError, bad_value
-from dpmbench.io import cache_dir, digest, save_npz
+from dpmbench.io import cache_dir, cached_npz, digest
 from evaluators.download import offline, resolve_local, verify_sha256
 
 QUANTIZATION = "edm: uint8 = clip(x*127.5+128, 0, 255), truncated"
@@ -182,14 +182,9 @@ def cleanfid_features(images: torch.Tensor, mode: str = "clean", batch_size: int
 
 
 def cached_features(key: tuple[Any, ...], compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Features cached on disk under ``$DPMBENCH_CACHE/features/<digest(key)>.npz`` (computed once)."""
-    path = cache_dir("features") / f"{digest(*key)[:32]}.npz"
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    out = compute()
-    save_npz(path, **out)
-    return out
+    """Features cached on disk under ``$DPMBENCH_CACHE/features/<digest(key)>.npz``: computed once (file lock
+    across processes), a truncated or corrupted entry (embedded sha256) recomputed, never used."""
+    return cached_npz(cache_dir("features") / f"{digest(*key)[:32]}.npz", compute, "feature cache entry")
 
 
 # -- the digits reference (the embedded default) ---------------------------------------------------------

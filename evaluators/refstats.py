@@ -9,6 +9,7 @@ for shipped files), ``sha256``, optional ``keys`` (the npz keys of mean and cova
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def load_stats(path: str | Path, keys: tuple[str, str] = ("mu", "sigma")) -> tup
     try:
         with np.load(path, allow_pickle=False) as f:
             mu, sigma = np.asarray(f[keys[0]], np.float64), np.asarray(f[keys[1]], np.float64)
-    except (KeyError, ValueError, OSError, EOFError) as exc:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # truncated: BadZipFile
         raise DpmbenchError(f"invalid reference stats {str(path)!r}: need npz keys {list(keys)} "
                             f"({exc.__class__.__name__})") from None
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):

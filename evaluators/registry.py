@@ -255,10 +255,10 @@ def _reference_image_features(ctx: Context) -> np.ndarray:
     path = str(ctx.opt("reference_images"))
 
     def compute() -> dict[str, np.ndarray]:
-        with np.load(path, allow_pickle=False) as f:
-            if "x" not in f.files:
-                raise DpmbenchError(f"invalid reference images {path!r}: need npz key 'x'")
-            images = to_uint8(f["x"])
+        f = _load_input_npz(path, "reference images")
+        if "x" not in f:
+            raise DpmbenchError(f"invalid reference images {path!r}: need npz key 'x'")
+        images = to_uint8(f["x"])
         bs, dev, w = int(ctx.opt("batch_size")), str(ctx.opt("device")), ctx.opt("inception_weights")
         if _backend(ctx) == "clean-fid":
             return {"2048": cleanfid_features(images, str(ctx.opt("cleanfid_mode")), bs, w, dev)}
@@ -268,6 +268,17 @@ def _reference_image_features(ctx: Context) -> np.ndarray:
     key = ("reference-images", sha256_file(path), _backend(ctx), ctx.opt("cleanfid_mode"),
            None if weights is None else sha256_file(weights))
     return ctx.cached("ref_images", lambda: cached_features(key, compute)["2048"])
+
+
+def _load_input_npz(path: str, what: str) -> dict[str, np.ndarray]:
+    """A user-given ``.npz`` (verified if it carries dpmbench's checksum); a missing, truncated or corrupted file
+    is a one-line error naming it."""
+    from dpmbench.io import load_npz
+
+    try:
+        return load_npz(path, what)
+    except FileNotFoundError:
+        raise DpmbenchError(f"invalid {what} {path!r}: no such file") from None
 
 
 def _fid(ctx: Context, idx: np.ndarray | None) -> float:
@@ -306,9 +317,11 @@ def _kid(ctx: Context, idx: np.ndarray | None) -> float:
     def load() -> np.ndarray:
         if not path:
             return _reference_image_features(ctx)
-        with np.load(path, allow_pickle=False) as f:
-            key = "feats" if "feats" in f.files else "features"
-            return np.asarray(f[key], np.float64)
+        f = _load_input_npz(path, "kid reference")
+        key = "feats" if "feats" in f else "features"
+        if key not in f:
+            raise DpmbenchError(f"invalid kid reference {path!r}: need npz key 'feats' or 'features'")
+        return np.asarray(f[key], np.float64)
     f, ref = _inception(ctx)["2048"], ctx.cached("kid_ref", load)
     if idx is None:
         return kernel_distance(f, ref)

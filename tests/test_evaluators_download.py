@@ -150,3 +150,15 @@ def test_verify_sha256_prefix(tmp_path: Path) -> None:
     assert verify_sha256(p, SHA[:8]) == p
     with pytest.raises(DpmbenchError, match="checksum mismatch"):
         verify_sha256(p, "00000000")
+
+
+@pytest.mark.timeout(60)
+def test_corrupted_cached_file_is_fetched_again(server: str, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = fetch(f"{server}/good.bin", SHA, timeout=10)
+    p.write_bytes(PAYLOAD[: len(PAYLOAD) // 2])  # truncated, e.g. by a copy killed half-way
+    assert fetch(f"{server}/good.bin", SHA, timeout=10) == p and p.read_bytes() == PAYLOAD
+    assert len(_Handler.requests) == 2  # fetched again, not used
+    p.write_bytes(b"X" + PAYLOAD[1:])  # corrupted in place; offline there is nothing to fetch it from
+    monkeypatch.setenv("DPMBENCH_OFFLINE", "1")
+    with pytest.raises(DpmbenchError, match="checksum mismatch for cached file"):
+        fetch(f"{server}/good.bin", SHA, timeout=10)

@@ -17,7 +17,7 @@ import torch
 from scipy.integrate._ivp import dop853_coefficients as dop
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.io import atomic_write, cache_dir, digest
+from dpmbench.io import cache_dir, cached_npz, digest
 
 DEFAULT_RTOL = 1e-10
 DEFAULT_ATOL = 1e-10
@@ -124,11 +124,6 @@ def solve_probability_flow(
     return (y1 * sch.sigma(t_end)).reshape(x_T.shape)
 
 
-def _save_npy(path: Any, arr: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, arr)
-
-
 def exact_solution(
     model: Any,
     x_T: torch.Tensor,
@@ -139,7 +134,11 @@ def exact_solution(
     atol: float = DEFAULT_ATOL,
     cache: bool = True,
 ) -> torch.Tensor:
-    """Exact (to ~rtol) probability-flow ODE solution of an oracle model from x_T; float64, cached on disk."""
+    """Exact (to ~rtol) probability-flow ODE solution of an oracle model from x_T; float64, cached on disk.
+
+    The cache entry (``$DPMBENCH_CACHE/exact/<key>.npz``) embeds its sha256: a truncated or corrupted entry is
+    recomputed, never used; concurrent processes asking for the same entry compute it once (file lock).
+    """
     sch = model.schedule
     t0 = float(sch.T if t_start is None else t_start)
     t1 = float(sch.t_end_default if t_end is None else t_end)
@@ -147,14 +146,12 @@ def exact_solution(
         raise DpmbenchError(f"invalid t_end {t1}: must be in (0, t_start={t0})")
     x_cpu = x_T.detach().cpu()
     c_cpu = None if cond is None else torch.as_tensor(cond).cpu()
+
+    def compute() -> dict[str, np.ndarray]:
+        return {"x": solve_probability_flow(model, x_cpu, t0, t1, c_cpu, rtol, atol).numpy()}
+
+    if not cache:
+        return torch.from_numpy(compute()["x"]).to(x_T.device)
     key = digest("exact-v1", model.cache_key(), t0, t1, rtol, atol, x_cpu, c_cpu)
-    path = cache_dir("exact") / f"{key}.npy"
-    if cache and path.exists():
-        try:
-            return torch.from_numpy(np.load(path)).to(x_T.device)
-        except (ValueError, OSError):
-            path.unlink(missing_ok=True)  # corrupt cache entry: recompute
-    out = solve_probability_flow(model, x_cpu, t0, t1, c_cpu, rtol, atol)
-    if cache:
-        atomic_write(path, lambda tmp: _save_npy(tmp, out.numpy()))
-    return out.to(x_T.device)
+    x = cached_npz(cache_dir("exact") / f"{key}.npz", compute, "exact-solution cache entry")["x"]
+    return torch.from_numpy(x).to(x_T.device)

@@ -87,7 +87,6 @@ def x0_jvps(model: Model, x: torch.Tensor, lam: float, v: torch.Tensor, z: torch
 
     Networks with operations that have no forward-mode derivative (e.g. PyTorch's fused CPU attention in diffusers
     UNets) get central finite differences instead (``x0_jvps_fd``)."""
-    n = x.shape[0]
     if cond is not None and cond2 is None:
         cond2 = _cat_cond(cond)
     if getattr(model, "forward_ad", True):

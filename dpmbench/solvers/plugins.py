@@ -14,9 +14,11 @@ entry point that resolves to such a module or to a ``Solver`` subclass (register
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from importlib.metadata import entry_points
+from typing import Any
 
 from dpmbench.errors import DpmbenchError
 
@@ -30,11 +32,18 @@ def plugin_modules() -> list[str]:
     return [m.strip() for m in os.environ.get(ENV_VAR, "").split(",") if m.strip()]
 
 
+@functools.lru_cache(maxsize=1)
+def _entry_points() -> tuple[Any, ...]:
+    """The installed entry points of the group, discovered once per process (scanning every installed
+    distribution's metadata costs milliseconds, and ``get_solver`` runs on every ``sample`` call)."""
+    return tuple(entry_points(group=ENTRY_POINT_GROUP))
+
+
 def load_plugins() -> None:
     """Import every plugin once; a broken plugin is a one-line error naming it."""
     from dpmbench.solvers.base import SOLVERS, Solver, register
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _entry_points():
         key = f"ep:{ep.value}"
         if key in _loaded:
             continue
