@@ -16,7 +16,7 @@ import torch
 from support import T_END, CountingModel, gmm2d_convergence_setup, measured_order, rmse
 
 from dpmbench import load_model, sample
-from dpmbench.artifacts import artifact_key, keyed_path
+from dpmbench.artifacts import artifact_key, code_version, keyed_path
 from dpmbench.models.base import guided
 from dpmbench.models.oracle import MixtureOracle
 from dpmbench.solvers.base import Context, History, Point, get_solver
@@ -157,7 +157,8 @@ def test_ems_deterministic_cached_and_nfe_contract() -> None:
     first = sample(counting, spec, 6, x_T, t_end=T_END)
     assert counting.calls > 6  # the EMS were computed (uncounted by the NFE budget)
     assert bool(torch.isfinite(first).all())
-    key = artifact_key(EMS_KIND, counting.cache_key(), None, 1.0, T_END, 64, 16, 4, EMS_VERSION)
+    key = artifact_key(EMS_KIND, counting.cache_key(), None, 1.0, T_END, 64, 16, 4, EMS_VERSION,
+                       code_version(compute_ems))
     assert keyed_path(EMS_KIND, key).is_file()
     for nfe in (3, 6, 10):  # a fresh solver: the EMS come from the artifact, the model is called nfe times
         counting.calls = 0

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwad
 
-from dpmbench.artifacts import artifact_key, cached
+from dpmbench.artifacts import artifact_key, cached, code_version
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import Model, NFECounter
 from dpmbench.schedules import NoiseSchedule
@@ -391,7 +391,8 @@ class DPMSolverV3(MultistepSolver):
                                                  "steps": self.ems_steps, "seed": self.ems_seed})
             self._ems, self._ems_for = EMS(data["lam"], data["l"], data["s"], data["b"]), items
             self._ems_wall = data.get("wall_s")
-        return {**summary, "artifact": artifact_key(EMS_KIND, *items)[:32], "ems_wall_s": self._ems_wall}
+        key = artifact_key(EMS_KIND, *items, code_version(compute_ems))  # as cached() keys it
+        return {**summary, "artifact": key[:32], "ems_wall_s": self._ems_wall}
 
     @property
     def ems(self) -> EMS:
