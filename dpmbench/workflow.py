@@ -469,10 +469,18 @@ class Grid:
         sched = self.schedule(wc.schedule)
         if sched.startswith("searched:"):
             out.append(f"{self.artifacts_dir()}/named/{sched.split(':', 1)[1]}.json")
+        out += self.solver_search_inputs(wc)
         if wc.solver in self.prepares:
             out.append(f"{self.results_dir}/{wc.model}/g{wc.guidance}/seed{wc.seed}/{wc.schedule}/{wc.solver}/"
                        "prepared.json")
         return out
+
+    def solver_search_inputs(self, wc: Any) -> list[str]:
+        """Named searches a solver spec refers to by an option value (e.g. ``usf:schedule_name=NAME``)."""
+        from dpmbench.solvers.base import parse_spec
+
+        _, opts = parse_spec(self.spec(wc.solver))
+        return [f"{self.artifacts_dir()}/named/{v}.json" for v in opts.values() if v in self.searches]
 
     # -- per-job parameters ------------------------------------------------------------------------------
     def num_samples(self, model: str) -> int:

@@ -72,3 +72,19 @@ def test_named_search_and_prepare_are_dag_outputs(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(bad))
     proc = run()
     assert proc.returncode == 2 and "invalid config key 'schedules[0]': unknown searched schedule" in proc.stderr
+
+
+def test_shipped_searched_config_plans_its_searches_once(tmp_path: Path) -> None:
+    """config/searched.yaml: three named searches, each one job that every sample job on its grid waits for."""
+    import subprocess
+
+    from test_workflow import ROOT, SNAKEMAKE
+
+    env = _env(tmp_path)
+    proc = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                           "--configfile", str(ROOT / "config" / "searched.yaml"), "-n", "--quiet", "rules"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = dict(line.split()[:2] for line in (proc.stdout + proc.stderr).splitlines()
+                if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert jobs["search"] == "3" and jobs["prepare"] == "4"  # dpm-solver-v3 on each of the 4 schedules
