@@ -41,16 +41,26 @@ from dpmbench.models.base import Model
 from dpmbench.solvers.base import Context, MultistepSolver, Option, Plan, Point, expm1, register
 
 RIDGE = 1e-4  # relative Tikhonov weight of the fit (see ridge_lstsq)
+NEGLIGIBLE = 1e-6  # a term smaller than this times the target is not fitted (see ridge_lstsq)
 
 
 def ridge_lstsq(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     """argmin_g |a g - b|^2 + mu |g|^2 with mu = RIDGE * max diag(a^T a): the MMSE fit, kept well-posed when
     the extra terms are nearly collinear (at high noise the data- and noise-prediction differences of IIA-DDIM
     are: plain least squares then returns coefficients of opposite sign and size ~1e8 whose cancellation float32
-    sampling cannot reproduce)."""
-    ata = a.T @ a
+    sampling cannot reproduce).
+    A term whose norm is negligible next to the target (below ``NEGLIGIBLE`` times it: near t_end the empirical
+    denoiser's consecutive outputs coincide to 1e-27) gets coefficient 0: fitted to round-off it would take a
+    coefficient of ~1e78 that turns float32 round-off of the same term into overflow at sampling time."""
+    g = torch.zeros(a.shape[1], dtype=a.dtype)
+    keep = a.norm(dim=0) > NEGLIGIBLE * float(b.norm())
+    if not bool(keep.any()):
+        return g.tolist()
+    k = a[:, keep]
+    ata = k.T @ k
     mu = RIDGE * float(ata.diagonal().max())
-    return torch.linalg.solve(ata + mu * torch.eye(len(ata), dtype=ata.dtype), a.T @ b).tolist()
+    g[keep] = torch.linalg.solve(ata + mu * torch.eye(len(ata), dtype=ata.dtype), k.T @ b)
+    return g.tolist()
 
 
 def _options() -> dict[str, Option]:
