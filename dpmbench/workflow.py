@@ -38,7 +38,6 @@ from dpmbench.errors import DpmbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCHEMA = ROOT / "config" / "schema.yaml"
-DEFAULT_MANIFEST = ROOT / "config" / "checkpoints.yaml"  # the checkpoint manifest, consulted when present
 OVERRIDABLE = ("nfe", "solvers", "schedules", "guidance", "seeds", "metrics", "samples_per_shard", "batch_size")
 MAX_SHARDS_PER_CELL = 10_000
 STAGES = ("reference", "sample", "metrics", "report")
@@ -120,12 +119,11 @@ def _manifest_entries(doc: Any) -> dict[str, dict[str, Any]]:
 
 
 def load_manifests(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Checkpoint model ids the config may name: ``config/checkpoints.yaml`` when present, plus every file of the
-    config's ``checkpoints_manifest`` (a path or a list; relative paths are taken from the repository root). A listed
-    file that does not exist is an error naming the key."""
+    """Checkpoint model ids named by the files of the config's ``checkpoints_manifest`` (a path or a list; relative
+    paths are taken from the repository root), id -> raw entry; the loadable entries (``config/checkpoints.yaml``
+    and the config's ``checkpoints:``) come from :func:`checkpoint_manifest`. A listed file that does not exist is an
+    error naming the key."""
     paths: list[tuple[str, Path]] = []
-    if DEFAULT_MANIFEST.is_file():
-        paths.append(("checkpoints_manifest", DEFAULT_MANIFEST))
     listed = config.get("checkpoints_manifest", [])
     for i, name in enumerate([listed] if isinstance(listed, str) else listed):
         path = Path(name) if Path(name).is_absolute() else ROOT / name
