@@ -28,19 +28,11 @@ from dpmbench.models.adapters import ADAPTERS, load_adapter, prompts_from_captio
 from dpmbench.models.base import Guided, guided
 from dpmbench.solvers.base import get_solver
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]  # tiny networks: one thread is faster on shared cores
 
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}  # SD 1.x/2.x scheduler
 STEPS = [0, 1, 7, 500, 998, 999]  # discrete training steps checked
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny networks: one intra-op thread is faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _seeded(seed: int = 0) -> None:

@@ -21,12 +21,6 @@ from dpmbench.solvers.ddim import DDIM
 from dpmbench.timesteps import timesteps
 
 
-@pytest.fixture
-def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DPMBENCH_ARTIFACTS", str(tmp_path / "artifacts"))
-    return tmp_path / "artifacts"
-
-
 def _slow_compute(args: tuple[str, str]) -> Any:
     root, marker = args
     os.environ["DPMBENCH_ARTIFACTS"] = root

@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 import yaml
 from support import run_cli
-from test_adapters import _one_thread, _tiny_unet, sd_dir  # noqa: F401  (fixtures)
+from test_adapters import _tiny_unet, sd_dir  # noqa: F401  (fixture)
 from test_checkpoints import _Handler, server  # noqa: F401  (fixture)
 from test_workflow import ROOT, _cmd
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def _files(root: Path) -> list[dict[str, Any]]:

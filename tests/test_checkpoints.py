@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import local_http_server
 
 from dpmbench import checkpoints as ck
 from dpmbench.errors import DpmbenchError
@@ -70,16 +70,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     _Handler.files, _Handler.cut, _Handler.requests, _Handler.ignore_range = {}, {}, [], False
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        t.join(timeout=5)
+    with local_http_server(_Handler) as url:
+        yield url
 
 
 @pytest.fixture()

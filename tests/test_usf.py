@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,7 @@ from dpmbench.timesteps import timesteps
 SMALL = {"samples": 128, "random": 32, "generations": 4, "population": 6, "children": 12}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # many small evaluations: one thread is several times faster on shared cores
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DPMBENCH_ARTIFACTS", str(tmp_path / "artifacts"))
-    return tmp_path / "artifacts"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
