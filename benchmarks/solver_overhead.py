@@ -11,12 +11,11 @@ subtracted (NFE x model time).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from throughput import median_time  # benchmarks/ is the script's directory, so on sys.path
 
 from dpmbench.models.base import Model
 from dpmbench.sampling import sample
@@ -35,16 +34,6 @@ class CheapEps(Model):
 
     def forward(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
         return 0.1 * x
-
-
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _diffusers_loop(scheduler: Any, x: torch.Tensor, steps: int) -> Callable[[], Any]:
@@ -70,16 +59,16 @@ def main() -> None:
     rows = []
     for batch in (1, 256):
         x = torch.randn(batch, *SHAPE)
-        model_time = _median_time(lambda x=x: model.eps(x, 0.5), args.repeats * 20)
+        model_time = median_time(lambda x=x: model.eps(x, 0.5), args.repeats * 20)
         pairs = [
             ("ddim", DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=False)),
             ("dpm-solver++:order=2,method=multistep",
              DPMSolverMultistepScheduler(final_sigmas_type="sigma_min", timestep_spacing="trailing")),
         ]
         for spec, sched in pairs:
-            ours = _median_time(lambda x=x, spec=spec: sample(model, spec, args.steps, x, schedule="time-uniform"),
+            ours = median_time(lambda x=x, spec=spec: sample(model, spec, args.steps, x, schedule="time-uniform"),
                                 args.repeats)
-            theirs = _median_time(_diffusers_loop(sched, x, args.steps), args.repeats)
+            theirs = median_time(_diffusers_loop(sched, x, args.steps), args.repeats)
             floor = args.steps * model_time
             rows.append((batch, spec, (ours - floor) / args.steps * 1e6, (theirs - floor) / args.steps * 1e6,
                          model_time * 1e6))
@@ -87,7 +76,7 @@ def main() -> None:
                        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=1).eval()
     with torch.no_grad():
-        unet_time = _median_time(lambda: unet(torch.randn(1, *SHAPE), 10).sample, args.repeats)
+        unet_time = median_time(lambda: unet(torch.randn(1, *SHAPE), 10).sample, args.repeats)
     print(f"steps={args.steps}, CPU, 1 thread; small UNet (32x32, 2 levels) forward at batch 1: "
           f"{unet_time * 1e3:.2f} ms\n")
     print("| batch | solver | dpmbench overhead / step (us) | diffusers overhead / step (us) | "
