@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import signal
 import sys
@@ -267,16 +268,19 @@ def _meta(args: argparse.Namespace, model: Any, t_end: float) -> dict[str, Any]:
 def _prompts(args: argparse.Namespace, model: Any, lo: int, hi: int) -> list[str]:
     """Prompts of samples ``start + lo .. start + hi - 1``: a seeded, prefix-stable subset of the captions file,
     so sample i gets the same prompt however the samples are sharded or batched."""
-    from dpmbench.models.adapters import prompts_from_captions
-
     if not getattr(args, "captions", None):
         raise DpmbenchError(f"invalid --captions None: model {args.model!r} is text-conditional; give a captions "
                             "file (MS-COCO captions JSON, or one caption per line)")
     start = getattr(args, "start", 0)
-    key = (args.captions, args.seed, start + args.num_samples)
-    if getattr(args, "_prompt_cache", (None,))[0] != key:
-        args._prompt_cache = (key, prompts_from_captions(args.captions, start + args.num_samples, args.seed))
-    return args._prompt_cache[1][start + lo:start + hi]
+    return list(_caption_subset(args.captions, start + args.num_samples, args.seed)[start + lo:start + hi])
+
+
+@functools.lru_cache(maxsize=4)
+def _caption_subset(path: str, n: int, seed: int) -> tuple[str, ...]:
+    """The captions file is read and its subset chosen once per command, not once per batch."""
+    from dpmbench.models.adapters import prompts_from_captions
+
+    return tuple(prompts_from_captions(path, n, seed))
 
 
 def _cond(args: argparse.Namespace, model: Any, lo: int, hi: int, device: Any) -> Any:
