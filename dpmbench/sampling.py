@@ -52,6 +52,9 @@ def sample(
     ``nfe`` is a cap that it never exceeds (asserted), and the evaluations actually spent are reported in
     ``stats["nfe_used"]`` when a ``stats`` dict is passed (it is filled for every solver, with ``nfe_budget``
     and, for adaptive solvers, whatever the solver reports, e.g. ``steps_accepted``/``budget_exhausted``).
+    A parallel solver (``solver.parallel``, ``picard``) has two counters: its sequential rounds (batched model
+    calls, the NFE counter; at most ``nfe``, the base solver's sequential NFE) in ``stats["parallel_rounds"]`` and
+    its evaluations per sample summed over rounds in ``stats["nfe_total"]`` (both asserted consistent here).
     """
     if isinstance(model, str):
         model = load_model(model)
@@ -67,8 +70,13 @@ def sample(
     counter = NFECounter(net, cond, NoiseSource(seed, start, x_T) if sol.stochastic else None)
     with torch.no_grad():
         x = sol.run(counter, x_T, plan)
-    if counter.count > nfe or (counter.count != nfe and not sol.adaptive):  # internal invariant (see above)
+    if counter.count > nfe or (counter.count != nfe and not (sol.adaptive or sol.parallel)):  # invariant (above)
         raise RuntimeError(f"solver {sol.spec} used {counter.count} NFE for a budget of {nfe}")
+    if sol.parallel:
+        rep = plan.extra.get("report", {})
+        if rep.get("parallel_rounds") != counter.count or not counter.count <= rep.get("nfe_total", -1) <= \
+                counter.count * nfe:
+            raise RuntimeError(f"solver {sol.spec}: {counter.count} batched calls, counters {rep}")
     if stats is not None:
         stats.update(plan.extra.get("report", {}), nfe_used=counter.count, nfe_budget=nfe)
     return x

@@ -209,6 +209,7 @@ class Solver:
     stochastic: ClassVar[bool] = False  # draws noise (needs NFECounter.noise)
     adaptive: ClassVar[bool] = False  # data-dependent step count: the NFE budget is a cap (see sampling.sample)
     needs_prepare: ClassVar[bool] = False  # prepare() computes cached artifacts (the workflow runs it once per cell)
+    parallel: ClassVar[bool] = False  # batched parallel rounds (picard): NFE counter counts rounds (sampling.sample)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
