@@ -18,6 +18,8 @@ import numpy as np
 from dpmbench.errors import DpmbenchError, bad_value
 
 EXIT_USAGE = 2
+# a parallel solver's counters (sampling.sample's stats), kept in the samples file and the metrics record
+PARALLEL_COUNTERS = ("parallel_rounds", "nfe_total")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -315,6 +317,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     for nfe in args.nfe:
         start = time.perf_counter()
         chunks, used, images, decode_s = [], [], [], 0.0
+        counters: dict[str, int] = {}
         for lo, hi in _batches(args.num_samples, args.batch_size):
             lo, hi = lo + args.start, hi + args.start  # sample i depends only on (seed, i): any sharding agrees
             x_T = model.prior(hi - lo, seed=args.seed, dtype=dtype, device=device, start=lo)
@@ -328,13 +331,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
                 decode_s += time.perf_counter() - d0
             chunks.append(xb.cpu())
             used.append(stats["nfe_used"])
+            for k in PARALLEL_COUNTERS:  # parallel solvers (picard): the most any batch used
+                if k in stats:
+                    counters[k] = max(counters.get(k, 0), stats[k])
         x = torch.cat(chunks)
         wall = time.perf_counter() - start - decode_s  # sampling only
         extra = {"images": torch.cat(images).numpy(), "decode_wall_s": decode_s} if decode is not None else {}
         save_npz(args.out.replace("{nfe}", str(nfe)), x=x.to(torch.float32).numpy(), nfe=nfe,
                  solver=args.solver.replace(" ", ""), solver_canonical=sol.spec, schedule=str(args.schedule),
                  wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic,
-                 **extra, **meta)  # nfe_used < nfe: adaptive only
+                 **counters, **extra, **meta)  # nfe_used < nfe: adaptive and parallel only
 
 
 def _context(args: argparse.Namespace, model: Any, device: Any, nfe: int) -> Any:
@@ -524,6 +530,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             "guidance": None if g is None or math.isnan(float(g)) else float(g),
             "n_samples": len(s["x"]), "metrics": values, "ci": cis,
             "wall_s": float(meta.get("wall_s", 0.0)), "eval_wall_s": time.perf_counter() - start, **info,
+            **{k: int(meta[k]) for k in PARALLEL_COUNTERS if k in meta},
         })
 
 

@@ -689,9 +689,11 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
         if lo != expect:
             raise DpmbenchError(f"invalid shards: {p!r} starts at {lo}, expected {expect}")
         expect = hi
+    from dpmbench.cli import PARALLEL_COUNTERS
     from dpmbench.io import CorruptFileError, load_npz
 
     xs, labels, wall, used, meta = [], [], 0.0, -1, None
+    counters: dict[str, int] = {}
     per_sample: dict[str, list[Any]] = {k: [] for k in PER_SAMPLE_KEYS}
     for lo, hi, p in parts:
         try:
@@ -710,6 +712,9 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
                 per_sample[k].append(d.pop(k))
         wall += float(d.pop("wall_s", 0.0))
         used = max(used, int(d.pop("nfe_used", -1)))  # adaptive solvers: the most any shard used
+        for k in PARALLEL_COUNTERS:  # parallel solvers: likewise
+            if k in d:
+                counters[k] = max(counters.get(k, 0), int(d.pop(k)))
         d.pop("start", None)
         d.pop("num_samples", None)
         if meta is None:
@@ -721,6 +726,7 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
     assert meta is not None
     if used >= 0:
         meta["nfe_used"] = used
+    meta.update(counters)
     for k, arrays in per_sample.items():
         if arrays and len(arrays) != len(parts):
             raise DpmbenchError(f"invalid shards: {k!r} is in some shards of the cell but not in all")

@@ -139,3 +139,32 @@ def test_registered_listed_and_bad_input(capsys: pytest.CaptureFixture[str]) -> 
     m = load_model("gmm-digits")
     x = sample(m, "picard:base=dpm-solver++;order=3", 8, m.prior(4, seed=0))
     assert x.dtype == torch.float32 and bool(torch.isfinite(x).all())
+
+
+def test_counters_reach_the_samples_file_and_the_metrics_record(capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Any) -> None:
+    """`dpmbench sample` stores parallel_rounds and nfe_total (the most any batch used) beside nfe; shards merge them
+    by maximum; `dpmbench evaluate` copies them into the metrics record."""
+    import json
+
+    import numpy as np
+
+    from dpmbench.workflow import merge_shards
+
+    common = ["--model", "gmm-2d", "--seed", "0", "--solver", "picard:base=ddim", "--nfe", "20"]
+    for lo, n in ((0, 40), (40, 24)):
+        code, _, err = run_cli(capsys, "sample", *common, "--num-samples", str(n), "--start", str(lo),
+                               "--batch-size", "16", "--out", str(tmp_path / f"{lo}-{lo + n}.npz"))
+        assert code == 0, err
+    shards = [str(tmp_path / "0-40.npz"), str(tmp_path / "40-64.npz")]
+    a, b = (np.load(p) for p in shards)
+    assert int(a["nfe"]) == 20 and 0 < int(a["parallel_rounds"]) == int(a["nfe_used"]) < 20
+    assert int(a["nfe_total"]) >= 20
+    merged = merge_shards(shards)
+    assert merged["parallel_rounds"] == max(int(a["parallel_rounds"]), int(b["parallel_rounds"]))
+    assert merged["nfe_total"] == max(int(a["nfe_total"]), int(b["nfe_total"]))
+    code, _, err = run_cli(capsys, "evaluate", "--samples", shards[0], "--metrics", "fd_true",
+                           "--out", str(tmp_path / "m.json"))
+    assert code == 0, err
+    rec = json.loads((tmp_path / "m.json").read_text())
+    assert rec["parallel_rounds"] == int(a["parallel_rounds"]) and rec["nfe_total"] == int(a["nfe_total"])
