@@ -44,7 +44,7 @@ def collect(results_dir: str | Path) -> pd.DataFrame:
         if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
             continue  # another JSON file, not a metrics record
         rows.extend(_rows(path, rec))
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=[*COLUMNS, "parallel_rounds"])
     if not df.empty:
         df["guidance"] = df["guidance"].astype(object).where(df["guidance"].notna(), "none")
         df["guidance"] = df["guidance"].map(str)
@@ -81,6 +81,7 @@ def _rows(path: Path, rec: dict[str, Any]) -> list[dict[str, Any]]:
             "ci_high": _number(path, f"ci.{metric}", hi),
             "n_samples": rec.get("n_samples"), "wall_s": rec.get("wall_s"),
             "seed": _number(path, "seed", rec.get("seed", 0), True),
+            "parallel_rounds": _number(path, "parallel_rounds", rec.get("parallel_rounds")),  # parallel solvers
         })
     return rows
 
@@ -141,7 +142,8 @@ def _table(g: pd.DataFrame) -> tuple[list[int], list[tuple[str, list[tuple[str, 
             if r is None:
                 cells.append(("–", False))
                 continue
-            cells.append((_fmt(r.value) + _fmt_ci(r.ci_low, r.ci_high),
+            rounds = "" if _isnan(r.parallel_rounds) else f" ({int(r.parallel_rounds)} rounds)"  # picard
+            cells.append((_fmt(r.value) + rounds + _fmt_ci(r.ci_low, r.ci_high),
                           best[n] is not None and not _isnan(r.value) and r.value == best[n]))
         rows.append((s, cells))
     return [int(n) for n in nfes], rows
@@ -152,7 +154,8 @@ def leaderboard_markdown(df: pd.DataFrame) -> str:
     lines = ["# dpmbench leaderboard", "",
              "Lower is better, except for the metrics marked (higher is better). "
              "**Bold**: best solver at that NFE. Brackets: 95% paired bootstrap "
-             "CI. All solvers of a table start from the same x_T (common random numbers).", ""]
+             "CI. All solvers of a table start from the same x_T (common random numbers). "
+             "(R rounds): a parallel sampler's sequential batched model calls (NFE: its base solver's steps).", ""]
     if df.empty:
         return "\n".join([*lines, "_No results._", ""])
     many_seeds = df["seed"].nunique() > 1
@@ -463,6 +466,8 @@ def write_report(results_dir: str | Path, out: str | Path, papers_dir: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     table = df if df["seed"].nunique() > 1 else df.drop(columns="seed")
+    if not table["parallel_rounds"].notna().any():  # a last column only when parallel solvers ran
+        table = table.drop(columns="parallel_rounds")
     table = table.assign(value=table["value"].map(lambda v: "nan" if _isnan(v) else v))  # nan: a diverged run
     atomic_write(out / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     md = leaderboard_markdown(df)

@@ -168,3 +168,26 @@ def test_counters_reach_the_samples_file_and_the_metrics_record(capsys: pytest.C
     assert code == 0, err
     rec = json.loads((tmp_path / "m.json").read_text())
     assert rec["parallel_rounds"] == int(a["parallel_rounds"]) and rec["nfe_total"] == int(a["nfe_total"])
+
+
+def test_leaderboard_shows_rounds_beside_nfe(tmp_path: Any) -> None:
+    """A metrics record with parallel_rounds: the leaderboard cell says '(R rounds)', results.csv gains a last column
+    parallel_rounds (absent when no parallel solver ran)."""
+    import json
+
+    from dpmbench.report import write_report
+
+    base = {"model": "gmm-2d", "nfe": 20, "schedule": "logsnr", "guidance": None, "n_samples": 8,
+            "metrics": {"fd_true": 0.5}, "ci": {"fd_true": [0.4, 0.6]}, "wall_s": 1.0}
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "a.json").write_text(json.dumps({**base, "solver": "ddim"}))
+    write_report(tmp_path / "res", tmp_path / "rep0")
+    assert "parallel_rounds" not in (tmp_path / "rep0" / "results.csv").read_text()
+    (tmp_path / "res" / "b.json").write_text(json.dumps({**base, "solver": "picard", "parallel_rounds": 7,
+                                                         "nfe_total": 61}))
+    write_report(tmp_path / "res", tmp_path / "rep")
+    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert "| picard | **0.5 (7 rounds) [0.4, 0.6]** |" in md and "| ddim | **0.5 [0.4, 0.6]** |" in md
+    csv = (tmp_path / "rep" / "results.csv").read_text().splitlines()
+    assert csv[0].endswith(",wall_s,parallel_rounds") and csv[2].endswith(",7.0")
+    assert "(7 rounds)" in (tmp_path / "rep" / "leaderboard.html").read_text()
