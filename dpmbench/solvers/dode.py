@@ -1,0 +1,164 @@
+"""D-ODE solvers (Kim, Tang & Yu 2024, 'Distilling ODE Solvers of Diffusion Models into Smaller Steps', CVPR 2024;
+official code github.com/kim-sanghwan/D-ODE-Solvers).
+
+D-ODE keeps a solver's update and replaces, at every step i after the first, the model output it uses by
+
+    D~_i = D_i + lambda_i (D_i - D_{i-1})                                    (D-ODE eq. 5: one scalar per step)
+
+(``D`` the solver's own output, data prediction for DPM-Solver++, noise prediction for DPM-Solver; the history of
+later steps keeps the raw outputs, as the official samplers keep ``denoised_list``). lambda = 0 is the base solver.
+The lambdas are *distilled* from a teacher with more steps: along the student's own trajectory of a fit batch
+(``fit_samples`` prior samples of their own seed ``fit_seed``; balanced labels when guided), step by step, lambda_i
+minimizes || x^teacher(t_{i+1}) - x^student_{i+1}(lambda) ||^2 over the batch (D-ODE eq. 7); the update is linear
+in D~, so this is a one-dimensional least-squares problem with a closed form (the official code solves the same
+problem with ``torch.linalg.lstsq``, ``solve_ditillation_objective``). As in IIA's fit, a step whose direction
+D_i - D_{i-1} is negligible next to the residual (below 1e-6 of it: near t_end the empirical denoiser's consecutive
+outputs coincide to round-off) keeps lambda = 0; fitted, it took lambdas of ~1e13 on digits-empirical at NFE 20 and
+the samples overflowed. The teacher runs from the same x_T with
+``scale`` steps per student step (official ``scale=10``; teacher: DDIM, official ``d_ddim_sampler`` /
+``d_edm_sampler`` in edm/distilled_sampler.py). Deviation, stated: the official teacher runs its own grid of
+``scale * N`` steps and takes every ``scale``-th point, which is not exactly a student time; here the teacher's
+sub-steps are uniform in lambda inside each student interval, so its targets lie exactly at the student times.
+
+The lambdas are computed once per (model, NFE, grid, guidance, options) in ``prepare`` (outside the sampling budget,
+as in the paper: (scale + 1) x NFE evaluations of the fit batch) and cached as an artifact, so every later batch and
+shard reuses them (the paper: "optimized over a batch of samples, then reused").
+
+Bases: DPM-Solver++ and DPM-Solver, ``method=multistep`` (``ddim`` is DPM-Solver++ of order 1, DDIM in data
+form). The paper's other bases (iPNDM, DEIS, EDM's Heun) are not wired here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dpmbench.artifacts import cached
+from dpmbench.errors import DpmbenchError
+from dpmbench.models.base import Model, NFECounter
+from dpmbench.schedules import NoiseSchedule
+from dpmbench.solvers.base import Context, History, Option, Plan, Point, Solver, get_solver, register
+from dpmbench.solvers.iia import NEGLIGIBLE
+
+BASES = "ddim, dpm-solver++ or dpm-solver with method=multistep (options after ';', e.g. dpm-solver++;order=2)"
+
+
+def _spec(text: str) -> str:
+    if text == "ddim":
+        return "dpm-solver++:order=1,method=multistep"
+    if ":" not in text:
+        text = text.replace(";", ":", 1)
+    return text.replace(";", ",")
+
+
+def _adjusted(hist: History, lam: float) -> History:
+    """A copy of the history whose newest output is D~ = D + lam (D - D_prev) (D-ODE eq. 5)."""
+    out = History(len(hist))
+    for k in range(len(hist) - 1):
+        out.push(hist[k].point, hist[k].out)
+    newest = hist[-1].out
+    if len(hist) >= 2 and lam != 0.0:
+        newest = newest + lam * (newest - hist[-2].out)
+    out.push(hist[-1].point, newest)
+    return out
+
+
+@register
+class DODE(Solver):
+    """A multistep DPM-Solver(++) with one distilled scalar per step on its model output."""
+
+    name = "d-ode"
+    summary = "D-ODE: per-step scalar on the model output, distilled from a 10x-step teacher (fit cached)"
+    source = ("Kim, Tang & Yu 2024, 'Distilling ODE Solvers of Diffusion Models into Smaller Steps' (CVPR), eq. 5, 7; "
+              "defaults scale=10, DDIM teacher from the official edm/distilled_sampler.py")
+    needs_prepare = True
+    options = {
+        "base": Option(str, "ddim", f"student solver: {BASES}"),
+        "teacher": Option(str, "ddim", "teacher solver run with `scale` sub-steps per student step (official: DDIM)"),
+        "scale": Option(int, 10, "teacher steps per student step (official scale=10)", minimum=1),
+        "fit_samples": Option(int, 256, "prior samples of the distillation batch", minimum=2),
+        "fit_seed": Option(int, 1234, "seed of the distillation batch (its own stream, not the sampled x_T)",
+                           minimum=0),
+        "fit": Option(bool, True, "distil the lambdas; false: all lambdas 0, i.e. the base solver"),
+    }
+
+    def validate(self) -> None:
+        try:
+            base = get_solver(_spec(self.opts["base"]))
+            teacher = get_solver(_spec(self.teacher))
+        except DpmbenchError as exc:
+            raise DpmbenchError(f"invalid option 'base'/'teacher' of solver 'd-ode': {exc}") from None
+        ok = base.name in ("dpm-solver", "dpm-solver++") and base.opts.get("method") == "multistep" and \
+            base.opts.get("corrector") == "none" and not base.opts.get("sde", False) and \
+            not base.opts["denoise_to_zero"] and not base.opts["thresholding"]
+        if not ok:
+            raise DpmbenchError(f"invalid option 'base' of solver 'd-ode': {self.opts['base']!r}; allowed: {BASES}")
+        if not (teacher.name in ("ddim", "euler") or (teacher.name in ("dpm-solver", "dpm-solver++") and
+                                                       teacher.opts.get("method") == "multistep" and
+                                                       not teacher.opts.get("sde", False))):
+            raise DpmbenchError(f"invalid option 'teacher' of solver 'd-ode': {self.teacher!r}; allowed: ddim, euler, "
+                                "dpm-solver++ or dpm-solver with method=multistep")
+        self.student, self.teacher_solver = base, teacher
+
+    def min_nfe(self) -> int:
+        return self.student.min_nfe()
+
+    def plan(self, nfe: int, schedule: NoiseSchedule, kind: Any = "logsnr",
+             t_start: float | None = None, t_end: float | None = None) -> Plan:
+        return self.student.plan(nfe, schedule, kind, t_start, t_end)
+
+    # -- distillation (prepare) -----------------------------------------------------------------------------------
+    def prepare(self, ctx: Context) -> dict[str, Any]:
+        plan = self.make_plan(ctx.nfe, ctx.model.schedule, ctx.kind, ctx.t_start, ctx.t_end)
+        if not self.opts["fit"]:
+            self.lambdas = [0.0] * len(plan.orders)
+            return {"d_ode_steps": len(self.lambdas), "fitted": False}
+        opts = (self.student.spec, self.teacher_solver.spec, self.scale, self.fit_samples, self.fit_seed)
+
+        def compute() -> list[float]:
+            return self.distil(ctx.model, ctx.cond(self.fit_samples), plan)
+
+        self.lambdas = cached("d-ode-lambdas", (*ctx.key(), *opts), compute,
+                              meta={"solver": self.spec, "nfe": ctx.nfe})
+        return {"d_ode_steps": len(self.lambdas), "fitted": True}
+
+    def _teacher(self, model: Model, cond: Any, x: torch.Tensor, s: Point, t: Point) -> torch.Tensor:
+        """The teacher from s to t with ``scale`` sub-steps uniform in lambda (float64)."""
+        lams = torch.linspace(s.lam, t.lam, self.scale + 1, dtype=torch.float64)
+        ts = [s.t] + [Point.at_lambda(model.schedule, float(v)).t for v in lams[1:-1]] + [t.t]
+        tp = self.teacher_solver.make_plan(self.scale, model.schedule, torch.tensor(ts, dtype=torch.float64))
+        return self.teacher_solver.run(NFECounter(model, cond), x, tp)
+
+    def distil(self, model: Model, cond: Any, plan: Plan) -> list[float]:
+        """The per-step lambdas along the student trajectory of the fit batch (D-ODE eq. 7, closed form)."""
+        x = model.prior(self.fit_samples, seed=self.fit_seed, dtype=torch.float64)
+        target = x
+        counter = NFECounter(model, cond)
+        hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
+        lambdas: list[float] = []
+        for s, t, order in zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True):
+            target = self._teacher(model, cond, target, s, t)
+            hist.push(s, self.student.predict(counter, x, s, self.student.prediction))
+            base = self.student.update(x, hist, t, order)
+            lam = 0.0
+            if len(hist) >= 2:
+                g = self.student.update(x, _adjusted(hist, 1.0), t, order) - base  # d x_{i+1} / d lambda
+                r = target - base
+                gg = float((g * g).sum())
+                if gg > (NEGLIGIBLE * float(r.norm())) ** 2:  # a negligible direction is not fitted (as IIA's)
+                    lam = float((r * g).sum()) / gg  # eq. 7, least squares in closed form
+            lambdas.append(lam)
+            x = base if lam == 0.0 else self.student.update(x, _adjusted(hist, lam), t, order)
+        return lambdas
+
+    # -- sampling ---------------------------------------------------------------------------------------------------
+    def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        lambdas = getattr(self, "lambdas", None)
+        if lambdas is None or len(lambdas) != len(plan.orders):
+            raise RuntimeError(f"solver {self.spec} was not prepared for this plan (run it through dpmbench.sample)")
+        hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
+        for s, t, order, lam in zip(plan.points[:-1], plan.points[1:], plan.orders, lambdas, strict=True):
+            hist.push(s, self.student.predict(model, x, s, self.student.prediction))
+            x = self.student.update(x, _adjusted(hist, lam), t, order)  # the base update with D~ (eq. 5)
+        return x
