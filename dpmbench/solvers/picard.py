@@ -21,11 +21,11 @@ the result converges to the base solver's sequential result as the tolerance goe
 solver itself, N rounds of one evaluation).
 
 Stochastic bases (``ddpm``) use the same per-step noise as their sequential run (drawn per (seed, sample, step)),
-held fixed across iterations, as the official code pre-samples it. Multistep bases (``dpm-solver++`` /
-``dpm-solver`` with ``method=multistep``) take their history from the latest outputs at the earlier points (those
-before the window from the round that last evaluated them); the official multistep scheduler instead restarts each
-window at first order, which does not converge to the sequential solver; here the fixed point is the sequential
-multistep solver.
+held fixed across iterations, as the official code pre-samples it. Multistep bases (``base=dpm-solver++`` /
+``base=dpm-solver``, run with ``method=multistep`` at ``order``) take their history from the latest outputs at the
+earlier points (those before the window from the round that last evaluated them); the official multistep scheduler
+instead restarts each window at first order, which does not converge to the sequential solver; here the fixed point
+is the sequential multistep solver.
 
 Deviation, deliberate: the official pipeline slides one window for the whole batch (the first point where *any*
 sample has not converged). Here every sample has its own window (all of them still evaluated in one model call per
@@ -46,11 +46,15 @@ import torch
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter, convert_prediction
 from dpmbench.schedules import NoiseSchedule
-from dpmbench.solvers.base import History, Option, Plan, Point, SinglestepSolver, Solver, get_solver, register
-from dpmbench.solvers.ddpm import DDPM
+from dpmbench.solvers.base import History, Option, Plan, Point, Solver, get_solver, register
 
-BASES = ("ddim, euler, ddpm, dpm-solver++ or dpm-solver with method=multistep (options after ';', e.g. "
-         "dpm-solver++;order=3)")
+BASES = ("ddim", "euler", "ddpm", "dpm-solver++", "dpm-solver")
+MULTISTEP = ("dpm-solver++", "dpm-solver")
+
+
+def base_spec(base: str, order: int) -> str:
+    """The base solver's spec: ``dpm-solver(++)`` runs multistep at ``order`` (the other bases are first order)."""
+    return f"{base}:order={order},method=multistep" if base in MULTISTEP else base
 
 
 class _Replay:
@@ -78,15 +82,6 @@ class _Replay:
         return None if self._noise is None else (lambda k: self._noise(k)[self.samples])
 
 
-def base_spec(text: str) -> str:
-    """The base solver's spec from the option value, where ';' stands for the spec's separators (the solver spec
-    itself is split on commas): ``dpm-solver++;order=2;method=multistep`` -> ``dpm-solver++:order=2,method=multistep``
-    (``dpm-solver++:order=2;...`` works too)."""
-    if ":" not in text:
-        text = text.replace(";", ":", 1)
-    return text.replace(";", ",")
-
-
 def step_variance(s: Point, t: Point) -> float:
     """The DDPM posterior variance of a step from s to t: sigma_{s|t}^2 sigma_t^2 / sigma_s^2 (official
     ``_get_variance``)."""
@@ -104,7 +99,10 @@ class Picard(Solver):
               "tolerance=0.1 from the official paradigms/stablediffusion_paradigms.py (paradigms_forward)")
     parallel = True
     options = {
-        "base": Option(str, "ddim", f"base solver spec: {BASES}, e.g. base=dpm-solver++;order=2"),
+        "base": Option(str, "ddim", "base solver (one evaluation per step); dpm-solver++ / dpm-solver run multistep",
+                       choices=BASES),
+        "order": Option(int, 2, "order of a multistep dpm-solver++ / dpm-solver base (first-order bases: leave 2)",
+                        choices=(1, 2, 3)),
         "window": Option(int, 10, "p: points refined in parallel per round (official parallel=10)", minimum=1),
         "tolerance": Option(float, 0.1, "tau: a point has converged when its update's mean squared size is below "
                             "tau^2 times the step's DDPM variance (official tolerance=0.1)", minimum=0.0),
@@ -115,28 +113,13 @@ class Picard(Solver):
             if self.opts[key]:
                 raise DpmbenchError(f"invalid option {key!r} of solver 'picard': give it to the base solver "
                                     "(base=...;thresholding=true); allowed here: false")
-        spec = base_spec(self.base)
-        try:
-            base = get_solver(spec)
-        except DpmbenchError as exc:
-            raise DpmbenchError(f"invalid option 'base' of solver 'picard' {self.base!r}: {exc}") from None
-        kind = self._kind(base)
-        if kind is None or base.opts["denoise_to_zero"]:
-            raise DpmbenchError(f"invalid option 'base' of solver 'picard': {self.base!r}; allowed: {BASES}")
+        if self.base not in MULTISTEP and self.order != 2:
+            raise DpmbenchError(f"invalid option 'order' of solver 'picard' {self.order} with base={self.base}: it is "
+                                "first order (order applies to dpm-solver++ / dpm-solver; leave 2)")
+        base = get_solver(base_spec(self.base, self.order))
+        kind = {"ddpm": "ddpm", "ddim": "single", "euler": "single"}.get(self.base, "multi")
         self.base_solver, self.base_kind = base, kind
         self.stochastic = base.stochastic
-
-    @staticmethod
-    def _kind(base: Solver) -> str | None:
-        if isinstance(base, DDPM):
-            return "ddpm"
-        if isinstance(base, SinglestepSolver) and type(base).solve is SinglestepSolver.solve and base.name in (
-                "ddim", "euler"):
-            return "single"
-        if base.name in ("dpm-solver", "dpm-solver++") and base.opts.get("method") == "multistep" and \
-                base.opts.get("corrector") == "none" and not base.opts.get("sde", False):
-            return "multi"
-        return None
 
     def min_nfe(self) -> int:
         return self.base_solver.min_nfe()
