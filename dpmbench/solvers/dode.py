@@ -130,7 +130,7 @@ class DODE(Solver):
         lambdas: list[float] = []
         for s, t, order in zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True):
             target = self._teacher(model, cond, target, s, t)
-            hist.push(s, self.student.predict(counter, x, s, self.student.prediction))
+            hist.push(s, self.predict(counter, x, s, self.student.prediction))
             base = self.student.update(x, hist, t, order)
             lam = 0.0
             if len(hist) >= 2:
@@ -150,6 +150,6 @@ class DODE(Solver):
             raise RuntimeError(f"solver {self.spec} was not prepared for this plan (run it through dpmbench.sample)")
         hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
         for s, t, order, lam in zip(plan.points[:-1], plan.points[1:], plan.orders, lambdas, strict=True):
-            hist.push(s, self.student.predict(model, x, s, self.student.prediction))
+            hist.push(s, self.predict(model, x, s, self.student.prediction))
             x = self.student.update(x, _adjusted(hist, lam), t, order)  # the base update with D~ (eq. 5)
         return x
