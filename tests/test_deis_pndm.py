@@ -338,8 +338,8 @@ def test_budget_to_steps() -> None:
     assert get_solver("pndm").min_nfe() == 12 and get_solver("pndm:warmup=pie").min_nfe() == 2
     assert len(get_solver("pndm:warmup=pie").plan(20, sch).orders) == 19
     assert get_solver("ipndm").plan(6, sch).orders == [1, 2, 3, 4, 4, 4]
-    assert get_solver("deis").plan(6, sch).orders == [1, 2, 3, 3, 3, 3]  # official: no lower-order final steps
-    assert get_solver("deis:lower_order_final=true").plan(6, sch).orders == [1, 2, 3, 3, 2, 1]
-    assert get_solver("deis:lower_order_final=true").plan(15, sch).orders[-1] == 3  # diffusers: only below 15
+    assert get_solver("deis:order=3").plan(6, sch).orders == [1, 2, 3, 3, 3, 3]  # official: no lower-order final
+    assert get_solver("deis:order=3,lower_order_final=true").plan(6, sch).orders == [1, 2, 3, 3, 2, 1]
+    assert get_solver("deis:order=3,lower_order_final=true").plan(15, sch).orders[-1] == 3  # diffusers: below 15
     with pytest.raises(DpmbenchError, match="allowed: tab, rhoab, logrho"):
         get_solver("deis:method=tAB")
