@@ -148,6 +148,9 @@ class DEIS(MultistepSolver):
                                     "official DEIS code has no such rule)"),
     }
 
+    def min_nfe(self) -> int:
+        return 1  # fewer steps than the order: every step stays in the warm-up (official get_ab_eps_coef recursion)
+
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         self._schedule = model.schedule
         return super().solve(model, x, plan)
