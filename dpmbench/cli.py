@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dpmbench", description="Benchmark of fast diffusion-model samplers.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    ls = sub.add_parser("list", help="list solvers, models, metrics or schedules")
-    ls.add_argument("what", choices=["solvers", "models", "metrics", "schedules", "searches"])
+    ls = sub.add_parser("list", help="list solvers, models, metrics, schedules, searches or papers (coverage of the "
+                        "published numbers by config/papers/*.yaml)")
+    ls.add_argument("what", choices=["solvers", "models", "metrics", "schedules", "searches", "papers"])
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--model", required=True)
@@ -203,6 +204,11 @@ def cmd_list(args: argparse.Namespace) -> None:
             pulled = "pulled" if all((checkpoint_dir(e) / f.path).is_file() for f in e.files) else "not pulled"
             print(f"{name}: checkpoint ({e.adapter}), {e.resolution}px{cond}, {e.schedule}/{e.parameterization}, "
                   f"license {e.license}; {src}; {pulled}")
+    elif args.what == "papers":
+        from dpmbench.paper_coverage import coverage
+
+        for cov in coverage():
+            print(cov.line())
     elif args.what == "metrics":
         for name, metric in METRICS.items():
             print(f"{name}: {metric.doc}")

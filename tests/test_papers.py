@@ -314,3 +314,26 @@ def test_page_is_optional_and_the_report_opens_with_coverage(tmp_path: Path) -> 
     assert sum(r.startswith("| 1 | – |") and "| 0.1 .. 0.2 (3 values) | yes |" in r for r in rows) == 1
     # NFE 10 is published once (0.05): within means +-3%, and 0.06 is not
     assert sum("| 0.06 | +0.01 | one source | no |" in r for r in rows) == 1
+
+
+def test_list_papers_prints_coverage_per_paper(capsys: pytest.CaptureFixture[str]) -> None:
+    """`dpmbench list papers`: per file, its numbers, those of implemented solvers, those with a config cell of the same
+    protocol (counted here independently with _config_cells) and the checkpoints they need."""
+    assert main(["list", "papers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(_docs())
+    cells = _config_cells()
+    for (path, doc), line in zip(_docs(), lines, strict=True):
+        rows = list(doc.get("entries") or []) + list(doc.get("unpinned") or [])
+        implemented = [e for e in rows if _implemented(e["solver"])]
+        with_cell = 0
+        for e in implemented:
+            key = (e["model"], get_solver(e["solver"]).spec, e["metric"], e["nfe"], e.get("schedule"),
+                   guidance_key(e.get("guidance", "none")))
+            ok = {p for p in cells.get(key, set()) if ("t_end" not in e or p[0] == float(e["t_end"]))
+                  and ("n_samples" not in e or p[1] == e["n_samples"])}
+            with_cell += bool(ok)
+        assert f"[{path.name}]: {len(rows)} numbers ({len(doc.get('unpinned') or [])} unpinned), " \
+               f"{len(implemented)} of implemented solvers, {with_cell} with a config cell; checkpoints: " in line
+        for model in {e["model"] for e in rows}:
+            assert f"{model} (" in line
