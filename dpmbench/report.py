@@ -448,9 +448,7 @@ def _coverage_lines(df: pd.DataFrame, entries: list[dict[str, Any]], found: dict
         need: dict[str, int] = {}
         for i, e in es:
             if not found[i] and e["model"] not in models:
-                cp = str(e.get("checkpoint", e["model"]))
-                label = f"{e['model']} ({cp})" if cp != e["model"] else cp
-                need[label] = need.get(label, 0) + 1
+                need[e["model"]] = need.get(e["model"], 0) + 1
         cells = sum(not found[i] and e["model"] in models for i, e in es)
         missing = "; ".join(f"{k}: {v}" for k, v in need.items())
         lines.append(f"- **{paper}**: {len(es)} numbers, {ours} with a result here"
@@ -494,7 +492,7 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
                 sel = sel[sel["guidance"] == ("none" if e["guidance"] in (None, "none") else str(float(e["guidance"])))]
             found[i] = not sel.empty
             pub = spread[_setting(e)]
-            span = (f"{_fmt(min(pub))} .. {_fmt(max(pub))} ({len(pub)} values)" if len(pub) > 1 else "one source")
+            span = f"{min(pub):g} .. {max(pub):g} ({len(pub)} values)" if len(pub) > 1 else "one source"
             head = (f"| {e['table']} | {e.get('page', '–')} | {e['model']} | {e['metric']} | {e['solver']} | "
                     f"{e['nfe']} | {e.get('schedule', 'any')} | {e.get('guidance', 'any')} | "
                     f"{e.get('printed', e['value'])} |")

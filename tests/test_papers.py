@@ -307,7 +307,7 @@ def test_page_is_optional_and_the_report_opens_with_coverage(tmp_path: Path) -> 
     md = (tmp_path / "out" / "paper_comparison.md").read_text()
     head, _, body = md.partition("<details>")
     assert "## Coverage" in head and "| table |" not in head  # the summary comes first, the tables after
-    assert "- **A**: 4 numbers, 3 with a result here; not run, checkpoint needed: sd14 (CompVis/sd-v1-4): 1" in head
+    assert "- **A**: 4 numbers, 3 with a result here; not run, checkpoint needed: sd14: 1" in head
     assert "- **B**: 1 numbers, 1 with a result here" in head
     rows = _comparison_rows(md)
     # NFE 5 is published three times (0.10, 0.12, 0.20): 0.15 lies inside [0.10, 0.20]
