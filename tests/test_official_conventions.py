@@ -189,9 +189,9 @@ def test_deis_default_is_the_official_ab_order_3(gmm: tuple) -> None:
     torch.testing.assert_close(sample(model, "deis:order=3", 10, x_T, schedule=ts), ref2, rtol=1e-9, atol=1e-9)
     assert _rel(ref3, ref2) > 1e-3
     assert get_solver("deis").plan(6, model.schedule).orders == [1, 2, 3, 4, 4, 4]
-    # fewer steps than the order: warm-up only. Three steps span t in [1e-3, 1]; over such long steps dpmbench's
-    # Gauss-Legendre coefficients (4 panels x 8 nodes) agree with the adaptive quadrature to ~2e-8 (measured), so
-    # 1e-6 here; the orders differ by > 1e-3
+    # fewer steps than the order: the warm-up orders 1, 2, 3 only (the official recursion). Three steps span t in
+    # [1e-3, 1]; over such long steps dpmbench's Gauss-Legendre coefficients (4 panels x 8 nodes) agree with the
+    # adaptive quadrature to ~2e-8 (measured), so 1e-6 here
     ts3 = timesteps("logsnr", 3, model.schedule, None, T_END)
     torch.testing.assert_close(sample(model, "deis", 3, x_T, schedule=ts3), _reference_tab(model, x_T, ts3, 3),
                                rtol=1e-6, atol=1e-6)
