@@ -98,7 +98,8 @@ def metric_figure(g: pd.DataFrame, title: str, path: Path, higher_is_better: boo
     if spread:
         _spread_panels(axes[0][1], axes[0][2], g, ranking, styles)
     fig.suptitle(title, fontsize=9)
-    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5),
+    handles, labels = ax.get_legend_handles_labels()
+    axes[0][-1].legend(handles, labels, fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5),
                        title="mean rank over NFE", title_fontsize=6)
     fig.tight_layout()
     return _save(fig, path)

@@ -458,7 +458,8 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
     if site is not None:
         from dpmbench.site import write_site
 
-        write_site(df, Path(site), figures, grids, entries)
+        write_site(df, Path(site), figures, grids, entries,
+                   data=[out / "results.csv", out / "provenance.csv", out / "provenance.json"])
     return df
 
 
