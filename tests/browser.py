@@ -41,8 +41,8 @@ def install_chromium() -> str:
     if found:
         return found
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                                               "chromium", "fonts-dejavu-core"]):
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium",
+                                               "fonts-dejavu-core"]):
         for _ in range(10):  # another installer may hold the dpkg lock: wait and retry
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
             if proc.returncode == 0 or "lock" not in proc.stderr.lower():
