@@ -95,6 +95,9 @@ def metric_figure(g: pd.DataFrame, title: str, path: Path, higher_is_better: boo
             ax.fill_between(s["nfe"][band], lo[band], hi[band], color=colour, alpha=0.15, lw=0)
         positive &= bool((s["value"][ok] > 0).all())
     _axes(ax, g, ("log" if positive else "symlog") if finite else "linear", str(g["metric"].iloc[0]) + " (mean)")
+    values = pd.to_numeric(g["value"], errors="coerce").dropna()
+    if positive and finite and (values > 0).any():  # limits from the values: a CI reaching 0 does not squash them
+        ax.set_ylim(values[values > 0].min() / 2, values.max() * 2)
     if spread:
         _spread_panels(axes[0][1], axes[0][2], g, ranking, styles)
     fig.suptitle(title, fontsize=9)

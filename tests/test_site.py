@@ -60,6 +60,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(a=a, b=b, c=c, base=base)
 
 
+@pytest.fixture(scope="module")
+def merged(runs: SimpleNamespace) -> SimpleNamespace:
+    """The report and site of runs a and b, written once through the CLI."""
+    out, site = runs.base / "merged", runs.base / "site"
+    assert main(["report", str(runs.a), str(runs.b), "--out", str(out), "--site", str(site)]) == 0
+    return SimpleNamespace(out=out, site=site, df=pd.read_csv(out / "results.csv"))
+
+
 def _metrics_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("nfe*.json"))
 
@@ -83,11 +91,10 @@ def test_metrics_files_record_provenance_and_protocol(runs: SimpleNamespace) -> 
     assert len(rec["bootstrap_values"]["rmse_exact"]) == rec["bootstraps"]["rmse_exact"] == 200
 
 
-def test_every_results_row_traces_to_its_provenance(runs: SimpleNamespace, tmp_path: Path) -> None:
-    write_report([runs.a, runs.b], tmp_path / "out", papers_dir=None)
-    results = pd.read_csv(tmp_path / "out" / "results.csv")
-    side = pd.read_csv(tmp_path / "out" / "provenance.csv")
-    records = json.loads((tmp_path / "out" / "provenance.json").read_text())
+def test_every_results_row_traces_to_its_provenance(runs: SimpleNamespace, merged: SimpleNamespace) -> None:
+    results = merged.df
+    side = pd.read_csv(merged.out / "provenance.csv")
+    records = json.loads((merged.out / "provenance.json").read_text())
     assert list(results.columns) == ["model", "solver", "nfe", "schedule", "guidance", "metric", "value", "ci_low",
                                      "ci_high", "n_samples", "wall_s"]  # DESIGN.md's contract unchanged
     key = ["model", "solver", "nfe", "schedule", "guidance", "metric"]
@@ -159,8 +166,8 @@ def test_mean_rank_over_nfe_puts_diverged_last() -> None:
 
 
 # -- merging ------------------------------------------------------------------------------------------------
-def test_identical_cells_of_two_runs_agree_and_are_kept_once(runs: SimpleNamespace, tmp_path: Path) -> None:
-    df = write_report([runs.a, runs.b], tmp_path / "out", papers_dir=None)
+def test_identical_cells_of_two_runs_agree_and_are_kept_once(merged: SimpleNamespace) -> None:
+    df = merged.df
     ddim = df[(df["model"] == "gmm-2d") & (df["solver"] == "ddim")]
     assert len(ddim) == 4 and set(df[df["model"] == "gmm-2d"]["solver"]) == {"ddim", "dpm-solver++", "unipc"}
 
@@ -213,11 +220,10 @@ def chromium() -> str:
     return install_chromium()  # a missing browser is installed (apt-get), never skipped
 
 
-def test_merged_site_in_headless_chromium(runs: SimpleNamespace, tmp_path: Path, chromium: str) -> None:
+def test_merged_site_in_headless_chromium(merged: SimpleNamespace, chromium: str) -> None:
     from browser import Browser
 
-    site = tmp_path / "site"
-    assert main(["report", str(runs.a), str(runs.b), "--out", str(tmp_path / "out"), "--site", str(site)]) == 0
+    site = merged.site
     pages = sorted(site.glob("*.html"))
     assert {p.name for p in pages} == {"index.html", "model-gmm-2d.html", "model-gmm-digits.html", "papers.html"}
     for p in site.rglob("*"):
