@@ -73,9 +73,10 @@ def merge_runs(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     records: dict[str, Any] = {}
     for f in frames:
         records.update(f.attrs.get("provenance", {}))
+    columns = list(frames[0].columns) if frames else []
     frames = [f for f in frames if not f.empty]
     if not frames:
-        out = pd.DataFrame(columns=[*(frames[0].columns if frames else []), "protocol", "protocol_label"])
+        out = pd.DataFrame(columns=[*columns, "protocol", "protocol_label"])
         out.attrs["provenance"] = records
         return out
     df = pd.concat(frames, ignore_index=True)

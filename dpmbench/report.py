@@ -161,7 +161,7 @@ def higher_is_better(metric: str) -> bool:
 def _spread(r: Any) -> str:
     """Per-sample median and share of diverged samples, where some samples diverged ('' otherwise)."""
     share = getattr(r, "diverged_share", None)
-    if _isnan(share) or not share:
+    if _isnan(share) or not share or (float(share) >= 1 and _isnan(r.value)):  # none, or all ('diverged' says it)
         return ""
     med = getattr(r, "median", None)
     return f"median {_fmt(med) if not _isnan(med) else 'diverged'}, {100 * float(share):.3g}% diverged"
