@@ -192,8 +192,11 @@ def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> 
                     else:
                         ax.imshow(img.transpose(1, 2, 0))
             axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=6)
-        fig.suptitle(f"{key[0]} · guidance {key[1]} · seed {key[2]} · {key[3]} · NFE {nfe}", fontsize=8)
-        fig.subplots_adjust(left=2.4 / (0.75 * ncol + 2.6), right=0.99, wspace=0.05, hspace=0.05)
+        height = 0.75 * len(rows) + 0.4  # inches: the title keeps 0.3 of them, whatever the number of rows
+        fig.suptitle(f"{key[0]} · guidance {key[1]} · seed {key[2]} · {key[3]} · NFE {nfe}", fontsize=8,
+                     y=1 - 0.06 / height, va="top")
+        fig.subplots_adjust(left=2.4 / (0.75 * ncol + 2.6), right=0.99, top=1 - 0.3 / height, bottom=0.05 / height,
+                            wspace=0.05, hspace=0.05)
         paths[key] = _save(fig, out / "figures" / f"samples_{key[0]}_g{key[1]}_seed{key[2]}_{key[3]}_nfe{nfe}.png")
     return paths
 

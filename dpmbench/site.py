@@ -320,7 +320,11 @@ def model_page(model: str, df: pd.DataFrame, figures: dict[tuple[Any, ...], Path
         toc.append(f"<li><a href=\"#{anchor}\">{_e(title)}</a></li>")
         body.append(f"<h2 id=\"{anchor}\">{_e(title)}</h2>")
         metrics = [str(k[4]) for k, _ in tables]
-        body.append("<h3>Ranking (mean rank over NFE)</h3>" + ranking_table(ranking(tables), metrics))
+        body.append("<h3>Ranking (mean rank over NFE)</h3>" + ranking_table(ranking(tables), metrics)
+                    + "<p class=prov>Per metric: the solver's rank at each NFE (1 = best; a diverged value ranks "
+                    "last), averaged over NFE; mean rank: the average over the metrics the solver has (stochastic "
+                    "solvers have no pathwise metric such as rmse_exact). best / tied: columns where it was marked "
+                    "so.</p>")
         for key, g in tables:
             body.append(f"<h3 id=\"{anchor}-{slug(key[4])}\">{_e(_title(key, many_seeds, label))}</h3>")
             body.append(metric_table(g))
