@@ -67,7 +67,7 @@ th[aria-sort=ascending]::after{content:" \\25B2";color:var(--ink)}th[aria-sort=d
 td.best{background:var(--best);font-weight:600}td.tied{background:var(--tied)}
 .ci{color:var(--muted);font-size:10.5px;white-space:nowrap}.spread{color:var(--bad);font-size:10.5px}
 .scroll{overflow-x:auto;max-width:100%}
-table.text td{text-align:left}
+table.text td,table.text th{text-align:left}
 figure{margin:10px 0 18px}figure img{max-width:100%;height:auto;border:1px solid var(--line);background:#fff;
   border-radius:6px}
 figcaption{color:var(--muted);font-size:12px}
