@@ -163,8 +163,13 @@ def _spread(r: Any) -> str:
     share = getattr(r, "diverged_share", None)
     if _isnan(share) or not share or (float(share) >= 1 and _isnan(r.value)):  # none, or all ('diverged' says it)
         return ""
+    from evaluators.registry import PER_SAMPLE_METRICS
+
     med = getattr(r, "median", None)
-    return f"median {_fmt(med) if not _isnan(med) else 'diverged'}, {100 * float(share):.3g}% diverged"
+    share_text = f"{100 * float(share):.3g}% samples diverged"
+    if str(getattr(r, "metric", "")) not in PER_SAMPLE_METRICS:  # a distributional metric: no per-sample value
+        return share_text
+    return f"median {_fmt(med) if not _isnan(med) else 'diverged'}, {share_text}"
 
 
 def _table(g: pd.DataFrame) -> tuple[list[int], list[tuple[str, list[tuple[str, str, str]]]]]:

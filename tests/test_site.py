@@ -130,6 +130,18 @@ def test_per_sample_median_and_diverged_share() -> None:
     assert per_sample_summary("fd_true", x, ref) is None
 
 
+def test_cells_show_median_and_diverged_share_only_where_samples_diverged() -> None:
+    from dpmbench.report import _spread
+
+    def cell(metric: str, value: float, median: float | None, share: float) -> str:
+        return _spread(SimpleNamespace(metric=metric, value=value, median=median, diverged_share=share))
+
+    assert cell("rmse_exact", 5.0, 0.1, 0.07) == "median 0.1, 7% samples diverged"
+    assert cell("rmse_exact", 5.0, None, 0.6) == "median diverged, 60% samples diverged"
+    assert cell("fd_true", 5.0, None, 0.07) == "7% samples diverged"  # no per-sample value of a distance
+    assert cell("rmse_exact", 0.1, 0.1, 0.0) == "" and cell("rmse_exact", float("nan"), None, 1.0) == ""
+
+
 def _row(solver: str, value: float, boot: list[float] | None, lo: float, hi: float) -> SimpleNamespace:
     return SimpleNamespace(solver=solver, value=value, ci_low=lo, ci_high=hi, boot=boot, boot_seed=0, n_samples=500)
 
