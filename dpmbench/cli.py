@@ -154,9 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     e.add_argument("--out", required=True, nargs="+", help="one metrics file per samples file")
 
-    rep = sub.add_parser("report", help="aggregate metric files into results.csv and leaderboard.md")
-    rep.add_argument("results_dir")
+    rep = sub.add_parser("report", help="aggregate (and merge) metric files into results.csv, leaderboard.md and "
+                         "a static site")
+    rep.add_argument("results_dir", nargs="+", help="one or more results directories (several: merged; cells that "
+                     "differ in protocol are shown apart, identical cells must agree)")
     rep.add_argument("--out", default="reports")
+    rep.add_argument("--site", default=None, help="also write a self-contained static site (index.html and a page "
+                     "per model) into this directory")
     rep.add_argument("--papers", default=None,
                      help="directory of published numbers (papers/*.yaml; default: ./papers if it exists)")
 
@@ -303,6 +307,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from dpmbench.io import save_npz
+    from dpmbench.provenance import device_name
     from dpmbench.sampling import make_plan, sample
     from dpmbench.solvers.base import get_solver
 
@@ -339,8 +344,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         extra = {"images": torch.cat(images).numpy(), "decode_wall_s": decode_s} if decode is not None else {}
         save_npz(args.out.replace("{nfe}", str(nfe)), x=x.to(torch.float32).numpy(), nfe=nfe,
                  solver=args.solver.replace(" ", ""), solver_canonical=sol.spec, schedule=str(args.schedule),
-                 wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic,
-                 **extra, **meta)  # nfe_used < nfe: adaptive only
+                 wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic, dtype=args.dtype,
+                 device_name=device_name(str(device)), **extra, **meta)  # nfe_used < nfe: adaptive only
 
 
 def _context(args: argparse.Namespace, model: Any, device: Any, nfe: int) -> Any:
@@ -490,6 +495,35 @@ def _scalar(v: Any) -> Any:
     return v.item() if v.ndim == 0 else v
 
 
+def _file_sha256(path: str) -> str:
+    from evaluators.download import sha256_file
+
+    return sha256_file(path)
+
+
+def _run_protocol(meta: dict[str, Any], n: int, reference: str | None, ref_sha: str | None) -> dict[str, Any]:
+    """The protocol fields a metrics file records beside the metric's own: sample count, end time, reference
+    (exact solutions or a solver run, with the file's sha256)."""
+    t_end = meta.get("t_end")
+    ref = None
+    if reference:
+        solver = meta.get("reference_solver", "exact")
+        ref = "exact ODE solutions" if solver == "exact" else f"{solver} at NFE {meta.get('reference_nfe')}"
+    return {"n_samples": int(n), "t_end": None if t_end is None else float(t_end), "reference": ref,
+            "reference_sha256": ref_sha}
+
+
+def _provenance(meta: dict[str, Any], eval_device: str) -> dict[str, Any]:
+    """Where the numbers come from: the evaluating process (code, libraries, device, config hash, date) and the
+    sampling run's dtype and device (recorded in the samples file)."""
+    from dpmbench.provenance import environment
+
+    env = environment(eval_device)
+    env["sample_dtype"] = str(meta.get("dtype", "float32"))
+    env["sample_device_name"] = str(meta["device_name"]) if "device_name" in meta else None
+    return env
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from dpmbench.io import save_json
     from evaluators.registry import evaluate, list_metrics
@@ -506,6 +540,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                "clip_model": args.clip_model, "clip_pretrained": args.clip_pretrained,
                "clip_weights": args.clip_weights, "batch_size": args.eval_batch_size, "device": args.device}
     ref_file = _load_npz(args.reference, "--reference") if args.reference else None
+    ref_sha = _file_sha256(args.reference) if args.reference else None
     loaded = [_load_npz(path, "--samples") for path in args.samples]  # validate all before writing any
     for path, s in zip(args.samples, loaded, strict=True):
         if "x" not in s or "model" not in s:
@@ -523,6 +558,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if ref_file is not None and "target_mu" in ref_file:
             meta["target_moments"] = (ref_file["target_mu"], ref_file["target_cov"])
         values, cis, info = evaluate(names, s["x"], meta, ref, bootstraps=args.bootstraps, options=options)
+        info["protocol"] = {**info.get("protocol", {}), **_run_protocol(meta, len(s["x"]), args.reference,
+                                                                          ref_sha)}
+        info["provenance"] = _provenance(meta, args.device)
         g = meta.get("guidance")
         save_json(out_path, {
             "model": str(meta["model"]), "solver": str(meta.get("solver")), "nfe": int(meta.get("nfe", -1)),
@@ -536,7 +574,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from dpmbench.report import write_report
 
-    write_report(args.results_dir, args.out, papers_dir=args.papers)
+    write_report(args.results_dir, args.out, papers_dir=args.papers, site=args.site)
 
 
 def cmd_pull(args: argparse.Namespace) -> None:
