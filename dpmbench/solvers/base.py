@@ -47,7 +47,7 @@ class Option:
         except (TypeError, ValueError):
             raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, allowed) from None
         if self.choices is not None and value not in self.choices:
-            raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, allowed)
+            raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, [_fmt(c) for c in self.choices])
         if self.minimum is not None and value < self.minimum:
             raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, allowed)
         return value
