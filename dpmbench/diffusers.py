@@ -215,13 +215,15 @@ class DpmbenchScheduler:
         self._index = 0
 
     def _record_times(self, nfe: int) -> list[float]:
-        """Where the solver evaluates, from a run on a stand-in model (a copy of the prepared solver)."""
+        """Where the solver evaluates, from a run on a stand-in model (a shallow copy of the prepared solver)."""
         assert self._plan is not None
         shape = (1, *self.model.shape) if self.model is not None else (1, 1)
         rec = _Recorder(self.schedule)
         rec._like = torch.zeros(shape, dtype=torch.float64)
+        dry = copy.copy(self.solver)  # the run sets attributes (step index, its model): keep them off the original
+        dry.__dict__.pop("model", None)
         with torch.no_grad():
-            copy.deepcopy(self.solver).run(rec, torch.zeros(shape, dtype=torch.float64), self._plan)
+            dry.run(rec, torch.zeros(shape, dtype=torch.float64), self._plan)
         if any(isinstance(t, torch.Tensor) and t.numel() > 1 for t in rec.times):
             raise DpmbenchError(f"solver {self.solver.spec!r} cannot run as a diffusers scheduler: it evaluates "
                                 "samples at per-sample times")

@@ -282,3 +282,33 @@ def test_cosine_betas_and_bad_uses() -> None:
         with pytest.raises(DpmbenchError, match=word) as info:
             fn()
         assert "\n" not in str(info.value)
+
+
+def test_add_noise_and_worker_threads(ddpm: tuple[Any, Any]) -> None:
+    """``add_noise`` is diffusers' q(x_t | x_0) at the same training steps; an abandoned run's worker thread ends."""
+    import threading
+
+    config = diffusers.DDPMScheduler().config
+    sch = scheduler("dpm-solver++", config)
+    x0, noise = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
+    steps = torch.tensor([0, 500, 999])
+    torch.testing.assert_close(sch.add_noise(x0, noise, steps), diffusers.DDPMScheduler().add_noise(x0, noise, steps),
+                               rtol=1e-5, atol=1e-5)  # float32 table (diffusers) against float64 (ours)
+    before = threading.active_count()
+    sch.set_timesteps(5)
+    x = torch.zeros(1, 3, 8, 8)
+    sch.step(torch.zeros_like(x), sch.timesteps[0], x)
+    assert threading.active_count() == before + 1
+    sch.set_timesteps(5)  # abandons the unfinished run
+    assert threading.active_count() == before
+    for i in range(5):  # a complete run leaves no thread either
+        x = sch.step(torch.zeros_like(x), sch.timesteps[i], x).prev_sample
+    assert threading.active_count() == before
+
+
+def test_discrete_oracle_variants() -> None:
+    from dpmbench import load_model
+
+    m = load_model("gmm-digits-ddpm")
+    assert m.name == "gmm-digits-ddpm" and isinstance(m.schedule, VPDiscrete) and m.schedule.N == 1000
+    assert m.schedule.key() == VPDiscrete().key() and m.cache_key() != load_model("gmm-digits").cache_key()
