@@ -166,7 +166,7 @@ def test_v_prediction_config_is_converted(sd_dir: Any, tmp_path: Path) -> None: 
     assert _rel(theirs, ours) < TOL
 
 
-@pytest.mark.parametrize("case", ["ddim-trailing", "dpm-2m-linspace", "dpm-2m-leading"])
+@pytest.mark.parametrize("case", ["ddim-trailing", "dpm-2m-linspace", "dpm-2m-leading", "dpm-2m-trailing-zero"])
 def test_matches_diffusers_own_scheduler_in_the_pipeline(case: str, sd_dir: Any) -> None:  # noqa: F811
     """Where diffusers has the same solver, on the same grid (``diffusers-*`` schedules), the pipeline gives the same
     latents with diffusers' scheduler and with dpmbench's. Tolerance 5e-6 (float32 both sides, and diffusers keeps
@@ -177,18 +177,23 @@ def test_matches_diffusers_own_scheduler_in_the_pipeline(case: str, sd_dir: Any)
         theirs_sch = diffusers.DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False,
                                              timestep_spacing="trailing")
         spec, kind = "ddim", "diffusers-trailing"
-    else:
-        spacing = case.rpartition("-")[2]
+    else:  # "zero": diffusers' last step jumps to sigma = 0 (first order: the data prediction), dpmbench's
+        # denoise_to_zero on the grid of diffusers' timesteps
+        zero = case.endswith("-zero")
+        spacing = case.removesuffix("-zero").rpartition("-")[2]
         theirs_sch = diffusers.DPMSolverMultistepScheduler(**SD_BETAS, algorithm_type="dpmsolver++", solver_order=2,
-                                                           solver_type="midpoint", final_sigmas_type="sigma_min",
-                                                           timestep_spacing=spacing, steps_offset=1)
-        spec, kind = "dpm-solver++:order=2,method=multistep,solver_type=dpmsolver", f"diffusers-{spacing}"
+                                                           solver_type="midpoint", timestep_spacing=spacing,
+                                                           final_sigmas_type="zero" if zero else "sigma_min",
+                                                           steps_offset=1)
+        spec = "dpm-solver++:order=2,method=multistep,solver_type=dpmsolver" + (",denoise_to_zero=true" * zero)
+        kind = f"diffusers-{spacing}" + "-zero" * zero
     x_T = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(5))
     theirs = _sd_latents(_sd_pipe(root, sd_dir, theirs_sch), x_T, nfe)
     ours_sch = scheduler(spec, theirs_sch.config, schedule=kind)
     ours = _sd_latents(_sd_pipe(root, sd_dir, ours_sch), x_T, nfe)
     torch.testing.assert_close(ours_sch.timesteps, theirs_sch.timesteps.float())  # the same evaluation points
-    assert _rel(ours, theirs) < 5e-6  # measured 5.3e-7 (ddim), 6.6e-7 / 5.6e-7 (2M linspace / leading)
+    assert _rel(ours, theirs) < 5e-6  # measured 5.3e-7 (ddim), 6.6e-7 / 5.6e-7 / 5.3e-7 (2M linspace / leading /
+    # trailing-zero)
     ours_logsnr = _sd_latents(_sd_pipe(root, sd_dir, scheduler(spec, theirs_sch.config)), x_T, nfe)
     assert _rel(ours_logsnr, theirs) > 100 * TOL  # another grid is detected
 
