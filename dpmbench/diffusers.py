@@ -17,6 +17,11 @@ evaluation the solver asks for becomes one entry of ``scheduler.timesteps`` and 
   ``seed`` (not from the pipeline's ``generator``), so the output equals ``dpmbench sample --seed`` from the same
   x_T.
 
+Of the pipeline's scheduler config only the betas (``num_train_timesteps``, ``beta_*``, ``trained_betas``) and
+``prediction_type`` are read; the solver spec and ``schedule`` say what runs (diffusers' ``timestep_spacing``,
+``use_karras_sigmas``, ... are the ``diffusers-*`` timestep schedules, ``dpmbench.spacing``; thresholding and the
+like are solver options).
+
 Refused, with one line saying why: adaptive solvers (``method=adaptive``: the step count and the times depend on
 error estimates of the samples) and solvers that pick per-sample times from the data (``ts-ddim``,
 ``ts-dpm-solver``): neither has a list of evaluation times before sampling. Solvers whose ``prepare`` evaluates
