@@ -80,3 +80,19 @@ def test_light_commands_start_without_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "rmse_exact" in out.stdout and "usage: dpmbench" in out.stdout
+
+
+@pytest.mark.parametrize("change,hint", [
+    ({"metrics": ["rmse_exat"]}, "; did you mean 'rmse_exact'?"),
+    ({"schedules": ["diffusers-trailin"]}, "; did you mean 'diffusers-trailing'?"),
+    ({"models": {"gmm2d": {"num_samples": 8}}}, "; did you mean 'gmm-2d'?"),
+    ({"solvers": ["dpm-solver+"]}, "; did you mean 'dpm-solver++'?"),
+])
+def test_config_validator_suggests_too(change: dict, hint: str) -> None:
+    from dpmbench.errors import DpmbenchError
+    from dpmbench.workflow import build_grid
+
+    base = {"metrics": ["rmse_exact"], "nfe": [4], "solvers": ["ddim"], "models": {"gmm-2d": {"num_samples": 8}}}
+    with pytest.raises(DpmbenchError) as err:
+        build_grid({**base, **change})
+    assert str(err.value).endswith(hint) and "\n" not in str(err.value)
