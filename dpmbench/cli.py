@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
+import re
 import signal
 import sys
 import threading
@@ -13,17 +15,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
-
-from dpmbench.errors import DpmbenchError, bad_value
+from dpmbench.errors import DpmbenchError, bad_value, did_you_mean
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a process ended by SIGPIPE
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors."""
 
     def error(self, message: str) -> NoReturn:
+        m = re.match(r".*invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if m:  # argparse's "invalid choice" gets the "did you mean" of every other name error
+            hint = did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
+            message = f"{message}; {hint}" if hint else message
         self.exit(EXIT_USAGE, f"dpmbench: error: {message}\n")
 
 
@@ -180,23 +185,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- commands --------------------------------------------------------------------------------------------
-def cmd_list(args: argparse.Namespace) -> None:
-    from dpmbench.models.registry import ORACLES
-    from dpmbench.solvers.base import SOLVERS, list_solvers
-    from dpmbench.timesteps import ALL_KINDS
-    from evaluators.registry import METRICS
+def _option_line(key: str, opt: Any) -> str:
+    """One option of ``dpmbench list solvers|searches``: ``key=default  [allowed]  doc``."""
+    default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
+    return f"    {key}={default}  [{opt.describe()}]  {opt.doc}"
 
+
+def cmd_list(args: argparse.Namespace) -> None:
+    # each listing imports only what it needs (``list metrics`` starts without torch)
     if args.what == "solvers":
+        from dpmbench.solvers.base import COMMON_OPTIONS, SOLVERS, list_solvers
+
+        print("options every solver accepts (NAME:key=value):")
+        for key, opt in COMMON_OPTIONS.items():
+            print(_option_line(key, opt))
         for name in list_solvers():
             cls = SOLVERS[name]
             print(f"{name}: {cls.summary}")
             print(f"    source: {cls.source}")
             for key, opt in cls.options.items():
-                default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
-                print(f"    {key}={default}  [{opt.describe()}]  {opt.doc}")
+                if COMMON_OPTIONS.get(key) is not opt:  # a solver's own options (or its own default of a common one)
+                    print(_option_line(key, opt))
     elif args.what == "models":
         from dpmbench.checkpoints import checkpoint_dir, load_manifest
-        from dpmbench.models.registry import load_model
+        from dpmbench.models.registry import ORACLES, load_model
 
         for name in ORACLES:
             m = load_model(name)
@@ -214,6 +226,8 @@ def cmd_list(args: argparse.Namespace) -> None:
         for cov in coverage():
             print(cov.line())
     elif args.what == "metrics":
+        from evaluators.registry import METRICS
+
         for name, metric in METRICS.items():
             print(f"{name}: {metric.doc}")
     elif args.what == "searches":
@@ -225,12 +239,12 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"{name}: {srch.summary} (produces {srch.produces})")
             print(f"    source: {srch.source}")
             for key, opt in srch.options.items():
-                default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
-                print(f"    {key}={default}  [{opt.describe()}]  {opt.doc}")
+                print(_option_line(key, opt))
         for name, kind in list_named().items():
             print(f"saved {kind}: {name}")
     else:
         from dpmbench.artifacts import list_named
+        from dpmbench.timesteps import ALL_KINDS
 
         for name in ALL_KINDS:
             print(name)
@@ -271,6 +285,8 @@ def _meta(args: argparse.Namespace, model: Any, t_end: float) -> dict[str, Any]:
         "t_end": t_end, "labels": labels.numpy(),
     }
     if text:
+        import numpy as np
+
         meta["prompts"] = np.array(_prompts(args, model, 0, args.num_samples), dtype=str)
     return meta
 
@@ -491,6 +507,8 @@ def _load_npz(path: str, what: str) -> dict[str, Any]:
 
 
 def _scalar(v: Any) -> Any:
+    import numpy as np
+
     v = np.asarray(v)
     return v.item() if v.ndim == 0 else v
 
@@ -630,9 +648,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, while it can still be handled
     except DpmbenchError as exc:
         print(f"dpmbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `dpmbench list solvers | head`: the reader has gone; stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return EXIT_BROKEN_PIPE
     return int(code or 0)
 
 
