@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: bench test lint install clean regress regress-run baseline
+.PHONY: bench test lint install clean regress regress-run baseline browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q
+
+# tests/test_site.py opens the leaderboard site in Debian's chromium: installed here where missing (apt-get, as
+# root on CI); without it that test installs it itself or fails saying why
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-dejavu-core; } || \
+		echo "make: chromium is missing and apt-get could not install it (tests/test_site.py will fail)"
 
 # the regression gate: a fast oracle-only grid compared with the committed reports/baseline.csv
 regress: regress-run
@@ -35,4 +42,5 @@ regress-run: $(STAMP)
 	$(BIN)/snakemake --cores all --quiet --configfile config/regression.yaml
 
 clean:
-	rm -rf results reports/results.csv reports/leaderboard.* reports/figures reports/paper_comparison.md reports/regression .snakemake
+	rm -rf results reports/results.csv reports/leaderboard.* reports/figures reports/paper_comparison.md reports/regression .snakemake \
+		reports/provenance.csv reports/provenance.json reports/site reports/site_index.png

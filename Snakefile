@@ -26,6 +26,11 @@ except DpmbenchError as exc:
     print(f"dpmbench: error: {exc}", file=sys.stderr)
     sys.exit(2)
 validate(config, SCHEMA, set_default=True)  # cannot fail any more; fills the schema's defaults
+# provenance: every metrics file records the hash of the config that produced it (an environment variable, not a
+# rule parameter: editing the grid must not re-run the cells it leaves unchanged)
+from dpmbench.provenance import CONFIG_ENV, config_sha256
+
+os.environ[CONFIG_ENV] = config_sha256(config)
 
 if config.get("checkpoints"):  # the config's own checkpoint entries, for the jobs' `dpmbench` commands
     import json

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import yaml
 
-from dpmbench.errors import DpmbenchError
+from dpmbench.errors import DpmbenchError, bad_value
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = ROOT / "config" / "checkpoints.yaml"
@@ -295,7 +295,9 @@ def get_entry(cid: str, manifest: Mapping[str, CheckpointEntry] | None = None) -
     """The entry ``cid`` of ``manifest`` (default: :func:`load_manifest`)."""
     entries = load_manifest() if manifest is None else manifest
     if cid not in entries:
-        raise _bad("", "checkpoint id", cid, ", ".join(entries) or "(the manifest is empty)")
+        if entries:
+            raise bad_value("checkpoint id", cid, list(entries))
+        raise _bad("", "checkpoint id", cid, "(the manifest is empty)")
     return entries[cid]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
+import re
 import signal
 import sys
 import threading
@@ -13,11 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
-
-from dpmbench.errors import DpmbenchError, bad_value
+from dpmbench.errors import DpmbenchError, bad_value, did_you_mean
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a process ended by SIGPIPE
 # a parallel solver's counters (sampling.sample's stats), kept in the samples file and the metrics record
 PARALLEL_COUNTERS = ("parallel_rounds", "nfe_total")
 
@@ -26,6 +27,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors."""
 
     def error(self, message: str) -> NoReturn:
+        m = re.match(r".*invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if m:  # argparse's "invalid choice" gets the "did you mean" of every other name error
+            hint = did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
+            message = f"{message}; {hint}" if hint else message
         self.exit(EXIT_USAGE, f"dpmbench: error: {message}\n")
 
 
@@ -71,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dpmbench", description="Benchmark of fast diffusion-model samplers.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    ls = sub.add_parser("list", help="list solvers, models, metrics or schedules")
-    ls.add_argument("what", choices=["solvers", "models", "metrics", "schedules", "searches"])
+    ls = sub.add_parser("list", help="list solvers, models, metrics, schedules, searches or papers (coverage of the "
+                        "published numbers by config/papers/*.yaml)")
+    ls.add_argument("what", choices=["solvers", "models", "metrics", "schedules", "searches", "papers"])
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--model", required=True)
@@ -155,9 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     e.add_argument("--out", required=True, nargs="+", help="one metrics file per samples file")
 
-    rep = sub.add_parser("report", help="aggregate metric files into results.csv and leaderboard.md")
-    rep.add_argument("results_dir")
+    rep = sub.add_parser("report", help="aggregate (and merge) metric files into results.csv, leaderboard.md and "
+                         "a static site")
+    rep.add_argument("results_dir", nargs="+", help="one or more results directories (several: merged; cells that "
+                     "differ in protocol are shown apart, identical cells must agree)")
     rep.add_argument("--out", default="reports")
+    rep.add_argument("--site", default=None, help="also write a self-contained static site (index.html and a page "
+                     "per model) into this directory")
     rep.add_argument("--papers", default=None,
                      help="directory of published numbers (papers/*.yaml; default: ./papers if it exists)")
 
@@ -177,23 +187,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- commands --------------------------------------------------------------------------------------------
-def cmd_list(args: argparse.Namespace) -> None:
-    from dpmbench.models.registry import ORACLES
-    from dpmbench.solvers.base import SOLVERS, list_solvers
-    from dpmbench.timesteps import ALL_KINDS
-    from evaluators.registry import METRICS
+def _option_line(key: str, opt: Any) -> str:
+    """One option of ``dpmbench list solvers|searches``: ``key=default  [allowed]  doc``."""
+    default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
+    return f"    {key}={default}  [{opt.describe()}]  {opt.doc}"
 
+
+def cmd_list(args: argparse.Namespace) -> None:
+    # each listing imports only what it needs (``list metrics`` starts without torch)
     if args.what == "solvers":
+        from dpmbench.solvers.base import COMMON_OPTIONS, SOLVERS, list_solvers
+
+        print("options every solver accepts (NAME:key=value):")
+        for key, opt in COMMON_OPTIONS.items():
+            print(_option_line(key, opt))
         for name in list_solvers():
             cls = SOLVERS[name]
             print(f"{name}: {cls.summary}")
             print(f"    source: {cls.source}")
             for key, opt in cls.options.items():
-                default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
-                print(f"    {key}={default}  [{opt.describe()}]  {opt.doc}")
+                if COMMON_OPTIONS.get(key) is not opt:  # a solver's own options (or its own default of a common one)
+                    print(_option_line(key, opt))
     elif args.what == "models":
         from dpmbench.checkpoints import checkpoint_dir, load_manifest
-        from dpmbench.models.registry import load_model
+        from dpmbench.models.registry import ORACLES, load_model
 
         for name in ORACLES:
             m = load_model(name)
@@ -205,7 +222,14 @@ def cmd_list(args: argparse.Namespace) -> None:
             pulled = "pulled" if all((checkpoint_dir(e) / f.path).is_file() for f in e.files) else "not pulled"
             print(f"{name}: checkpoint ({e.adapter}), {e.resolution}px{cond}, {e.schedule}/{e.parameterization}, "
                   f"license {e.license}; {src}; {pulled}")
+    elif args.what == "papers":
+        from dpmbench.paper_coverage import coverage
+
+        for cov in coverage():
+            print(cov.line())
     elif args.what == "metrics":
+        from evaluators.registry import METRICS
+
         for name, metric in METRICS.items():
             print(f"{name}: {metric.doc}")
     elif args.what == "searches":
@@ -217,12 +241,12 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"{name}: {srch.summary} (produces {srch.produces})")
             print(f"    source: {srch.source}")
             for key, opt in srch.options.items():
-                default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
-                print(f"    {key}={default}  [{opt.describe()}]  {opt.doc}")
+                print(_option_line(key, opt))
         for name, kind in list_named().items():
             print(f"saved {kind}: {name}")
     else:
         from dpmbench.artifacts import list_named
+        from dpmbench.timesteps import ALL_KINDS
 
         for name in ALL_KINDS:
             print(name)
@@ -263,6 +287,8 @@ def _meta(args: argparse.Namespace, model: Any, t_end: float) -> dict[str, Any]:
         "t_end": t_end, "labels": labels.numpy(),
     }
     if text:
+        import numpy as np
+
         meta["prompts"] = np.array(_prompts(args, model, 0, args.num_samples), dtype=str)
     return meta
 
@@ -299,6 +325,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from dpmbench.io import save_npz
+    from dpmbench.provenance import device_name
     from dpmbench.sampling import make_plan, sample
     from dpmbench.solvers.base import get_solver
 
@@ -339,8 +366,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         extra = {"images": torch.cat(images).numpy(), "decode_wall_s": decode_s} if decode is not None else {}
         save_npz(args.out.replace("{nfe}", str(nfe)), x=x.to(torch.float32).numpy(), nfe=nfe,
                  solver=args.solver.replace(" ", ""), solver_canonical=sol.spec, schedule=str(args.schedule),
-                 wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic,
-                 **counters, **extra, **meta)  # nfe_used < nfe: adaptive and parallel only
+                 wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic, dtype=args.dtype,
+                 device_name=device_name(str(device)), **counters, **extra,
+                 **meta)  # nfe_used < nfe: adaptive and parallel only
 
 
 def _context(args: argparse.Namespace, model: Any, device: Any, nfe: int) -> Any:
@@ -486,8 +514,39 @@ def _load_npz(path: str, what: str) -> dict[str, Any]:
 
 
 def _scalar(v: Any) -> Any:
+    import numpy as np
+
     v = np.asarray(v)
     return v.item() if v.ndim == 0 else v
+
+
+def _file_sha256(path: str) -> str:
+    from evaluators.download import sha256_file
+
+    return sha256_file(path)
+
+
+def _run_protocol(meta: dict[str, Any], n: int, reference: str | None, ref_sha: str | None) -> dict[str, Any]:
+    """The protocol fields a metrics file records beside the metric's own: sample count, end time, reference
+    (exact solutions or a solver run, with the file's sha256)."""
+    t_end = meta.get("t_end")
+    ref = None
+    if reference:
+        solver = meta.get("reference_solver", "exact")
+        ref = "exact ODE solutions" if solver == "exact" else f"{solver} at NFE {meta.get('reference_nfe')}"
+    return {"n_samples": int(n), "t_end": None if t_end is None else float(t_end), "reference": ref,
+            "reference_sha256": ref_sha}
+
+
+def _provenance(meta: dict[str, Any], eval_device: str) -> dict[str, Any]:
+    """Where the numbers come from: the evaluating process (code, libraries, device, config hash, date) and the
+    sampling run's dtype and device (recorded in the samples file)."""
+    from dpmbench.provenance import environment
+
+    env = environment(eval_device)
+    env["sample_dtype"] = str(meta.get("dtype", "float32"))
+    env["sample_device_name"] = str(meta["device_name"]) if "device_name" in meta else None
+    return env
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -506,6 +565,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                "clip_model": args.clip_model, "clip_pretrained": args.clip_pretrained,
                "clip_weights": args.clip_weights, "batch_size": args.eval_batch_size, "device": args.device}
     ref_file = _load_npz(args.reference, "--reference") if args.reference else None
+    ref_sha = _file_sha256(args.reference) if args.reference else None
     loaded = [_load_npz(path, "--samples") for path in args.samples]  # validate all before writing any
     for path, s in zip(args.samples, loaded, strict=True):
         if "x" not in s or "model" not in s:
@@ -523,6 +583,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if ref_file is not None and "target_mu" in ref_file:
             meta["target_moments"] = (ref_file["target_mu"], ref_file["target_cov"])
         values, cis, info = evaluate(names, s["x"], meta, ref, bootstraps=args.bootstraps, options=options)
+        info["protocol"] = {**info.get("protocol", {}), **_run_protocol(meta, len(s["x"]), args.reference,
+                                                                          ref_sha)}
+        info["provenance"] = _provenance(meta, args.device)
         g = meta.get("guidance")
         save_json(out_path, {
             "model": str(meta["model"]), "solver": str(meta.get("solver")), "nfe": int(meta.get("nfe", -1)),
@@ -537,7 +600,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from dpmbench.report import write_report
 
-    write_report(args.results_dir, args.out, papers_dir=args.papers)
+    write_report(args.results_dir, args.out, papers_dir=args.papers, site=args.site)
 
 
 def cmd_pull(args: argparse.Namespace) -> None:
@@ -593,9 +656,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, while it can still be handled
     except DpmbenchError as exc:
         print(f"dpmbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `dpmbench list solvers | head`: the reader has gone; stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return EXIT_BROKEN_PIPE
     return int(code or 0)
 
 

@@ -22,6 +22,8 @@ import numpy as np
 from dpmbench.errors import DpmbenchError
 
 CHECKSUM_KEY = "content_sha256"
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) and restored
+os.umask(_UMASK)
 
 
 def cache_dir(*parts: str) -> Path:
@@ -35,7 +37,8 @@ def cache_dir(*parts: str) -> Path:
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path`` and rename it into place.
 
-    A reader never sees a partial file: either the old content, or the complete new one.
+    A reader never sees a partial file: either the old content, or the complete new one. The file gets the mode
+    ``open()`` would give it (0666 minus the umask), not the temporary file's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +47,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; a published file gets open()'s mode
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -7,34 +7,44 @@ without Snakemake: ``dpmbench report RESULTS_DIR --out reports/ [--papers papers
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import math
-import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.io import CorruptFileError, atomic_write, load_npz, verify_npz
+from dpmbench.figures import metric_figure, write_sample_grids
+from dpmbench.io import atomic_write
+from dpmbench.merge import merge_runs, write_provenance
+from dpmbench.provenance import provenance_id
 
 # DESIGN.md's columns; results.csv adds a last column `seed` only when the results hold several seeds
 COLUMNS = ["model", "solver", "nfe", "schedule", "guidance", "metric", "value", "ci_low", "ci_high",
            "n_samples", "wall_s", "seed"]
-GROUP = ["model", "guidance", "schedule", "seed", "metric"]
-PAPER_KEYS = ("table", "page", "model", "metric", "solver", "nfe", "value")
+# beside the DESIGN.md columns, per row (not written to results.csv; see dpmbench.merge for the provenance sidecar):
+# the run it comes from, the per-sample summary, the protocol, the provenance and the bootstrap replicates
+EXTRA = ["run", "median", "diverged_share", "t_end", "reference", "reference_sha256", "extractor",
+         "extractor_sha256", "reference_stats", "reference_stats_sha256", "provenance", "date", "boot", "boot_seed",
+         "parallel_rounds"]  # parallel_rounds: a parallel solver's sequential rounds (a last results.csv column)
+GROUP = ["model", "guidance", "schedule", "seed", "metric", "protocol"]  # protocol: see dpmbench.merge
+# required fields of a published number; `page` is optional (the table id and the source's version locate it)
+PAPER_KEYS = ("table", "model", "metric", "solver", "nfe", "value")
 
 
 def collect(results_dir: str | Path) -> pd.DataFrame:
-    """Every metric file (``*.json`` with a ``metrics`` object) under ``results_dir`` as tidy rows."""
+    """Every metric file (``*.json`` with a ``metrics`` object) under ``results_dir`` as tidy rows: the columns
+    :data:`COLUMNS` of results.csv, then :data:`EXTRA` (run = ``results_dir``)."""
     root = Path(results_dir)
     if not root.is_dir():
         raise DpmbenchError(f"invalid RESULTS_DIR {str(root)!r}: not a directory")
     rows: list[dict[str, Any]] = []
+    records: dict[str, dict[str, Any]] = {}
     for path in sorted(root.rglob("*.json")):
         try:
             rec = json.loads(path.read_text())
@@ -43,13 +53,17 @@ def collect(results_dir: str | Path) -> pd.DataFrame:
                                 "its metrics job") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
             continue  # another JSON file, not a metrics record
-        rows.extend(_rows(path, rec))
-    df = pd.DataFrame(rows, columns=[*COLUMNS, "parallel_rounds"])
+        rows.extend({**r, "run": str(results_dir)} for r in _rows(path, rec))
+        if isinstance(rec.get("provenance"), dict):
+            records[provenance_id(rec["provenance"])] = {k: v for k, v in rec["provenance"].items() if k != "date"}
+    df = pd.DataFrame(rows, columns=COLUMNS + EXTRA)
     if not df.empty:
         df["guidance"] = df["guidance"].astype(object).where(df["guidance"].notna(), "none")
         df["guidance"] = df["guidance"].map(str)
         df = df.sort_values(["model", "guidance", "schedule", "seed", "metric", "solver", "nfe"], key=_sort_key)
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs["provenance"] = records  # provenance id -> record (without date)
+    return df
 
 
 def _number(path: Path, field: str, v: Any, integer: bool = False) -> Any:
@@ -70,6 +84,10 @@ def _rows(path: Path, rec: dict[str, Any]) -> list[dict[str, Any]]:
     g = rec.get("guidance")
     guidance = None if g is None else _number(path, "guidance", g)
     cis = rec.get("ci") if isinstance(rec.get("ci"), dict) else {}
+    extra = _record_extras(rec)
+    per_sample = rec.get("per_sample") if isinstance(rec.get("per_sample"), dict) else {}
+    diverged = next((v.get("diverged_share") for v in per_sample.values() if isinstance(v, dict)), None)
+    boots = rec.get("bootstrap_values") if isinstance(rec.get("bootstrap_values"), dict) else {}
     rows = []
     for metric, value in rec["metrics"].items():
         ci = cis.get(metric)
@@ -81,9 +99,24 @@ def _rows(path: Path, rec: dict[str, Any]) -> list[dict[str, Any]]:
             "ci_high": _number(path, f"ci.{metric}", hi),
             "n_samples": rec.get("n_samples"), "wall_s": rec.get("wall_s"),
             "seed": _number(path, "seed", rec.get("seed", 0), True),
+            **extra, "median": (per_sample.get(metric) or {}).get("median"),
+            "diverged_share": (per_sample.get(metric) or {}).get("diverged_share", diverged),
+            "boot": boots.get(metric), "boot_seed": rec.get("bootstrap_seed"),
             "parallel_rounds": _number(path, "parallel_rounds", rec.get("parallel_rounds")),  # parallel solvers
         })
     return rows
+
+
+def _record_extras(rec: dict[str, Any]) -> dict[str, Any]:
+    """Protocol and provenance of a metrics record (absent fields: None; files written before they existed)."""
+    proto = rec.get("protocol") if isinstance(rec.get("protocol"), dict) else {}
+    prov = rec.get("provenance") if isinstance(rec.get("provenance"), dict) else None
+    out = {k: proto.get(k) for k in ("t_end", "reference", "reference_sha256", "extractor", "extractor_sha256",
+                                     "reference_stats", "reference_stats_sha256")}
+    out["provenance"] = None if prov is None else provenance_id(prov)
+
+    out["date"] = None if prov is None else prov.get("date")
+    return out
 
 
 def _sort_key(col: pd.Series) -> pd.Series:
@@ -109,11 +142,16 @@ def _groups(df: pd.DataFrame) -> Iterable[tuple[tuple[Any, ...], pd.DataFrame]]:
     return df.groupby(GROUP, sort=False)
 
 
-def _title(key: tuple[Any, ...], many_seeds: bool) -> str:
-    model, guidance, schedule, seed, metric = key
+def _title(key: tuple[Any, ...], many_seeds: bool, label: str = "") -> str:
+    model, guidance, schedule, seed, metric = key[:5]
     seed_part = f" · seed {seed}" if many_seeds else ""
     better = " (higher is better)" if higher_is_better(str(metric)) else ""
-    return f"{metric}{better} · guidance {guidance} · schedule {schedule}{seed_part}"
+    protocol = f" · {label}" if label else ""
+    return f"{metric}{better} · guidance {guidance} · schedule {schedule}{seed_part}{protocol}"
+
+
+def _label(g: pd.DataFrame) -> str:
+    return str(g["protocol_label"].iloc[0]) if "protocol_label" in g and len(g) else ""
 
 
 def higher_is_better(metric: str) -> bool:
@@ -123,41 +161,59 @@ def higher_is_better(metric: str) -> bool:
     return metric in METRICS and not METRICS[metric].lower_is_better
 
 
-def _table(g: pd.DataFrame) -> tuple[list[int], list[tuple[str, list[tuple[str, bool]]]]]:
-    """NFE columns and, per solver, (cell text, is best) per NFE; best = lowest value at that NFE (highest for
-    the higher-is-better metrics)."""
-    pick = max if higher_is_better(str(g["metric"].iloc[0])) else min
+def _spread(r: Any) -> str:
+    """Per-sample median and share of diverged samples, where some samples diverged ('' otherwise)."""
+    share = getattr(r, "diverged_share", None)
+    if _isnan(share) or not share or (float(share) >= 1 and _isnan(r.value)):  # none, or all ('diverged' says it)
+        return ""
+    from evaluators.registry import PER_SAMPLE_METRICS
+
+    med = getattr(r, "median", None)
+    share_text = f"{100 * float(share):.3g}% samples diverged"
+    if str(getattr(r, "metric", "")) not in PER_SAMPLE_METRICS:  # a distributional metric: no per-sample value
+        return share_text
+    return f"median {_fmt(med) if not _isnan(med) else 'diverged'}, {share_text}"
+
+
+def _table(g: pd.DataFrame) -> tuple[list[int], list[tuple[str, list[tuple[str, str, str]]]]]:
+    """NFE columns and, per solver, (cell text, mark, spread) per NFE: mark ``best`` where the paired bootstrap
+    CI of the difference to every other solver excludes zero, ``tied`` for the solvers the column's best cannot
+    be told apart from (dpmbench.compare); spread: per-sample median and share diverged where any diverged."""
+    from dpmbench.compare import table_marks
+
+    marks = table_marks(g, higher_is_better(str(g["metric"].iloc[0])))
     nfes = sorted(g["nfe"].unique())
     solvers = list(dict.fromkeys(g["solver"]))
     by = {(r.solver, r.nfe): r for r in g.itertuples()}
-    best = {}
-    for n in nfes:
-        vals = [by[(s, n)].value for s in solvers if (s, n) in by and not _isnan(by[(s, n)].value)]
-        best[n] = pick(vals) if vals else None
     rows = []
     for s in solvers:
         cells = []
         for n in nfes:
             r = by.get((s, n))
             if r is None:
-                cells.append(("–", False))
+                cells.append(("–", "", ""))
                 continue
             rounds = "" if _isnan(r.parallel_rounds) else f" ({int(r.parallel_rounds)} rounds)"  # picard
-            cells.append((_fmt(r.value) + rounds + _fmt_ci(r.ci_low, r.ci_high),
-                          best[n] is not None and not _isnan(r.value) and r.value == best[n]))
+            mark = marks.get((s, int(n)))
+            cells.append((_fmt(r.value) + rounds + _fmt_ci(r.ci_low, r.ci_high), mark.kind if mark else "", _spread(r)))
         rows.append((s, cells))
     return [int(n) for n in nfes], rows
 
 
 def leaderboard_markdown(df: pd.DataFrame) -> str:
-    """Per model, per (guidance, schedule, seed, metric): a solver x NFE table with CIs, the best per NFE in bold."""
+    """Per model, per (guidance, schedule, seed, metric, protocol): a solver x NFE table with CIs; **bold**: best
+    at that NFE (the paired CI of its difference to every other solver excludes zero), _(tied)_: statistically
+    tied with the best."""
     lines = ["# dpmbench leaderboard", "",
              "Lower is better, except for the metrics marked (higher is better). "
-             "**Bold**: best solver at that NFE. Brackets: 95% paired bootstrap "
-             "CI. All solvers of a table start from the same x_T (common random numbers). "
+             "**Bold**: best solver at that NFE (the 95% paired bootstrap CI of its difference to every other solver "
+             "excludes zero); _(tied)_: the best and the solvers it cannot be told apart from. Brackets: 95% paired "
+             "bootstrap CI. All solvers of a table start from the same x_T (common random numbers). Where samples "
+             "diverged, the per-sample median and the share of diverged samples follow the mean. "
              "(R rounds): a parallel sampler's sequential batched model calls (NFE: its base solver's steps).", ""]
     if df.empty:
         return "\n".join([*lines, "_No results._", ""])
+    df = _with_protocol(df)
     many_seeds = df["seed"].nunique() > 1
     current = None
     for key, g in _groups(df):
@@ -165,128 +221,46 @@ def leaderboard_markdown(df: pd.DataFrame) -> str:
             current = key[0]
             lines += [f"## {current}", ""]
         n = int(g["n_samples"].dropna().iloc[0]) if g["n_samples"].notna().any() else 0
-        lines += [f"### {_title(key, many_seeds)} (n={n})", ""]
+        lines += [f"### {_title(key, many_seeds, _label(g))} (n={n})", ""]
         nfes, rows = _table(g)
         lines.append("| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
         lines.append("|---|" + "---|" * len(nfes))
         for solver, cells in rows:
-            lines.append(f"| {solver} | " + " | ".join(f"**{t}**" if b else t for t, b in cells) + " |")
+            texts = []
+            for t, mark, spread in cells:
+                t = f"**{t}**" if mark == "best" else f"{t} _(tied)_" if mark == "tied" else t
+                texts.append(f"{t} ({spread})" if spread else t)
+            lines.append(f"| {solver} | " + " | ".join(texts) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def _figure_name(key: tuple[Any, ...], many_seeds: bool) -> str:
-    model, guidance, schedule, seed, metric = key
-    return f"{model}_g{guidance}_{schedule}{f'_seed{seed}' if many_seeds else ''}_{metric}.png"
+def _with_protocol(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the merge's protocol columns (a single run's frame gets them from :func:`merge_runs`)."""
+    if "protocol" in df.columns:
+        return df
+    from dpmbench.merge import merge_runs
+
+    return merge_runs([df])
 
 
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
-    plt.close(fig)
-    return path
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _figure_name(key: tuple[Any, ...], many_seeds: bool, label: str = "") -> str:
+    model, guidance, schedule, seed, metric = key[:5]
+    protocol = f"_p{hashlib.sha256(label.encode()).hexdigest()[:8]}" if label else ""  # tables shown apart
+    return f"{model}_g{guidance}_{schedule}{f'_seed{seed}' if many_seeds else ''}_{metric}{protocol}.png"
 
 
 def write_figures(df: pd.DataFrame, out: Path) -> dict[tuple[Any, ...], Path]:
-    """One log-log metric-vs-NFE plot per (model, guidance, schedule, seed, metric), a line (and CI band) per
-    solver."""
-    plt = _pyplot()
-    paths = {}
+    """One metric-vs-NFE figure (dpmbench.figures.metric_figure) per table: (model, guidance, schedule, seed,
+    metric, protocol)."""
+    df = _with_protocol(df)
     many_seeds = df["seed"].nunique() > 1
-    for key, g in _groups(df):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        positive, finite = True, False
-        for solver, s in g.groupby("solver", sort=False):
-            s = s.sort_values("nfe")
-            ok = s["value"].notna()
-            finite |= bool(ok.any())
-            diverged = "" if ok.all() else f" (diverged at NFE {', '.join(str(n) for n in s['nfe'][~ok])})"
-            line = ax.plot(s["nfe"][ok], s["value"][ok], marker="o", ms=3, label=f"{solver}{diverged}")[0]
-            lo, hi = pd.to_numeric(s["ci_low"], errors="coerce"), pd.to_numeric(s["ci_high"], errors="coerce")
-            band = ok & lo.notna() & hi.notna()
-            if band.any():
-                ax.fill_between(s["nfe"][band], lo[band], hi[band], color=line.get_color(), alpha=0.15, lw=0)
-            positive &= bool((s["value"][ok] > 0).all())
-        ax.set_xscale("log")
-        ax.set_yscale(("log" if positive else "symlog") if finite else "linear")  # nothing finite: no log axis
-        nfes = sorted(g["nfe"].unique())
-        ax.set_xticks(nfes, [str(n) for n in nfes])
-        ax.minorticks_off()
-        ax.set_xlabel("NFE")
-        ax.set_ylabel(key[4])
-        ax.set_title(f"{key[0]} · {_title(key, many_seeds)}", fontsize=9)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        fig.tight_layout()
-        paths[key] = _save(fig, out / "figures" / _figure_name(key, many_seeds))
-    return paths
-
-
-def _npz_meta(path: Path) -> dict[str, Any]:
-    f = load_npz(path, "shard")
-    return {k: f[k].item() for k in ("model", "solver", "schedule", "guidance", "seed", "nfe") if k in f}
-
-
-def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> dict[tuple[str, ...], Path]:
-    """For image models (samples shaped N x C x H x W, C in 1, 3): a grid of the first samples of every solver at the
-    smallest NFE, first row the exact solutions, per (model, guidance, seed, schedule)."""
-    groups: dict[tuple[str, ...], dict[int, dict[str, Path]]] = {}
-    image: dict[str, bool] = {}
-    for path in sorted(Path(results_dir).rglob("nfe*/0-*.npz")):
-        try:
-            meta = _npz_meta(path)
-        except CorruptFileError as exc:  # a sample grid is an illustration: skip the file, say so
-            print(f"dpmbench: warning: {exc}; not in the sample grids", file=sys.stderr)
-            continue
-        except (OSError, ValueError, KeyError):
-            continue
-        model = str(meta.get("model"))
-        if model not in image:
-            shape = load_npz(path, "shard")["x"].shape
-            image[model] = len(shape) == 4 and shape[1] in (1, 3)
-        if not image[model]:
-            continue
-        g = meta.get("guidance")
-        gkey = "none" if g is None or (isinstance(g, float) and math.isnan(g)) else str(float(g))
-        key = (model, gkey, str(meta.get("seed", 0)), str(meta.get("schedule")))
-        groups.setdefault(key, {}).setdefault(int(meta["nfe"]), {})[str(meta["solver"])] = path
-    plt = _pyplot()
     paths = {}
-    for key, by_nfe in groups.items():
-        nfe = min(by_nfe)
-        rows: list[tuple[str, np.ndarray]] = []
-        ref = next(iter(by_nfe[nfe].values())).parents[3] / "reference.npz"
-        if ref.is_file() and verify_npz(ref):
-            rows.append(("exact", load_npz(ref)["x"][:columns]))
-        for solver, path in by_nfe[nfe].items():
-            rows.append((solver, load_npz(path)["x"][:columns]))
-        ncol = max(len(x) for _, x in rows)
-        fig, axes = plt.subplots(len(rows), ncol, figsize=(0.75 * ncol + 2.6, 0.75 * len(rows) + 0.4), squeeze=False)
-        for i, (label, xs) in enumerate(rows):
-            for j in range(ncol):
-                ax = axes[i][j]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if j < len(xs):
-                    img = np.clip((np.asarray(xs[j], np.float64) + 1) / 2, 0, 1)
-                    if img.shape[0] == 1:
-                        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
-                    else:
-                        ax.imshow(img.transpose(1, 2, 0))
-            axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=6)
-        fig.suptitle(f"{key[0]} · guidance {key[1]} · seed {key[2]} · {key[3]} · NFE {nfe}", fontsize=8)
-        fig.subplots_adjust(left=2.4 / (0.75 * ncol + 2.6), right=0.99, wspace=0.05, hspace=0.05)
-        paths[key] = _save(fig, out / "figures" / f"samples_{key[0]}_g{key[1]}_seed{key[2]}_{key[3]}_nfe{nfe}.png")
+    for key, g in _groups(df):
+        label = _label(g)
+        paths[key] = metric_figure(g, f"{key[0]} · {_title(key, many_seeds, label)}",
+                                   out / "figures" / _figure_name(key, many_seeds, label),
+                                   higher_is_better(str(key[4])))
     return paths
 
 
@@ -301,15 +275,19 @@ def leaderboard_html(df: pd.DataFrame, figures: dict[tuple[Any, ...], Path],
     css = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
            "table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}"
            "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td:first-child{text-align:left}"
-           "th{background:#f3f3f3}td.best{font-weight:bold;background:#e8f5e9}"
+           "th{background:#f3f3f3}td.best{font-weight:bold;background:#e8f5e9}td.tied{background:#f4faf4}"
+           ".spread{color:#b34;font-size:11px}"
            "img{max-width:100%;display:block;margin:.3em 0 1.5em}.ci{color:#777;font-size:11px}")
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>dpmbench leaderboard</title>',
              f"<style>{css}</style></head><body>", "<h1>dpmbench leaderboard</h1>",
              "<p>Lower is better, except for the metrics marked (higher is better). "
-             "<b>Bold</b>: best solver at that NFE. Grey: 95% paired bootstrap "
-             "CI. All solvers of a table start from the same x<sub>T</sub>.</p>"]
+             "<b>Bold</b>: best solver at that NFE (the 95% paired bootstrap CI of its difference to every other "
+             "solver excludes zero); light green: tied with the best. Grey: 95% paired bootstrap "
+             "CI. All solvers of a table start from the same x<sub>T</sub>. Red: per-sample median and share of "
+             "diverged samples, where some diverged.</p>"]
     if df.empty:
         parts.append("<p><i>No results.</i></p>")
+    df = _with_protocol(df) if not df.empty else df
     many_seeds = not df.empty and df["seed"].nunique() > 1
     current = None
     for key, g in _groups(df) if not df.empty else []:
@@ -320,15 +298,16 @@ def leaderboard_html(df: pd.DataFrame, figures: dict[tuple[Any, ...], Path],
                 if gkey[0] == current:
                     parts.append(_img_tag(path))
         n = int(g["n_samples"].dropna().iloc[0]) if g["n_samples"].notna().any() else 0
-        parts.append(f"<h3>{html.escape(_title(key, many_seeds))} (n={n})</h3>")
+        parts.append(f"<h3>{html.escape(_title(key, many_seeds, _label(g)))} (n={n})</h3>")
         nfes, rows = _table(g)
         parts.append("<table><tr><th>solver</th>" + "".join(f"<th>NFE {n}</th>" for n in nfes) + "</tr>")
         for solver, cells in rows:
             tds = []
-            for text, best in cells:
+            for text, mark, spread in cells:
                 value, _, ci = text.partition(" [")
                 ci_html = f'<br><span class="ci">[{html.escape(ci)}</span>' if ci else ""
-                tds.append(f'<td{" class=best" if best else ""}>{html.escape(value)}{ci_html}</td>')
+                spread_html = f'<br><span class="spread">{html.escape(spread)}</span>' if spread else ""
+                tds.append(f'<td{f" class={mark}" if mark else ""}>{html.escape(value)}{ci_html}{spread_html}</td>')
             parts.append(f"<tr><td>{html.escape(solver)}</td>{''.join(tds)}</tr>")
         parts.append("</table>")
         if key in figures:
@@ -338,10 +317,9 @@ def leaderboard_html(df: pd.DataFrame, figures: dict[tuple[Any, ...], Path],
 
 
 # -- papers ----------------------------------------------------------------------------------------------------
-def _paper_entry_problem(e: dict[str, Any], pinned: bool = True) -> str:
+def _paper_entry_problem(e: dict[str, Any]) -> str:
     """The first problem of a papers entry (missing key or wrong type), or an empty string."""
-    keys = PAPER_KEYS if pinned else tuple(k for k in PAPER_KEYS if k != "page")
-    missing = [k for k in keys if k not in e]
+    missing = [k for k in PAPER_KEYS if k not in e]
     if missing:
         return f"lacks {missing[0]!r}"
     checks: list[tuple[str, bool, str]] = [
@@ -352,7 +330,7 @@ def _paper_entry_problem(e: dict[str, Any], pinned: bool = True) -> str:
         ("metric", isinstance(e["metric"], str) and bool(e["metric"]), "a metric name"),
         ("solver", isinstance(e["solver"], str) and bool(e["solver"]), "a solver spec"),
     ]
-    if pinned:
+    if "page" in e:
         checks.append(("page", isinstance(e["page"], int) and not isinstance(e["page"], bool) and e["page"] >= 1,
                        "the PDF page, an integer >= 1"))
     if "guidance" in e:
@@ -381,8 +359,8 @@ def _paper_entry_problem(e: dict[str, Any], pinned: bool = True) -> str:
 def load_papers(papers_dir: str | Path | None) -> list[dict[str, Any]]:
     """Entries of every ``papers/*.yaml`` (schema: papers/README.md), each with its paper's name, url, version and file.
 
-    Only ``entries`` are returned (they are compared); a file's ``unpinned`` list (numbers transcribed whose PDF page
-    could not be determined) is validated but not returned.
+    Only ``entries`` are returned (they are compared); a file's ``unpinned`` list (numbers transcribed whose table or
+    setting is unclear) is validated but not returned.
     """
     if papers_dir is None or not Path(papers_dir).is_dir():
         return []
@@ -398,9 +376,9 @@ def load_papers(papers_dir: str | Path | None) -> list[dict[str, Any]]:
             entries.append({**e, "paper": doc["paper"], "url": doc.get("url", ""), "version": doc.get("version", ""),
                             "file": path.name})
         for i, e in enumerate(doc.get("unpinned") or []):
-            problem = _paper_entry_problem(e if isinstance(e, dict) else {}, pinned=False)
+            problem = _paper_entry_problem(e if isinstance(e, dict) else {})
             if not problem and not isinstance((e or {}).get("why"), str):
-                problem = "lacks 'why' (the reason its page is not given)"
+                problem = "lacks 'why' (the reason it is not compared)"
             if problem:
                 raise DpmbenchError(f"invalid papers file {str(path)!r}: unpinned[{i}] {problem}")
     return entries
@@ -415,23 +393,77 @@ def _canonical(spec: str) -> str:
         return str(spec).replace(" ", "")
 
 
+SPREAD_ONE_SOURCE = 0.03  # a reproduction of a number published once is "within" at +-3% of it
+
+
+def _setting(e: dict[str, Any]) -> tuple[Any, ...]:
+    """What a published number measures: the key under which several sources publish the same setting."""
+    g = e.get("guidance", "any")
+    return (e["model"], e["metric"], _canonical(e["solver"]), int(e["nfe"]), e.get("schedule", "any"),
+            "none" if g in (None, "none") else str(float(g)) if g != "any" else "any")
+
+
+def published_spread(entries: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[float]]:
+    """Every published value of each setting (over all papers and tables), keyed by ``_setting``."""
+    spread: dict[tuple[Any, ...], list[float]] = {}
+    for e in entries:
+        spread.setdefault(_setting(e), []).append(float(e["value"]))
+    return spread
+
+
+def _within(value: float, published: list[float]) -> str:
+    """'yes' when ours lies inside the published spread ([min, max] of several sources; +-3% of a single one)."""
+    lo, hi = min(published), max(published)
+    if len(set(published)) == 1:
+        lo, hi = lo - SPREAD_ONE_SOURCE * abs(lo), hi + SPREAD_ONE_SOURCE * abs(hi)
+    return "yes" if lo <= value <= hi else "no"
+
+
+def _coverage_lines(df: pd.DataFrame, entries: list[dict[str, Any]], found: dict[int, bool]) -> list[str]:
+    """One line per paper: numbers, how many have a result of ours here, and what is missing to run the others."""
+    lines = ["## Coverage", ""]
+    models = set(df["model"]) if not df.empty else set()
+    for paper in dict.fromkeys(e["paper"] for e in entries):
+        es = [(i, e) for i, e in enumerate(entries) if e["paper"] == paper]
+        ours = sum(found[i] for i, _ in es)
+        need: dict[str, int] = {}
+        for i, e in es:
+            if not found[i] and e["model"] not in models:
+                need[e["model"]] = need.get(e["model"], 0) + 1
+        cells = sum(not found[i] and e["model"] in models for i, e in es)
+        missing = "; ".join(f"{k}: {v}" for k, v in need.items())
+        lines.append(f"- **{paper}**: {len(es)} numbers, {ours} with a result here"
+                     + (f"; not run, checkpoint needed: {missing}" if missing else "")
+                     + (f"; {cells} with the model run but not that cell" if cells else ""))
+    return [*lines, ""]
+
+
 def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -> str:
-    """Published numbers beside ours (value, CI, delta = ours - published), or why a number was not run."""
+    """Published numbers beside ours (value, CI, delta = ours - published, the published spread of the setting and
+    whether ours lies within it), or why a number was not run. Opens with a coverage summary per paper; each
+    paper's full table follows in a collapsed section."""
     lines = ["# Published numbers beside ours", "",
              "From `papers/*.yaml` (schema: papers/README.md). Delta = ours − published. Ours are from this results "
              "directory; they match the published setting only as far as model, metric, solver, NFE, schedule and "
-             "guidance are listed.", ""]
+             "guidance are listed. Spread: every value published for the same setting (all papers and tables); ours "
+             f"is within it when inside [min, max], or within ±{SPREAD_ONE_SOURCE:.0%} of a single published value.",
+             ""]
     if not entries:
         return "\n".join([*lines, "_No papers/*.yaml entries._", ""])
     canon = {s: _canonical(s) for s in df["solver"].unique()} if not df.empty else {}
     models = set(df["model"]) if not df.empty else set()
+    spread = published_spread(entries)
+    found: dict[int, bool] = {}
+    body: list[str] = []
     for paper in dict.fromkeys(e["paper"] for e in entries):
-        es = [e for e in entries if e["paper"] == paper]
-        url, version = es[0].get("url"), es[0].get("version")
-        lines += [f"## {paper}" + (f" ({url}{', ' + str(version) if version else ''})" if url else ""), "",
-                  "| table | page | model | metric | solver | NFE | schedule | guidance | published | ours | delta |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for e in es:
+        es = [(i, e) for i, e in enumerate(entries) if e["paper"] == paper]
+        url, version = es[0][1].get("url"), es[0][1].get("version")
+        body += [f"## {paper}" + (f" ({url}{', ' + str(version) if version else ''})" if url else ""), "",
+                 f"<details><summary>all {len(es)} numbers</summary>", "",
+                 "| table | page | model | metric | solver | NFE | schedule | guidance | published | ours | delta "
+                 "| published spread | within |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for i, e in es:
             want = _canonical(e["solver"])
             sel = df[(df["model"] == e["model"]) & (df["metric"] == e["metric"]) & (df["nfe"] == int(e["nfe"]))
                      & (df["solver"].map(canon) == want)] if not df.empty else df
@@ -439,47 +471,67 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
                 sel = sel[sel["schedule"] == str(e["schedule"])]
             if "guidance" in e:
                 sel = sel[sel["guidance"] == ("none" if e["guidance"] in (None, "none") else str(float(e["guidance"])))]
-            head = (f"| {e['table']} | {e['page']} | {e['model']} | {e['metric']} | {e['solver']} | {e['nfe']} | "
-                    f"{e.get('schedule', 'any')} | {e.get('guidance', 'any')} | {e.get('printed', e['value'])} |")
+            found[i] = not sel.empty
+            pub = spread[_setting(e)]
+            span = f"{min(pub):g} .. {max(pub):g} ({len(pub)} values)" if len(pub) > 1 else "one source"
+            head = (f"| {e['table']} | {e.get('page', '–')} | {e['model']} | {e['metric']} | {e['solver']} | "
+                    f"{e['nfe']} | {e.get('schedule', 'any')} | {e.get('guidance', 'any')} | "
+                    f"{e.get('printed', e['value'])} |")
             if sel.empty:
                 if e["model"] not in models:
                     why = f"not run: needs checkpoint {e.get('checkpoint', e['model'])}"
                 else:
                     why = f"not run: no {e['metric']} at NFE {e['nfe']} for {want} in the results"
-                lines.append(f"{head} {why} | |")
+                body.append(f"{head} {why} | | {span} | |")
                 continue
             for r in sel.itertuples():
                 delta = "" if _isnan(r.value) else f"{r.value - float(e['value']):+.3g}"
+                within = "" if _isnan(r.value) else _within(float(r.value), pub)
                 where = "" if "schedule" in e and "guidance" in e else f" ({r.schedule}, g {r.guidance})"
-                lines.append(f"{head} {_fmt(r.value)}{_fmt_ci(r.ci_low, r.ci_high)}{where} | {delta} |")
-        lines.append("")
-    return "\n".join(lines)
+                body.append(f"{head} {_fmt(r.value)}{_fmt_ci(r.ci_low, r.ci_high)}{where} | {delta} | {span} | "
+                            f"{within} |")
+        body += ["", "</details>", ""]
+    return "\n".join([*lines, *_coverage_lines(df, entries, found), *body])
 
 
-def write_report(results_dir: str | Path, out: str | Path, papers_dir: str | Path | None = None) -> pd.DataFrame:
-    """Write ``results.csv``, ``leaderboard.md``, ``leaderboard.html``, ``paper_comparison.md`` and ``figures/``."""
-    df = collect(results_dir)
+def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Path,
+                 papers_dir: str | Path | None = None, site: str | Path | None = None) -> pd.DataFrame:
+    """Write ``results.csv``, ``provenance.csv``/``.json``, ``leaderboard.md``, ``leaderboard.html``,
+    ``paper_comparison.md`` and ``figures/`` of one or several results directories (merged: dpmbench.merge), and
+    with ``site`` a static site there (dpmbench.site)."""
+    dirs = [results_dirs] if isinstance(results_dirs, str | Path) else list(results_dirs)
+    if not dirs:
+        raise DpmbenchError("invalid RESULTS_DIR: give at least one results directory")
+    df = merge_runs([collect(d) for d in dirs])  # refuses disagreeing cells before writing anything
     out = Path(out)
     if papers_dir is None and Path("papers").is_dir():
         papers_dir = "papers"
     entries = load_papers(papers_dir)  # validate before writing anything
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
-    table = df if df["seed"].nunique() > 1 else df.drop(columns="seed")
-    if not table["parallel_rounds"].notna().any():  # a last column only when parallel solvers ran
-        table = table.drop(columns="parallel_rounds")
+    rounds = ["parallel_rounds"] if df["parallel_rounds"].notna().any() else []  # parallel solvers ran
+    table = df[[c for c in COLUMNS if c in df.columns] + rounds]
+    table = table if table["seed"].nunique() > 1 else table.drop(columns="seed")
     table = table.assign(value=table["value"].map(lambda v: "nan" if _isnan(v) else v))  # nan: a diverged run
     atomic_write(out / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
+    write_provenance(df, out)
     md = leaderboard_markdown(df)
     atomic_write(out / "leaderboard.md", lambda tmp: tmp.write_text(md))
     figures = write_figures(df, out) if not df.empty else {}
-    grids = write_sample_grids(results_dir, out)
+    grids: dict[tuple[str, ...], Path] = {}
+    for d in dirs:
+        grids.update(write_sample_grids(d, out))
     page = leaderboard_html(df, figures, grids)
     atomic_write(out / "leaderboard.html", lambda tmp: tmp.write_text(page))
     comparison = paper_comparison_markdown(df, entries)
     atomic_write(out / "paper_comparison.md", lambda tmp: tmp.write_text(comparison))
+    if site is not None:
+        from dpmbench.site import write_site
+
+        write_site(df, Path(site), figures, grids, entries,
+                   data=[out / "results.csv", out / "provenance.csv", out / "provenance.json"])
     return df
 
 
 __all__ = ["COLUMNS", "collect", "leaderboard_html", "leaderboard_markdown", "load_papers",
-           "paper_comparison_markdown", "write_figures", "write_report", "write_sample_grids"]
+           "paper_comparison_markdown", "published_spread", "write_figures", "write_report", "write_sample_grids"]

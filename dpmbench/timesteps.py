@@ -13,6 +13,9 @@ import torch
 
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.schedules import NoiseSchedule
+from dpmbench.spacing import KINDS as DIFFUSERS_KINDS
+from dpmbench.spacing import PREFIX as DIFFUSERS
+from dpmbench.spacing import diffusers_grid
 
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 and Table 1
 
@@ -90,7 +93,9 @@ TIMESTEP_SCHEDULES: dict[str, Callable[[int, NoiseSchedule, float, float], torch
     "karras": _karras,
     **{f"ays-{family}": _ays(family) for family in AYS_SIGMAS},
 }
-ALL_KINDS = [*TIMESTEP_SCHEDULES, "custom"]
+# diffusers' conventions (dpmbench.spacing) set their own end points, so they are kept apart from the kinds above
+# (which span the run's [t_end, t_start] and which searches start from)
+ALL_KINDS = [*TIMESTEP_SCHEDULES, *DIFFUSERS_KINDS, "custom"]
 SEARCHED = "searched:"
 
 
@@ -125,7 +130,8 @@ def timesteps(
 ) -> torch.Tensor:
     """``steps + 1`` decreasing times from ``t_start`` (default ``schedule.T``) to ``t_end``.
 
-    ``kind`` is a schedule name, or an explicit sequence of times (``custom``), which must hold exactly
+    ``kind`` is a schedule name (``diffusers-*`` kinds start where diffusers does, see ``dpmbench.spacing``), or
+    an explicit sequence of times (``custom``), which must hold exactly
     ``steps + 1`` strictly decreasing values.
     """
     if not isinstance(kind, str):
@@ -141,6 +147,8 @@ def timesteps(
         raise DpmbenchError(f"invalid t_end {t1}: must be in (0, t_start={t0})")
     if kind.startswith(SEARCHED):
         return searched_grid(kind[len(SEARCHED):], steps, t0, t1)
+    if kind.startswith(DIFFUSERS):
+        return diffusers_grid(kind, steps, schedule, t1)
     if kind not in TIMESTEP_SCHEDULES:
         raise bad_value("schedule", kind, [*ALL_KINDS, "searched:NAME"])
     if steps < 1:

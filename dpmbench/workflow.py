@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import functools
 import hashlib
 import json
@@ -34,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from dpmbench.errors import DpmbenchError
+from dpmbench.errors import DpmbenchError, did_you_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCHEMA = ROOT / "config" / "schema.yaml"
@@ -67,6 +66,12 @@ def _key(path: Sequence[Any]) -> str:
     return out or "<config>"
 
 
+def _hint(value: Any, allowed: Any) -> str:
+    """``"; did you mean 'x'?"`` for a misspelt name (``dpmbench.errors.did_you_mean``), else ``""``."""
+    hint = did_you_mean(value, allowed)
+    return f"; {hint}" if hint else ""
+
+
 def _bad(key: str, what: str) -> DpmbenchError:
     return DpmbenchError(f"invalid config key {key!r}: {what}")
 
@@ -92,8 +97,8 @@ def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str] = D
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         key = _key([*path, extra[0]]) if extra else _key(path)
-        close = difflib.get_close_matches(extra[0], allowed, n=1) if extra else []
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(extra[0], allowed) if extra else ""
+        hint = f"; {hint}" if hint else ""
         raise _bad(key, f"unknown key{hint} allowed: {', '.join(allowed)}")
     if error.validator == "required":
         raise _bad(_key(path), error.message)
@@ -324,7 +329,8 @@ class Grid:
             if name not in models_known and name not in manifest and name not in named_only:
                 allowed = [*models_known, *sorted(manifest), *sorted(named_only)]
                 raise _bad(f"models.{name}", f"unknown model; allowed: {', '.join(allowed)} (oracle models and the "
-                           "ids of config/checkpoints.yaml and of the config's checkpoints_manifest)")
+                           "ids of config/checkpoints.yaml and of the config's checkpoints_manifest)"
+                           f"{_hint(name, allowed)}")
             eff = {k: mc.get(k, top[k]) for k in OVERRIDABLE}
             where = {k: (f"models.{name}.{k}" if k in mc else k) for k in OVERRIDABLE}
             for k in ("nfe", "solvers", "schedules", "guidance", "seeds", "metrics"):
@@ -332,13 +338,15 @@ class Grid:
                     raise _bad(where[k], "an entry is listed twice")
             for i, m in enumerate(eff["metrics"]):
                 if m not in metrics_known:
-                    raise _bad(f"{where['metrics']}[{i}]", f"unknown metric {m!r}; allowed: {', '.join(metrics_known)}")
+                    raise _bad(f"{where['metrics']}[{i}]", f"unknown metric {m!r}; allowed: "
+                               f"{', '.join(metrics_known)}{_hint(m, metrics_known)}")
             for i, s in enumerate(eff["schedules"]):
                 if s.startswith("searched:"):
                     self._check_searched(s, f"{where['schedules']}[{i}]", name, eff["nfe"])
                 elif s not in schedules_known:
                     raise _bad(f"{where['schedules']}[{i}]", f"unknown schedule {s!r}; allowed: "
-                               f"{', '.join(schedules_known)}, or searched:NAME with NAME in searches")
+                               f"{', '.join(schedules_known)}, or searched:NAME with NAME in searches"
+                               f"{_hint(s, schedules_known)}")
                 self.schedule_specs[slug(s)] = s
             slugs = []
             for i, spec in enumerate(eff["solvers"]):
@@ -417,9 +425,11 @@ class Grid:
             except DpmbenchError as exc:
                 raise _bad(f"searches.{name}", str(exc)) from None
             if sc["search"] not in known:
-                raise _bad(f"searches.{name}.search", f"unknown search {sc['search']!r}; allowed: {', '.join(known)}")
+                raise _bad(f"searches.{name}.search", f"unknown search {sc['search']!r}; "
+                           f"allowed: {', '.join(known)}{_hint(sc['search'], known)}")
             if sc["model"] not in models_known:
-                raise _bad(f"searches.{name}.model", f"unknown model; allowed: {', '.join(models_known)}")
+                raise _bad(f"searches.{name}.model", f"unknown model; allowed: "
+                           f"{', '.join(models_known)}{_hint(sc.get('model'), models_known)}")
             if "solver" in sc:
                 for n in sc["nfe"]:
                     problem = reg.solver_error(sc["solver"], int(n))

@@ -16,23 +16,41 @@ def bootstrap_indices(n: int, reps: int = DEFAULT_BOOTSTRAPS, seed: int = 0) -> 
     return np.random.default_rng([seed, n, reps]).integers(0, n, size=(reps, n))
 
 
-def bootstrap_ci(
-    stat: Callable[[np.ndarray | None], float], n: int, reps: int = DEFAULT_BOOTSTRAPS,
-    level: float = DEFAULT_LEVEL, seed: int = 0, estimate: float | None = None,
-) -> tuple[float, float]:
-    """Bias-shifted percentile interval of ``stat(indices)`` over bootstrap resamples of ``n`` items.
+def bootstrap_replicates(stat: Callable[[np.ndarray | None], float], n: int, reps: int = DEFAULT_BOOTSTRAPS,
+                         seed: int = 0) -> np.ndarray:
+    """``stat(indices)`` on each of the ``reps`` resamples of :func:`bootstrap_indices` (float64; NaN kept).
+
+    Two solvers evaluated on the same x_T with the same (n, reps, seed) are resampled identically, so the
+    element-wise difference of their replicates is a paired bootstrap of the difference of their statistics."""
+    if reps == 0 or n < 2:
+        return np.zeros(0)
+    return np.array([stat(idx) for idx in bootstrap_indices(n, reps, seed)], dtype=np.float64)
+
+
+def percentile_ci(estimate: float, replicates: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
+    """Bias-shifted percentile interval around ``estimate`` from bootstrap ``replicates`` (non-finite ones
+    dropped); NaN when nothing finite is left.
 
     Plug-in statistics such as the Frechet distance are biased upwards under resampling (duplicated
     samples shrink the covariance); the percentile interval is shifted by the bootstrap bias
     ``mean(stat*) - stat`` so that it is centred on the estimate (Efron & Tibshirani 1993, Sec. 10.6).
     """
+    vals = np.asarray(replicates, np.float64)
+    vals = vals[np.isfinite(vals)]
+    if len(vals) == 0 or not np.isfinite(estimate):
+        return float("nan"), float("nan")
+    bias = vals.mean() - estimate
+    lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2]) - bias
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    stat: Callable[[np.ndarray | None], float], n: int, reps: int = DEFAULT_BOOTSTRAPS,
+    level: float = DEFAULT_LEVEL, seed: int = 0, estimate: float | None = None,
+) -> tuple[float, float]:
+    """Bias-shifted percentile interval (:func:`percentile_ci`) of ``stat(indices)`` over bootstrap resamples of
+    ``n`` items."""
     if reps == 0 or n < 2:
         return float("nan"), float("nan")
     theta = stat(None) if estimate is None else estimate
-    vals = np.array([stat(idx) for idx in bootstrap_indices(n, reps, seed)])
-    vals = vals[np.isfinite(vals)]
-    if len(vals) == 0 or not np.isfinite(theta):
-        return float("nan"), float("nan")
-    bias = vals.mean() - theta
-    lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2]) - bias
-    return float(lo), float(hi)
+    return percentile_ci(theta, bootstrap_replicates(stat, n, reps, seed), level)

@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 
 from dpmbench.errors import DpmbenchError, bad_value
-from evaluators.bootstrap import bootstrap_ci
+from evaluators.bootstrap import bootstrap_replicates, percentile_ci
 from evaluators.oracle import (
     frechet_to,
     mixture_at,
     mixture_logpdf,
     mixture_sample,
     mse_ref,
+    per_sample_mse,
     rmse,
     sliced_w2,
     sliced_w2_setup,
@@ -394,6 +395,10 @@ def evaluate(
         names = [n for n in names if not METRICS[n].deterministic_only]
         if skipped:
             info["not_applicable"] = skipped
+    per_sample = {name: summary for name in names
+                  if (summary := per_sample_summary(name, ctx.x, ctx.reference)) is not None}
+    if per_sample:
+        info["per_sample"] = per_sample
     if not np.isfinite(ctx.x).all():
         info["status"] = "diverged"
         return {n: None for n in names}, {n: [None, None] for n in names}, info
@@ -404,10 +409,14 @@ def evaluate(
         metric = METRICS[name]
         values[name] = metric.stat(ctx, None)
         reps = bootstraps if metric.max_bootstraps is None else min(bootstraps, metric.max_bootstraps)
-        lo, hi = bootstrap_ci(lambda idx, m=metric: m.stat(ctx, idx), n, reps, seed=seed,
-                              estimate=values[name])
+        replicates = bootstrap_replicates(lambda idx, m=metric: m.stat(ctx, idx), n, reps, seed=seed)
+        lo, hi = percentile_ci(values[name], replicates) if len(replicates) else (float("nan"), float("nan"))
         cis[name] = [lo, hi]
         info.setdefault("bootstraps", {})[name] = reps
+        # kept so that a report can compute paired CIs of differences between solvers (same indices: same n,
+        # reps and seed); NaN replicates are stored as null
+        info.setdefault("bootstrap_values", {})[name] = [float(v) if np.isfinite(v) else None for v in replicates]
+    info["bootstrap_seed"] = int(seed)
     if "fd_target" in ctx.meta.get("_cache", {}):
         info["fd_target"] = ctx.meta["_cache"]["fd_target"][2]
     if "_fid_reference" in ctx.meta:
@@ -422,4 +431,72 @@ def evaluate(
 
         info["clip"] = {"model": ctx.opt("clip_model"), "pretrained": ctx.opt("clip_pretrained"),
                         "convention": CONVENTION}
+    info["protocol"] = protocol(names, ctx)
     return values, cis, info
+
+
+# -- per-sample summaries and protocol ----------------------------------------------------------------------
+PER_SAMPLE_METRICS = ("rmse_exact", "mse_ref")
+
+
+def per_sample_summary(name: str, x: np.ndarray, reference: np.ndarray | None) -> dict[str, Any] | None:
+    """Median over samples of a per-sample metric (``rmse_exact``: each sample's RMSE to its exact solution;
+    ``mse_ref``: its MSE to the reference run) and the share of *diverged* samples: not finite, or an error
+    larger than the reference's own root-mean-square magnitude (``threshold``, in the metric's unit), i.e. a
+    sample that no longer resembles its target. None for other metrics or without a matching reference."""
+    if name not in PER_SAMPLE_METRICS or reference is None or len(reference) != len(x):
+        return None
+    with np.errstate(all="ignore"):
+        err = per_sample_mse(x, reference)
+        ref_ms = float(np.mean(np.asarray(reference, np.float64) ** 2))
+    if name == "rmse_exact":
+        err, threshold = np.sqrt(err), float(np.sqrt(ref_ms))
+    else:
+        threshold = ref_ms
+    err = np.where(np.isfinite(err), err, np.inf)
+    median = float(np.median(err))
+    return {"median": median if np.isfinite(median) else None,
+            "diverged_share": float(np.mean(err > threshold)), "threshold": threshold}
+
+
+IMAGE_METRICS = ("fid", "is", "kid")
+
+
+def protocol(names: list[str], ctx: Context) -> dict[str, Any]:
+    """The metric protocol of one evaluation: feature extractor (with its weights' sha256 where the weights are
+    local) and reference statistics (name or file, with sha256). Fields absent when no metric uses them."""
+    from evaluators.download import sha256_file
+
+    out: dict[str, Any] = {}
+    if any(n in ("fdd", "kdd") for n in names):
+        from evaluators.digits_cnn import WEIGHTS, weights_sha256
+
+        out["extractor"] = f"dpmbench/digits-cnn ({WEIGHTS.name}) via {_backend(ctx)}"
+        out["extractor_sha256"] = weights_sha256()
+        out["reference_stats"] = "sklearn digits (1,797 images)"
+    if any(n in IMAGE_METRICS for n in names):
+        weights = ctx.opt("inception_weights")
+        mode = f"/{ctx.opt('cleanfid_mode')}" if _backend(ctx) == "clean-fid" else ""
+        out["extractor"] = f"inception-v3 via {_backend(ctx)}{mode}"
+        out["extractor_sha256"] = sha256_file(weights) if weights else None
+        spec, images = ctx.opt("fid_stats"), ctx.opt("reference_images")
+        if spec:
+            out["reference_stats"], out["reference_stats_sha256"] = _stats_identity(str(spec))
+        elif images:
+            out["reference_stats"], out["reference_stats_sha256"] = f"images {images}", sha256_file(images)
+    if "clip_score" in names:
+        out["extractor"] = f"open_clip {ctx.opt('clip_model')}/{ctx.opt('clip_pretrained')}"
+    return out
+
+
+def _stats_identity(spec: str) -> tuple[str, str | None]:
+    """(name, sha256) of reference statistics: a manifest name (its pinned, verified sha256) or an .npz path."""
+    from pathlib import Path
+
+    from evaluators.download import sha256_file
+    from evaluators.refstats import load_manifest
+
+    if Path(spec).is_file():
+        return spec, sha256_file(spec)
+    entry = load_manifest().get(spec)
+    return spec, None if entry is None else entry.sha256

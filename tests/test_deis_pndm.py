@@ -6,10 +6,13 @@ is already in its asymptotic range, otherwise NFE 80..640 (the first 50; per-sam
 the batch). The numbers below were measured with 500 (20..160) and 100 (80..640) samples.
 
 Measured (this file asserts each):
-* DEIS tAB-1 1.02 (NFE 20..160, asserted there); tAB-2 1.83 over 20..160 (1.76, 1.84, 1.88), 1.93 over 80..640
-  (asserted there); tAB-3 2.47 over 20..160 (successive doublings 2.28, 2.44, 2.71), 2.86 over 80..640 (2.75, 2.88,
-  2.94): third order, asserted over 80..640. rhoAB-3 2.85, logrho-3 2.93 (80..640).
-* iPNDM, variable-step coefficients (diff-sampler ipndm_v = rhoAB-4): 3.77 over 80..640 (3.59, 3.81, 3.91).
+* DEIS (``order`` = number of eps values, the paper's tAB-(order-1)): deis:order=1 1.02 (NFE 20..160, asserted
+  there); order=2 1.83 over 20..160 (1.76, 1.84, 1.88), 1.93 over 80..640 (asserted there); order=3 2.47 over 20..160
+  (successive doublings 2.28, 2.44, 2.71), 2.86 over 80..640 (2.75, 2.88, 2.94): third order, asserted over 80..640.
+  method=rhoab order=3 2.85, method=logrho order=3 2.93 (80..640). order=4 (the default, tAB3): 3.16 over 20..160,
+  3.89 over 80..640 (3.77, 3.92, 3.97).
+* iPNDM, exact variable-step coefficients (= deis:method=rhoab,order=4): 3.77 over 80..640 (3.59, 3.81, 3.91);
+  diff-sampler's ipndm_v weights (weights=diff-sampler): 2.57 (2.28, 2.60, 2.81); tests/test_official_conventions.py.
 * iPNDM with the fixed equal-step coefficients (official DEIS ipndm, diff-sampler ipndm), PNDM (PRK warm-up) and
   PLMS (pseudo improved Euler warm-up): 2.01, 2.12, 2.02 over 80..640 -- second order. The fixed Adams-Bashforth
   weights multiply eps by the current step's Delta rho; they are the correct weights only for steps of equal
@@ -338,8 +341,8 @@ def test_budget_to_steps() -> None:
     assert get_solver("pndm").min_nfe() == 12 and get_solver("pndm:warmup=pie").min_nfe() == 2
     assert len(get_solver("pndm:warmup=pie").plan(20, sch).orders) == 19
     assert get_solver("ipndm").plan(6, sch).orders == [1, 2, 3, 4, 4, 4]
-    assert get_solver("deis").plan(6, sch).orders == [1, 2, 3, 3, 3, 3]  # official: no lower-order final steps
-    assert get_solver("deis:lower_order_final=true").plan(6, sch).orders == [1, 2, 3, 3, 2, 1]
-    assert get_solver("deis:lower_order_final=true").plan(15, sch).orders[-1] == 3  # diffusers: only below 15
+    assert get_solver("deis:order=3").plan(6, sch).orders == [1, 2, 3, 3, 3, 3]  # official: no lower-order final
+    assert get_solver("deis:order=3,lower_order_final=true").plan(6, sch).orders == [1, 2, 3, 3, 2, 1]
+    assert get_solver("deis:order=3,lower_order_final=true").plan(15, sch).orders[-1] == 3  # diffusers: below 15
     with pytest.raises(DpmbenchError, match="allowed: tab, rhoab, logrho"):
         get_solver("deis:method=tAB")

@@ -7,7 +7,9 @@ separately a run killed mid-way and restarted, and bad configs that must fail be
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,6 +100,11 @@ def test_full_run_produces_reports(workdir: Path) -> None:
     assert "src=\"http" not in page and "<link" not in page  # self-contained
     assert sorted(p.name for p in (rep / "figures").glob("*.png")) == [
         "gmm-2d_g2.0_logsnr_fd_true.png", "gmm-2d_g2.0_logsnr_rmse_exact.png"]
+    # provenance: the config's hash reaches every metrics file; the site is written beside the reports
+    recs = [json.loads(p.read_text()) for p in (workdir / "results").rglob("nfe*.json")]
+    assert len({r["provenance"]["config_sha256"] for r in recs}) == 1
+    assert re.fullmatch("[0-9a-f]{64}", recs[0]["provenance"]["config_sha256"])
+    assert (rep / "provenance.csv").is_file() and (rep / "site" / "model-gmm-2d.html").is_file()
     assert (rep / "paper_comparison.md").is_file()
     assert sorted(p.name for p in Path(workdir, DDIM, "nfe3").iterdir()) == ["0-20.npz", "20-40.npz"]
     assert not leftovers(workdir)

@@ -149,7 +149,7 @@ def test_report_renders_any_results_dir_with_papers(tmp_path: Path) -> None:
 def test_bad_papers_file_names_the_field(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(yaml.safe_dump({"paper": "X", "entries": [{"table": 1, "model": "m"}]}))
     (tmp_path / "r").mkdir()
-    with pytest.raises(DpmbenchError, match="entries\\[0\\] lacks 'page'"):
+    with pytest.raises(DpmbenchError, match="entries\\[0\\] lacks 'metric'"):
         write_report(tmp_path / "r", tmp_path / "out", papers_dir=tmp_path)
 
 

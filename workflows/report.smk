@@ -1,4 +1,5 @@
-# Aggregate every metric file into results.csv, leaderboard.md/.html, figures/ and paper_comparison.md.
+# Aggregate every metric file into results.csv (+ provenance.csv/.json), leaderboard.md/.html, figures/,
+# paper_comparison.md and the static site (site/index.html).
 # Marked for `snakemake --report reports/snakemake_report.html`.
 import glob
 
@@ -8,6 +9,8 @@ REPORT_OUTPUTS = [
     f"{REPORT}/leaderboard.html",
     f"{REPORT}/paper_comparison.md",
     f"{REPORT}/figures",
+    f"{REPORT}/provenance.csv",
+    f"{REPORT}/site",
 ]
 
 
@@ -26,10 +29,12 @@ rule report:
                       caption="report/papers.rst"),
         figures=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures",
                        caption="report/figure.rst"),
+        provenance=f"{REPORT}/provenance.csv",
+        site=directory(f"{REPORT}/site"),
     threads: 1
     resources:
         mem_mb=GRID.resource("report", "mem_mb"),
         runtime=GRID.resource("report", "runtime"),
         gpu=0,
     shell:
-        "{PY} -m dpmbench report {RESULTS} --out {REPORT} --papers {PAPERS:q}"
+        "{PY} -m dpmbench report {RESULTS} --out {REPORT} --papers {PAPERS:q} --site {output.site}"

@@ -74,6 +74,25 @@ ORACLES: dict[str, Callable[[NoiseSchedule], MixtureOracle]] = {
     "digits-empirical": _digits_empirical,
 }
 DEFAULT_ORACLE_SCHEDULE = "vp-linear"
+# The same oracles on DDPM's discrete-time schedule (1000 linear betas 1e-4 .. 0.02: diffusers' defaults, the
+# google/ddpm-* checkpoints): discrete-time questions (diffusers' timestep spacings, ``diffusers-*`` schedules) with
+# an exact solution. ``NAME-ddpm`` is ``load_model(NAME, schedule="vp-discrete")`` under its own name.
+DISCRETE_SUFFIX = "-ddpm"
+ORACLE_SCHEDULES: dict[str, str] = {}
+
+
+def _renamed(build: Callable[[NoiseSchedule], MixtureOracle], name: str) -> Callable[[NoiseSchedule], MixtureOracle]:
+    def make(schedule: NoiseSchedule) -> MixtureOracle:
+        model = build(schedule)
+        model.name = name
+        return model
+
+    return make
+
+
+for _base in list(ORACLES):
+    ORACLES[_base + DISCRETE_SUFFIX] = _renamed(ORACLES[_base], _base + DISCRETE_SUFFIX)
+    ORACLE_SCHEDULES[_base + DISCRETE_SUFFIX] = "vp-discrete"
 
 
 def list_models() -> list[str]:
@@ -98,7 +117,8 @@ def _load_adapter(entry: dict[str, Any], root: Path, device: str | torch.device)
 def load_model(
     name: str, schedule: str | NoiseSchedule | None = None, device: str | torch.device = "cpu", **kw: Any
 ) -> Model:
-    """Load a model by name; oracle models accept any noise schedule (default ``vp-linear``).
+    """Load a model by name; oracle models accept any noise schedule (default ``vp-linear``; ``vp-discrete`` for
+    the ``-ddpm`` variants).
 
     A checkpoint id of the manifest is verified (sha256; a missing file is an error naming where to place it, it
     is never downloaded here: ``dpmbench pull ID``) and loaded by its adapter with the schedule it was trained
@@ -106,7 +126,7 @@ def load_model(
     """
     if name in ORACLES:
         if schedule is None:
-            schedule = DEFAULT_ORACLE_SCHEDULE
+            schedule = ORACLE_SCHEDULES.get(name, DEFAULT_ORACLE_SCHEDULE)
         sch = make_schedule(schedule, **kw) if isinstance(schedule, str) else schedule
         return ORACLES[name](sch)
     from dpmbench.checkpoints import load_manifest, verify

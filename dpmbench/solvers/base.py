@@ -47,7 +47,7 @@ class Option:
         except (TypeError, ValueError):
             raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, allowed) from None
         if self.choices is not None and value not in self.choices:
-            raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, allowed)
+            raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, [_fmt(c) for c in self.choices])
         if self.minimum is not None and value < self.minimum:
             raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, allowed)
         return value
@@ -209,6 +209,10 @@ class Solver:
     stochastic: ClassVar[bool] = False  # draws noise (needs NFECounter.noise)
     adaptive: ClassVar[bool] = False  # data-dependent step count: the NFE budget is a cap (see sampling.sample)
     needs_prepare: ClassVar[bool] = False  # prepare() computes cached artifacts (the workflow runs it once per cell)
+    # Where the model is evaluated follows from the plan alone, not from the samples (one time per evaluation for the
+    # whole batch): False for solvers that pick per-sample times from the data (time-shift). dpmbench.diffusers can
+    # list the evaluation times in advance (scheduler.timesteps) only for solvers with this flag and not adaptive.
+    times_known: ClassVar[bool] = True
     parallel: ClassVar[bool] = False  # batched parallel rounds (picard): NFE counter counts rounds (sampling.sample)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

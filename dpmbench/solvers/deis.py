@@ -21,6 +21,13 @@ exponential, in their own variable (exact, resp. to round-off). tab integrates b
 C_ij = [l_j(t) rho(t)]_{t_s}^{t_t} - int l_j'(tau) rho(tau) dtau, so only rho(tau) is needed; for a discrete schedule
 (piecewise-linear log alpha) the integral is split at the schedule's knots, where rho' jumps.
 
+Order. ``order`` is the number of eps values the polynomial interpolates (its degree + 1), the convention of
+DPM-Solver, UniPC and diffusers' ``solver_order``. The official code and the DEIS paper count the degree instead:
+``ab_order = r`` interpolates r + 1 values (qsh-zh/deis @ a30709f, ``th_deis/multistep.py`` line 54,
+``ts_poly[:order+1]``), so the paper's tAB-r / rhoAB-r and the official ``ab_order=r`` are ``order=r+1`` here:
+tAB3 = ``deis:order=4``. The default is the official one, ``method="t_ab", ab_order=3`` (README.md lines 70-71):
+``order=4``.
+
 Warm-up: step k (0-based) has order min(order, k + 1), as the official code's ``get_ab_eps_coef`` recursion.
 The official code has no lower-order final steps; ``lower_order_final=true`` follows diffusers (the last steps
 lowered to the steps left when there are fewer than 15 steps).
@@ -127,11 +134,12 @@ class DEIS(MultistepSolver):
     source = ("Zhang & Chen 2023, 'Fast Sampling of Diffusion Models with Exponential Integrator': tAB-DEIS "
               "(exponential integrator, eps extrapolated by a Lagrange polynomial in t, coefficients C_ij) and "
               "rhoAB-DEIS (Adams-Bashforth on dv/drho = eps); official code github.com/qsh-zh/deis "
-              "(get_sampler: method='t_ab', ab_order=3)")
+              "(README: method='t_ab', ab_order=3, i.e. order=4 here)")
     prediction: ClassVar[str] = "eps"
     lower_order_final_below: ClassVar[int] = 15  # diffusers' DEISMultistepScheduler threshold
     options = {
-        "order": Option(int, 3, "extrapolation order r + 1 (number of eps values); official default ab_order=3",
+        "order": Option(int, 4, "number of eps values r + 1 the polynomial interpolates (= the official ab_order "
+                        "+ 1; the DEIS paper's tAB-r / rhoAB-r is order=r+1); default 4 = official ab_order=3",
                         choices=(1, 2, 3, 4)),
         "method": Option(str, "tab", "extrapolation variable: 'tab' (t, official default 't_ab'), 'rhoab' "
                          "(rho = sigma/alpha, official 'rho_ab'), 'logrho' (log rho, diffusers)",
@@ -139,6 +147,9 @@ class DEIS(MultistepSolver):
         "lower_order_final": Option(bool, False, "lower the final steps' orders below 15 steps (diffusers; the "
                                     "official DEIS code has no such rule)"),
     }
+
+    def min_nfe(self) -> int:
+        return 1  # fewer steps than the order: every step stays in the warm-up (official get_ab_eps_coef recursion)
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         self._schedule = model.schedule

@@ -6,9 +6,21 @@ log-SNR), h = lambda_t - lambda_s:
 * DPM-Solver (Lu et al. 2022, NeurIPS), eq. (3.4):  x_t = (alpha_t/alpha_s) x_s - alpha_t int e^{-lambda} eps dlambda
 * DPM-Solver++ (Lu et al. 2022b), data-prediction form: x_t = (sigma_t/sigma_s) x_s + sigma_t int e^{lambda} x0 dlambda
 
-Defaults follow the official implementation (github.com/LuChengTHU/dpm-solver): DPM-Solver order 3
-singlestep, DPM-Solver++ order 2 multistep, solver_type ``dpmsolver``, singlestep intermediate points
-r1 = 1/2 (order 2) and r1 = 1/3, r2 = 2/3 (order 3), ``lower_order_final`` below 10 steps.
+Defaults follow the official implementation (github.com/LuChengTHU/dpm-solver @ 52bc3fb,
+``dpm_solver_pytorch.py``): DPM-Solver order 3 singlestep, DPM-Solver++ order 2 multistep, solver_type
+``dpmsolver``, ``lower_order_final`` below 10 steps.
+
+Singlestep intermediate points (option ``intermediate``). The official ``sample(method='singlestep')`` (lines
+1215-1228) takes the outer points of the NFE-step grid (``get_orders_and_timesteps_for_singlestep_solver``, lines
+534-538: on ``logSNR`` a K-step grid uniform in lambda; otherwise the ``steps``-step grid at the cumulative orders)
+and, per step s -> t of order k, the k-step grid of the same kind between s and t (line 1223), with
+r_i = (lambda_i - lambda_s) / h from those points' lambda (lines 1224-1227). On ``time-uniform`` and
+``time-quadratic`` these sub-grid points are exactly the NFE-step grid's points; on ``logsnr`` they are
+r1 = 1/2 (order 2) and r1 = 1/3, r2 = 2/3 (order 3), the defaults of ``singlestep_dpm_solver_second_update`` /
+``_third_update`` (lines 594, 675). ``intermediate=grid`` (default) does this: logsnr uses the lambda fractions,
+every other grid kind (karras, ays, custom, searched) the NFE-step grid's own points. ``intermediate=lambda``
+puts the intermediate points at those lambda fractions of every step whatever the grid (k-diffusion's
+``sample_dpm_2`` / ``sample_dpmpp_2s_ancestral`` convention, and the official adaptive solver's).
 """
 
 from __future__ import annotations
@@ -28,7 +40,6 @@ from dpmbench.solvers.base import (
     Option,
     Plan,
     Point,
-    SinglestepSolver,
     expm1,
     register,
 )
@@ -62,6 +73,10 @@ def _options(order: int, method: str) -> dict[str, Option]:
                               choices=("dpmsolver", "taylor")),
         "lower_order_final": Option(bool, True, "lower the order of the final multistep steps when there are "
                                     "fewer than 10 steps (official code)"),
+        "intermediate": Option(str, "grid", "singlestep intermediate evaluations: 'grid' (official code: at the "
+                               "NFE-step grid's points, r from their lambda; on logsnr r = 1/2 and 1/3, 2/3) or "
+                               "'lambda' (r = 1/2 and 1/3, 2/3 of the step in lambda on every grid; k-diffusion)",
+                               choices=("grid", "lambda")),
         "order3_rule": Option(str, "official", "third-order multistep update: 'official' (official code and "
                               "diffusers; its second-difference term has half the Taylor coefficient, so its "
                               "global order is 2) or 'taylor' (Taylor-consistent coefficient, global order 3)",
@@ -112,37 +127,46 @@ class _ExponentialIntegrator(MultistepSolver):
         if self.method == "multistep":
             return super().plan(nfe, schedule, kind, t_start, t_end)
         orders = singlestep_orders(nfe, self.order)
-        if kind == "logsnr":  # outer steps uniform in lambda (official code)
+        if kind == "logsnr":  # outer steps uniform in lambda (official code, line 536)
             ts = timesteps(kind, len(orders), schedule, t_start, t_end)
-        else:  # the NFE-step grid, taken at the outer points
-            full = timesteps(kind, nfe, schedule, t_start, t_end)
-            ends = [0]
-            for o in orders:
-                ends.append(ends[-1] + o)
-            ts = full[ends]
-        return Plan(Point.grid(schedule, ts), orders, nfe)
+            return Plan(Point.grid(schedule, ts), orders, nfe)
+        full = Point.grid(schedule, timesteps(kind, nfe, schedule, t_start, t_end))  # the NFE-step grid
+        ends = [0]
+        for o in orders:
+            ends.append(ends[-1] + o)
+        plan = Plan([full[e] for e in ends], orders, nfe)  # its points at the cumulative orders (line 538)
+        if self.intermediate == "grid":  # every step's own evaluations on that grid (lines 1223-1227)
+            plan.extra["inner"] = [full[a + 1:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
+        return plan
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         if self.method == "adaptive":
             return solve_adaptive(self, model, x, plan)
         if self.method == "multistep":
             return super().solve(model, x, plan)
-        return SinglestepSolver.solve(self, model, x, plan)  # type: ignore[arg-type]
+        inner = plan.extra.get("inner")
+        for i, (s, t, order) in enumerate(zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True)):
+            x = self.step(model, x, s, t, order, None if inner is None else inner[i])
+        return x
 
-    def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
-        """One singlestep update of the given order."""
+    def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int,
+             inner: list[Point] | None = None) -> torch.Tensor:
+        """One singlestep update of the given order; its intermediate evaluations at the points ``inner`` (order - 1
+        of them, r_i = (lambda_i - lambda_s) / h as the official code computes them), or at the lambda fractions
+        R2 / R3 of the step when None."""
         sch = model.schedule
         m_s = self.predict(model, x, s, self.prediction)
         if order == 1:
             return self.first_order(x, m_s, s, t)
         h = t.lam - s.lam
+        if inner is None:  # r fixed in lambda
+            rs = list(self.R2 if order == 2 else self.R3)
+            inner = [Point.at_lambda(sch, s.lam + r * h) for r in rs]
+        else:  # r from the points' lambda
+            rs = [(p.lam - s.lam) / h for p in inner]
         if order == 2:
-            (r1,) = self.R2
-            s1 = Point.at_lambda(sch, s.lam + r1 * h)
-            return self.singlestep_second(model, x, m_s, s, s1, t, r1)
-        r1, r2 = self.R3
-        s1, s2 = Point.at_lambda(sch, s.lam + r1 * h), Point.at_lambda(sch, s.lam + r2 * h)
-        return self.singlestep_third(model, x, m_s, s, s1, s2, t, r1, r2)
+            return self.singlestep_second(model, x, m_s, s, inner[0], t, rs[0])
+        return self.singlestep_third(model, x, m_s, s, inner[0], inner[1], t, rs[0], rs[1])
 
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
         if order == 1:

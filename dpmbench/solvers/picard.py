@@ -98,6 +98,7 @@ class Picard(Solver):
     source = ("Shih et al. 2023, 'Parallel Sampling of Diffusion Models' (NeurIPS), Alg. 1; defaults parallel=10, "
               "tolerance=0.1 from the official paradigms/stablediffusion_paradigms.py (paradigms_forward)")
     parallel = True
+    times_known = False  # each round evaluates every sample's own window of times (not one list for the batch)
     options = {
         "base": Option(str, "ddim", "base solver (one evaluation per step); dpm-solver++ / dpm-solver run multistep",
                        choices=BASES),

@@ -21,12 +21,19 @@ pseudo improved Euler step (2 NFE; S-PNDM's warm-up), then PLMS with lower-order
 
 ``ipndm`` (improved PNDM, DEIS App. / diff-sampler ``ipndm``): PLMS with lower-order multistep warm-up instead
 of PRK, one NFE per step. ``variable_step=false`` (default, official DEIS ``ipndm`` and diff-sampler ``ipndm``)
-uses the fixed equal-step Adams-Bashforth coefficients whatever the grid; ``variable_step=true`` (diff-sampler
-``ipndm_v``) uses the Adams-Bashforth coefficients of the actual rho steps (exact integrals of the Lagrange
-interpolant in rho; identical to ``deis:method=rhoab`` of the same order). diff-sampler's ``ipndm_v`` has the same
-weights at orders 1-2 and on equal steps; its order-3/4 weights differ on unequal steps (a scratch check found
-them not exact for a quadratic integrand: its ``temp`` term is (1 - a b) / 2 where the exact weight is
-(1 - a) b / 2, equal only when b = 1); dpmbench keeps the exact weights. The fixed coefficients are only
+uses the fixed equal-step Adams-Bashforth coefficients whatever the grid; ``variable_step=true`` uses the
+Adams-Bashforth coefficients of the actual rho steps (exact integrals of the Lagrange interpolant in rho;
+identical to ``deis:method=rhoab`` of the same order). diff-sampler's ``ipndm_v`` (zju-pi/diff-sampler @ 68d5ce4,
+``diff-solvers-main/solvers.py`` lines 447-477) has the same weights at orders 1-2 and, at order 3, on equal
+steps; its order-3 weights differ on unequal steps and its order-4 weights everywhere (on equal steps they are
+(57, -65, 43, -11) / 24, not Adams-Bashforth's (55, -59, 37, -9) / 24), so ``weights=diff-sampler`` (with
+``variable_step=true``) runs its weights, to reproduce the diff-sampler / AMED / GITS baseline cells with the rule they
+were made with; ``weights=exact`` (default) keeps the exact ones. diff-sampler's order-3 weight of the second
+difference is h_1 / 2 - h^2 / (6 (h_1 + h_2)) where the exact one is (h^2 / 3 + h h_1 / 2) / (h_1 + h_2); its
+order-4 weights do not even sum to 1 unless h_1 h_3 = h_2^2 (the steps in geometric progression), i.e. a constant
+eps is not integrated exactly on other grids (tests/test_official_conventions.py). Measured on gmm-2d (logSNR
+steps, 50 samples, NFE 80..640): convergence order 2.57 (doublings 2.28, 2.60, 2.81) against 3.81 for the exact
+weights. The fixed coefficients are only
 consistent to high order on a grid uniform in rho: on other grids they leave an O(h^3) local error
 (measured: second order asymptotically, tests/test_deis_pndm.py).
 """
@@ -37,6 +44,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter
 from dpmbench.schedules import NoiseSchedule
 from dpmbench.solvers.base import History, MultistepSolver, Option, Plan, Point, Solver, register
@@ -53,6 +61,34 @@ AB_FIXED: dict[int, tuple[float, ...]] = {
 
 def _rho(p: Point) -> float:
     return p.sigma / p.alpha
+
+
+def diff_sampler_weights(h: list[float]) -> list[float]:
+    """diff-sampler's ``ipndm_v`` weights of eps (newest first), scaled by the step: x_t / alpha_t = x_s / alpha_s +
+    sum_j w_j eps_j, for the rho steps ``h = [h_n, h_{n-1}, ...]`` (h_n = rho_t - rho_s, then the earlier steps,
+    newest first; len(h) is the order, 1-4). Written from diff-solvers-main/solvers.py lines 447-477 (@ 68d5ce4);
+    at order 1-2 they are the exact variable-step Adams-Bashforth weights, at 3-4 not (see the module docstring)."""
+    order, hn = len(h), h[0]
+    if order == 1:
+        return [hn]
+    a = hn / h[1]  # current step over the previous one
+    w = [1.0 + a / 2.0, -a / 2.0, 0.0, 0.0]  # AB2 with variable steps
+    if order >= 3:
+        h1, h2 = h[1], h[2]
+        t1 = (1.0 - hn / (3.0 * (hn + h1)) * (hn * (hn + h1)) / (h1 * (h1 + h2))) / 2.0
+        w[0] += t1
+        w[1] -= (1.0 + h1 / h2) * t1
+        w[2] += t1 * h1 / h2
+    if order == 4:
+        h1, h2, h3 = h[1], h[2], h[3]
+        g = h1 * (h1 + h2) / (h2 * (h2 + h3))
+        t2 = ((1.0 - hn / (3.0 * (hn + h1))) / 2.0 + (1.0 - hn / (2.0 * (hn + h1))) * hn / (6.0 * (hn + h1 + h2))) \
+            * (hn * (hn + h1) * (hn + h1 + h2)) / (h1 * (h1 + h2) * (h1 + h2 + h3))
+        w[0] += t2
+        w[1] -= (1.0 + h1 / h2 + g) * t2
+        w[2] += (h1 / h2 + g * (1.0 + h2 / h3)) * t2
+        w[3] -= t2 * g * h1 / h2
+    return [hn * c for c in w[:order]]
 
 
 def transfer(x: torch.Tensor, e: torch.Tensor, s: Point, t: Point) -> torch.Tensor:
@@ -139,7 +175,15 @@ class IPNDM(MultistepSolver):
         "variable_step": Option(bool, False, "false: fixed equal-step AB coefficients (official DEIS ipndm, "
                                 "diff-sampler ipndm); true: variable-step AB coefficients in rho "
                                 "(diff-sampler ipndm_v)"),
+        "weights": Option(str, "exact", "variable_step=true only: 'exact' (Adams-Bashforth weights of the actual rho "
+                          "steps) or 'diff-sampler' (diff-sampler's ipndm_v weights, which differ at orders 3-4 on "
+                          "unequal steps)", choices=("exact", "diff-sampler")),
     }
+
+    def validate(self) -> None:
+        if self.weights != "exact" and not self.variable_step:
+            raise DpmbenchError(f"invalid option 'weights' of solver 'ipndm' {self.weights!r} with "
+                                "variable_step=false; allowed there: exact")
 
     def max_order(self) -> int:
         return int(self.opts["max_order"])
@@ -154,7 +198,11 @@ class IPNDM(MultistepSolver):
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
         s = hist[-1].point
         recs = [hist[-1 - j] for j in range(order)]  # newest first
-        if self.variable_step:
+        if self.variable_step and self.weights == "diff-sampler":
+            rhos = [_rho(t)] + [_rho(r.point) for r in recs]  # newest first
+            steps = [b - a for a, b in zip(rhos[1:], rhos[:-1], strict=True)]  # h_n, h_{n-1}, ...
+            coef = diff_sampler_weights(steps)
+        elif self.variable_step:
             coef = deis_coefficients("rhoab", self._schedule, [r.point.t for r in recs], s.t, t.t).tolist()
         else:
             coef = [(_rho(t) - _rho(s)) * c for c in AB_FIXED[order]]

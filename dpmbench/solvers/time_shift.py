@@ -98,6 +98,7 @@ class _TimeShift:
     """The variance-matching shift, shared by both samplers (mixin; needs ``self.opts``)."""
 
     opts: dict[str, Any]
+    times_known = False  # the shifted times depend on each sample's variance
 
     def shift(self, schedule: NoiseSchedule, x: torch.Tensor, p: Point, lo: float, hi: float) -> Coupled:
         """t_s = argmin over the window around ``p.t`` of |Var(x) - sigma(tau)^2| (Li et al. 2024, Sec. 4.2),

@@ -56,7 +56,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from dpmbench.errors import DpmbenchError
+from dpmbench.errors import bad_value
 from dpmbench.solvers.base import History, MultistepSolver, Option, Point, register
 
 VARIANTS = ("bh1", "bh2")
@@ -69,7 +69,7 @@ def b_of_h(variant: str, hh: float) -> float:
         return hh
     if variant == "bh2":
         return math.expm1(hh)
-    raise DpmbenchError(f"invalid UniPC variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+    raise bad_value("UniPC variant", variant, VARIANTS)
 
 
 def phi_terms(hh: float, n: int) -> list[float]:

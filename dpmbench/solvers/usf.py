@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dpmbench.errors import DpmbenchError
+from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.models.base import NFECounter
 from dpmbench.schedules import NoiseSchedule
 from dpmbench.solvers.base import Context, Option, Plan, Point, Solver, register
@@ -81,7 +81,7 @@ def preset_steps(name: str, steps: int) -> list[dict[str, Any]]:
         low = steps < 10
         orders = [min(3, i + 1, steps - i if low else steps) for i in range(steps)]
         return [step(o, "taylor" if o == 3 else "bh2") for o in orders]  # order-2 steps: the 2M coefficient
-    raise DpmbenchError(f"invalid USF strategy {name!r}; allowed: {', '.join(PRESETS)}")
+    raise bad_value("USF strategy", name, PRESETS)
 
 
 def check_steps(steps: Any, where: str) -> list[dict[str, Any]]:

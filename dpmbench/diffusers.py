@@ -1,0 +1,310 @@
+"""A dpmbench solver as a diffusers scheduler: ``pipe.scheduler = scheduler(spec, pipe.scheduler.config)``.
+
+The scheduler runs the dpmbench solver itself, unchanged, as a coroutine driven by the pipeline: every model
+evaluation the solver asks for becomes one entry of ``scheduler.timesteps`` and one ``scheduler.step`` call.
+
+* ``set_timesteps(n)`` plans the solver for an NFE budget of ``n`` (``prepare`` first, for solvers with cached
+  statistics or searches), then runs it once on a stand-in model to record where it will evaluate: the
+  evaluation times (grid points and, for singlestep / Runge-Kutta solvers, the intermediate points) are known
+  before sampling for every fixed-step solver. ``timesteps`` holds them as the UNet's timestep input ``N t - 1``
+  (dpmbench's discrete-time convention, ``dpmbench.models.adapters.diffusers_unet``; fractional between training
+  steps), so ``len(timesteps) == n`` and ``order == 1``.
+* ``step(model_output, timestep, sample)`` hands the pipeline's model output (guidance already applied by the
+  pipeline) to the solver, converted from the config's ``prediction_type`` to what the solver asked for at that
+  point, and returns the next point the solver wants evaluated; the last call returns the solver's result.
+  The solver runs in a worker thread that waits at each model evaluation (a plain hand-off: one side runs at a
+  time, so results are deterministic). Stochastic solvers draw their noise from dpmbench's per-sample streams of
+  ``seed`` (not from the pipeline's ``generator``), so the output equals ``dpmbench sample --seed`` from the same
+  x_T.
+
+Of the pipeline's scheduler config only the betas (``num_train_timesteps``, ``beta_*``, ``trained_betas``) and
+``prediction_type`` are read; the solver spec and ``schedule`` say what runs (diffusers' ``timestep_spacing``,
+``use_karras_sigmas``, ... are the ``diffusers-*`` timestep schedules, ``dpmbench.spacing``; thresholding and the
+like are solver options).
+
+Refused, with one line saying why: adaptive solvers (``method=adaptive``: the step count and the times depend on
+error estimates of the samples) and solvers that pick per-sample times from the data (``ts-ddim``,
+``ts-dpm-solver``): neither has a list of evaluation times before sampling. Solvers whose ``prepare`` evaluates
+the model (``dc-solver``, ``dpm-solver-v3``, ``iia-*``, ``usf``) need ``model=``, the dpmbench model of the
+pipeline's network (e.g. ``load_adapter``), unless their artifacts are already cached for the same key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import queue
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from dpmbench.errors import DpmbenchError
+from dpmbench.models.adapters.diffusers_unet import DIFFUSERS_DEFAULTS, parameterization_of, schedule_from_config
+from dpmbench.models.base import Model, NoiseSource, convert_prediction, guided
+from dpmbench.schedules import VPDiscrete
+from dpmbench.solvers.base import Context, Plan, Solver, get_solver
+
+
+def scheduler(
+    spec: str,
+    config: Any,
+    *,
+    schedule: Any = "logsnr",
+    t_start: float | None = None,
+    t_end: float | None = None,
+    model: Model | str | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> DpmbenchScheduler:
+    """A diffusers-compatible scheduler running the dpmbench solver ``spec`` (``NAME[:key=value,...]``).
+
+    ``config``: the pipeline's scheduler config (``pipe.scheduler.config``, a mapping or a scheduler): its betas
+    give the ``vp-discrete`` noise schedule and its ``prediction_type`` the network's parameterization.
+    ``schedule``, ``t_start``, ``t_end``: the timestep schedule as in ``dpmbench.sample``. ``model``: the dpmbench
+    model of the same network (object or id), needed by solvers that compute statistics in ``prepare``;
+    ``guidance``: the pipeline's guidance scale, for those statistics; ``dtype``: the sample dtype they are
+    prepared for (``dpmbench sample``'s default float32). ``seed``: the noise stream of stochastic solvers.
+    """
+    return DpmbenchScheduler(spec, config, schedule=schedule, t_start=t_start, t_end=t_end, model=model,
+                             guidance=guidance, seed=seed, dtype=dtype)
+
+
+def refusal(sol: Solver) -> str | None:
+    """Why ``sol`` cannot run as a diffusers scheduler (None when it can)."""
+    if sol.adaptive:
+        return (f"solver {sol.spec!r} cannot run as a diffusers scheduler: it is adaptive (its step count and "
+                "evaluation times depend on error estimates of the samples), so scheduler.timesteps cannot be "
+                "listed before sampling")
+    if not sol.times_known:
+        return (f"solver {sol.spec!r} cannot run as a diffusers scheduler: it evaluates each sample at its own "
+                "time chosen from the sample, so scheduler.timesteps cannot be listed before sampling")
+    return None
+
+
+class _Cancelled(BaseException):
+    """Raised inside the worker to abandon a run (a new ``set_timesteps``, or the scheduler is closed)."""
+
+
+_CANCEL = object()
+
+
+class _Recorder:
+    """A stand-in NFE counter: records where the solver evaluates and answers zeros (used to list the times)."""
+
+    def __init__(self, schedule: VPDiscrete):
+        self.schedule, self.count, self.times = schedule, 0, []
+        self.noise = lambda step: torch.zeros_like(self._like)
+        self._like = torch.zeros(0)
+
+    def predict(self, x: torch.Tensor, t: Any, kind: str) -> torch.Tensor:
+        self.count += 1
+        self.times.append(t)
+        return torch.zeros_like(x)
+
+
+class _Worker:
+    """The solver run as a coroutine: ``predict`` (called by the solver, in the worker thread) hands the point to
+    evaluate to the pipeline's thread and waits for the model output."""
+
+    def __init__(self, sol: Solver, plan: Plan, x_T: torch.Tensor, schedule: VPDiscrete, noise: NoiseSource | None,
+                 inference_mode: bool):
+        self.sol, self.plan, self.x_T, self.schedule, self.noise = sol, plan, x_T, schedule, noise
+        self.count = 0
+        self._inference = inference_mode
+        self._to_worker: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._to_caller: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._main, name="dpmbench-scheduler", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            with torch.no_grad(), torch.inference_mode(self._inference):
+                x = self.sol.run(self, self.x_T, self.plan)
+            self._to_caller.put(("done", x))
+        except _Cancelled:
+            pass
+        except BaseException as e:  # handed to the pipeline's thread, raised there
+            self._to_caller.put(("error", e))
+
+    def predict(self, x: torch.Tensor, t: Any, kind: str) -> torch.Tensor:
+        """One model evaluation (1 NFE): ask the pipeline for it."""
+        self.count += 1
+        self._to_caller.put(("eval", x, t, kind))
+        out = self._to_worker.get()
+        if out is _CANCEL:
+            raise _Cancelled
+        return out
+
+    def start(self) -> tuple[Any, ...]:
+        """Run the solver up to its first model evaluation."""
+        self._thread.start()
+        return self._to_caller.get()
+
+    def send(self, out: torch.Tensor) -> tuple[Any, ...]:
+        """Hand the model output of the pending evaluation; run to the next one (or to the end)."""
+        self._to_worker.put(out)
+        return self._to_caller.get()
+
+    def cancel(self) -> None:
+        """Abandon the run: the worker unwinds and ends."""
+        if self._thread.is_alive():
+            self._to_worker.put(_CANCEL)
+            self._thread.join(timeout=10)
+
+
+class DpmbenchScheduler:
+    """See the module docstring. Attributes a pipeline uses: ``config``, ``timesteps``, ``order``,
+    ``init_noise_sigma``, ``num_inference_steps``, ``set_timesteps``, ``scale_model_input``, ``step``,
+    ``add_noise``."""
+
+    order = 1
+
+    def __init__(self, spec: str, config: Any, *, schedule: Any = "logsnr", t_start: float | None = None,
+                 t_end: float | None = None, model: Model | str | None = None, guidance: float | None = None,
+                 seed: int = 0, dtype: torch.dtype = torch.float32):
+        from diffusers.configuration_utils import FrozenDict
+
+        cfg = dict(getattr(config, "config", config)) if not isinstance(config, Mapping) else dict(config)
+        cfg = {**DIFFUSERS_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+        self.config = FrozenDict(cfg)
+        self.schedule: VPDiscrete = schedule_from_config(cfg)
+        self.parameterization = parameterization_of(cfg["prediction_type"])
+        self.solver = get_solver(spec)
+        why = refusal(self.solver)
+        if why:
+            raise DpmbenchError(why)
+        if isinstance(model, str):
+            from dpmbench.models.registry import load_model
+
+            model = load_model(model)
+        if model is not None and model.schedule.key() != self.schedule.key():
+            raise DpmbenchError(f"invalid model {model.name!r} for this scheduler config: its noise schedule "
+                                f"{model.schedule.key()} differs from the config's {self.schedule.key()}")
+        self.model, self.guidance, self.seed, self.dtype = model, guidance, int(seed), dtype
+        self.kind, self.t_start, self.t_end = schedule, t_start, t_end
+        self.init_noise_sigma = float(self.schedule.prior_std)
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.zeros(0)
+        self.eval_times: list[float] = []
+        self._plan: Plan | None = None
+        self._worker: _Worker | None = None
+        self._pending: tuple[Any, ...] | None = None
+        self._index = 0
+
+    def __len__(self) -> int:
+        return int(self.config["num_train_timesteps"])
+
+    # -- planning ---------------------------------------------------------------------------------------
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Plan the solver for an NFE budget of ``num_inference_steps`` and list its evaluation times."""
+        self.close()
+        nfe = num_inference_steps
+        sol = self.solver
+        sol.check_nfe(nfe)
+        if sol.needs_prepare:
+            if self.model is None:
+                raise DpmbenchError(f"invalid model None for solver {sol.spec!r}: its prepare step computes "
+                                    "statistics from the network; pass model= (the dpmbench model of the pipeline's "
+                                    "network)")
+            net = guided(self.model, self.guidance)
+            with torch.no_grad():
+                sol.prepare(Context(net, nfe, self.kind, self.t_start, self.t_end, self.guidance, self.dtype,
+                                    device or "cpu"))
+        self._plan = sol.make_plan(nfe, self.schedule, self.kind, self.t_start, self.t_end)
+        self.eval_times = self._record_times(nfe)
+        n = self.schedule.N
+        self.timesteps = torch.tensor([t * n - 1.0 for t in self.eval_times], dtype=torch.float32, device=device)
+        self.num_inference_steps = nfe
+        self._index = 0
+
+    def _record_times(self, nfe: int) -> list[float]:
+        """Where the solver evaluates, from a run on a stand-in model (a shallow copy of the prepared solver)."""
+        assert self._plan is not None
+        shape = (1, *self.model.shape) if self.model is not None else (1, 1)
+        rec = _Recorder(self.schedule)
+        rec._like = torch.zeros(shape, dtype=torch.float64)
+        dry = copy.copy(self.solver)  # the run sets attributes (step index, its model): keep them off the original
+        dry.__dict__.pop("model", None)
+        with torch.no_grad():
+            dry.run(rec, torch.zeros(shape, dtype=torch.float64), self._plan)
+        if any(isinstance(t, torch.Tensor) and t.numel() > 1 for t in rec.times):
+            raise DpmbenchError(f"solver {self.solver.spec!r} cannot run as a diffusers scheduler: it evaluates "
+                                "samples at per-sample times")
+        if rec.count != nfe:
+            raise DpmbenchError(f"solver {self.solver.spec!r} cannot run as a diffusers scheduler: it used "
+                                f"{rec.count} evaluations for a budget of {nfe}")
+        return [float(t) for t in rec.times]
+
+    # -- the pipeline's loop ------------------------------------------------------------------------------
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """The UNet's input is the sample itself (VP schedule: no input scaling)."""
+        return sample
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None,
+             return_dict: bool = True, **kwargs: Any) -> Any:
+        """Give the solver the model output at ``sample`` (evaluated at ``timestep``); return the next point to
+        evaluate, or, after the last evaluation, the solver's result. ``generator`` is ignored (see the module
+        docstring); other keyword arguments of diffusers' schedulers (``eta``, ...) are refused."""
+        from diffusers.schedulers.scheduling_utils import SchedulerOutput
+
+        if kwargs:
+            raise DpmbenchError(f"invalid step argument {sorted(kwargs)[0]!r} for the dpmbench scheduler: set solver "
+                                "options in its spec instead; allowed: generator, return_dict")
+        if self._plan is None or self._index >= len(self.eval_times):
+            raise DpmbenchError("invalid scheduler.step call: call set_timesteps first (each step is one model "
+                                f"evaluation; {len(self.eval_times)} were planned)")
+        expect = self.timesteps[self._index]
+        if abs(float(timestep) - float(expect)) > 1e-3 * max(1.0, abs(float(expect))):
+            raise DpmbenchError(f"invalid timestep {float(timestep)} at step {self._index}: the solver evaluates at "
+                                f"scheduler.timesteps[{self._index}] = {float(expect)}")
+        if self._index == 0:
+            noise = NoiseSource(self.seed, 0, sample) if self.solver.stochastic else None
+            self._worker = _Worker(self.solver, self._plan, sample, self.schedule, noise,
+                                   torch.is_inference_mode_enabled())
+            self._pending = self._worker.start()
+        assert self._worker is not None and self._pending is not None
+        msg = self._pending
+        if msg[0] == "error":
+            raise msg[1]
+        _, x, t, kind = msg
+        if x is not sample and not (x.shape == sample.shape and torch.equal(x, sample)):
+            self.close()
+            raise DpmbenchError("invalid sample passed to scheduler.step: it is not the point the solver asked to "
+                                "evaluate (the pipeline changed the latents between steps, which a dpmbench solver "
+                                "cannot follow)")
+        out = model_output.to(x.dtype)
+        if kind != self.parameterization:
+            alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
+            out = convert_prediction(out, self.parameterization, kind, x, alpha, sigma)
+        self._index += 1
+        msg = self._pending = self._worker.send(out)
+        if msg[0] == "error":
+            raise msg[1]
+        nxt = msg[1]
+        if msg[0] == "done":
+            self._worker = self._pending = None
+        return SchedulerOutput(prev_sample=nxt) if return_dict else (nxt,)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = alpha(t) x_0 + sigma(t) eps at the continuous times of the UNet timesteps ((timestep + 1) / N)."""
+        t = (torch.as_tensor(timesteps, device=original_samples.device).to(torch.float64).reshape(-1) + 1.0)
+        t = t / self.schedule.N
+        shape = (-1, *([1] * (original_samples.ndim - 1)))
+        a = self.schedule.alpha(t).to(original_samples.dtype).reshape(shape)
+        s = self.schedule.sigma(t).to(original_samples.dtype).reshape(shape)
+        return a * original_samples + s * noise
+
+    def close(self) -> None:
+        """Abandon an unfinished run (its worker thread ends)."""
+        if self._worker is not None:
+            self._worker.cancel()
+        self._worker = self._pending = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"DpmbenchScheduler({self.solver.spec!r}, schedule={self.kind!r}, nfe={self.num_inference_steps})"

@@ -1,0 +1,204 @@
+"""Figures of a report: metric vs NFE per table (readable with dozens of solvers), and sample grids.
+
+Solvers are styled by family (the spec's name: one colour each) and variant (its options: line style and marker);
+the best few by mean rank over NFE are drawn bold, with CI bands, and lead the legend. Where some samples diverged,
+two panels beside the mean show the per-sample median and the share of diverged samples, so a reader sees *how*
+a solver fails (a few samples blowing up, or all of them drifting).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dpmbench.compare import mean_ranks
+from dpmbench.io import CorruptFileError, atomic_write, load_npz, verify_npz
+
+HIGHLIGHT = 5  # solvers drawn bold (best mean rank), with CI bands
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _palette(n: int) -> list[Any]:
+    """``n`` distinct colours: tab10, then the darker and lighter halves of tab20b/tab20c."""
+    import matplotlib
+
+    colours = list(matplotlib.colormaps["tab10"].colors)
+    for name in ("tab20b", "tab20c"):
+        cmap = matplotlib.colormaps[name].colors
+        colours += [cmap[i] for i in range(0, 20, 4)] + [cmap[i] for i in range(2, 20, 4)]
+    return [colours[i % len(colours)] for i in range(n)]
+
+
+def solver_styles(solvers: list[str]) -> dict[str, tuple[Any, str, str]]:
+    """(colour, line style, marker) per solver spec: one colour per family (the name before ':'), the variants of
+    a family (its option sets, in order of appearance) told apart by line style and marker."""
+    families = list(dict.fromkeys(s.split(":", 1)[0] for s in solvers))
+    colours = dict(zip(families, _palette(len(families)), strict=True))
+    seen: dict[str, int] = {}
+    out = {}
+    for s in solvers:
+        fam = s.split(":", 1)[0]
+        i = seen.get(fam, 0)
+        seen[fam] = i + 1
+        out[s] = (colours[fam], LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
+    return out
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def metric_figure(g: pd.DataFrame, title: str, path: Path, higher_is_better: bool = False) -> Path:
+    """Metric vs NFE (log-log) of one table, a line per solver (styled by :func:`solver_styles`); the
+    :data:`HIGHLIGHT` best by mean rank are bold with 95% CI bands and lead the legend (numbered by rank). With
+    diverged samples: panels of the per-sample median and of the share of diverged samples beside it."""
+    plt = _pyplot()
+    ranking = list(mean_ranks(g, higher_is_better)["solver"])
+    styles = solver_styles(list(dict.fromkeys(g["solver"])))
+    spread = "diverged_share" in g and pd.to_numeric(g["diverged_share"], errors="coerce").fillna(0).gt(0).any()
+    ncols = 3 if spread else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(7.5 + 4.2 * (ncols - 1), 4.8), squeeze=False)
+    ax = axes[0][0]
+    positive, finite = True, False
+    for rank, solver in enumerate(ranking, start=1):
+        s = g[g["solver"] == solver].sort_values("nfe")
+        colour, ls, marker = styles[solver]
+        top = rank <= HIGHLIGHT
+        ok = s["value"].notna()
+        finite |= bool(ok.any())
+        diverged = "" if ok.all() else f" (diverged at NFE {', '.join(str(n) for n in s['nfe'][~ok])})"
+        ax.plot(s["nfe"][ok], s["value"][ok], color=colour, ls=ls, marker=marker, ms=4 if top else 2.5,
+                lw=2.2 if top else 0.9, alpha=1.0 if top else 0.75, zorder=3 if top else 2,
+                label=f"{rank}. {solver}{diverged}")
+        lo, hi = pd.to_numeric(s["ci_low"], errors="coerce"), pd.to_numeric(s["ci_high"], errors="coerce")
+        band = ok & lo.notna() & hi.notna()
+        if top and band.any():
+            ax.fill_between(s["nfe"][band], lo[band], hi[band], color=colour, alpha=0.15, lw=0)
+        positive &= bool((s["value"][ok] > 0).all())
+    _axes(ax, g, ("log" if positive else "symlog") if finite else "linear", str(g["metric"].iloc[0]) + " (mean)")
+    values = pd.to_numeric(g["value"], errors="coerce").dropna()
+    if positive and finite and (values > 0).any():  # limits from the values: a CI reaching 0 does not squash them
+        ax.set_ylim(values[values > 0].min() / 2, values.max() * 2)
+    if spread:
+        _spread_panels(axes[0][1], axes[0][2], g, ranking, styles)
+    fig.suptitle(title, fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    axes[0][-1].legend(handles, labels, fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                       title="mean rank over NFE", title_fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _axes(ax: Any, g: pd.DataFrame, yscale: str, ylabel: str) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale(yscale)
+    nfes = sorted(g["nfe"].unique())
+    ax.set_xticks(nfes, [str(n) for n in nfes])
+    ax.minorticks_off()
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _spread_panels(ax_med: Any, ax_share: Any, g: pd.DataFrame, ranking: list[str],
+                   styles: dict[str, tuple[Any, str, str]]) -> None:
+    """Per-sample median and share of diverged samples vs NFE, for the solvers that have them."""
+    any_median = False
+    for rank, solver in enumerate(ranking, start=1):
+        s = g[g["solver"] == solver].sort_values("nfe")
+        colour, ls, marker = styles[solver]
+        top = rank <= HIGHLIGHT
+        kw = {"color": colour, "ls": ls, "marker": marker, "ms": 3, "lw": 2.0 if top else 0.9}
+        med = pd.to_numeric(s["median"], errors="coerce")
+        if med.notna().any():
+            any_median = True
+            ax_med.plot(s["nfe"][med.notna()], med[med.notna()], **kw)
+        share = pd.to_numeric(s["diverged_share"], errors="coerce")
+        if share.notna().any():
+            ax_share.plot(s["nfe"][share.notna()], 100 * share[share.notna()], **kw)
+    _axes(ax_med, g, "log" if any_median else "linear", "per-sample median")
+    _axes(ax_share, g, "linear", "% samples diverged")
+    ax_share.set_ylim(-2, 102)
+
+
+def _npz_meta(path: Path) -> dict[str, Any]:
+    f = load_npz(path, "shard")
+    return {k: f[k].item() for k in ("model", "solver", "schedule", "guidance", "seed", "nfe") if k in f}
+
+
+def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> dict[tuple[str, ...], Path]:
+    """For image models (samples shaped N x C x H x W, C in 1, 3): a grid of the first samples of every solver at the
+    smallest NFE, first row the exact solutions, per (model, guidance, seed, schedule)."""
+    groups: dict[tuple[str, ...], dict[int, dict[str, Path]]] = {}
+    image: dict[str, bool] = {}
+    for path in sorted(Path(results_dir).rglob("nfe*/0-*.npz")):
+        try:
+            meta = _npz_meta(path)
+        except CorruptFileError as exc:  # a sample grid is an illustration: skip the file, say so
+            print(f"dpmbench: warning: {exc}; not in the sample grids", file=sys.stderr)
+            continue
+        except (OSError, ValueError, KeyError):
+            continue
+        model = str(meta.get("model"))
+        if model not in image:
+            shape = load_npz(path, "shard")["x"].shape
+            image[model] = len(shape) == 4 and shape[1] in (1, 3)
+        if not image[model]:
+            continue
+        g = meta.get("guidance")
+        gkey = "none" if g is None or (isinstance(g, float) and math.isnan(g)) else str(float(g))
+        key = (model, gkey, str(meta.get("seed", 0)), str(meta.get("schedule")))
+        groups.setdefault(key, {}).setdefault(int(meta["nfe"]), {})[str(meta["solver"])] = path
+    plt = _pyplot()
+    paths = {}
+    for key, by_nfe in groups.items():
+        nfe = min(by_nfe)
+        rows: list[tuple[str, np.ndarray]] = []
+        ref = next(iter(by_nfe[nfe].values())).parents[3] / "reference.npz"
+        if ref.is_file() and verify_npz(ref):
+            rows.append(("exact", load_npz(ref)["x"][:columns]))
+        for solver, path in by_nfe[nfe].items():
+            rows.append((solver, load_npz(path)["x"][:columns]))
+        ncol = max(len(x) for _, x in rows)
+        fig, axes = plt.subplots(len(rows), ncol, figsize=(0.75 * ncol + 2.6, 0.75 * len(rows) + 0.4), squeeze=False)
+        for i, (label, xs) in enumerate(rows):
+            for j in range(ncol):
+                ax = axes[i][j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j < len(xs):
+                    img = np.clip((np.asarray(xs[j], np.float64) + 1) / 2, 0, 1)
+                    if img.shape[0] == 1:
+                        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+                    else:
+                        ax.imshow(img.transpose(1, 2, 0))
+            axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=6)
+        height = 0.75 * len(rows) + 0.4  # inches: the title keeps 0.3 of them, whatever the number of rows
+        fig.suptitle(f"{key[0]} · guidance {key[1]} · seed {key[2]} · {key[3]} · NFE {nfe}", fontsize=8,
+                     y=1 - 0.06 / height, va="top")
+        fig.subplots_adjust(left=2.4 / (0.75 * ncol + 2.6), right=0.99, top=1 - 0.3 / height, bottom=0.05 / height,
+                            wspace=0.05, hspace=0.05)
+        paths[key] = _save(fig, out / "figures" / f"samples_{key[0]}_g{key[1]}_seed{key[2]}_{key[3]}_nfe{nfe}.png")
+    return paths
+
+
+__all__ = ["HIGHLIGHT", "metric_figure", "solver_styles", "write_sample_grids"]

@@ -1,0 +1,110 @@
+"""Coverage of the published numbers (``papers/*.yaml``) by the paper reproductions (``config/papers/*.yaml``).
+
+For each paper file: how many numbers it holds, how many are of solvers dpmbench implements, how many a config cell
+reproduces with the same protocol (model, solver, metric, NFE, schedule, guidance, end time and sample count), and
+the checkpoints those numbers need, with whether each is present in the cache. ``dpmbench list papers`` prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpmbench.errors import DpmbenchError
+from dpmbench.workflow import ROOT, build_grid, guidance_key
+
+CellKey = tuple[str, str, str, int, str, str]  # model, canonical solver, metric, nfe, schedule, guidance
+
+
+def config_cells(config_dir: str | Path = ROOT / "config" / "papers") -> dict[CellKey, set[tuple[float, int]]]:
+    """Every cell of the paper configurations, keyed by what it measures -> its (end time, sample count) pairs."""
+    from dpmbench.solvers.base import get_solver
+
+    cells: dict[CellKey, set[tuple[float, int]]] = {}
+    for path in sorted(Path(config_dir).glob("*.yaml")):
+        if path.name == "checkpoints.yaml":
+            continue
+        grid = build_grid(yaml.safe_load(path.read_text()))
+        for c in grid.cells():
+            spec = get_solver(grid.spec(c["solver"])).spec
+            for metric in grid.metrics(c["model"]):
+                key = (c["model"], spec, metric, c["nfe"], c["schedule"], c["guidance"])
+                cells.setdefault(key, set()).add((grid.t_end_of(c["model"]), grid.num_samples(c["model"])))
+    return cells
+
+
+def cell_for(e: dict[str, Any], cells: dict[CellKey, set[tuple[float, int]]]) -> bool:
+    """Whether a config cell reproduces the published number ``e`` with its protocol (end time and sample count when
+    the entry states them)."""
+    from dpmbench.solvers.base import get_solver
+
+    if "schedule" not in e:
+        return False
+    key = (e["model"], get_solver(e["solver"]).spec, e["metric"], int(e["nfe"]), str(e["schedule"]),
+           guidance_key(e.get("guidance", "none")))
+    found = cells.get(key, set())
+    if "t_end" in e:
+        found = {p for p in found if p[0] == float(e["t_end"])}
+    if "n_samples" in e:
+        found = {p for p in found if p[1] == int(e["n_samples"])}
+    return bool(found)
+
+
+@dataclass
+class PaperCoverage:
+    """What one papers file holds and what reproduces it."""
+
+    file: str
+    paper: str
+    numbers: int = 0
+    unpinned: int = 0
+    implemented: int = 0
+    with_cell: int = 0
+    checkpoints: dict[str, str] = field(default_factory=dict)  # model id -> present / not pulled / not pinned
+
+    def line(self) -> str:
+        """One line of ``dpmbench list papers``."""
+        cps = ", ".join(f"{k} ({v})" for k, v in self.checkpoints.items()) or "none"
+        return (f"{self.paper} [{self.file}]: {self.numbers} numbers ({self.unpinned} unpinned), "
+                f"{self.implemented} of implemented solvers, {self.with_cell} with a config cell; checkpoints: {cps}")
+
+
+def _checkpoint_state(model: str) -> str:
+    from dpmbench.checkpoints import checkpoint_dir, load_manifest
+    from dpmbench.models.registry import ORACLES
+
+    if model in ORACLES:
+        return "oracle"
+    manifest = load_manifest()
+    if model not in manifest:
+        return "not in config/checkpoints.yaml"
+    entry = manifest[model]
+    return "present" if all((checkpoint_dir(entry) / f.path).is_file() for f in entry.files) else "not pulled"
+
+
+def coverage(papers_dir: str | Path = ROOT / "papers",
+             config_dir: str | Path = ROOT / "config" / "papers") -> list[PaperCoverage]:
+    """Coverage of every ``papers/*.yaml`` file (entries and unpinned rows)."""
+    from dpmbench.solvers.base import list_solvers
+
+    cells = config_cells(config_dir)
+    solvers = set(list_solvers())
+    out = []
+    for path in sorted(Path(papers_dir).glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(doc, dict) or "paper" not in doc:
+            raise DpmbenchError(f"invalid papers file {str(path)!r}: needs 'paper' and a list 'entries'")
+        cov = PaperCoverage(path.name, str(doc["paper"]))
+        rows = list(doc.get("entries") or []) + list(doc.get("unpinned") or [])
+        cov.numbers, cov.unpinned = len(rows), len(doc.get("unpinned") or [])
+        for e in rows:
+            if str(e["solver"]).split(":", 1)[0] in solvers:
+                cov.implemented += 1
+                cov.with_cell += cell_for(e, cells)
+            cov.checkpoints.setdefault(str(e["model"]), "")
+        cov.checkpoints = {m: _checkpoint_state(m) for m in cov.checkpoints}
+        out.append(cov)
+    return out
