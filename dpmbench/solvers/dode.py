@@ -7,6 +7,8 @@ D-ODE keeps a solver's update and replaces, at every step i after the first, the
 
 (``D`` the solver's own output, data prediction for DPM-Solver++, noise prediction for DPM-Solver; the history of
 later steps keeps the raw outputs, as the official samplers keep ``denoised_list``). lambda = 0 is the base solver.
+The first step has no D_{i-1} and is the base step (as in the official EDM-side samplers; the official
+noise-prediction DPM-Solver sampler adjusts it with D - x instead).
 The lambdas are *distilled* from a teacher with more steps: along the student's own trajectory of a fit batch
 (``fit_samples`` prior samples of their own seed ``fit_seed``; balanced labels when guided), step by step, lambda_i
 minimizes || x^teacher(t_{i+1}) - x^student_{i+1}(lambda) ||^2 over the batch (D-ODE eq. 7); the update is linear
