@@ -5,11 +5,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: bench test lint install clean regress regress-run baseline
+.PHONY: bench test test-slurm lint install clean regress regress-run baseline
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,slurm]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +22,14 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# through a real single-node SLURM cluster (root, apt): start it, run tests/slurm (end to end vs local, the
+# scheduler's faults), always stop it; measured numbers in reports/slurm-ci/measured.txt
+test-slurm: $(STAMP)
+	mkdir -p reports/slurm-ci; rm -f reports/slurm-ci/measured.txt
+	trap 'cluster/slurm-local stop' EXIT; cluster/slurm-local start && \
+	DPMBENCH_SLURM_REPORT=$(CURDIR)/reports/slurm-ci/measured.txt timeout 1800 $(BIN)/python -m pytest -q -m slurm \
+		tests/slurm; rc=$$?; cat reports/slurm-ci/measured.txt 2>/dev/null; exit $$rc
 
 # the regression gate: a fast oracle-only grid compared with the committed reports/baseline.csv
 regress: regress-run
