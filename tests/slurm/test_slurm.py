@@ -69,6 +69,11 @@ def job_ids(text: str) -> list[int]:
     return [int(j) for j in SUBMITTED.findall(text)]
 
 
+def job_logs(text: str, job: int) -> list[Path]:
+    """The SLURM log files of ``job`` that a run's output names."""
+    return [Path(p) for p in re.findall(r"log: (\S+?\.log)", text) if p.endswith(f"/{job}.log")]
+
+
 def squeue(*args: str) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-o", "%i %P %T", *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -202,15 +207,18 @@ def test_scancel_mid_run_then_rerun_incomplete(tmp_path_factory, fault_expected)
     subprocess.run(["scancel", job], check=True, timeout=60)
     assert proc.wait(timeout=LIMIT_S + 60) != 0
     log = (wd / "bg.log").read_text()
-    assert "CANCELLED" in log, log[-3000:]
+    assert job_state(int(job)) == "CANCELLED"
+    job_log = job_logs(log, int(job))  # the run names the failed submission's log, which says why
+    assert job_log and "CANCELLED" in job_log[0].read_text(), log[-3000:]
     assert not leftovers(wd)
     wait_queue_empty()
     rerun = snakemake(wd)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_as_local(wd, fault_expected)
-    report(f"fault scancel: job {job} cancelled while running -> run failed (exit {proc.returncode}, log says "
-           f"CANCELLED), no partial file; rerun completed with {len(job_ids(rerun.stdout + rerun.stderr))} "
-           "submissions, results identical to the local run")
+    again = len(job_ids(rerun.stdout + rerun.stderr))
+    report(f"fault scancel: job {job} cancelled while running -> SLURM state CANCELLED, the run failed (exit "
+           f"{proc.returncode}) naming the job's log, which says CANCELLED; no partial file; rerun completed with "
+           f"{again} submissions, results identical to the local run")
 
 
 def test_slurmd_stopped_while_jobs_are_queued(tmp_path_factory, fault_expected) -> None:
@@ -248,7 +256,7 @@ def test_job_over_its_memory_is_killed_and_reported(tmp_path_factory) -> None:
     states = {j: job_state(j) for j in job_ids(out)}
     killed = [j for j, st in states.items() if st in ("OUT_OF_MEMORY", "FAILED")]
     assert killed, states
-    logs = [Path(p) for p in re.findall(r"log: (\S+?\.log)", out) if re.search(rf"/{killed[0]}\.log$", p)]
+    logs = job_logs(out, killed[0])
     assert logs and "exceeded memory limit" in logs[0].read_text(), out[-3000:]
     assert f"SLURM-job '{killed[0]}'" in out or str(killed[0]) in out
     assert not list((wd / "results").rglob("nfe*/*.npz")) and not leftovers(wd)
