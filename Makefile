@@ -5,11 +5,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: bench test lint install clean regress regress-run baseline browser
+.PHONY: bench test test-slurm lint install clean regress regress-run baseline browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,slurm]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +29,14 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-dejavu-core; } || \
 		echo "make: chromium is missing and apt-get could not install it (tests/test_site.py will fail)"
+
+# through a real single-node SLURM cluster (root, apt): start it, run tests/slurm (end to end vs local, the
+# scheduler's faults), always stop it; measured numbers in reports/slurm-ci/measured.txt
+test-slurm: $(STAMP)
+	mkdir -p reports/slurm-ci; rm -f reports/slurm-ci/measured.txt
+	trap 'cluster/slurm-local stop' EXIT; cluster/slurm-local start && \
+	DPMBENCH_SLURM_REPORT=$(CURDIR)/reports/slurm-ci/measured.txt timeout 1800 $(BIN)/python -m pytest -q -m slurm \
+		tests/slurm; rc=$$?; cat reports/slurm-ci/measured.txt 2>/dev/null; exit $$rc
 
 # the regression gate: a fast oracle-only grid compared with the committed reports/baseline.csv
 regress: regress-run

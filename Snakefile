@@ -49,6 +49,7 @@ if workflow.is_main_process:  # files left truncated by a killed job or copy: re
 
 
 include: "workflows/common.smk"
+include: "workflows/cluster.smk"
 include: "workflows/checkpoints.smk"
 include: "workflows/reference.smk"
 include: "workflows/search.smk"

@@ -473,15 +473,17 @@ class Grid:
 
     def sample_extra_inputs(self, wc: Any) -> list[str]:
         """The searched schedule and the prepare summary a sample job needs, if any."""
-        out = []
-        sched = self.schedule(wc.schedule)
-        if sched.startswith("searched:"):
-            out.append(f"{self.artifacts_dir()}/named/{sched.split(':', 1)[1]}.json")
-        out += self.solver_search_inputs(wc)
+        out = self.cell_search_inputs(wc)
         if wc.solver in self.prepares:
             out.append(f"{self.results_dir}/{wc.model}/g{wc.guidance}/seed{wc.seed}/{wc.schedule}/{wc.solver}/"
                        "prepared.json")
         return out
+
+    def cell_search_inputs(self, wc: Any) -> list[str]:
+        """Named searches a cell's jobs (prepare, sample) need: its searched schedule and those its solver names."""
+        sched = self.schedule(wc.schedule)
+        out = [f"{self.artifacts_dir()}/named/{sched.split(':', 1)[1]}.json"] if sched.startswith("searched:") else []
+        return out + self.solver_search_inputs(wc)
 
     def solver_search_inputs(self, wc: Any) -> list[str]:
         """Named searches a solver spec refers to by an option value (e.g. ``usf:schedule_name=NAME``)."""

@@ -127,13 +127,21 @@ def test_manifest_stats_checksum_rejects_corrupted_file(tmp_path: Path, server: 
 
 
 def test_shipped_digits_stats_match_the_extractor() -> None:
+    """The shipped moments are float64 reductions of the CNN's float32 features. Another CPU (other SIMD kernels,
+    BLAS, thread count) moves each feature by a few float32 ulps (seen: 1.9e-8 relative, 1.1e-7 absolute), so the
+    moments agree to float32 precision of the features' scale, not to float64's: |dmu| <= df and
+    |dsigma| <= 2 |f| df, with df = 64 float32 ulps of max |f| (the network's layers accumulate rounding).
+    A different extractor or image set moves them by O(|f|), a million times more."""
     from evaluators.images import digits_reference_features, feature_moments
     from evaluators.refstats import reference_stats
 
     mu, sigma, _ = reference_stats("digits-cnn-digits")
-    m, s = feature_moments(digits_reference_features())
-    np.testing.assert_allclose(mu, m, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(sigma, s, rtol=1e-12, atol=1e-12)
+    f = digits_reference_features()  # the network's float32 outputs, held as float64
+    m, s = feature_moments(f)
+    scale = float(np.abs(f).max())
+    df = 64 * float(np.finfo(np.float32).eps) * scale
+    np.testing.assert_allclose(mu, m, rtol=0, atol=df)
+    np.testing.assert_allclose(sigma, s, rtol=0, atol=2 * scale * df)
 
 
 def test_verify_sha256_prefix(tmp_path: Path) -> None:

@@ -67,6 +67,10 @@ def test_named_search_and_prepare_are_dag_outputs(tmp_path: Path) -> None:
     # the searched grid differs from logsnr, so the results do too
     assert by[("searched:quad", "5", "rmse_exact", "ddim")] != by[("logsnr", "5", "rmse_exact", "ddim")]
     assert "Nothing to be done" in run("-n").stdout + run("-n").stderr
+    # a prepare job on a searched schedule waits for that search (a scheduler may start it first otherwise)
+    plan = run("-n", "--forceall").stdout
+    block = next(b for b in plan.split("rule ") if b.startswith("prepare:") and "searched__quad" in b)
+    assert "artifacts/named/quad.json" in block.split("output:")[0], block
     # a searched schedule must name a search of the config
     bad = {**config, "schedules": ["searched:nope"]}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(bad))

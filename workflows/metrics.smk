@@ -30,7 +30,7 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             reference=lambda wc, input: f"--reference {input.reference}" if input.reference else "",
             fid_stats=lambda wc: GRID.fid_stats_arg(wc.model),
         group:
-            "metrics-{model}"
+            cluster_group("metrics-{model}")
         threads: GRID.resource("metrics", "threads")
         resources:
             mem_mb=GRID.resource("metrics", "mem_mb"),

@@ -26,7 +26,7 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             t_end=lambda wc: GRID.t_end_of(wc.model),
             pattern=lambda wc: shlex.quote(GRID.cell_dir().format(**dict(wc.items())) + "/nfe{nfe}/" + wc.shard + ".npz"),
         group:
-            "sample-{model}"
+            cluster_group("sample-{model}")
         threads: GRID.resource("sample", "threads")
         resources:
             mem_mb=GRID.resource("sample", "mem_mb"),

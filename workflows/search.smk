@@ -31,7 +31,7 @@ rule search:
 rule prepare:
     input:
         checkpoint_input,
-        GRID.solver_search_inputs,
+        GRID.cell_search_inputs,
     output:
         f"{GRID.cell_dir()}/prepared.json",
     wildcard_constraints:
