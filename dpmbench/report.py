@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dpmbench.claims import claims_markdown
 from dpmbench.errors import DpmbenchError
 from dpmbench.io import CorruptFileError, atomic_write, load_npz, verify_npz
 
@@ -214,6 +215,11 @@ def write_figures(df: pd.DataFrame, out: Path) -> dict[tuple[Any, ...], Path]:
             if band.any():
                 ax.fill_between(s["nfe"][band], lo[band], hi[band], color=line.get_color(), alpha=0.15, lw=0)
             positive &= bool((s["value"][ok] > 0).all())
+        floor = _model_error_floor(df, key)
+        if floor is not None:
+            ax.axhline(floor, color="black", ls="--", lw=1.2,
+                       label=f"model error² {floor:.3g}: network vs exact ODE solution (floor)")
+            positive &= floor > 0
         ax.set_xscale("log")
         ax.set_yscale(("log" if positive else "symlog") if finite else "linear")  # nothing finite: no log axis
         nfes = sorted(g["nfe"].unique())
@@ -227,6 +233,18 @@ def write_figures(df: pd.DataFrame, out: Path) -> dict[tuple[Any, ...], Path]:
         fig.tight_layout()
         paths[key] = _save(fig, out / "figures" / _figure_name(key, many_seeds))
     return paths
+
+
+def _model_error_floor(df: pd.DataFrame, key: tuple[Any, ...]) -> float | None:
+    """On an ``mse_ref`` plot of a trained network: the squared ``model_error`` of the same (model, guidance,
+    schedule, seed), in mse_ref's units (the network's converged ODE solution vs the exact one of the data's
+    oracle). Solver errors below it no longer show in sample quality; None where there is no model_error."""
+    model, guidance, schedule, seed, metric = key
+    if metric != "mse_ref":
+        return None
+    m = df[(df["model"] == model) & (df["guidance"] == guidance) & (df["schedule"] == schedule)
+           & (df["seed"] == seed) & (df["metric"] == "model_error")]["value"].dropna()
+    return float(m.median()) ** 2 if len(m) else None
 
 
 def _npz_meta(path: Path) -> dict[str, Any]:
@@ -454,7 +472,8 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
 
 
 def write_report(results_dir: str | Path, out: str | Path, papers_dir: str | Path | None = None) -> pd.DataFrame:
-    """Write ``results.csv``, ``leaderboard.md``, ``leaderboard.html``, ``paper_comparison.md`` and ``figures/``."""
+    """Write ``results.csv``, ``leaderboard.md``, ``leaderboard.html``, ``paper_comparison.md``, ``claims.md`` (the
+    seed papers' claims checked on these results, ``dpmbench.claims``) and ``figures/``."""
     df = collect(results_dir)
     out = Path(out)
     if papers_dir is None and Path("papers").is_dir():
@@ -473,6 +492,8 @@ def write_report(results_dir: str | Path, out: str | Path, papers_dir: str | Pat
     atomic_write(out / "leaderboard.html", lambda tmp: tmp.write_text(page))
     comparison = paper_comparison_markdown(df, entries)
     atomic_write(out / "paper_comparison.md", lambda tmp: tmp.write_text(comparison))
+    claims = claims_markdown(df)
+    atomic_write(out / "claims.md", lambda tmp: tmp.write_text(claims))
     return df
 
 
