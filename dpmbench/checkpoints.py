@@ -372,7 +372,7 @@ def _check_pinnable(entry: CheckpointEntry) -> None:
             continue
         field_ = f"checkpoints.{entry.id}.files[{i}].sha256"
         where = f" ({entry.manifest})" if entry.manifest else ""
-        origin = entry.url(f) or " ".join(str(entry.source["manual"]).split())
+        origin = entry.url(f) or " ".join(str(entry.source.get("manual") or entry.source.get("local")).split())
         goes = f" (the file: {origin}, placed at {checkpoint_dir(entry) / f.path})"
         if f.is_pickle:
             raise DpmbenchError(

@@ -69,6 +69,16 @@ def _metric(df: pd.DataFrame, model: str, kind: str) -> str | None:
     return next((m for m in (PATH_METRICS if kind == "path" else QUALITY_METRICS) if m in have), None)
 
 
+def _ran_as(g: pd.DataFrame, spec: str) -> str:
+    """The solver string of ``spec`` in these results: itself, or for an option-less name (``dpm-solver-v3``) the one
+    run of it with options of its preparation only (``dpm-solver-v3:ems_samples=64``), if there is exactly one."""
+    solvers = set(g["solver"])
+    if spec in solvers or ":" in spec:
+        return spec
+    runs = [s for s in solvers if s.startswith(spec + ":")]
+    return runs[0] if len(runs) == 1 else spec
+
+
 def _row_verdict(a: Any, b: Any, lower: bool) -> str:
     """holds / fails / within noise for one pair of result rows (value, ci_low, ci_high)."""
     if any(isinstance(v, float) and math.isnan(v) for v in (a.value, b.value)):
@@ -109,8 +119,8 @@ def check_claims(df: pd.DataFrame) -> list[dict[str, Any]]:
                 if claim.guidance is not None and guidance not in claim.guidance:
                     continue
                 g = d[d["guidance"] == guidance]
-                a = {r.nfe: r for r in g[g["solver"] == claim.solver].itertuples()}
-                b = {r.nfe: r for r in g[g["solver"] == claim.baseline].itertuples()}
+                a = {r.nfe: r for r in g[g["solver"] == _ran_as(g, claim.solver)].itertuples()}
+                b = {r.nfe: r for r in g[g["solver"] == _ran_as(g, claim.baseline)].itertuples()}
                 nfes = sorted(set(a) & set(b))
                 if not nfes:
                     continue

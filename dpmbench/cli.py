@@ -208,9 +208,11 @@ def cmd_list(args: argparse.Namespace) -> None:
             cond = f", {m.num_classes} classes" if m.num_classes else ""
             print(f"{name}: oracle, shape {tuple(m.shape)}{cond}; {getattr(m, 'description', '')}")
         for name, e in load_manifest().items():
-            src = e.source.get("hf") or e.source.get("url") or "manual download"
+            src = (e.source.get("hf") or e.source.get("url")
+                   or (f"shipped in {e.source['local']}" if "local" in e.source else "manual download"))
             cond = "" if e.conditioning == "none" else f", {e.conditioning}-conditioned"
             pulled = "pulled" if all((checkpoint_dir(e) / f.path).is_file() for f in e.files) else "not pulled"
+            pulled = ("present" if pulled == "pulled" else "missing") if "local" in e.source else pulled
             print(f"{name}: checkpoint ({e.adapter}), {e.resolution}px{cond}, {e.schedule}/{e.parameterization}, "
                   f"license {e.license}; {src}; {pulled}")
     elif args.what == "metrics":

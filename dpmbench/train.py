@@ -165,7 +165,7 @@ def train_digits_unet(out: str | Path, cfg: TrainConfig = TrainConfig(), progres
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
                 pe.lerp_(p, 1 - decay)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 100 == 99:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / 100:.4f}")
     if not all(math.isfinite(v) for v in losses):
