@@ -202,7 +202,7 @@ QUALITY_SOLVER = "dpm-solver++:order=2,method=multistep"
 QUALITY_NFE = 50
 
 
-def _digits_fdd(x: torch.Tensor, ref: torch.Tensor) -> float:
+def digits_fdd(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Frechet digits distance (the ``fdd`` metric's features and formula) between two image sets in [-1, 1]."""
     from evaluators.frechet import frechet_distance
     from evaluators.images import digits_features, feature_moments, to_uint8
@@ -233,8 +233,8 @@ def quality_floor(model: Any, num_conditional: int = 1000, num_unconditional: in
     n = len(train_x) if num_unconditional is None else num_unconditional
     x = sample(model, QUALITY_SOLVER, QUALITY_NFE, model.prior(n, seed=seed))
     out.update(num_conditional=num_conditional, num_unconditional=n,
-               fdd_samples_vs_held_out=_digits_fdd(x, held_x),
-               fdd_train_vs_held_out=_digits_fdd(train_x[:n], held_x))
+               fdd_samples_vs_held_out=digits_fdd(x, held_x),
+               fdd_train_vs_held_out=digits_fdd(train_x[:n], held_x))
     out["fdd_ratio"] = out["fdd_samples_vs_held_out"] / out["fdd_train_vs_held_out"]
     return out
 
