@@ -169,3 +169,14 @@ def test_quality_floor_on_a_small_sample(net) -> None:  # noqa: ANN001
     q = quality_floor(net, num_conditional=60, num_unconditional=200)
     assert q["cond_acc@1"] >= 0.90 and q["cond_acc@3"] >= 0.97
     assert q["fdd_samples_vs_held_out"] <= 3 * q["fdd_train_vs_held_out"]
+
+
+def test_the_mse_ref_reference_has_converged(net) -> None:  # noqa: ANN001
+    """The default grid's reference (DPM-Solver++(3M), NFE 200, float64 x_T) is within 1% of the smallest mse_ref of
+    a 20-NFE solver of the grid from its 2x finer version (measured with 64 samples: 0.18% unguided, 0.31% at 7.5)."""
+    spec, n, g = "dpm-solver++:order=3,method=multistep", 16, 7.5
+    x_T, labels = net.prior(n, seed=0, dtype=torch.float64), net.labels(n)
+    ref = sample(net, spec, 200, x_T, guidance=g, cond=labels)
+    finer = float(((sample(net, spec, 400, x_T, guidance=g, cond=labels) - ref) ** 2).mean())
+    best = float(((sample(net, "unipc:variant=bh2,order=3", 20, x_T, guidance=g, cond=labels) - ref) ** 2).mean())
+    assert finer <= 0.01 * best
