@@ -119,14 +119,15 @@ def check_claims(df: pd.DataFrame) -> list[dict[str, Any]]:
                 if claim.guidance is not None and guidance not in claim.guidance:
                     continue
                 g = d[d["guidance"] == guidance]
-                a = {r.nfe: r for r in g[g["solver"] == _ran_as(g, claim.solver)].itertuples()}
-                b = {r.nfe: r for r in g[g["solver"] == _ran_as(g, claim.baseline)].itertuples()}
+                ran = (_ran_as(g, claim.solver), _ran_as(g, claim.baseline))
+                a = {r.nfe: r for r in g[g["solver"] == ran[0]].itertuples()}
+                b = {r.nfe: r for r in g[g["solver"] == ran[1]].itertuples()}
                 nfes = sorted(set(a) & set(b))
                 if not nfes:
                     continue
                 lower = metric not in METRICS or METRICS[metric].lower_is_better
                 rows = [(n, a[n], b[n], _row_verdict(a[n], b[n], lower)) for n in nfes]
-                out.append({"claim": claim, "model": model, "guidance": guidance, "metric": metric,
+                out.append({"claim": claim, "model": model, "guidance": guidance, "metric": metric, "ran": ran,
                             "n_samples": int(a[nfes[0]].n_samples), "rows": rows,
                             "verdict": summary_verdict([r[3] for r in rows])})
     return out
@@ -167,7 +168,7 @@ def claims_markdown(df: pd.DataFrame) -> str:
         for r in mine:
             lines += [f"**{r['model']}**, guidance {r['guidance']}, {r['metric']} (n={r['n_samples']}): "
                       f"**{r['verdict']}**", "",
-                      f"| NFE | {claim.solver} | {claim.baseline} | verdict |", "|---|---|---|---|"]
+                      f"| NFE | {r['ran'][0]} | {r['ran'][1]} | verdict |", "|---|---|---|---|"]
             lines += [f"| {n} | {_num(a)} | {_num(b)} | {v} |" for n, a, b, v in r["rows"]]
             lines.append("")
     return "\n".join(lines)
