@@ -12,10 +12,13 @@ Sources:
 - ``{url: "https://..."}``: one file, fetched from that URL.
 - ``{manual: "<where to get it>"}``: never downloaded (e.g. Google Drive folders); ``pull`` says which file to
   place where.
+- ``{local: "trained/<id>"}``: files shipped in the repository (a folder relative to the repository root, or an
+  absolute path): the networks the project trains itself (``dpmbench train``). Nothing is downloaded or copied;
+  every file must have its sha256 pinned, and is verified exactly like a downloaded one.
 
-Files land in ``$DPMBENCH_CACHE/checkpoints/<id>/<path>`` and are renamed into place only after their sha256
-matches (``evaluators.download.download``). With ``DPMBENCH_OFFLINE=1`` (or ``offline=True``) no connection is
-ever opened: the error lists every missing file, its URL, where to place it and its sha256.
+Files (except local ones) land in ``$DPMBENCH_CACHE/checkpoints/<id>/<path>`` and are renamed into place only
+after their sha256 matches (``evaluators.download.download``). With ``DPMBENCH_OFFLINE=1`` (or ``offline=True``)
+no connection is ever opened: the error lists every missing file, its URL, where to place it and its sha256.
 
 A ``sha256: null`` file (a hash that could not be pinned yet) is accepted only when it is not a pickle and comes
 from a Hugging Face revision: ``pull`` records the hash it got in ``<id>/.sha256.json`` (a lock file) and warns
@@ -46,7 +49,7 @@ ADAPTERS = ("diffusers-unet", "latent-diffusion", "stable-diffusion", "edm-pickl
 SCHEDULES = ("vp-linear", "vp-cosine", "vp-discrete", "edm", "ve", "flow")  # dpmbench.schedules.NOISE_SCHEDULES
 PARAMETERIZATIONS = ("eps", "x0", "v", "flow")  # dpmbench.models.base.PARAMETERIZATIONS
 CONDITIONING = ("none", "class", "text")
-SOURCE_KINDS = ("hf", "url", "manual")
+SOURCE_KINDS = ("hf", "url", "manual", "local")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 UNPINNED_OK_SUFFIXES = (".safetensors", ".json", ".txt")
 HF_ENDPOINT_ENV = "DPMBENCH_HF_ENDPOINT"
@@ -103,7 +106,7 @@ class CheckpointEntry:
 
     @property
     def kind(self) -> str:
-        """``hf``, ``url`` or ``manual``."""
+        """``hf``, ``url``, ``manual`` or ``local``."""
         return next(k for k in SOURCE_KINDS if k in self.source)
 
     def url(self, f: CheckpointFile) -> str | None:
@@ -142,14 +145,15 @@ def _bad(where: str, field_: str, value: Any, allowed: str) -> DpmbenchError:
 
 def _parse_source(cid: str, src: Any, where: str) -> dict[str, Any]:
     key = f"checkpoints.{cid}.source"
-    forms = "{hf: ORG/REPO, revision: COMMIT-OR-TAG}, {url: https://...} or {manual: WHERE-TO-GET-IT}"
+    forms = ("{hf: ORG/REPO, revision: COMMIT-OR-TAG}, {url: https://...}, {manual: WHERE-TO-GET-IT} or "
+             "{local: FOLDER-IN-THE-REPOSITORY}")
     if not isinstance(src, Mapping):
         raise _bad(where, key, src, forms)
     kinds = [k for k in SOURCE_KINDS if k in src]
     if len(kinds) != 1:
         raise _bad(where, key, dict(src), f"exactly one of hf, url, manual: {forms}")
     kind = kinds[0]
-    allowed = {"hf": ("hf", "revision"), "url": ("url",), "manual": ("manual",)}[kind]
+    allowed = {"hf": ("hf", "revision"), "url": ("url",), "manual": ("manual",), "local": ("local",)}[kind]
     for k in src:
         if k not in allowed:
             raise _bad(where, f"{key}.{k}", src[k], f"keys {', '.join(allowed)} for a {kind} source")
@@ -162,6 +166,10 @@ def _parse_source(cid: str, src: Any, where: str) -> dict[str, Any]:
     elif kind == "url":
         if not isinstance(src["url"], str) or not re.match(r"^https?://\S+$", src["url"]):
             raise _bad(where, f"{key}.url", src["url"], "an http(s) URL")
+    elif kind == "local":
+        if not isinstance(src["local"], str) or not src["local"].strip() or ".." in PurePosixPath(src["local"]).parts:
+            raise _bad(where, f"{key}.local", src["local"], "a folder relative to the repository root (no '..'), "
+                       "or an absolute path")
     elif not isinstance(src["manual"], str) or not src["manual"].strip():
         raise _bad(where, f"{key}.manual", src["manual"], "a non-empty text saying where to get the files")
     return dict(src)
@@ -303,7 +311,17 @@ def get_entry(cid: str, manifest: Mapping[str, CheckpointEntry] | None = None) -
 
 # -- local state: directory, lock file (hashes recorded for unpinned files), verification cache -----------
 def checkpoint_dir(entry: CheckpointEntry) -> Path:
-    """``$DPMBENCH_CACHE/checkpoints/<id>/`` (created)."""
+    """Where the files of ``entry`` are: ``$DPMBENCH_CACHE/checkpoints/<id>/`` (created), or the repository folder
+    of a ``local`` source."""
+    if entry.kind == "local":
+        folder = Path(str(entry.source["local"]))
+        return folder if folder.is_absolute() else ROOT / folder
+    return state_dir(entry)
+
+
+def state_dir(entry: CheckpointEntry) -> Path:
+    """``$DPMBENCH_CACHE/checkpoints/<id>/`` (created): the lock file, verification cache and file lock (never
+    written into a repository folder)."""
     from dpmbench.io import cache_dir
 
     return cache_dir("checkpoints", entry.id)
@@ -356,12 +374,16 @@ def _check_pinnable(entry: CheckpointEntry) -> None:
             continue
         field_ = f"checkpoints.{entry.id}.files[{i}].sha256"
         where = f" ({entry.manifest})" if entry.manifest else ""
-        origin = entry.url(f) or " ".join(str(entry.source["manual"]).split())
+        origin = entry.url(f) or " ".join(str(entry.source.get("manual") or entry.source.get("local")).split())
         goes = f" (the file: {origin}, placed at {checkpoint_dir(entry) / f.path})"
         if f.is_pickle:
             raise DpmbenchError(
                 f"refusing checkpoint {entry.id!r} file {f.path!r}: it is a pickle (unpickled when loaded) and has "
                 f"no sha256 pinned; pin its sha256 in the manifest{where} at {field_}{goes}")
+        if entry.kind == "local":
+            raise DpmbenchError(
+                f"refusing checkpoint {entry.id!r} file {f.path!r}: a local (shipped) file needs its sha256 pinned "
+                f"in the manifest{where} at {field_} (`sha256sum {checkpoint_dir(entry) / f.path}`)")
         if entry.kind != "hf" or PurePosixPath(f.path).suffix.lower() not in UNPINNED_OK_SUFFIXES:
             raise DpmbenchError(
                 f"refusing checkpoint {entry.id!r} file {f.path!r}: no sha256 pinned, which is allowed only for "
@@ -374,7 +396,11 @@ def _sha_text(sha: str | None) -> str:
 
 
 def _missing_error(entry: CheckpointEntry, root: Path, missing: list[CheckpointFile], lead: str = "") -> DpmbenchError:
-    lock = _lock(entry, root)
+    lock = _lock(entry, state_dir(entry))
+    if entry.kind == "local":
+        return DpmbenchError(f"{lead}checkpoint {entry.id!r} is shipped in the repository ({root}) but "
+                             f"{len(missing)} file(s) are missing: {', '.join(f.path for f in missing)}; restore them "
+                             f"from version control (git checkout -- {root})")
     if entry.kind == "manual":
         places = "; ".join(f"place {f.path} at {root / f.path} ({_sha_text(_expected(entry, f, lock)[0])})"
                            for f in missing)
@@ -398,7 +424,9 @@ def _verify_file(entry: CheckpointEntry, root: Path, f: CheckpointFile, lock: Ma
     expected, origin = _expected(entry, f, lock)
     if f.size is not None and st.st_size != f.size:
         raise DpmbenchError(f"size mismatch for checkpoint {entry.id!r} file {str(path)!r}: {st.st_size} bytes but "
-                            f"expected {f.size}; delete it and run `dpmbench pull {entry.id}`")
+                            f"expected {f.size}; " + (f"restore it from version control (git checkout -- {path})"
+                                                      if entry.kind == "local"
+                                                      else f"delete it and run `dpmbench pull {entry.id}`"))
     rec = cache.get(f.path)
     if (isinstance(rec, list) and len(rec) == 3 and rec[0] == st.st_size and rec[1] == st.st_mtime_ns
             and (expected is None or rec[2] == expected)):
@@ -408,8 +436,10 @@ def _verify_file(entry: CheckpointEntry, root: Path, f: CheckpointFile, lock: Ma
         cache[f.path] = [st.st_size, st.st_mtime_ns, got]
     if expected is not None and got != expected:
         cache.pop(f.path, None)
+        fix = (f"restore it from version control (git checkout -- {path})" if entry.kind == "local"
+               else f"delete it and run `dpmbench pull {entry.id}`")
         raise DpmbenchError(f"checksum mismatch for checkpoint {entry.id!r} file {str(path)!r}: sha256 {got} but "
-                            f"expected {expected} (from {origin}); delete it and run `dpmbench pull {entry.id}`")
+                            f"expected {expected} (from {origin}); {fix}")
     return got, expected is None
 
 
@@ -426,21 +456,22 @@ def verify(entry: CheckpointEntry) -> Path:
         raise _missing_error(entry, root, missing)
     from dpmbench.io import save_json
 
-    lock = _lock(entry, root)
-    cache = _read_json(root / VERIFIED_FILE)
+    state = state_dir(entry)
+    lock = _lock(entry, state)
+    cache = _read_json(state / VERIFIED_FILE)
     before = json.dumps(cache, sort_keys=True)
     recorded = []
     try:
         for f in entry.files:
             got, unpinned = _verify_file(entry, root, f, lock, cache)
             if unpinned:
-                _record_lock(entry, root, f.path, got)
+                _record_lock(entry, state, f.path, got)
                 recorded.append(f.path)
-                lock = _lock(entry, root)
+                lock = _lock(entry, state)
     finally:
         if json.dumps(cache, sort_keys=True) != before:
-            save_json(root / VERIFIED_FILE, cache)
-    _warn_unpinned(entry, root, recorded)
+            save_json(state / VERIFIED_FILE, cache)
+    _warn_unpinned(entry, state, recorded)
     return root
 
 
@@ -449,7 +480,7 @@ def pull(entry: CheckpointEntry, offline: bool | None = None, progress: bool = T
     then :func:`verify` it; return the checkpoint directory.
 
     ``offline`` (default: ``DPMBENCH_OFFLINE``) never opens a connection. A present file whose hash is wrong is
-    downloaded again (online) or reported (offline / manual source).
+    downloaded again (online) or reported (offline / manual source). A ``local`` source is only verified.
     """
     from filelock import FileLock
 
@@ -457,6 +488,8 @@ def pull(entry: CheckpointEntry, offline: bool | None = None, progress: bool = T
     from evaluators.download import offline as env_offline
 
     _check_pinnable(entry)
+    if entry.kind == "local":
+        return verify(entry)
     offline = env_offline() if offline is None else bool(offline)
     root = checkpoint_dir(entry)
     with FileLock(str(root / ".lock")):
@@ -500,9 +533,9 @@ def pull(entry: CheckpointEntry, offline: bool | None = None, progress: bool = T
 def stamp_text(entry: CheckpointEntry) -> str:
     """``sha256  path`` lines (``sha256sum -c`` format, relative to the checkpoint directory) of a verified
     checkpoint: the workflow's verification stamp."""
-    root = verify(entry)
-    lock = _lock(entry, root)
-    cache = _read_json(root / VERIFIED_FILE)
+    verify(entry)
+    lock = _lock(entry, state_dir(entry))
+    cache = _read_json(state_dir(entry) / VERIFIED_FILE)
     lines = []
     for f in entry.files:
         sha = f.sha256 or lock.get(f.path) or cache.get(f.path, [None, None, ""])[2]

@@ -179,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "verify what is there and say which file to place where")
     pl.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    tr = sub.add_parser("train", help="train one of the project's own networks (digits-unet) and save it in "
+                        "diffusers' save_pretrained layout")
+    tr.add_argument("model", choices=["digits-unet"])
+    tr.add_argument("--out", required=True, help="output folder (written whole, then renamed into place)")
+    tr.add_argument("--steps", type=_positive_int("--steps"), default=None,
+                    help="optimizer steps (default: those of the shipped weights)")
+    tr.add_argument("--seed", type=_nonneg_int("--seed"), default=None)
+    tr.add_argument("--device", default="cpu", help="cpu or cuda")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     reg = sub.add_parser("regress", help="fail (exit 1) when results are worse than a baseline")
     reg.add_argument("--baseline", required=True)
     reg.add_argument("--results", required=True)
@@ -217,9 +227,11 @@ def cmd_list(args: argparse.Namespace) -> None:
             cond = f", {m.num_classes} classes" if m.num_classes else ""
             print(f"{name}: oracle, shape {tuple(m.shape)}{cond}; {getattr(m, 'description', '')}")
         for name, e in load_manifest().items():
-            src = e.source.get("hf") or e.source.get("url") or "manual download"
+            src = (e.source.get("hf") or e.source.get("url")
+                   or (f"shipped in {e.source['local']}" if "local" in e.source else "manual download"))
             cond = "" if e.conditioning == "none" else f", {e.conditioning}-conditioned"
             pulled = "pulled" if all((checkpoint_dir(e) / f.path).is_file() for f in e.files) else "not pulled"
+            pulled = ("present" if pulled == "pulled" else "missing") if "local" in e.source else pulled
             print(f"{name}: checkpoint ({e.adapter}), {e.resolution}px{cond}, {e.schedule}/{e.parameterization}, "
                   f"license {e.license}; {src}; {pulled}")
     elif args.what == "papers":
@@ -620,6 +632,20 @@ def cmd_pull(args: argparse.Namespace) -> None:
     print(f"{entry.id}: {len(entry.files)} file(s) verified in {root}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from dpmbench.train import TrainConfig, train_digits_unet
+
+    if args.device not in ("cpu", "cuda") and not str(args.device).startswith("cuda:"):
+        raise bad_value("--device", args.device, ("cpu", "cuda"))
+    changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+    log = train_digits_unet(args.out, dataclasses.replace(TrainConfig(), **changes), progress=not args.no_progress,
+                            device=args.device)
+    print(f"{args.model}: {log['config']['steps']} steps in {log['wall_s']:.0f} s, final loss "
+          f"{log['final_loss']:.4f} (mean of the last {log['final_loss_window']} steps); saved to {args.out}")
+
+
 def cmd_regress(args: argparse.Namespace) -> int:
     from dpmbench.regress import load_tolerances, regress
 
@@ -642,7 +668,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 COMMANDS = {"list": cmd_list, "sample": cmd_sample, "reference": cmd_reference,
             "evaluate": cmd_evaluate, "report": cmd_report, "regress": cmd_regress,
-            "search": cmd_search, "prepare": cmd_prepare, "pull": cmd_pull}
+            "search": cmd_search, "prepare": cmd_prepare, "pull": cmd_pull, "train": cmd_train}
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

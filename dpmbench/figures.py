@@ -67,10 +67,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def metric_figure(g: pd.DataFrame, title: str, path: Path, higher_is_better: bool = False) -> Path:
+def metric_figure(g: pd.DataFrame, title: str, path: Path, higher_is_better: bool = False,
+                  floor: float | None = None) -> Path:
     """Metric vs NFE (log-log) of one table, a line per solver (styled by :func:`solver_styles`); the
     :data:`HIGHLIGHT` best by mean rank are bold with 95% CI bands and lead the legend (numbered by rank). With
-    diverged samples: panels of the per-sample median and of the share of diverged samples beside it."""
+    diverged samples: panels of the per-sample median and of the share of diverged samples beside it. ``floor``
+    (a trained network's squared model error, on ``mse_ref``) is drawn as a dashed line: below it a better solver
+    no longer shows in sample quality."""
     plt = _pyplot()
     ranking = list(mean_ranks(g, higher_is_better)["solver"])
     styles = solver_styles(list(dict.fromkeys(g["solver"])))
@@ -94,10 +97,15 @@ def metric_figure(g: pd.DataFrame, title: str, path: Path, higher_is_better: boo
         if top and band.any():
             ax.fill_between(s["nfe"][band], lo[band], hi[band], color=colour, alpha=0.15, lw=0)
         positive &= bool((s["value"][ok] > 0).all())
+    if floor is not None:
+        ax.axhline(floor, color="black", ls="--", lw=1.2,
+                   label=f"model error² {floor:.3g}: network vs exact ODE solution (floor)")
+        positive &= floor > 0
     _axes(ax, g, ("log" if positive else "symlog") if finite else "linear", str(g["metric"].iloc[0]) + " (mean)")
     values = pd.to_numeric(g["value"], errors="coerce").dropna()
     if positive and finite and (values > 0).any():  # limits from the values: a CI reaching 0 does not squash them
-        ax.set_ylim(values[values > 0].min() / 2, values.max() * 2)
+        low = min([values[values > 0].min(), *([floor] if floor else [])])
+        ax.set_ylim(low / 2, values.max() * 2)
     if spread:
         _spread_panels(axes[0][1], axes[0][2], g, ranking, styles)
     fig.suptitle(title, fontsize=9)

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from dpmbench.claims import claims_markdown
 from dpmbench.errors import DpmbenchError
 from dpmbench.figures import metric_figure, write_sample_grids
 from dpmbench.io import atomic_write
@@ -235,6 +236,18 @@ def leaderboard_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _model_error_floor(df: pd.DataFrame, key: tuple[Any, ...]) -> float | None:
+    """On an ``mse_ref`` plot of a trained network: the squared ``model_error`` of the same (model, guidance,
+    schedule, seed), in mse_ref's units (the network's converged ODE solution vs the exact one of the data's
+    oracle). Solver errors below it no longer show in sample quality; None where there is no model_error."""
+    model, guidance, schedule, seed, metric = key[:5]
+    if metric != "mse_ref":
+        return None
+    m = df[(df["model"] == model) & (df["guidance"] == guidance) & (df["schedule"] == schedule)
+           & (df["seed"] == seed) & (df["metric"] == "model_error")]["value"].dropna()
+    return float(m.median()) ** 2 if len(m) else None
+
+
 def _with_protocol(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with the merge's protocol columns (a single run's frame gets them from :func:`merge_runs`)."""
     if "protocol" in df.columns:
@@ -260,7 +273,7 @@ def write_figures(df: pd.DataFrame, out: Path) -> dict[tuple[Any, ...], Path]:
         label = _label(g)
         paths[key] = metric_figure(g, f"{key[0]} · {_title(key, many_seeds, label)}",
                                    out / "figures" / _figure_name(key, many_seeds, label),
-                                   higher_is_better(str(key[4])))
+                                   higher_is_better(str(key[4])), floor=_model_error_floor(df, key))
     return paths
 
 
@@ -497,7 +510,8 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
 def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Path,
                  papers_dir: str | Path | None = None, site: str | Path | None = None) -> pd.DataFrame:
     """Write ``results.csv``, ``provenance.csv``/``.json``, ``leaderboard.md``, ``leaderboard.html``,
-    ``paper_comparison.md`` and ``figures/`` of one or several results directories (merged: dpmbench.merge), and
+    ``paper_comparison.md``, ``claims.md`` (the seed papers' claims checked on these
+    results, ``dpmbench.claims``) and ``figures/`` of one or several results directories (merged: dpmbench.merge), and
     with ``site`` a static site there (dpmbench.site)."""
     dirs = [results_dirs] if isinstance(results_dirs, str | Path) else list(results_dirs)
     if not dirs:
@@ -525,6 +539,8 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
     atomic_write(out / "leaderboard.html", lambda tmp: tmp.write_text(page))
     comparison = paper_comparison_markdown(df, entries)
     atomic_write(out / "paper_comparison.md", lambda tmp: tmp.write_text(comparison))
+    claims = claims_markdown(df)
+    atomic_write(out / "claims.md", lambda tmp: tmp.write_text(claims))
     if site is not None:
         from dpmbench.site import write_site
 

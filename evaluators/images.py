@@ -222,6 +222,13 @@ def digits_features(images: torch.Tensor, backend: str = "torch-fidelity", batch
     raise bad_value("fid backend", backend, list(BACKENDS))
 
 
+def digits_logits(images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """The digits CNN's class logits of uint8 8x8 images (torch-fidelity's ``logits_unbiased`` feature)."""
+    from evaluators.digits_cnn import EXTRACTOR_NAME
+
+    return fidelity_features(images, EXTRACTOR_NAME, ("logits_unbiased",), batch_size)["logits_unbiased"]
+
+
 # -- metrics on features ---------------------------------------------------------------------------------
 def feature_moments(f: np.ndarray, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance (float64) of feature rows ``f[idx]``."""

@@ -36,6 +36,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "batch_size": 64,
     "device": "cpu",
     "sw2_projections": 256,
+    "model_error_oracle": "digits-empirical",  # the exact model of the data a trained network learned (model_error)
 }
 
 
@@ -85,6 +86,7 @@ class Metric:
     lower_is_better: bool = True
     max_bootstraps: int | None = None  # cap for costly statistics (2048-D FID, KID)
     deterministic_only: bool = False  # meaningless for samples of stochastic solvers (skipped for them)
+    needs_labels: bool = False  # class-conditional samples only (skipped for unconditional ones)
 
 
 def _rmse_exact(ctx: Context, idx: np.ndarray | None) -> float:
@@ -235,6 +237,64 @@ def _kdd(ctx: Context, idx: np.ndarray | None) -> float:
     return ctx.cached("kdd_blocks", lambda: KernelBlocks(f, ref)).mmd2(idx)
 
 
+def _digits_logits(ctx: Context, metric: str) -> np.ndarray:
+    """The shipped digits CNN's logits of the (quantized) samples, shape (n, 10)."""
+    from evaluators.images import digits_logits
+
+    if tuple(ctx.x.shape[1:]) != (1, 8, 8):
+        raise DpmbenchError(f"invalid metrics: {metric!r} needs 8x8 digits samples (n, 1, 8, 8), "
+                            f"not shape {tuple(ctx.x.shape)}")
+    return ctx.cached("digits_logits", lambda: digits_logits(_images(ctx)))
+
+
+def _is_digits(ctx: Context, idx: np.ndarray | None) -> float:
+    from evaluators.images import inception_score
+
+    return inception_score(_digits_logits(ctx, "is_digits"), idx, splits=1)
+
+
+def _cond_acc(ctx: Context, idx: np.ndarray | None) -> float:
+    labels = _labels(ctx)
+    if labels is None or labels.size != len(ctx.x):
+        raise DpmbenchError("invalid metrics: 'cond_acc' needs one class label per sample (class-conditional "
+                            "samples: --guidance)")
+    hit = _digits_logits(ctx, "cond_acc").argmax(1) == labels.reshape(-1)
+    return float(hit.mean() if idx is None else hit[idx].mean())
+
+
+def _model_error(ctx: Context, idx: np.ndarray | None) -> float:
+    ref = ctx.require_reference("model_error", exact=False)
+    if str(ctx.meta.get("reference_solver", "exact")) == "exact":
+        raise DpmbenchError("invalid --reference for 'model_error': it holds exact solutions (an oracle model has no "
+                            "model error); give the network's high-NFE reference run")
+    return rmse(ref, ctx.cached("model_error_exact", lambda: _oracle_solution(ctx, ref)), idx)
+
+
+def _oracle_solution(ctx: Context, ref: np.ndarray) -> np.ndarray:
+    """The exact probability-flow ODE solution of the data's oracle model (option ``model_error_oracle``) under the
+    network's noise schedule, from the network's x_T (same seed and samples: ``prior_noise`` depends only on the
+    seed, the sample index and the shape), with the same labels and guidance; cached on disk by the oracle."""
+    import torch
+
+    from dpmbench.models.base import guided
+    from dpmbench.models.registry import ORACLES, load_model
+
+    name = str(ctx.opt("model_error_oracle"))
+    if name not in ORACLES:
+        raise bad_value("option model_error_oracle", name, list(ORACLES))
+    net = load_model(str(ctx.meta["model"]))
+    oracle = load_model(name, schedule=net.schedule)
+    if tuple(oracle.shape) != tuple(ref.shape[1:]):
+        raise DpmbenchError(f"invalid metrics: 'model_error' compares with {name!r}, whose samples have shape "
+                            f"{tuple(oracle.shape)}, not {tuple(ref.shape[1:])}")
+    start = int(ctx.meta.get("start", 0))
+    x_T = oracle.prior(len(ref), seed=int(ctx.meta["seed"]), dtype=torch.float64, start=start)
+    labels = _labels(ctx)
+    cond = None if labels is None else torch.as_tensor(labels.reshape(-1), dtype=torch.long)
+    exact = guided(oracle, _guidance(ctx.meta)).exact_solution(x_T, t_end=_t_end(ctx), cond=cond)
+    return exact.numpy()
+
+
 def _inception(ctx: Context) -> dict[str, np.ndarray]:
     from evaluators.images import cleanfid_features, fidelity_features
 
@@ -361,6 +421,16 @@ METRICS: dict[str, Metric] = {
     "fdd": Metric(_fdd, "Frechet digits distance: FID's formula on the 64-D features of the shipped digits CNN, "
                   "against the 1,797 digits (digits models; torch-fidelity custom extractor 'digits-cnn')"),
     "kdd": Metric(_kdd, "kernel digits distance: torch-fidelity's KID on the digits-CNN features", max_bootstraps=100),
+    "is_digits": Metric(_is_digits, "Inception score's formula exp(E_x KL(p(y|x) || p(y))) on the shipped digits "
+                        "CNN's class probabilities, one split over all samples (torch-fidelity's isc); 1..10",
+                        lower_is_better=False),
+    "cond_acc": Metric(_cond_acc, "share of class-conditional samples the digits CNN assigns to their label "
+                       "(the CLIP-score analogue: does the sample follow its condition?); guided samples only",
+                       lower_is_better=False, needs_labels=True),
+    "model_error": Metric(_model_error, "RMSE between the network's converged ODE solution (its high-NFE reference "
+                          "run) and the exact ODE solution of the data's optimal denoiser (option "
+                          "model_error_oracle, default digits-empirical) from the same x_T: the floor under which a "
+                          "better solver no longer shows in sample quality (trained networks of the digits data)"),
     "fid": Metric(_fid, "Frechet Inception distance to reference statistics (option fid_stats) through "
                   "torch-fidelity or clean-fid (clean / legacy_tensorflow)", max_bootstraps=50),
     "is": Metric(_is, "Inception score (torch-fidelity, 10 splits)", lower_is_better=False, max_bootstraps=50),
@@ -395,6 +465,11 @@ def evaluate(
         names = [n for n in names if not METRICS[n].deterministic_only]
         if skipped:
             info["not_applicable"] = skipped
+    if _labels(ctx) is None:  # unconditional samples: no condition to follow
+        skipped = [n for n in names if METRICS[n].needs_labels]
+        names = [n for n in names if not METRICS[n].needs_labels]
+        if skipped:
+            info["not_applicable"] = [*info.get("not_applicable", []), *skipped]
     per_sample = {name: summary for name in names
                   if (summary := per_sample_summary(name, ctx.x, ctx.reference)) is not None}
     if per_sample:
@@ -421,7 +496,7 @@ def evaluate(
         info["fd_target"] = ctx.meta["_cache"]["fd_target"][2]
     if "_fid_reference" in ctx.meta:
         info["fid_reference"] = ctx.meta["_fid_reference"]
-    if any(nm in ("fid", "is", "kid", "fdd", "kdd") for nm in names):
+    if any(nm in ("fid", "is", "kid", "fdd", "kdd", "is_digits", "cond_acc") for nm in names):
         from evaluators.images import QUANTIZATION
 
         info["quantization"] = QUANTIZATION

@@ -61,8 +61,8 @@ def test_evaluate_metrics_and_divergence() -> None:
         evaluate(["rmse_exact"], ref, meta, None)
     with pytest.raises(DpmbenchError, match="invalid metric 'fidd'; allowed: rmse_exact, fd_true, mse_ref"):
         evaluate(["fidd"], ref, meta, None)
-    assert list_metrics() == ["rmse_exact", "fd_true", "mse_ref", "sw2_true", "loglik_true", "fdd", "kdd", "fid",
-                              "is", "kid", "clip_score"]
+    assert list_metrics() == ["rmse_exact", "fd_true", "mse_ref", "sw2_true", "loglik_true", "fdd", "kdd",
+                              "is_digits", "cond_acc", "model_error", "fid", "is", "kid", "clip_score"]
 
 
 def test_fd_true_uses_analytic_target_for_oracles() -> None:
@@ -74,3 +74,42 @@ def test_fd_true_uses_analytic_target_for_oracles() -> None:
     x = rng.multivariate_normal(mu.numpy(), cov.numpy(), size=20000)
     values, _, _ = evaluate(["fd_true"], x, {"model": "gmm-2d", "guidance": None}, None, bootstraps=0)
     assert values["fd_true"] < 2e-3  # only the finite-sample error of the moments
+
+
+def test_is_digits_and_cond_acc_on_real_digits() -> None:
+    """On the digits themselves (labels known): the CNN follows the labels and the class probabilities are confident
+    and balanced, so is_digits is near its maximum 10; unconditional samples skip cond_acc (no label to follow)."""
+    from dpmbench.models.registry import digits_data
+
+    x, y = digits_data()
+    x = x.numpy().reshape(-1, 1, 8, 8).astype(np.float32)[:300]
+    values, ci, info = evaluate(["is_digits", "cond_acc"], x, {"model": "digits-unet", "labels": y.numpy()[:300]},
+                                bootstraps=20)
+    assert values["cond_acc"] == 1.0 and 9.5 < values["is_digits"] <= 10.0
+    assert ci["is_digits"][0] <= values["is_digits"] <= ci["is_digits"][1]
+    shuffled = np.roll(y.numpy()[:300], 1)  # wrong labels: accuracy collapses
+    assert evaluate(["cond_acc"], x, {"model": "digits-unet", "labels": shuffled}, bootstraps=0)[0]["cond_acc"] < 0.2
+    values, _, info = evaluate(["is_digits", "cond_acc"], x, {"model": "digits-unet", "labels": np.zeros(0)},
+                               bootstraps=0)
+    assert "cond_acc" not in values and info["not_applicable"] == ["cond_acc"]
+
+
+def test_model_error_is_the_reference_run_vs_the_exact_oracle_solution() -> None:
+    """model_error: RMSE between the reference run and the exact digits-empirical ODE solution from the same x_T
+    (recomputed from the seed); with the exact solution itself as the 'reference run' it is 0."""
+    import torch
+
+    from dpmbench.models.registry import load_model
+
+    net = load_model("digits-unet")
+    oracle = load_model("digits-empirical", schedule=net.schedule)
+    x_T = oracle.prior(4, seed=0, dtype=torch.float64)
+    exact = oracle.exact_solution(x_T, t_end=1e-3).numpy()
+    meta = {"model": "digits-unet", "seed": 0, "t_end": 1e-3, "labels": np.zeros(0), "guidance": None,
+            "reference_solver": "dpm-solver++:order=3,method=multistep"}
+    values, _, _ = evaluate(["model_error"], exact.astype(np.float32), meta, exact, bootstraps=0)
+    assert values["model_error"] < 1e-12
+    values, _, _ = evaluate(["model_error"], exact, meta, exact + 0.5, bootstraps=0)
+    assert values["model_error"] == pytest.approx(0.5, rel=1e-12)
+    with pytest.raises(DpmbenchError, match="holds exact solutions"):
+        evaluate(["model_error"], exact, {**meta, "reference_solver": "exact"}, exact, bootstraps=0)

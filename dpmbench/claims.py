@@ -1,0 +1,174 @@
+"""The seed papers' claims, checked on a run's results: ``reports/claims.md`` (written by ``dpmbench report``).
+
+Each claim pairs a solver A (the paper's) with a baseline B, in a setting (guidance scales, NFE range), on the
+metric the claim is about: ``path`` claims (ODE-solver accuracy) use the error to the exact ODE solution
+(``rmse_exact``, oracle models) or to the network's high-NFE reference (``mse_ref``, trained networks);
+``quality`` claims use the distance to the data (``fdd`` on digits models with image features, else ``fd_true``,
+``fid``). Every model of the results where both solvers ran in that setting is checked; nothing is hand-written.
+
+Verdict of one (model, guidance, NFE) row, from the 95% bootstrap CIs of the two solvers (paired: the same x_T
+and the same resampling indices): ``holds`` when A is better and the CIs are disjoint, ``fails`` when B is better
+and they are disjoint, ``within noise`` when they overlap. The verdict of a (model, guidance) is ``holds`` /
+``fails`` when that row verdict is the majority and the other never occurs, ``within noise`` when no row
+separates, else ``mixed``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+PATH_METRICS = ("rmse_exact", "mse_ref")
+QUALITY_METRICS = ("fdd", "fd_true", "fid")
+UNIPC = "unipc:variant=bh1,order=2"  # UniPC's official default (bh1, order 2)
+DPMPP_2M = "dpm-solver++:order=2,method=multistep"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim: ``solver`` beats ``baseline`` on a ``kind`` metric in a setting."""
+
+    key: str
+    text: str
+    source: str
+    kind: str  # "path" or "quality"
+    solver: str
+    baseline: str
+    guidance: tuple[str, ...] | None = None  # None: every guidance of the results
+    nfe: tuple[int, int] = (1, 10**9)  # inclusive range
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("time-shift-ddim", "the Time-Shift sampler improves sample quality over its base solver (DDIM), by "
+          "alleviating exposure bias", "Li et al., ICLR 2024, arXiv:2305.15583, Sec. 5 (Tables 1-2, FID)",
+          "quality", "ts-ddim", "ddim", ("none",)),
+    Claim("time-shift-dpm-solver", "the Time-Shift sampler improves sample quality over its base solver "
+          "(DPM-Solver, multistep order 2)", "Li et al., ICLR 2024, arXiv:2305.15583, Sec. 5 (Table 3, FID)",
+          "quality", "ts-dpm-solver", "dpm-solver:order=2,method=multistep", ("none",)),
+    Claim("dpm-solver-v3-vs-2m", "DPM-Solver-v3 (empirical model statistics) is more accurate than "
+          "DPM-Solver++(2M) at NFE 5-10", "Zheng et al., NeurIPS 2023, arXiv:2310.13268v3, Sec. 5 (Tables 1-3, Fig. 4)",
+          "path", "dpm-solver-v3", DPMPP_2M, None, (5, 10)),
+    Claim("dpm-solver-v3-vs-unipc", "DPM-Solver-v3 (empirical model statistics) is more accurate than UniPC at "
+          "NFE 5-10", "Zheng et al., NeurIPS 2023, arXiv:2310.13268v3, Sec. 5 (Tables 1-3, Fig. 4)",
+          "path", "dpm-solver-v3", UNIPC, None, (5, 10)),
+    Claim("dc-solver-vs-unipc-cfg", "DC-Solver (dynamic compensation) is more accurate than UniPC under "
+          "classifier-free guidance 7.5",
+          "Zhao et al., ECCV 2024, arXiv:2409.03755v1, abstract and Sec. 4 (SD, CFG 7.5)",
+          "path", "dc-solver", UNIPC, ("7.5",)),
+    Claim("dpm-solver++-vs-dpm-solver-cfg", "data-prediction DPM-Solver++ is more accurate than noise-prediction "
+          "DPM-Solver under large guidance (7.5)", "Lu et al. 2022, arXiv:2211.01095v2, Sec. 3 (Fig. 1-2)",
+          "path", "dpm-solver++:order=2,method=singlestep", "dpm-solver:order=2", ("7.5",)),
+)
+
+
+def _metric(df: pd.DataFrame, model: str, kind: str) -> str | None:
+    have = set(df.loc[df["model"] == model, "metric"])
+    return next((m for m in (PATH_METRICS if kind == "path" else QUALITY_METRICS) if m in have), None)
+
+
+def _ran_as(g: pd.DataFrame, spec: str) -> str:
+    """The solver string of ``spec`` in these results: itself, or for an option-less name (``dpm-solver-v3``) the one
+    run of it with options of its preparation only (``dpm-solver-v3:ems_samples=64``), if there is exactly one."""
+    solvers = set(g["solver"])
+    if spec in solvers or ":" in spec:
+        return spec
+    runs = [s for s in solvers if s.startswith(spec + ":")]
+    return runs[0] if len(runs) == 1 else spec
+
+
+def _row_verdict(a: Any, b: Any, lower: bool) -> str:
+    """holds / fails / within noise for one pair of result rows (value, ci_low, ci_high)."""
+    if any(isinstance(v, float) and math.isnan(v) for v in (a.value, b.value)):
+        return "fails" if not math.isnan(b.value) else ("holds" if not math.isnan(a.value) else "within noise")
+    better_a = a.value < b.value if lower else a.value > b.value
+    disjoint = a.ci_high < b.ci_low or b.ci_high < a.ci_low
+    if not disjoint or a.value == b.value:
+        return "within noise"
+    return "holds" if better_a else "fails"
+
+
+def summary_verdict(rows: list[str]) -> str:
+    """The verdict of a (model, guidance) from its per-NFE row verdicts (see the module doc)."""
+    h, f = rows.count("holds"), rows.count("fails")
+    if h == 0 and f == 0:
+        return "within noise"
+    if f == 0 and 2 * h >= len(rows):
+        return "holds"
+    if h == 0 and 2 * f >= len(rows):
+        return "fails"
+    return "mixed"
+
+
+def check_claims(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every claim on every model and guidance of the results where both of its solvers ran: per NFE the pair of
+    values with CIs and a row verdict, and the summary verdict."""
+    from evaluators.registry import METRICS
+
+    out = []
+    for claim in CLAIMS:
+        for model in dict.fromkeys(df["model"]):
+            metric = _metric(df, model, claim.kind)
+            if metric is None:
+                continue
+            d = df[(df["model"] == model) & (df["metric"] == metric)]
+            d = d[(d["nfe"] >= claim.nfe[0]) & (d["nfe"] <= claim.nfe[1])]
+            for guidance in dict.fromkeys(d["guidance"]):
+                if claim.guidance is not None and guidance not in claim.guidance:
+                    continue
+                g = d[d["guidance"] == guidance]
+                ran = (_ran_as(g, claim.solver), _ran_as(g, claim.baseline))
+                a = {r.nfe: r for r in g[g["solver"] == ran[0]].itertuples()}
+                b = {r.nfe: r for r in g[g["solver"] == ran[1]].itertuples()}
+                nfes = sorted(set(a) & set(b))
+                if not nfes:
+                    continue
+                lower = metric not in METRICS or METRICS[metric].lower_is_better
+                rows = [(n, a[n], b[n], _row_verdict(a[n], b[n], lower)) for n in nfes]
+                out.append({"claim": claim, "model": model, "guidance": guidance, "metric": metric, "ran": ran,
+                            "n_samples": int(a[nfes[0]].n_samples), "rows": rows,
+                            "verdict": summary_verdict([r[3] for r in rows])})
+    return out
+
+
+def _num(r: Any) -> str:
+    """``value [lo, hi]`` with 4 significant digits (``nan``: a diverged run)."""
+    if math.isnan(r.value):
+        return "nan (diverged)"
+    ci = "" if math.isnan(r.ci_low) or math.isnan(r.ci_high) else f" [{r.ci_low:.4g}, {r.ci_high:.4g}]"
+    return f"{r.value:.4g}{ci}"
+
+
+def claims_markdown(df: pd.DataFrame) -> str:
+    """``claims.md``: per claim its source, then per model and guidance the paired numbers and the verdicts."""
+    results = check_claims(df) if not df.empty else []
+    lines = ["# The seed papers' claims on this run's models", "",
+             "Generated by `dpmbench report` from this run's results (never edited by hand). A row's verdict: "
+             "**holds** (the paper's solver is better and the two 95% bootstrap CIs are disjoint), **fails** (the "
+             "baseline is better, CIs disjoint), **within noise** (the CIs overlap). Both solvers start from the "
+             "same x_T (paired). Path claims use the error to the exact ODE solution (`rmse_exact`, oracle models) "
+             "or to the network's high-NFE reference (`mse_ref`, trained networks); quality claims the distance "
+             "to the data (`fdd` / `fd_true`). See dpmbench/claims.py.", ""]
+    if not results:
+        return "\n".join([*lines, "_No claim applies to these results._", ""])
+    lines += ["| claim | model | guidance | metric | verdict |", "|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['claim'].key} | {r['model']} | {r['guidance']} | {r['metric']} | {r['verdict']} |")
+    lines.append("")
+    for claim in CLAIMS:
+        mine = [r for r in results if r["claim"] is claim]
+        if not mine:
+            continue
+        nfe = "" if claim.nfe == (1, 10**9) else f", NFE {claim.nfe[0]}-{claim.nfe[1]}"
+        guid = "every guidance" if claim.guidance is None else f"guidance {', '.join(claim.guidance)}"
+        lines += [f"## {claim.key}: {claim.text}", "",
+                  f"Source: {claim.source}. Setting: `{claim.solver}` vs `{claim.baseline}`, {guid}{nfe}.", ""]
+        for r in mine:
+            lines += [f"**{r['model']}**, guidance {r['guidance']}, {r['metric']} (n={r['n_samples']}): "
+                      f"**{r['verdict']}**", "",
+                      f"| NFE | {r['ran'][0]} | {r['ran'][1]} | verdict |", "|---|---|---|---|"]
+            lines += [f"| {n} | {_num(a)} | {_num(b)} | {v} |" for n, a, b, v in r["rows"]]
+            lines.append("")
+    return "\n".join(lines)
