@@ -7,6 +7,7 @@ tensor on the same device); everything is computed in float64.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -116,6 +117,20 @@ class NoiseSchedule(ABC):
     def key(self) -> str:
         """A string identifying the schedule and its parameters (for cache keys and reports)."""
         return self.kind
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Everything the schedule's values depend on, exactly (hashable; for in-process caches whose entries
+        must be bit-identical to a fresh computation): the class and every scalar or tensor attribute, a tensor by
+        its dtype, shape and the sha256 of its bytes. ``key()`` is the readable form; it may round."""
+        parts: list[Any] = [type(self).__module__, type(self).__qualname__]
+        for name, value in sorted(vars(self).items()):
+            if isinstance(value, torch.Tensor):
+                data = value.detach().cpu().contiguous()
+                value = (str(data.dtype), tuple(data.shape), hashlib.sha256(data.numpy().tobytes()).hexdigest())
+            elif not isinstance(value, (bool, int, float, str)):
+                continue  # caches (dicts) are derived, not parameters
+            parts.append((name, value))
+        return tuple(parts)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.key()})"

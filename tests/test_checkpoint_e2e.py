@@ -46,7 +46,7 @@ def test_workflow_pulls_samples_and_scores_a_checkpoint_model(server: str, tmp_p
         _Handler.files[f"/org/tiny-ddpm/resolve/rev1/{f['path']}"] = (saved / f["path"]).read_bytes()
     config = {
         "metrics": ["mse_ref"], "nfe": [3, 6], "solvers": ["ddim", "dpm-solver++:order=2,method=multistep"],
-        "samples_per_shard": 2, "seed": 0,
+        "samples_per_shard": 4, "seed": 0,  # one shard per cell: fewer jobs (each a process start)
         "models": {"tiny-ddpm": {"num_samples": 4, "reference_solver": {"solver": "dpm-solver++", "nfe": 40}}},
         "checkpoints": {"tiny-ddpm": {
             "adapter": "diffusers-unet", "source": {"hf": "org/tiny-ddpm", "revision": "rev1"}, "files": files,

@@ -135,6 +135,40 @@ def test_deis_coefficients_integrate_polynomials_exactly(method: str, schedule: 
         assert abs(got - exact) <= 1e-9 * max(1.0, abs(exact)), (method, degree, got, exact)
 
 
+def test_deis_coefficients_are_cached_across_solver_instances(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second sample() call (a new solver object) reuses the plan's coefficients: no quadrature, bit-identical
+    samples; a schedule with other parameters (even one equal in ``key()``) and another method get their own."""
+    from dpmbench.solvers import deis
+
+    monkeypatch.setattr(deis, "_COEFFICIENTS", {})
+    calls: list[tuple] = []
+    real = deis.deis_coefficients
+    monkeypatch.setattr(deis, "deis_coefficients", lambda *a: calls.append(a) or real(*a))
+    m = load_model("gmm-2d-ddpm")
+    x_T = m.prior(16, seed=0, dtype=torch.float64)
+    first = sample(m, "deis:order=3", 8, x_T)
+    fresh = len(calls)
+    assert fresh == 8  # one quadrature per step
+    again = sample(m, "deis:order=3", 8, x_T)
+    assert torch.equal(first, again) and len(calls) == fresh  # cached, bit-identical
+    monkeypatch.setattr(deis, "_COEFFICIENTS", {})
+    assert torch.equal(sample(m, "deis:order=3", 8, x_T), first) and len(calls) == 2 * fresh  # = recomputed
+    sample(m, "deis:order=3,method=rhoab", 8, x_T)
+    assert len(calls) == 3 * fresh
+    # the same kind and key() (N and the rounded sum of log alpha), other values: its own coefficients
+    sch = m.schedule
+    other = VPDiscrete(alphas_cumprod=sch.alphas_cumprod * (1 - 1e-15))
+    assert other.key() == sch.key() and other.fingerprint() != sch.fingerprint()
+    assert VPDiscrete().fingerprint() == VPDiscrete().fingerprint()  # equal parameters, one entry
+    hist = (0.5, 0.6)
+    a = deis.cached_deis_coefficients("tab", sch, hist, 0.5, 0.4)
+    n = len(calls)
+    b = deis.cached_deis_coefficients("tab", other, hist, 0.5, 0.4)
+    assert len(calls) == n + 1  # not served from sch's entry
+    assert a == tuple(real("tab", sch, list(hist), 0.5, 0.4).tolist())
+    assert b == tuple(real("tab", other, list(hist), 0.5, 0.4).tolist())
+
+
 def test_deis_logrho_equals_dpm_solver_multistep_taylor() -> None:
     """Lagrange extrapolation in lambda integrated exactly against e^{-lambda} is DPM-Solver's noise-prediction
     multistep rule with Taylor-consistent coefficients (solver_type=taylor; order3_rule=taylor at order 3)."""

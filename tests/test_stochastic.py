@@ -315,3 +315,20 @@ def test_adaptive_nfe_is_a_cap(exact: tuple) -> None:
     fixed: dict[str, Any] = {}
     sample(model, "ddpm", 7, x_T, stats=fixed)
     assert fixed["nfe_used"] == 7
+
+
+def test_sa_solver_weights_are_memoized_bit_identically() -> None:
+    """The Adams weights of a plan are computed once per process (across steps, calls and solver objects): a run
+    served from the memo equals, bit for bit, a run that computes every weight afresh."""
+    from dpmbench.solvers.sa_solver import adams_weights
+
+    m = load_model("gmm-2d-ddpm")
+    x_T = m.prior(16, seed=0)
+    adams_weights.cache_clear()
+    fresh = sample(m, "sa-solver:predictor_order=3,corrector_order=3", 9, x_T, seed=4)
+    computed = adams_weights.cache_info().misses
+    assert computed > 0
+    again = sample(m, "sa-solver:predictor_order=3,corrector_order=3", 9, x_T, seed=4)
+    info = adams_weights.cache_info()
+    assert info.misses == computed and info.hits >= computed  # nothing recomputed
+    assert torch.equal(fresh, again)

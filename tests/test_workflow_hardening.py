@@ -30,7 +30,7 @@ class NanSolver(SinglestepSolver):
 '''
 CONFIG = {
     "results_dir": "results", "report_dir": "reports", "seed": 0, "t_end": 0.001,
-    "metrics": ["rmse_exact", "fd_true"], "nfe": [3], "samples_per_shard": 6,
+    "metrics": ["rmse_exact", "fd_true"], "nfe": [3], "samples_per_shard": 12,  # one shard (job) per solver
     "solvers": ["ddim", "nan-wf"], "models": {"gmm-2d": {"num_samples": 12}},
 }
 CELL = "results/gmm-2d/gnone/seed0/logsnr"
@@ -63,7 +63,7 @@ def test_workflow_records_divergence_and_recomputes_truncated_files(tmp_path: Pa
     assert "| nan-wf | diverged |" in (wd / "reports/leaderboard.md").read_text()
 
     # a copy or job killed half-way: a truncated shard, metrics file and reference
-    shard, metrics, ref = (wd / f"{CELL}/ddim/nfe3/6-12.npz", wd / f"{CELL}/ddim/nfe3.json",
+    shard, metrics, ref = (wd / f"{CELL}/ddim/nfe3/0-12.npz", wd / f"{CELL}/ddim/nfe3.json",
                            wd / "results/gmm-2d/gnone/seed0/reference.npz")
     for p in (shard, metrics, ref):
         data = p.read_bytes()

@@ -39,6 +39,7 @@ PLUGIN = textwrap.dedent('''
 def test_named_search_and_prepare_are_dag_outputs(tmp_path: Path) -> None:
     (tmp_path / "toy_plugin.py").write_text(PLUGIN)
     config = {**TINY, "solvers": ["ddim", "prepared-ddim"], "schedules": ["logsnr", "searched:quad"],
+              "samples_per_shard": TINY["models"]["gmm-2d"]["num_samples"],  # one shard (job) per cell
               "searches": {"quad": {"search": "toy-power", "model": "gmm-2d", "nfe": [3, 5], "set": "p=2"}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = _env(tmp_path)
@@ -66,7 +67,8 @@ def test_named_search_and_prepare_are_dag_outputs(tmp_path: Path) -> None:
     assert all(by[(s, n, m, "prepared-ddim")] == v for (s, n, m, k), v in by.items() if k == "ddim")
     # the searched grid differs from logsnr, so the results do too
     assert by[("searched:quad", "5", "rmse_exact", "ddim")] != by[("logsnr", "5", "rmse_exact", "ddim")]
-    assert "Nothing to be done" in run("-n").stdout + run("-n").stderr
+    dry = run("-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
     # a prepare job on a searched schedule waits for that search (a scheduler may start it first otherwise)
     plan = run("-n", "--forceall").stdout
     block = next(b for b in plan.split("rule ") if b.startswith("prepare:") and "searched__quad" in b)

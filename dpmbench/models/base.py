@@ -89,6 +89,8 @@ def prior_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0, strea
         hi = min(start + n, (block + 1) * size) - block * size
         rows = hi if _prefix_is_exact(hi * numel, size * numel) else size  # draw only what is needed
         z = torch.randn((rows, *shape), generator=gen, dtype=torch.float64)
+        if first == last and lo == 0 and rows == n:  # one block, drawn exactly: no copy (batch 1 per step)
+            return z
         out[pos : pos + hi - lo] = z[lo:hi]
         pos += hi - lo
     return out

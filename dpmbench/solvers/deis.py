@@ -36,7 +36,7 @@ lowered to the steps left when there are fewer than 15 steps).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from dpmbench.solvers.base import History, MultistepSolver, Option, Plan, Point,
 
 GL_NODES = 8
 GL_PANELS = 4
+COEFFICIENT_CACHE_SIZE = 4096  # entries (one per step of a plan); cleared when full
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(GL_NODES)
 
 
@@ -125,6 +126,24 @@ def deis_coefficients(method: str, schedule: NoiseSchedule, hist_t: list[float],
     return (boundary[:, 1] - boundary[:, 0]) - sign * integral
 
 
+_COEFFICIENTS: dict[tuple[Any, ...], tuple[float, ...]] = {}
+
+
+def cached_deis_coefficients(method: str, schedule: NoiseSchedule, hist_t: tuple[float, ...], t_from: float,
+                             t_to: float, schedule_id: tuple[Any, ...] | None = None) -> tuple[float, ...]:
+    """``deis_coefficients`` memoized in the process, across solver instances and ``sample()`` calls: keyed by
+    everything they depend on (method, the schedule's exact ``fingerprint()``, the history times and the step's
+    ends, as exact floats), so a hit is bit-identical to a fresh computation. ``schedule_id`` passes a fingerprint
+    already computed."""
+    key = (method, schedule.fingerprint() if schedule_id is None else schedule_id, hist_t, t_from, t_to)
+    coef = _COEFFICIENTS.get(key)
+    if coef is None:
+        if len(_COEFFICIENTS) >= COEFFICIENT_CACHE_SIZE:
+            _COEFFICIENTS.clear()
+        coef = _COEFFICIENTS[key] = tuple(deis_coefficients(method, schedule, list(hist_t), t_from, t_to).tolist())
+    return coef
+
+
 @register
 class DEIS(MultistepSolver):
     """DEIS multistep exponential integrator (tAB, rhoAB, or diffusers' log-rho variant)."""
@@ -152,20 +171,16 @@ class DEIS(MultistepSolver):
         return 1  # fewer steps than the order: every step stays in the warm-up (official get_ab_eps_coef recursion)
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
-        self._schedule = model.schedule
+        self._schedule, self._schedule_id = model.schedule, model.schedule.fingerprint()
         return super().solve(model, x, plan)
 
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
         s = hist[-1].point
         recs = [hist[-1 - j] for j in range(order)]  # newest first: eps at t_i, t_{i+1}, ...
-        key = (self.method, self._schedule, tuple(r.point.t for r in recs), s.t, t.t)
-        cache = self.__dict__.setdefault("_coefficients", {})  # the same steps again (next batch, shard): reuse
-        if key not in cache:
-            if len(cache) > 4096:
-                cache.clear()
-            cache[key] = deis_coefficients(self.method, self._schedule, list(key[2]), s.t, t.t)
-        coef = cache[key]
+        # the same plan again (next batch, shard, sample() call, solver instance): coefficients reused
+        coef = cached_deis_coefficients(self.method, self._schedule, tuple(r.point.t for r in recs), s.t, t.t,
+                                        self._schedule_id)
         y = x / s.alpha  # x / alpha: the exponential integrator's variable (Psi-scaled state)
-        for c, r in zip(coef.tolist(), recs, strict=True):
+        for c, r in zip(coef, recs, strict=True):
             y = y + c * r.out  # x_{t_{i-1}} / alpha = x_{t_i} / alpha + sum_j C_ij eps_{i+j}
         return t.alpha * y

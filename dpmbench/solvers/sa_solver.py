@@ -28,6 +28,7 @@ lower_order_final always on (orders <= steps left, whatever the number of steps)
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -64,6 +65,19 @@ def lagrange_weights(nodes: list[float], h: float, c: float) -> list[float]:
         deg = len(coef) - 1  # coef[i] multiplies u^(deg - i)
         out.append(sum(float(coef[i]) * h ** (deg - i + 1) * exp_poly_moment(deg - i, c * h) for i in range(deg + 1)))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def adams_weights(nodes: tuple[float, ...], h: float, c: float, alpha_t: float,
+                  order2_shift: float) -> tuple[float, ...]:
+    """b_j of eq. (10): c alpha_t int_0^h e^{-c u} l_j(u) du on the Lagrange ``nodes`` (u = lambda_t - lambda_j),
+    with the official order-2 rule when there are two nodes. A pure function of floats of the plan, memoized in
+    the process (across steps, batches and solver instances): a hit is the same floats as a fresh computation."""
+    b = [c * alpha_t * w for w in lagrange_weights(list(nodes), h, c)]
+    if len(nodes) == 2:  # official order-2 rule: int_0^h e^{-cu} (h - u) du -> h^2 / 2 on (x0_0 - x0_1) / shift
+        delta = c * alpha_t * (h * h / 2 - (math.expm1(-c * h) + c * h) / c**2) / order2_shift
+        b[0], b[1] = b[0] + delta, b[1] - delta
+    return tuple(b)
 
 
 @register
@@ -127,10 +141,7 @@ class SASolver(MultistepSolver):
         with x0 the Lagrange polynomial through (lams, outs); ``order2_shift`` is the divided-difference step of the
         order-2 modification (lambda_0 - lambda_1)."""
         h, c = t.lam - s.lam, 1.0 + tau * tau
-        b = [c * t.alpha * w for w in lagrange_weights([t.lam - lam for lam in lams], h, c)]
-        if len(lams) == 2:  # official order-2 rule: int_0^h e^{-cu} (h - u) du -> h^2 / 2 on (x0_0 - x0_1) / shift
-            delta = c * t.alpha * (h * h / 2 - (math.expm1(-c * h) + c * h) / c**2) / order2_shift
-            b[0], b[1] = b[0] + delta, b[1] - delta
+        b = adams_weights(tuple(t.lam - lam for lam in lams), h, c, t.alpha, order2_shift)
         x_t = math.exp(-tau * tau * h) * (t.sigma / s.sigma) * x
         for bj, m in zip(b, outs, strict=True):
             x_t = x_t + bj * m
