@@ -183,7 +183,9 @@ def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> 
         rows: list[tuple[str, np.ndarray]] = []
         ref = next(iter(by_nfe[nfe].values())).parents[3] / "reference.npz"
         if ref.is_file() and verify_npz(ref):
-            rows.append(("exact", load_npz(ref)["x"][:columns]))
+            f = load_npz(ref)  # exact ODE solutions, or a trained network's high-NFE solver run (reference_solver)
+            label = f"reference: {f['solver'].item()} NFE {int(f['nfe'])}" if "solver" in f else "exact"
+            rows.append((label, f["x"][:columns]))
         for solver, path in by_nfe[nfe].items():
             rows.append((solver, load_npz(path)["x"][:columns]))
         ncol = max(len(x) for _, x in rows)
