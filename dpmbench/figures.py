@@ -144,6 +144,10 @@ def _spread_panels(ax_med: Any, ax_share: Any, g: pd.DataFrame, ranking: list[st
         if share.notna().any():
             ax_share.plot(s["nfe"][share.notna()], 100 * share[share.notna()], **kw)
     _axes(ax_med, g, "log" if any_median else "linear", "per-sample median")
+    if not any_median:  # a distributional metric (fd_true, fdd, ...): one value per set, no per-sample median
+        ax_med.axis("off")
+        ax_med.text(0.5, 0.5, "no per-sample median:\na distributional metric", ha="center", va="center",
+                    transform=ax_med.transAxes, fontsize=8, color="0.4")
     _axes(ax_share, g, "linear", "% samples diverged")
     ax_share.set_ylim(-2, 102)
 
@@ -155,7 +159,8 @@ def _npz_meta(path: Path) -> dict[str, Any]:
 
 def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> dict[tuple[str, ...], Path]:
     """For image models (samples shaped N x C x H x W, C in 1, 3): a grid of the first samples of every solver at the
-    smallest NFE, first row the exact solutions, per (model, guidance, seed, schedule)."""
+    smallest NFE, first row the reference (exact ODE solutions, or a trained network's high-NFE solver run), per
+    (model, guidance, seed, schedule)."""
     groups: dict[tuple[str, ...], dict[int, dict[str, Path]]] = {}
     image: dict[str, bool] = {}
     for path in sorted(Path(results_dir).rglob("nfe*/0-*.npz")):

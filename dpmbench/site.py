@@ -310,7 +310,8 @@ def model_page(model: str, df: pd.DataFrame, figures: dict[tuple[Any, ...], Path
         for k, p in my_grids:
             body.append(f"<figure><img src=\"figures/{_e(p.name)}\" alt=\"samples of {_e(model)}\">"
                         f"<figcaption>First samples of every solver at the smallest NFE (guidance {_e(k[1])}, seed "
-                        f"{_e(k[2])}, schedule {_e(k[3])}); top row: the exact ODE solutions from the same x_T."
+                        f"{_e(k[2])}, schedule {_e(k[3])}); top row: the reference from the same x_T (the exact ODE "
+                        "solutions, or a trained network's high-NFE solver run, as labelled)."
                         "</figcaption></figure>")
     for skey, tables in sections.items():
         _, guidance, schedule, seed, label = skey
