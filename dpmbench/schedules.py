@@ -106,11 +106,15 @@ class NoiseSchedule(ABC):
         with the scalar methods' cache. The first value computed for a time wins, so within a process a time
         always maps to the same floats, whichever path asked first."""
         t = t.to(torch.float64)
-        fresh = zip(self.lambda_(t).tolist(), self.alpha(t).tolist(), self.sigma(t).tolist(), strict=True)
         cache = self.__dict__.setdefault("_scalar_cache", {})
+        times = t.tolist()
+        names = ("lambda_", "alpha", "sigma")
+        if all((name, ti) in cache for ti in times for name in names):  # the same grid again: no tensor work
+            return tuple([cache[(name, ti)] for ti in times] for name in names)  # type: ignore[return-value]
+        fresh = zip(self.lambda_(t).tolist(), self.alpha(t).tolist(), self.sigma(t).tolist(), strict=True)
         out: list[list[float]] = [[], [], []]
-        for ti, new in zip(t.tolist(), fresh, strict=True):
-            for k, (name, v) in enumerate(zip(("lambda_", "alpha", "sigma"), new, strict=True)):
+        for ti, new in zip(times, fresh, strict=True):
+            for k, (name, v) in enumerate(zip(names, new, strict=True)):
                 out[k].append(cache.setdefault((name, ti), v))
         return out[0], out[1], out[2]
 

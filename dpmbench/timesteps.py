@@ -18,6 +18,7 @@ from dpmbench.spacing import PREFIX as DIFFUSERS
 from dpmbench.spacing import diffusers_grid
 
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 and Table 1
+GRID_CACHE_SIZE = 1024  # time grids memoized per noise-schedule instance (cleared when full)
 
 
 def _time_uniform(steps: int, sch: NoiseSchedule, t0: float, t1: float) -> torch.Tensor:
@@ -155,6 +156,16 @@ def timesteps(
         raise DpmbenchError(f"invalid steps {steps}: must be >= 1")
     if (kind in ("logsnr", "karras") or kind.startswith("ays")) and not math.isfinite(schedule.lambda_(t0)):
         raise DpmbenchError(f"invalid t_start {t0} for schedule {kind}: log-SNR is infinite there")
-    t = TIMESTEP_SCHEDULES[kind](steps, schedule, t0, t1)
-    t[0], t[-1] = t0, t1
-    return t
+    # A grid is a pure function of the schedule (whose parameters are fixed once built; its scalar values are
+    # memoized on the instance the same way) and of (kind, steps, t0, t1): computed once per instance, so that a
+    # plan built again (the next batch, shard or sample() call) costs no tensor work. A copy is returned.
+    cache = schedule.__dict__.setdefault("_grid_cache", {})
+    key = (kind, steps, t0, t1)
+    t = cache.get(key)
+    if t is None:
+        if len(cache) >= GRID_CACHE_SIZE:
+            cache.clear()
+        t = TIMESTEP_SCHEDULES[kind](steps, schedule, t0, t1)
+        t[0], t[-1] = t0, t1
+        cache[key] = t
+    return t.clone()

@@ -8,6 +8,7 @@ wrapper (``NFECounter``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from abc import ABC, abstractmethod
@@ -64,6 +65,7 @@ def convert_prediction(
     raise bad_value("parameterization", dst, ("eps", "x0"))
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _block_seed(seed: int, stream: int, block: int) -> int:
     h = hashlib.sha256(f"dpmbench-noise:{int(seed)}:{int(stream)}:{int(block)}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
@@ -80,20 +82,22 @@ def prior_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0, strea
         raise DpmbenchError(f"invalid num_samples {n} / start {start}: must be >= 0")
     numel = max(1, math.prod(shape))
     size = max(1, min(PRIOR_BLOCK, BLOCK_NUMEL // numel))
-    out = torch.empty((n, *shape), dtype=torch.float64)
     first, last = start // size, (start + n - 1) // size
+    out: torch.Tensor | None = None  # allocated only when several blocks (or part of one) are copied into it
     pos = 0
     for block in range(first, last + 1) if n else ():
-        gen = torch.Generator().manual_seed(_block_seed(seed, stream, block))
+        gen = torch.Generator().manual_seed(_block_seed(int(seed), int(stream), block))
         lo = max(start, block * size) - block * size
         hi = min(start + n, (block + 1) * size) - block * size
         rows = hi if _prefix_is_exact(hi * numel, size * numel) else size  # draw only what is needed
         z = torch.randn((rows, *shape), generator=gen, dtype=torch.float64)
         if first == last and lo == 0 and rows == n:  # one block, drawn exactly: no copy (batch 1 per step)
             return z
+        if out is None:
+            out = torch.empty((n, *shape), dtype=torch.float64)
         out[pos : pos + hi - lo] = z[lo:hi]
         pos += hi - lo
-    return out
+    return torch.empty((0, *shape), dtype=torch.float64) if out is None else out
 
 
 _PREFIX_OK: list[bool] = []

@@ -48,6 +48,7 @@ Conventions checked against the official code and diffusers (tests/test_unipc.py
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -60,6 +61,7 @@ from dpmbench.errors import bad_value
 from dpmbench.solvers.base import History, MultistepSolver, Option, Point, register
 
 VARIANTS = ("bh1", "bh2")
+RHO_CACHE_SIZE = 4096  # entries: one per (step, predictor or corrector) of the plans seen in the process
 
 
 def b_of_h(variant: str, hh: float) -> float:
@@ -94,16 +96,23 @@ def unipc_rhos(rks: Sequence[float], hh: float, variant: str, corrector: bool) -
 
     Solves ``sum_k r_k^i rho_k = g_{i+1} / B(hh)`` for i = 0..K-1 (Theorem 3.1; R[i][k] = r_k^i), except for
     the official code's two simplified cases: UniP-2 (one earlier point) and UniC-1 (only the new point) use
-    rho = 1/2.
+    rho = 1/2. The result is a pure function of the exact floats given (not of x), memoized per process
+    (``cached_rhos``): a plan's steps ask for the same systems on every ``sample()`` call and solver instance.
     """
+    return list(cached_rhos(tuple(float(r) for r in rks), float(hh), variant))
+
+
+@functools.lru_cache(maxsize=RHO_CACHE_SIZE)
+def cached_rhos(rks: tuple[float, ...], hh: float, variant: str) -> tuple[float, ...]:
+    """``unipc_rhos`` on exact floats, memoized: a hit returns the very floats a fresh solve gives."""
     k = len(rks)
     if k == 0:
-        return []
+        return ()
     if k == 1:  # UniP-2 (one earlier point) / UniC-1 (only the new point): the official "simplified version"
-        return [0.5]
-    big_r = np.array([[float(r) ** i for r in rks] for i in range(k)], dtype=np.float64)
+        return (0.5,)
+    big_r = np.array([[r**i for r in rks] for i in range(k)], dtype=np.float64)
     g = np.array(phi_terms(hh, k), dtype=np.float64) / b_of_h(variant, hh)
-    return [float(v) for v in np.linalg.solve(big_r, g)]
+    return tuple(float(v) for v in np.linalg.solve(big_r, g))
 
 
 def unified_update(x: torch.Tensor, hist: History, t: Point, order: int, prediction: str, variant: str,
@@ -127,13 +136,19 @@ def unified_update(x: torch.Tensor, hist: History, t: Point, order: int, predict
         diffs.append(new_out - m0)
     hh = -h if prediction == "x0" else h
     b_h = b_of_h(variant, hh)
-    rhos = unipc_rhos(rks, hh, variant, corrector=new_out is not None)
-    res = sum((rho * d for rho, d in zip(rhos, diffs, strict=True)), torch.zeros_like(x))
+    rhos = cached_rhos(tuple(rks), hh, variant)  # a function of the plan only: memoized across calls
     # UniP-p (Sec. 3.2; D_k over the p - 1 earlier points) / UniC-p (Sec. 3.1, Theorem 3.1; plus D at t itself):
     if prediction == "x0":  # data-prediction form: x_t = (s_t/s_s0) x - a_t (e^-h - 1) m_0 - a_t B(-h) sum rho_k D_k
-        return (t.sigma / s0.sigma) * x - t.alpha * math.expm1(hh) * m0 - t.alpha * b_h * res
-    # noise-prediction form (the paper's main text): x_t = (a_t/a_s0) x - s_t (e^h - 1) m_0 - s_t B(h) sum rho_k D_k
-    return (t.alpha / s0.alpha) * x - t.sigma * math.expm1(hh) * m0 - t.sigma * b_h * res
+        c_x, c_m = t.sigma / s0.sigma, t.alpha
+    else:  # noise-prediction form (paper main text): x_t = (a_t/a_s0) x - s_t (e^h - 1) m_0 - s_t B(h) sum rho_k D_k
+        c_x, c_m = t.alpha / s0.alpha, t.sigma
+    x_t = c_x * x - c_m * math.expm1(hh) * m0
+    if not diffs:  # UniP-1: the sum is empty (subtracting its zeros changes no value)
+        return x_t
+    res = rhos[0] * diffs[0]  # sum_k rho_k D_k, accumulated in order
+    for rho, d in zip(rhos[1:], diffs[1:], strict=True):
+        res = res + rho * d
+    return x_t - c_m * b_h * res
 
 
 def unic_correct(x_prev: torch.Tensor, hist: History, t: Point, out: torch.Tensor, order: int, prediction: str,
