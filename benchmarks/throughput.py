@@ -9,8 +9,12 @@ For each solver and NFE budget:
 - ``floor``: NFE x the network's forward time measured on its own (median), the least any sampler can take;
 - ``ratio``: time / floor (target for the UNet: <= 1.05); ``overhead``: (time - model) / time.
 
+``--clock cpu`` measures every one of these times as this process's CPU time (``time.process_time``) instead of
+wall time: on a shared machine the time a process waits for a core lands in wall time at random (inside or
+outside the network), CPU time leaves it out, so the overhead share stays readable under load.
+
     PYTHONPATH=. python benchmarks/throughput.py [--nfe 10] [--repeats 3] [--unet-batch-256-repeats 1]
-        [--skip-unet-256]
+        [--skip-unet-256] [--skip-cheap] [--clock wall|cpu] [--solvers SPEC;SPEC;...]
 
 CPU, 1 torch thread. Prints markdown tables (copied into benchmarks/RESULTS.md with the machine and date).
 """
@@ -34,6 +38,8 @@ SOLVERS = ["ddim", "euler", "heun", "dpm-solver:order=3", "dpm-solver++:order=2"
            "unipc:variant=bh2,order=3", "deis:order=3", "ipndm", "pndm:warmup=pie", "ddpm", "dpm-solver++:sde=true",
            "sa-solver"]
 UNET_256_SOLVERS = ["ddim", "dpm-solver++:order=2", "unipc:variant=bh2,order=3", "sa-solver"]
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # set by --clock
 
 
 class Timed(Model):
@@ -45,9 +51,9 @@ class Timed(Model):
         self.name, self.net, self.schedule, self.spent = name, net, VPDiscrete(), 0.0
 
     def forward(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
-        t0 = time.perf_counter()
+        t0 = clock()
         out = self.net(x, float(t))
-        self.spent += time.perf_counter() - t0
+        self.spent += clock() - t0
         return out
 
 
@@ -77,9 +83,9 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -89,9 +95,9 @@ def measure(model: Timed, spec: str, nfe: int, x: torch.Tensor, repeats: int) ->
     sample(model, spec, nfe, x)  # warm-up
     for _ in range(repeats):
         model.spent = 0.0
-        t0 = time.perf_counter()
+        t0 = clock()
         sample(model, spec, nfe, x)
-        runs.append((time.perf_counter() - t0, model.spent))
+        runs.append((clock() - t0, model.spent))
     runs.sort()
     return runs[len(runs) // 2]
 
@@ -121,14 +127,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--unet-batch-256-repeats", type=int, default=1)
     ap.add_argument("--skip-unet-256", action="store_true")
+    ap.add_argument("--skip-cheap", action="store_true", help="only the small UNet's tables")
+    ap.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                    help="wall time, or this process's CPU time (robust to a shared machine's load)")
+    ap.add_argument("--solvers", default=None, help="solver specs separated by ';' (default: the list above)")
     args = ap.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
+    solvers = args.solvers.split(";") if args.solvers else SOLVERS
     torch.set_num_threads(1)
     out = [f"NFE {args.nfe}, CPU, 1 torch thread, float32, logSNR steps; median of {args.repeats} runs "
-           f"(UNet at batch 256: {args.unet_batch_256_repeats})."]
-    for batch in (1, 256):
-        out += table("cheap model (eps = 0.1 x)", cheap_net, batch, SOLVERS, args.nfe, max(args.repeats, 5))
+           f"(UNet at batch 256: {args.unet_batch_256_repeats}); times are {args.clock} times."]
+    if not args.skip_cheap:
+        for batch in (1, 256):
+            out += table("cheap model (eps = 0.1 x)", cheap_net, batch, solvers, args.nfe, max(args.repeats, 5))
     unet = small_unet()
-    out += table("small UNet", unet, 1, SOLVERS, args.nfe, args.repeats)
+    out += table("small UNet", unet, 1, solvers, args.nfe, args.repeats)
     if not args.skip_unet_256:
         out += table("small UNet", unet, 256, UNET_256_SOLVERS, args.nfe, args.unet_batch_256_repeats)
     print("\n".join(out))
