@@ -197,35 +197,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- commands --------------------------------------------------------------------------------------------
-def _option_line(key: str, opt: Any) -> str:
-    """One option of ``dpmbench list solvers|searches``: ``key=default  [allowed]  doc``."""
-    default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
-    return f"    {key}={default}  [{opt.describe()}]  {opt.doc}"
+def _option_line(opt: dict[str, str]) -> str:
+    """One option of ``dpmbench list solvers|searches``: ``key=default  [allowed]  doc`` (a catalogue record)."""
+    return f"    {opt['key']}={opt['default']}  [{opt['allowed']}]  {opt['doc']}"
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    # each listing imports only what it needs (``list metrics`` starts without torch)
-    if args.what == "solvers":
-        from dpmbench.solvers.base import COMMON_OPTIONS, SOLVERS, list_solvers
+    # each listing imports only what it needs: what the built-in registries describe comes from the catalogue
+    # (dpmbench/catalogue.json, no torch); what depends on this machine (files present, saved artifacts) is read here
+    from dpmbench import catalogue
 
+    if args.what == "solvers":
+        cat = catalogue.section("solvers")
         print("options every solver accepts (NAME:key=value):")
-        for key, opt in COMMON_OPTIONS.items():
-            print(_option_line(key, opt))
-        for name in list_solvers():
-            cls = SOLVERS[name]
-            print(f"{name}: {cls.summary}")
-            print(f"    source: {cls.source}")
-            for key, opt in cls.options.items():
-                if COMMON_OPTIONS.get(key) is not opt:  # a solver's own options (or its own default of a common one)
-                    print(_option_line(key, opt))
+        for opt in cat["common_options"]:
+            print(_option_line(opt))
+        for fam in cat["families"]:
+            print(f"{fam['name']}: {fam['summary']}")
+            print(f"    source: {fam['source']}")
+            for opt in fam["options"]:  # a solver's own options (or its own default of a common one)
+                print(_option_line(opt))
     elif args.what == "models":
         from dpmbench.checkpoints import checkpoint_dir, load_manifest
-        from dpmbench.models.registry import ORACLES, load_model
 
-        for name in ORACLES:
-            m = load_model(name)
-            cond = f", {m.num_classes} classes" if m.num_classes else ""
-            print(f"{name}: oracle, shape {tuple(m.shape)}{cond}; {getattr(m, 'description', '')}")
+        for m in catalogue.section("models")["oracles"]:
+            cond = f", {m['num_classes']} classes" if m["num_classes"] else ""
+            print(f"{m['name']}: oracle, shape {tuple(m['shape'])}{cond}; {m['description']}")
         for name, e in load_manifest().items():
             src = (e.source.get("hf") or e.source.get("url")
                    or (f"shipped in {e.source['local']}" if "local" in e.source else "manual download"))
@@ -246,21 +243,18 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"{name}: {metric.doc}")
     elif args.what == "searches":
         from dpmbench.artifacts import list_named
-        from dpmbench.search import SEARCHES, list_searches
 
-        for name in list_searches():
-            srch = SEARCHES[name]
-            print(f"{name}: {srch.summary} (produces {srch.produces})")
-            print(f"    source: {srch.source}")
-            for key, opt in srch.options.items():
-                print(_option_line(key, opt))
+        for srch in catalogue.section("searches")["searches"]:
+            print(f"{srch['name']}: {srch['summary']} (produces {srch['produces']})")
+            print(f"    source: {srch['source']}")
+            for opt in srch["options"]:
+                print(_option_line(opt))
         for name, kind in list_named().items():
             print(f"saved {kind}: {name}")
     else:
         from dpmbench.artifacts import list_named
-        from dpmbench.timesteps import ALL_KINDS
 
-        for name in ALL_KINDS:
+        for name in catalogue.section("schedules")["kinds"]:
             print(name)
         for name, kind in list_named().items():
             if kind == "timesteps":
