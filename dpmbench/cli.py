@@ -202,13 +202,18 @@ def _option_line(opt: dict[str, str]) -> str:
     return f"    {opt['key']}={opt['default']}  [{opt['allowed']}]  {opt['doc']}"
 
 
+def _described(section: str) -> dict[str, Any]:
+    """What the built-in registries describe for ``dpmbench list SECTION`` (``dpmbench.catalogue``)."""
+    from dpmbench.catalogue import section as catalogue_section
+
+    return catalogue_section(section)
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     # each listing imports only what it needs: what the built-in registries describe comes from the catalogue
     # (dpmbench/catalogue.json, no torch); what depends on this machine (files present, saved artifacts) is read here
-    from dpmbench import catalogue
-
     if args.what == "solvers":
-        cat = catalogue.section("solvers")
+        cat = _described("solvers")
         print("options every solver accepts (NAME:key=value):")
         for opt in cat["common_options"]:
             print(_option_line(opt))
@@ -220,7 +225,7 @@ def cmd_list(args: argparse.Namespace) -> None:
     elif args.what == "models":
         from dpmbench.checkpoints import checkpoint_dir, load_manifest
 
-        for m in catalogue.section("models")["oracles"]:
+        for m in _described("models")["oracles"]:
             cond = f", {m['num_classes']} classes" if m["num_classes"] else ""
             print(f"{m['name']}: oracle, shape {tuple(m['shape'])}{cond}; {m['description']}")
         for name, e in load_manifest().items():
@@ -244,7 +249,7 @@ def cmd_list(args: argparse.Namespace) -> None:
     elif args.what == "searches":
         from dpmbench.artifacts import list_named
 
-        for srch in catalogue.section("searches")["searches"]:
+        for srch in _described("searches")["searches"]:
             print(f"{srch['name']}: {srch['summary']} (produces {srch['produces']})")
             print(f"    source: {srch['source']}")
             for opt in srch["options"]:
@@ -254,7 +259,7 @@ def cmd_list(args: argparse.Namespace) -> None:
     else:
         from dpmbench.artifacts import list_named
 
-        for name in catalogue.section("schedules")["kinds"]:
+        for name in _described("schedules")["kinds"]:
             print(name)
         for name, kind in list_named().items():
             if kind == "timesteps":
