@@ -13,17 +13,25 @@ from pathlib import Path
 import pytest
 
 from dpmbench import catalogue
-from dpmbench.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
 REGENERATE = "dpmbench/catalogue.json is stale: run `python -m dpmbench.catalogue` and commit the file"
 
 
-def test_catalogue_file_equals_the_live_registries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(catalogue.PLUGINS_ENV, raising=False)
-    assert not catalogue.plugins_present()  # the test environment has no solver plugins installed
-    assert json.loads(catalogue.PATH.read_text(encoding="utf-8")) == catalogue.live(), REGENERATE
-    assert catalogue.PATH.read_text(encoding="utf-8") == catalogue.render(), REGENERATE  # formatting too
-    assert catalogue.main(["--check"]) == 0  # the module's own check agrees
+def _fresh_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a fresh process as a user starts it: no plugins, no saved artifacts. (The registries are
+    compared in a fresh interpreter: in the test session other tests register toy solvers and searches, and import
+    search modules in another order.)"""
+    env = {k: v for k, v in os.environ.items() if k != catalogue.PLUGINS_ENV}
+    env["DPMBENCH_CACHE"] = str(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_catalogue_file_equals_the_live_registries(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "dpmbench.catalogue", "--check"], capture_output=True, text=True,
+                          env=_fresh_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, f"{REGENERATE}\n{proc.stderr}"
 
 
 def test_plugin_settings_match_the_plugin_loader() -> None:
@@ -67,17 +75,31 @@ def _listing_from_the_registries(what: str) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-@pytest.mark.parametrize("what", ["solvers", "models", "schedules", "searches"])
-def test_listing_prints_what_the_live_registries_print(what: str, capsys: pytest.CaptureFixture[str],
-                                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(catalogue.PLUGINS_ENV, raising=False)
-    monkeypatch.setenv("DPMBENCH_CACHE", str(tmp_path))  # no saved artifacts
-    assert main(["list", what]) == 0
-    from_file = capsys.readouterr().out
-    assert from_file.startswith(_listing_from_the_registries(what))
-    monkeypatch.setattr(catalogue, "plugins_present", lambda: True)  # forces the live registries
-    assert main(["list", what]) == 0
-    assert capsys.readouterr().out == from_file
+def test_listings_print_what_the_live_registries_print(tmp_path: Path) -> None:
+    """In a fresh process: each listing from the file, the same listing from the live registries, and what the
+    listing printed before the catalogue existed are the same text."""
+    code = ("import json, sys\n"
+            "from dpmbench import catalogue\n"
+            "from dpmbench.cli import main\n"
+            "from test_catalogue import _listing_from_the_registries\n"
+            "def run(what):\n"
+            "    import contextlib, io\n"
+            "    buf = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(buf):\n"
+            "        assert main(['list', what]) == 0\n"
+            "    return buf.getvalue()\n"
+            "whats = ('solvers', 'models', 'schedules', 'searches')\n"
+            "from_file = {w: run(w) for w in whats}\n"
+            "assert 'torch' not in sys.modules\n"
+            "catalogue.plugins_present = lambda: True  # forces the live registries\n"
+            "out = {w: [from_file[w], run(w), _listing_from_the_registries(w)] for w in whats}\n"
+            "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_fresh_env(tmp_path),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for what, (from_file, live, before) in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+        assert from_file == live, what
+        assert from_file.startswith(before) and len(from_file.splitlines()) >= 3, what  # + machine-dependent lines
 
 
 def test_listings_start_without_torch(tmp_path: Path) -> None:
@@ -88,9 +110,8 @@ def test_listings_start_without_torch(tmp_path: Path) -> None:
             "    assert main(['list', w]) == 0\n"
             "heavy = [m for m in ('torch', 'sklearn', 'dpmbench.solvers', 'dpmbench.models') if m in sys.modules]\n"
             "print('HEAVY', heavy)\n")
-    env = {k: v for k, v in os.environ.items() if k != catalogue.PLUGINS_ENV}
-    env["DPMBENCH_CACHE"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_fresh_env(tmp_path),
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "HEAVY []"
 
