@@ -123,6 +123,22 @@ def test_no_number_is_listed_twice() -> None:
         seen[key] = part
 
 
+def test_no_row_of_one_model_is_copied_onto_another() -> None:
+    """A table row (one solver, four or more NFEs) whose published values repeat, digit for digit, a row published for a
+    different model is a transcription slip (two checkpoints do not share a whole row of FIDs): each row is read from
+    its own table."""
+    rows: dict[tuple[str, str, str, str], list[tuple[int, str]]] = {}
+    for name, _part, e in _all_rows():
+        rows.setdefault((name, str(e["table"]), e["model"], e["solver"]), []).append((e["nfe"], e["printed"]))
+    seen: dict[tuple[str, tuple[tuple[int, str], ...]], tuple[str, str, str, str]] = {}
+    for key, cells in rows.items():
+        if len(cells) < 4:
+            continue
+        values = (key[0], tuple(sorted(cells)))
+        other = seen.setdefault(values, key)
+        assert other[2] == key[2], f"{key} repeats the values of {other}"
+
+
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.name)
 def test_paper_configs_validate(path: Path) -> None:
     grid = build_grid(yaml.safe_load(path.read_text()))
