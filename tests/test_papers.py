@@ -26,8 +26,9 @@ PAPERS = ROOT / "papers"
 CONFIGS = sorted((ROOT / "config" / "papers").glob("*.yaml"))
 PAPER_CONFIGS = [p for p in CONFIGS if p.name != "checkpoints.yaml"]
 # published solvers not implemented in dpmbench yet (dpm-solver-v3-singlestep: DPM-Solver-v3's Alg. 3, Table 12 (S))
-# (deis-rho3kutta / deis-rho4rk: the Runge-Kutta columns of DEIS's table)
-PENDING_SOLVERS = {"dpm-solver-v3", "dpm-solver-v3-singlestep", "dc-solver", "usf", "deis-rho3kutta", "deis-rho4rk"}
+# (deis-rho3kutta / deis-rho4rk: the Runge-Kutta columns of DEIS's table; edm-stochastic: EDM's Alg. 2, S_churn > 0)
+PENDING_SOLVERS = {"dpm-solver-v3", "dpm-solver-v3-singlestep", "dc-solver", "usf", "deis-rho3kutta", "deis-rho4rk",
+                   "edm-stochastic"}
 
 
 def _docs() -> list[tuple[Path, dict[str, Any]]]:
