@@ -92,6 +92,7 @@ def main() -> None:
            "DPMBENCH_WORKER_DIR": str(work / "worker")}
     cmd = [str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(root / "Snakefile"),
            "--directory", str(work), "--configfile", str(work / "config.yaml"), "--cores", str(args.cores)]
+    load0 = f"{os.getloadavg()[0]:.2f}"
     t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall, ru1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -128,21 +129,34 @@ def main() -> None:
     print(f"code: {root}; config: {'--quick subset of config/default.yaml' if args.quick else args.configfile}; "
           f"{njobs} jobs ({', '.join(f'{k} {v}' for k, v in jobs.items() if k not in ('total', 'all'))}); "
           f"--cores {args.cores}\n")
-    print(f"work / CPU time = {work_s / cpu * 100:.1f}%\n")
+    by_cmd: dict[str, list[float]] = {}
+    for st in servers:
+        for name, v in st.get("by_command", {}).items():
+            acc = by_cmd.setdefault(name, [0, 0.0])
+            acc[0] += v["jobs"]
+            acc[1] += v["cpu_s"]
+    print(f"load average before / after: {load0} / {os.getloadavg()[0]:.2f}\n")
+    print(f"**in-job work (timers) / CPU time of the run: {work_s / cpu * 100:.1f}%**"
+          + (f"; CPU of the forked jobs other than the report / CPU time of the run: "
+             f"{(forked_cpu - by_cmd.get('dpmbench report', [0, 0.0])[1]) / cpu * 100:.1f}%" if servers else "")
+          + "\n")
     print("| quantity | seconds | share of wall x cores |")
     print("|---|---|---|")
     cap = wall * args.cores
     rows = [("total wall time (snakemake, cold cache)", wall), ("wall time x cores", cap),
             ("sampling (sum of shard wall_s)", sample_s), ("metrics computation (sum of eval_wall_s)", eval_s),
             ("exact references (sum of reference wall_s)", ref_s),
-            ("prepare (sum of prepare wall_s)", prep_s), ("all in-job work", work_s),
-            ("CPU time (user + sys) of Snakemake, all its jobs and the job server", cpu),
-            ("of which the job server's start-up and imports (once)", server_cpu),
-            (f"of which the {sum(s['jobs'] for s in servers)} jobs forked by the job server", forked_cpu),
-            ("everything else: process start + imports, model set-up, file I/O, Snakemake scheduling, report",
-             cap - work_s),
-            (f"of which process start + imports, measured once ({per_job:.2f} s) x {njobs} jobs", per_job * njobs),
-            ("second run (nothing to be done)", noop)]
+            ("prepare (sum of prepare wall_s)", prep_s), ("all in-job work (timers)", work_s),
+            ("CPU time (user + sys) of Snakemake, all its jobs and the job server", cpu)]
+    if servers:
+        rows += [("of which the job server's start-up and imports (once)", server_cpu)]
+        rows += [(f"of which {int(n)} forked `{name}` jobs", c) for name, (n, c) in sorted(by_cmd.items())]
+        rows += [("of which Snakemake, the shells and the job clients", cpu - server_cpu - forked_cpu)]
+    else:
+        rows += [(f"of which process start + imports, measured once ({per_job:.2f} s) x {njobs} jobs",
+                  per_job * njobs)]
+    rows += [("everything but in-job work (wall x cores - work)", cap - work_s),
+             ("second run (nothing to be done)", noop)]
     for name, sec in rows:
         print(f"| {name} | {sec:.1f} | {sec / cap * 100:.1f}% |")
     if args.keep:

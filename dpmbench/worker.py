@@ -23,7 +23,8 @@ Every job is a fresh fork of a server that never ran any computation (no thread 
 random state consumed, no caches filled), so a job computes exactly what a new process computes: bit-identical
 samples (tested). The server exits after ``DPMBENCH_WORKER_IDLE`` seconds (default 120) without a job.
 ``DPMBENCH_WORKER=0`` runs every job in the client process itself (no server), as ``python -m`` would; so does
-a machine where the server cannot start (a one-line note says why).
+a job inside a SLURM allocation (a job's work must stay in its own allocation, where the scheduler limits and
+accounts it) and a machine where the server cannot start (a one-line note says why).
 
     python -m dpmbench.worker --status    # is a server running for this code; its jobs and their CPU time
     python -m dpmbench.worker --stop      # stop it (the next job starts a new one)
@@ -64,8 +65,13 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def enabled() -> bool:
-    """Whether jobs go through a server (``DPMBENCH_WORKER`` unset or not 0/false/no)."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    """Whether jobs go through a server: ``DPMBENCH_WORKER`` unset or not 0/false/no, and not inside a SLURM job
+    (there a job must run inside its own allocation, accounted and limited by the scheduler, not in a process
+    another job started; ``DPMBENCH_WORKER=1`` overrides)."""
+    raw = os.environ.get(ENV_SWITCH, "").strip().lower()
+    if raw in ("0", "false", "no", "off"):
+        return False
+    return raw in ("1", "true", "yes", "on") or "SLURM_JOB_ID" not in os.environ
 
 
 def worker_dir() -> Path:
@@ -288,7 +294,8 @@ class _Server:
     def __init__(self, sock_path: Path) -> None:
         self.paths = {k: sock_path.with_suffix(s) for k, s in
                       (("socket", ".sock"), ("lock", ".lock"), ("stats", ".stats.json"))}
-        self.children: dict[int, socket.socket] = {}
+        self.children: dict[int, tuple[socket.socket, str]] = {}
+        self.by_command: dict[str, list[float]] = {}  # command -> [jobs, CPU seconds]
         self.jobs = 0
         self.job_cpu_s = 0.0
         self.started = time.time()
@@ -305,7 +312,8 @@ class _Server:
     def write_stats(self) -> None:
         own = os.times()
         stats = {"pid": os.getpid(), "started": self.started, "jobs": self.jobs, "job_cpu_s": self.job_cpu_s,
-                 "server_cpu_s": own.user + own.system, "running": len(self.children)}
+                 "server_cpu_s": own.user + own.system, "running": len(self.children),
+                 "by_command": {k: {"jobs": int(v[0]), "cpu_s": v[1]} for k, v in sorted(self.by_command.items())}}
         tmp = self.paths["stats"].with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(stats))
         os.replace(tmp, self.paths["stats"])
@@ -318,9 +326,13 @@ class _Server:
                 return
             if pid == 0:
                 return
+            cpu = usage.ru_utime + usage.ru_stime
             self.jobs += 1
-            self.job_cpu_s += usage.ru_utime + usage.ru_stime
-            conn = self.children.pop(pid, None)
+            self.job_cpu_s += cpu
+            conn, command = self.children.pop(pid, (None, ""))
+            entry = self.by_command.setdefault(command, [0, 0.0])
+            entry[0] += 1
+            entry[1] += cpu
             if conn is not None:
                 with contextlib.suppress(OSError):
                     conn.sendall(_STATUS.pack(status))
@@ -402,7 +414,7 @@ class _Server:
             lock.close()
             for fd in pipe:
                 os.close(fd)
-            for other in self.children.values():
+            for other, _ in self.children.values():
                 other.close()
             try:
                 _child(conn, request, fds)
@@ -410,7 +422,7 @@ class _Server:
                 os._exit(1)
         for fd in fds:
             os.close(fd)
-        self.children[pid] = conn
+        self.children[pid] = (conn, " ".join(request["args"][:2]))
 
 
 def status(key: str | None = None) -> dict[str, Any] | None:
