@@ -152,3 +152,30 @@ def test_several_schedules_are_judged_separately() -> None:
     got = {(r["setting"], r["verdict"]) for r in check_claims(pd.concat([logsnr, uniform]))}
     assert got == {("none, logsnr", "holds"), ("none, time-uniform", "fails")}
     assert {r["setting"] for r in check_claims(logsnr)} == {"none"}  # one schedule: not named
+
+
+def test_report_judges_claims_on_the_stored_replicates(tmp_path: Path) -> None:
+    """End to end: metric files written by ``dpmbench evaluate`` carry bootstrap replicates, so the claims.md of
+    ``dpmbench report`` is decided on the paired CI; the same rows read back from results.csv (no replicates) fall
+    back to the marginal rule. (Time-Shift vs DDIM on gmm-2d, unguided fd_true: no reference run needed.)"""
+    from dpmbench.cli import main
+    from dpmbench.report import collect
+
+    cell = tmp_path / "run" / "gmm-2d" / "gnone" / "seed0"
+    for solver in ("ts-ddim", "ddim"):
+        shard = cell / "logsnr" / solver / "nfe5" / "0-64.npz"
+        assert main(["sample", "--model", "gmm-2d", "--num-samples", "64", "--seed", "0", "--solver", solver,
+                     "--nfe", "5", "--out", str(shard)]) == 0
+        assert main(["evaluate", "--samples", str(shard), "--metrics", "fd_true",
+                     "--out", str(shard.parent.parent / "nfe5.json")]) == 0
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "run"), "--out", str(out), "--papers", str(tmp_path / "none")]) == 0
+    md = (out / "claims.md").read_text()
+    paired = check_claims(collect(tmp_path / "run"))
+    assert [r["claim"].key for r in paired] == ["time-shift-ddim"]
+    (_, a, b, verdict, diff), = paired[0]["rows"]
+    assert diff is not None and diff[0] == pytest.approx(a.value - b.value, rel=1e-12)
+    assert f"| 5 | {a.value:.4g} [{a.ci_low:.4g}, {a.ci_high:.4g}] | {b.value:.4g} [" in md
+    assert f"| {diff[0]:+.4g} [{diff[1]:+.4g}, {diff[2]:+.4g}] | {verdict} |" in md
+    back = claims_markdown(pd.read_csv(out / "results.csv", dtype={"guidance": str}))
+    assert "| marginal CIs |" in back and f"| {diff[0]:+.4g} [" not in back
