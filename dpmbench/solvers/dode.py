@@ -27,7 +27,12 @@ as in the paper: (scale + 1) x NFE evaluations of the fit batch) and cached as a
 shard reuses them (the paper: "optimized over a batch of samples, then reused").
 
 Bases (``base=``, with ``order=``): DPM-Solver++ and DPM-Solver, run multistep (``ddim`` is DPM-Solver++ of order 1,
-DDIM in data form). The paper's other bases (iPNDM, DEIS, EDM's Heun) are not wired here.
+DDIM in data form); iPNDM (``ipndm``: fixed 4th-order Adams-Bashforth weights with lower-order warm-up, as the
+official ``get_sampler_distilled_ipndm``) and DEIS (``deis``: tAB with 4 eps values, the official ``t_ab``,
+``ab_order=3``), both on the noise prediction (official dpm_solver/th_deis/sampler.py). Deviation, stated: the
+official iPNDM / DEIS students add lambda_i (e~_i - e~_{i-1}) to x_{i+1}, e~ the step's combined Adams-Bashforth
+eps, and adjust the first step with e~_0 - x; here, as for the other bases, the newest raw eps is adjusted (eq. 5)
+inside the update and the first step is the base step. EDM's Heun is not wired here.
 """
 
 from __future__ import annotations
@@ -43,15 +48,17 @@ from dpmbench.schedules import NoiseSchedule
 from dpmbench.solvers.base import Context, History, Option, Plan, Point, Solver, get_solver, register
 from dpmbench.solvers.iia import NEGLIGIBLE
 
-BASES = ("ddim", "dpm-solver++", "dpm-solver")
+BASES = ("ddim", "dpm-solver++", "dpm-solver", "ipndm", "deis")
+ORDERED = ("dpm-solver++", "dpm-solver")  # the bases whose order is the ``order`` option
 TEACHERS = ("ddim", "euler", "dpm-solver++")
 
 
 def _spec(name: str, order: int) -> str:
-    """A student / teacher spec: ddim is DPM-Solver++ of order 1 (DDIM in data form), multistep throughout."""
+    """A student / teacher spec: ddim is DPM-Solver++ of order 1 (DDIM in data form), multistep throughout; iPNDM and
+    DEIS at their official orders (their own defaults)."""
     if name == "ddim":
         return "dpm-solver++:order=1,method=multistep"
-    return f"{name}:order={order},method=multistep" if name in BASES else name
+    return f"{name}:order={order},method=multistep" if name in ORDERED else name
 
 
 def _adjusted(hist: History, lam: float) -> History:
@@ -76,8 +83,10 @@ class DODE(Solver):
               "defaults scale=10, DDIM teacher from the official edm/distilled_sampler.py")
     needs_prepare = True
     options = {
-        "base": Option(str, "ddim", "student solver (multistep; ddim = DPM-Solver++ of order 1)", choices=BASES),
-        "order": Option(int, 2, "order of a dpm-solver++ / dpm-solver student (ddim: leave 2)", choices=(1, 2, 3)),
+        "base": Option(str, "ddim", "student solver (multistep; ddim = DPM-Solver++ of order 1; ipndm, deis at their "
+                       "official orders)", choices=BASES),
+        "order": Option(int, 2, "order of a dpm-solver++ / dpm-solver student (other bases: leave 2)",
+                        choices=(1, 2, 3)),
         "teacher": Option(str, "ddim", "teacher run with `scale` sub-steps per student step (official: DDIM; "
                           "dpm-solver++: its 2M)", choices=TEACHERS),
         "scale": Option(int, 10, "teacher steps per student step (official scale=10)", minimum=1),
@@ -88,9 +97,9 @@ class DODE(Solver):
     }
 
     def validate(self) -> None:
-        if self.opts["base"] == "ddim" and self.order != 2:
-            raise DpmbenchError(f"invalid option 'order' of solver 'd-ode' {self.order} with base=ddim: it is first "
-                                "order (order applies to dpm-solver++ / dpm-solver; leave 2)")
+        if self.opts["base"] not in ORDERED and self.order != 2:
+            raise DpmbenchError(f"invalid option 'order' of solver 'd-ode' {self.order} with base={self.opts['base']}: "
+                                "order applies to dpm-solver++ / dpm-solver; leave 2")
         self.student = get_solver(_spec(self.opts["base"], self.order))
         self.teacher_solver = get_solver(_spec(self.teacher, 2))
 
@@ -128,6 +137,7 @@ class DODE(Solver):
         x = model.prior(self.fit_samples, seed=self.fit_seed, dtype=torch.float64)
         target = x
         counter = NFECounter(model, cond)
+        self.student.begin(counter)
         hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
         lambdas: list[float] = []
         for s, t, order in zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True):
@@ -150,6 +160,7 @@ class DODE(Solver):
         lambdas = getattr(self, "lambdas", None)
         if lambdas is None or len(lambdas) != len(plan.orders):
             raise RuntimeError(f"solver {self.spec} was not prepared for this plan (run it through dpmbench.sample)")
+        self.student.begin(model)
         hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
         for s, t, order, lam in zip(plan.points[:-1], plan.points[1:], plan.orders, lambdas, strict=True):
             hist.push(s, self.predict(model, x, s, self.student.prediction))
