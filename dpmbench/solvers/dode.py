@@ -97,7 +97,8 @@ class DODE(Solver):
     """A multistep DPM-Solver(++) with one distilled scalar per step on its model output."""
 
     name = "d-ode"
-    summary = "D-ODE: per-step scalar on the model output, distilled from a 10x-step teacher (fit cached)"
+    summary = ("D-ODE: per-step (heun: per-evaluation) scalar on the model output, distilled from a 10x-step teacher "
+               "(fit cached)")
     source = ("Kim, Tang & Yu 2024, 'Distilling ODE Solvers of Diffusion Models into Smaller Steps' (CVPR), eq. 5, 7; "
               "defaults scale=10, DDIM teacher from the official edm/distilled_sampler.py")
     needs_prepare = True
