@@ -109,6 +109,21 @@ def test_fit_is_cached_exact_nfe_and_batch_independent(artifacts: Any) -> None:
     assert torch.equal(x_a, x_b)
 
 
+def test_guided_fit_and_exact_nfe(artifacts: Any) -> None:
+    """Guided (CFG 7.5, balanced labels) through a wrapper without an exact solution (as a guided network): the fit's
+    data are a 100-NFE DPM-Solver++ run of the guided model; sampling spends one guided evaluation (two network
+    calls) per NFE."""
+    m = load_model("gmm-2d")
+    net = CountingModel(m)
+    x_T, labels = m.prior(8, seed=0, dtype=torch.float64), m.labels(8)
+    sol = get_solver("ta-ddim")
+    sample(net, sol, 6, x_T, guidance=7.5, cond=labels)
+    net.calls = 0
+    out = sample(net, sol, 6, x_T, guidance=7.5, cond=labels)
+    assert net.calls == 12 and bool(torch.isfinite(out).all()) and sol.ratios != [1.0] * 6
+    assert not torch.equal(out, sample(m, "ddim", 6, x_T, guidance=7.5, cond=labels))
+
+
 def _ratios(model: Any, x_T: torch.Tensor, spec: str) -> list[tuple[float, float]]:
     """(Frechet distance ratio to p_{t_end}, RMSE ratio to the exact solutions) of ``spec`` over DDIM, NFE 5/10/20."""
     ref = model.exact_solution(x_T, t_end=T_END)

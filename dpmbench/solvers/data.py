@@ -8,6 +8,7 @@ import torch
 
 from dpmbench.models.base import NFECounter
 from dpmbench.solvers.base import Context, get_solver
+from dpmbench.solvers.dc_solver import has_exact_solution
 
 
 def data_samples(ctx: Context, n: int, seed: int, cond: Any) -> torch.Tensor:
@@ -24,7 +25,7 @@ def data_samples(ctx: Context, n: int, seed: int, cond: Any) -> torch.Tensor:
             x = x + torch.einsum("nde,ne->nd", model.evecs[k], z * model.evals[k].sqrt())
         return x
     x_T = model.prior(n, seed=seed, dtype=torch.float64)
-    if hasattr(model, "exact_solution"):
+    if has_exact_solution(model):  # an oracle, guided or not (a guided network has none)
         return model.exact_solution(x_T, t_end=ctx.end, t_start=ctx.start, cond=cond).to(torch.float64)
     sol = get_solver("dpm-solver++")
     plan = sol.make_plan(100, model.schedule, "logsnr", ctx.start, ctx.end)
