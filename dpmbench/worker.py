@@ -79,6 +79,9 @@ def worker_dir() -> Path:
     explicit = os.environ.get(ENV_DIR, "").strip()
     path = Path(explicit) if explicit else Path("/tmp") / f"dpmbench-worker-{os.getuid()}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:  # another user's directory: never talk to its server
+        raise PermissionError(f"{path} is not a private directory of this user")
     return path
 
 
@@ -106,8 +109,10 @@ def _paths(key: str) -> dict[str, Path]:
 
 # ----------------------------------------------------------------------------------------------------- client
 def _send_request(sock: socket.socket, args: Sequence[str]) -> None:
-    body = json.dumps({"args": list(args), "cwd": os.getcwd(), "env": dict(os.environ),
-                       "path": sys.path}).encode()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    body = json.dumps({"args": list(args), "cwd": os.getcwd(), "env": dict(os.environ), "path": sys.path,
+                       "umask": umask}).encode()
     socket.send_fds(sock, [_HEADER.pack(len(body)) + body], [0, 1, 2])
 
 
@@ -174,7 +179,11 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def run_client(args: Sequence[str]) -> int:
     """Run ``args`` (entry point name, then its arguments) through the server; the job's exit status."""
-    sock = _server_socket(code_key()) if enabled() else None
+    try:
+        sock = _server_socket(code_key()) if enabled() else None
+    except PermissionError as exc:
+        print(f"dpmbench.worker: note: {exc}; running in this process", file=sys.stderr)
+        sock = None
     if sock is None:
         return _run_here(args)
     with sock:
@@ -245,6 +254,7 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(request["cwd"])
+    os.umask(int(request.get("umask", 0o022)))
     os.environ.clear()
     os.environ.update(request["env"])
     sys.path[:] = request["path"]
