@@ -6,11 +6,17 @@ metric the claim is about: ``path`` claims (ODE-solver accuracy) use the error t
 ``quality`` claims use the distance to the data (``fdd`` on digits models with image features, else ``fd_true``,
 ``fid``). Every model of the results where both solvers ran in that setting is checked; nothing is hand-written.
 
-Verdict of one (model, guidance, NFE) row, from the 95% bootstrap CIs of the two solvers (paired: the same x_T
-and the same resampling indices): ``holds`` when A is better and the CIs are disjoint, ``fails`` when B is better
-and they are disjoint, ``within noise`` when they overlap. The verdict of a (model, guidance) is ``holds`` /
-``fails`` when that row verdict is the majority and the other never occurs, ``within noise`` when no row
-separates, else ``mixed``.
+Verdict of one (model, guidance, schedule, NFE) row, by the paired decision of the leaderboard
+(:func:`dpmbench.compare.separated`): both solvers start from the same x_T and their metric's bootstrap replicates use
+the same resampling indices, so the replicate-wise difference A - B is a paired bootstrap of the difference. ``holds``
+when A is better and the 95% CI of that difference excludes 0, ``fails`` when B is better and it excludes 0,
+``within noise`` when it contains 0. Rows without pairable replicates (a results.csv read back, metric files written
+before replicates were stored, different sample counts or bootstrap seeds) fall back to the conservative marginal
+rule: separated only when the two 95% CIs are disjoint. A diverged run (NaN) loses to a finite one. The paired rule
+separates more often than the marginal one: two solvers whose errors move together over the samples can differ
+significantly although their marginal CIs overlap. The verdict of a (model, guidance, schedule) is ``holds`` /
+``fails`` when that row verdict is the majority and the other never occurs, ``within noise`` when no row separates,
+else ``mixed``. Several schedules or seeds in the results are judged separately.
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ from typing import Any
 
 import pandas as pd
 
+from dpmbench.compare import separated
+
 PATH_METRICS = ("rmse_exact", "mse_ref")
 QUALITY_METRICS = ("fdd", "fd_true", "fid")
 UNIPC = "unipc:variant=bh1,order=2"  # UniPC's official default (bh1, order 2)
 DPMPP_2M = "dpm-solver++:order=2,method=multistep"
+D_ODE = "Kim, Tang & Yu, CVPR 2024, arXiv:2309.16421, abstract and experiments (FID)"
+PARADIGMS = "Shih et al., NeurIPS 2023, arXiv:2305.16317, abstract ('no measurable degradation of ... FID score')"
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,41 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("dpm-solver++-vs-dpm-solver-cfg", "data-prediction DPM-Solver++ is more accurate than noise-prediction "
           "DPM-Solver under large guidance (7.5)", "Lu et al. 2022, arXiv:2211.01095v2, Sec. 3 (Fig. 1-2)",
           "path", "dpm-solver++:order=2,method=singlestep", "dpm-solver:order=2", ("7.5",)),
+    # The accelerated, parallel, distilled and aligned samplers (config/samplers.yaml runs each beside its base).
+    Claim("accel-ddim-vs-base", "the provably accelerated deterministic sampler is more accurate than its DDIM-type "
+          "base (claimed error O(1/T^2) vs O(1/T) in the number of steps T)",
+          "Li et al., ICML 2024, arXiv:2403.03852v1, Sec. 3.1 (the accelerated ODE sampler's rate)",
+          "path", "accel-ddim", "accel-ddim:accelerated=false"),
+    Claim("accel-ddpm-vs-base", "the provably accelerated stochastic sampler gives samples closer to the data than "
+          "its DDPM-type base (claimed O(1/T) vs O(1/sqrt(T)))",
+          "Li et al., ICML 2024, arXiv:2403.03852v1, Sec. 3.2 (the accelerated SDE sampler's rate)",
+          "quality", "accel-ddpm", "accel-ddpm:split=0"),
+    Claim("picard-matches-ddim", "Picard iterations converge to the sequential solver's result: samples as good as "
+          "DDIM's ('within noise' is what the claim predicts; 'fails' means worse)",
+          f"{PARADIGMS}, Table 5 (DDIM)",
+          "quality", "picard", "ddim"),
+    Claim("picard-matches-dpm-solver++", "Picard iterations over DPM-Solver++ give samples as good as the sequential "
+          "solver's ('within noise' is what the claim predicts; 'fails' means worse)",
+          f"{PARADIGMS} (compatible with DPMSolver)",
+          "quality", "picard:base=dpm-solver++", "dpm-solver++:order=2,method=multistep"),
+    Claim("picard-matches-ddpm", "Picard iterations over DDPM give samples as good as sequential DDPM's ('within "
+          "noise' is what the claim predicts; 'fails' means worse)",
+          f"{PARADIGMS}, Table 5 (DDPM)",
+          "quality", "picard:base=ddpm", "ddpm"),
+    Claim("d-ode-ddim", "D-ODE (one distilled scalar per step) improves sample quality over DDIM at few steps",
+          D_ODE, "quality", "d-ode", "ddim"),
+    Claim("d-ode-dpm-solver++", "D-ODE improves sample quality over DPM-Solver++(2M) at few steps",
+          D_ODE,
+          "quality", "d-ode:base=dpm-solver++", DPMPP_2M),
+    Claim("d-ode-ipndm", "D-ODE improves sample quality over iPNDM at few steps",
+          D_ODE, "quality", "d-ode:base=ipndm", "ipndm"),
+    Claim("d-ode-deis", "D-ODE improves sample quality over DEIS at few steps",
+          D_ODE, "quality", "d-ode:base=deis", "deis"),
+    Claim("d-ode-heun", "D-ODE improves sample quality over EDM's Heun at few steps",
+          D_ODE, "quality", "d-ode:base=heun", "heun"),
+    Claim("timestep-aligner-ddim", "conditioning the network on aligned timesteps improves DDIM's sample quality, "
+          "especially with few steps", "Xia et al., CVPR 2024, arXiv:2310.09469 (v1: Timestep Aligner, v2: Tuner), "
+          "abstract (LSUN Bedroom, 10 steps: DDIM FID 9.65 -> 6.07)", "quality", "ta-ddim", "ddim"),
 )
 
 
@@ -79,15 +124,16 @@ def _ran_as(g: pd.DataFrame, spec: str) -> str:
     return runs[0] if len(runs) == 1 else spec
 
 
-def _row_verdict(a: Any, b: Any, lower: bool) -> str:
-    """holds / fails / within noise for one pair of result rows (value, ci_low, ci_high)."""
+def _row_verdict(a: Any, b: Any, lower: bool) -> tuple[str, tuple[float, float, float] | None]:
+    """holds / fails / within noise for one pair of result rows (value, ci_low, ci_high, boot, boot_seed, n_samples),
+    and the paired CI (estimate, lo, hi) of a - b when the rows carry pairable replicates (see the module doc)."""
     if any(isinstance(v, float) and math.isnan(v) for v in (a.value, b.value)):
-        return "fails" if not math.isnan(b.value) else ("holds" if not math.isnan(a.value) else "within noise")
+        return ("fails" if not math.isnan(b.value) else ("holds" if not math.isnan(a.value) else "within noise")), None
+    sep, diff = separated(a, b)
+    if not sep or a.value == b.value:
+        return "within noise", diff
     better_a = a.value < b.value if lower else a.value > b.value
-    disjoint = a.ci_high < b.ci_low or b.ci_high < a.ci_low
-    if not disjoint or a.value == b.value:
-        return "within noise"
-    return "holds" if better_a else "fails"
+    return ("holds" if better_a else "fails"), diff
 
 
 def summary_verdict(rows: list[str]) -> str:
@@ -102,11 +148,27 @@ def summary_verdict(rows: list[str]) -> str:
     return "mixed"
 
 
+def _settings(d: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The (guidance, schedule, seed) tables of one model's metric rows, labelled by guidance; schedule and seed are
+    named in the label only where the results hold several of them."""
+    keys = [k for k in ("guidance", "schedule", "seed") if k in d.columns]
+    many = {k: d[k].nunique() > 1 for k in keys}
+    out = []
+    for key, g in d.groupby(keys, sort=False, dropna=False):
+        vals = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        extra = [f"{vals['schedule']}" if k == "schedule" else f"seed {vals['seed']}" for k in keys[1:] if many[k]]
+        out.append((", ".join([str(vals["guidance"]), *extra]), g))
+    return out
+
+
 def check_claims(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Every claim on every model and guidance of the results where both of its solvers ran: per NFE the pair of
-    values with CIs and a row verdict, and the summary verdict."""
+    """Every claim on every model, guidance (and schedule / seed, where several) of the results where both of its
+    solvers ran: per NFE the pair of rows, the row verdict and the paired CI of A - B (None: marginal fallback), and
+    the summary verdict. ``df``: results rows (the columns of results.csv; ``boot`` / ``boot_seed``, the bootstrap
+    replicates, where the run stored them)."""
     from evaluators.registry import METRICS
 
+    df = df.assign(**{c: None for c in ("boot", "boot_seed", "n_samples") if c not in df.columns})
     out = []
     for claim in CLAIMS:
         for model in dict.fromkeys(df["model"]):
@@ -115,20 +177,22 @@ def check_claims(df: pd.DataFrame) -> list[dict[str, Any]]:
                 continue
             d = df[(df["model"] == model) & (df["metric"] == metric)]
             d = d[(d["nfe"] >= claim.nfe[0]) & (d["nfe"] <= claim.nfe[1])]
-            for guidance in dict.fromkeys(d["guidance"]):
+            for setting, g in _settings(d):
+                guidance = str(g["guidance"].iloc[0])
                 if claim.guidance is not None and guidance not in claim.guidance:
                     continue
-                g = d[d["guidance"] == guidance]
                 ran = (_ran_as(g, claim.solver), _ran_as(g, claim.baseline))
-                a = {r.nfe: r for r in g[g["solver"] == ran[0]].itertuples()}
-                b = {r.nfe: r for r in g[g["solver"] == ran[1]].itertuples()}
+                a = {int(r.nfe): r for r in g[g["solver"] == ran[0]].itertuples()}
+                b = {int(r.nfe): r for r in g[g["solver"] == ran[1]].itertuples()}
                 nfes = sorted(set(a) & set(b))
                 if not nfes:
                     continue
                 lower = metric not in METRICS or METRICS[metric].lower_is_better
-                rows = [(n, a[n], b[n], _row_verdict(a[n], b[n], lower)) for n in nfes]
-                out.append({"claim": claim, "model": model, "guidance": guidance, "metric": metric, "ran": ran,
-                            "n_samples": int(a[nfes[0]].n_samples), "rows": rows,
+                rows = [(n, a[n], b[n], *_row_verdict(a[n], b[n], lower)) for n in nfes]
+                n_samples = a[nfes[0]].n_samples
+                out.append({"claim": claim, "model": model, "guidance": guidance, "setting": setting,
+                            "metric": metric, "ran": ran, "rows": rows,
+                            "n_samples": None if pd.isna(n_samples) else int(n_samples),
                             "verdict": summary_verdict([r[3] for r in rows])})
     return out
 
@@ -141,21 +205,29 @@ def _num(r: Any) -> str:
     return f"{r.value:.4g}{ci}"
 
 
+def _diff(d: tuple[float, float, float] | None) -> str:
+    """The paired difference A - B ``estimate [lo, hi]``, or how the row was decided without one."""
+    return "marginal CIs" if d is None else f"{d[0]:+.4g} [{d[1]:+.4g}, {d[2]:+.4g}]"
+
+
 def claims_markdown(df: pd.DataFrame) -> str:
-    """``claims.md``: per claim its source, then per model and guidance the paired numbers and the verdicts."""
+    """``claims.md``: per claim its source, then per model and setting the paired numbers and the verdicts."""
     results = check_claims(df) if not df.empty else []
     lines = ["# The seed papers' claims on this run's models", "",
-             "Generated by `dpmbench report` from this run's results (never edited by hand). A row's verdict: "
-             "**holds** (the paper's solver is better and the two 95% bootstrap CIs are disjoint), **fails** (the "
-             "baseline is better, CIs disjoint), **within noise** (the CIs overlap). Both solvers start from the "
-             "same x_T (paired). Path claims use the error to the exact ODE solution (`rmse_exact`, oracle models) "
-             "or to the network's high-NFE reference (`mse_ref`, trained networks); quality claims the distance "
-             "to the data (`fdd` / `fd_true`). See dpmbench/claims.py.", ""]
+             "Generated by `dpmbench report` from this run's results (never edited by hand). Both solvers start "
+             "from the same x_T and are resampled with the same bootstrap indices, so a row is judged on the paired "
+             "95% bootstrap CI of the difference A - B (the paper's solver minus the baseline): **holds** (the "
+             "paper's solver is better and that CI excludes 0), **fails** (the baseline is better, CI excludes 0), "
+             "**within noise** (the CI contains 0). Rows without stored replicates are judged by the marginal CIs "
+             "instead (separated only when disjoint; the difference column then says `marginal CIs`). Path claims "
+             "use the error to the exact ODE solution (`rmse_exact`, oracle models) or to the network's high-NFE "
+             "reference (`mse_ref`, trained networks); quality claims the distance to the data (`fdd` / "
+             "`fd_true`). See dpmbench/claims.py.", ""]
     if not results:
         return "\n".join([*lines, "_No claim applies to these results._", ""])
     lines += ["| claim | model | guidance | metric | verdict |", "|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['claim'].key} | {r['model']} | {r['guidance']} | {r['metric']} | {r['verdict']} |")
+        lines.append(f"| {r['claim'].key} | {r['model']} | {r['setting']} | {r['metric']} | {r['verdict']} |")
     lines.append("")
     for claim in CLAIMS:
         mine = [r for r in results if r["claim"] is claim]
@@ -166,9 +238,10 @@ def claims_markdown(df: pd.DataFrame) -> str:
         lines += [f"## {claim.key}: {claim.text}", "",
                   f"Source: {claim.source}. Setting: `{claim.solver}` vs `{claim.baseline}`, {guid}{nfe}.", ""]
         for r in mine:
-            lines += [f"**{r['model']}**, guidance {r['guidance']}, {r['metric']} (n={r['n_samples']}): "
+            lines += [f"**{r['model']}**, guidance {r['setting']}, {r['metric']} (n={r['n_samples']}): "
                       f"**{r['verdict']}**", "",
-                      f"| NFE | {r['ran'][0]} | {r['ran'][1]} | verdict |", "|---|---|---|---|"]
-            lines += [f"| {n} | {_num(a)} | {_num(b)} | {v} |" for n, a, b, v in r["rows"]]
+                      f"| NFE | A: {r['ran'][0]} | B: {r['ran'][1]} | A - B (paired 95% CI) | verdict |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {n} | {_num(a)} | {_num(b)} | {_diff(d)} | {v} |" for n, a, b, v, d in r["rows"]]
             lines.append("")
     return "\n".join(lines)

@@ -46,8 +46,10 @@ def _paired(a: Any, b: Any) -> tuple[float, float, float] | None:
     return None if math.isnan(lo) else (est, lo, hi)
 
 
-def _separated(a: Any, b: Any) -> tuple[bool, tuple[float, float, float] | None]:
-    """Whether a and b differ significantly (paired CI excludes 0; else: disjoint marginal CIs), and the CI."""
+def separated(a: Any, b: Any) -> tuple[bool, tuple[float, float, float] | None]:
+    """Whether a and b differ significantly, and the paired CI (estimate, lo, hi) of a.value - b.value when there is
+    one (records with fields value, ci_low, ci_high, boot, boot_seed, n_samples). Paired rule: the
+    95% CI of the replicate-wise difference excludes 0; fallback (no pairable replicates): disjoint marginal CIs."""
     d = _paired(a, b)
     if d is not None:
         return d[1] > 0 or d[2] < 0, d
@@ -66,10 +68,10 @@ def column_marks(rows: list[Any], higher_is_better: bool = False) -> dict[str, M
     best, marks = ok[0], {}
     tied = []
     for r in ok[1:]:
-        sep, _ = _separated(best, r)
+        sep, _ = separated(best, r)
         if not sep:
             tied.append(r)
-    _, diff = _separated(best, ok[1])
+    _, diff = separated(best, ok[1])
     if not tied:
         marks[best.solver] = Mark("best", diff)
     else:
@@ -108,4 +110,4 @@ def mean_ranks(g: pd.DataFrame, higher_is_better: bool = False) -> pd.DataFrame:
         ["mean_rank", "solver"], kind="stable").reset_index(drop=True)
 
 
-__all__ = ["Mark", "column_marks", "mean_ranks", "table_marks"]
+__all__ = ["Mark", "column_marks", "mean_ranks", "separated", "table_marks"]

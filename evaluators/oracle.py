@@ -24,11 +24,13 @@ def rmse(x: np.ndarray, ref: np.ndarray, idx: np.ndarray | None = None) -> float
     return float(np.sqrt(mse.mean() if idx is None else mse[idx].mean()))
 
 
-def frechet_to(x: np.ndarray, mu: np.ndarray, cov: np.ndarray, idx: np.ndarray | None = None) -> float:
-    """Frechet distance between the samples' moments and a target's (mu, cov)."""
+def frechet_to(x: np.ndarray, mu: np.ndarray, cov: np.ndarray, idx: np.ndarray | None = None,
+               cov_sqrt: np.ndarray | None = None) -> float:
+    """Frechet distance between the samples' moments and a target's (mu, cov); ``cov_sqrt``: ``psd_sqrt(cov)``,
+    computed once by a caller that compares many sample sets with one target (bootstrap replicates)."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     m, c = moments(x if idx is None else x[idx])
-    return frechet_distance(m, c, mu, cov)
+    return frechet_distance(m, c, mu, cov, sqrt2=cov_sqrt)
 
 
 def mse_ref(x: np.ndarray, ref: np.ndarray, idx: np.ndarray | None = None) -> float:

@@ -11,6 +11,7 @@ import numpy as np
 
 from dpmbench.errors import DpmbenchError, bad_value
 from evaluators.bootstrap import bootstrap_replicates, percentile_ci
+from evaluators.frechet import psd_sqrt
 from evaluators.oracle import (
     frechet_to,
     mixture_at,
@@ -119,7 +120,7 @@ def _compute_fd_target(ctx: Context) -> tuple[np.ndarray, np.ndarray, str]:
 
 def _fd_true(ctx: Context, idx: np.ndarray | None) -> float:
     mu, cov, _ = _fd_target(ctx)
-    return frechet_to(ctx.x, mu, cov, idx)
+    return frechet_to(ctx.x, mu, cov, idx, cov_sqrt=ctx.cached("fd_target_sqrt", lambda: psd_sqrt(cov)))
 
 
 def _mse_ref(ctx: Context, idx: np.ndarray | None) -> float:

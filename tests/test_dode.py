@@ -41,8 +41,9 @@ def test_without_fit_it_is_the_base_solver_bit_for_bit(artifacts: Any) -> None:
     m = load_model("gmm-2d")
     x_T = m.prior(64, seed=2, dtype=torch.float64)
     for base, seq in (("ddim", "dpm-solver++:order=1"), ("dpm-solver++", "dpm-solver++"),
-                      ("dpm-solver,order=3", "dpm-solver:order=3,method=multistep")):
-        for nfe in (4, 9):
+                      ("dpm-solver,order=3", "dpm-solver:order=3,method=multistep"), ("ipndm", "ipndm"),
+                      ("deis", "deis"), ("heun", "heun")):
+        for nfe in (4, 9) if base in ("ddim", "dpm-solver++", "dpm-solver,order=3") else (2, 5, 8):
             assert torch.equal(sample(m, f"d-ode:base={base},fit=false", nfe, x_T), sample(m, seq, nfe, x_T))
     torch.testing.assert_close(sample(m, "dpm-solver++:order=1", 9, x_T), sample(m, "ddim", 9, x_T), rtol=1e-12,
                                atol=1e-12)  # the ddim student is DDIM (data form)
@@ -90,12 +91,44 @@ def test_distillation_helps_as_measured(artifacts: Any) -> None:
             assert lo < r < hi, (base, nfe, r)
 
 
+def test_distillation_over_ipndm_and_deis_as_measured(artifacts: Any) -> None:
+    """gmm-2d, 200 samples, RMSE ratio D-ODE / base at NFE 5 / 10 / 20 (DDIM teacher, official default): over iPNDM
+    0.51 / 1.52 / 2.04, over DEIS (tAB, 4 values) 0.71 / 1.00 / 0.97. The claim holds at NFE 5 and fails over iPNDM
+    beyond: its base error at NFE 20 (2.5e-3) is about the DDIM teacher's own (200 steps: 2.0e-3), and with a
+    DPM-Solver++(2M) teacher the ratios stay 0.49 / 1.42 / 1.55 (measured): the greedy per-step fit does not carry over
+    to the 4-value Adams-Bashforth history at these NFE."""
+    model, x_T, ref = gmm2d_convergence_setup(200)
+    for base, bounds in (("ipndm", [(0.4, 0.65), (1.3, 1.75), (1.75, 2.35)]),
+                         ("deis", [(0.6, 0.82), (0.95, 1.05), (0.9, 1.02)])):
+        for nfe, (lo, hi) in zip((5, 10, 20), bounds, strict=True):
+            r = rmse(sample(model, f"d-ode:base={base}", nfe, x_T, t_end=T_END), ref) / rmse(
+                sample(model, base, nfe, x_T, t_end=T_END), ref)
+            assert lo < r < hi, (base, nfe, r)
+
+
+def test_distillation_over_edm_heun_as_measured(artifacts: Any) -> None:
+    """One lambda per evaluation (official d_edm_sampler). gmm-2d, 200 samples, RMSE ratio D-ODE / heun at NFE 5 / 10 /
+    20: 0.029 / 0.25 / 0.55 (Frechet distance 0.002 / 0.09 / 0.81); gmm-digits 0.16 / 0.43 / 0.48; digits-empirical
+    0.83 / 1.25 / 0.93 (FD 0.53 / 1.46 / 1.06): the claim holds on the mixtures, mixed on the memorizing
+    digits-empirical. Heun at NFE 5 (two Heun steps and an Euler step on logSNR) is far off, hence the large gain."""
+    model, x_T, ref = gmm2d_convergence_setup(200)
+    for nfe, (lo, hi) in zip((5, 10, 20), [(0.015, 0.05), (0.18, 0.32), (0.45, 0.65)], strict=True):
+        r = rmse(sample(model, "d-ode:base=heun", nfe, x_T, t_end=T_END), ref) / rmse(
+            sample(model, "heun", nfe, x_T, t_end=T_END), ref)
+        assert lo < r < hi, (nfe, r)
+    sol = get_solver("d-ode:base=heun")
+    sample(model, sol, 5, x_T[:4])
+    assert len(sol.lambdas) == 5 and sol.lambdas[0] == 0.0  # one per evaluation, none before a previous D
+
+
 def test_options_listed_and_bad_input() -> None:
     sol = get_solver("d-ode")
     assert sol.scale == 10 and sol.opts["teacher"] == "ddim" and "official" in sol.source.lower() + sol.options[
         "scale"].doc
-    for spec, word in [("d-ode:base=heun", "option 'base' of solver 'd-ode'"),
+    for spec, word in [("d-ode:base=euler", "option 'base' of solver 'd-ode'"),
                        ("d-ode:base=ddim,order=3", "option 'order' of solver 'd-ode'"),
+                       ("d-ode:base=ipndm,order=3", "option 'order' of solver 'd-ode'"),
+                       ("d-ode:base=heun,order=1", "option 'order' of solver 'd-ode'"),
                        ("d-ode:teacher=ddpm", "option 'teacher' of solver 'd-ode'"),
                        ("d-ode:teacher=nope", "'teacher'"), ("d-ode:scale=0", "option 'scale'")]:
         with pytest.raises(DpmbenchError, match=word) as info:

@@ -6,6 +6,8 @@ RESULTS = GRID.results_dir
 REPORT = GRID.report_dir
 PAPERS = config.get("papers_dir", os.path.join(workflow.basedir, "papers"))
 PY = shlex.quote(sys.executable)
+# every job runs through the warm job server (dpmbench/worker.py): a fork instead of a Python start + torch import
+JOB = f"{PY} -m dpmbench.worker"
 THREADS_ENV = "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
 ARTIFACTS = GRID.artifacts_dir()
 ARTIFACTS_ENV = f"DPMBENCH_ARTIFACTS={shlex.quote(ARTIFACTS)}"  # searched/prepared artifacts are DAG outputs

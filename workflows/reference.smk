@@ -17,7 +17,7 @@ rule reference:
         runtime=GRID.resource("reference", "runtime"),
         gpu=0,
     shell:
-        THREADS_ENV + " {PY} -m dpmbench reference --model {wildcards.model} --num-samples {params.n}"
+        THREADS_ENV + " {JOB} dpmbench reference --model {wildcards.model} --num-samples {params.n}"
         " --seed {wildcards.seed} {params.guidance} --t-end {params.t_end} --out {output}"
 
 
@@ -43,6 +43,6 @@ rule reference_run:
         runtime=GRID.resource("sample", "runtime"),
         gpu=GRID.resource("sample", "gpu"),
     shell:
-        THREADS_ENV + " {PY} -m dpmbench reference --model {wildcards.model} --num-samples {params.n}"
+        THREADS_ENV + " {JOB} dpmbench reference --model {wildcards.model} --num-samples {params.n}"
         " --seed {wildcards.seed} {params.guidance} --t-end {params.t_end} {params.solver} {params.batch}"
         " {params.captions} --out {output}"

@@ -37,4 +37,4 @@ rule report:
         runtime=GRID.resource("report", "runtime"),
         gpu=0,
     shell:
-        "{PY} -m dpmbench report {RESULTS} --out {REPORT} --papers {PAPERS:q} --site {output.site}"
+        "{JOB} dpmbench report {RESULTS} --out {REPORT} --papers {PAPERS:q} --site {output.site}"

@@ -33,7 +33,7 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             runtime=GRID.resource("sample", "runtime"),
             gpu=GRID.resource("sample", "gpu"),
         shell:
-            THREADS_ENV + " " + ARTIFACTS_ENV + " {PY} -m dpmbench sample --model {wildcards.model} --solver {params.spec}"
+            THREADS_ENV + " " + ARTIFACTS_ENV + " {JOB} dpmbench sample --model {wildcards.model} --solver {params.spec}"
             " --nfe {params.nfe} --num-samples {params.n} --start {params.lo} --seed {wildcards.seed}"
             " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} --device {GRID.device}"
             " {params.batch} {params.captions} --out {params.pattern}"

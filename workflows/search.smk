@@ -25,7 +25,7 @@ rule search:
         runtime=GRID.resource("sample", "runtime"),
         gpu=GRID.resource("sample", "gpu"),
     shell:
-        THREADS_ENV + " " + ARTIFACTS_ENV + " {PY} -m dpmbench search {params.args}"
+        THREADS_ENV + " " + ARTIFACTS_ENV + " {JOB} dpmbench search {params.args}"
 
 
 rule prepare:
@@ -48,6 +48,6 @@ rule prepare:
         runtime=GRID.resource("sample", "runtime"),
         gpu=GRID.resource("sample", "gpu"),
     shell:
-        THREADS_ENV + " " + ARTIFACTS_ENV + " {PY} -m dpmbench prepare --model {wildcards.model} --solver {params.spec}"
+        THREADS_ENV + " " + ARTIFACTS_ENV + " {JOB} dpmbench prepare --model {wildcards.model} --solver {params.spec}"
         " --nfe {params.nfe} --schedule {params.schedule} {params.guidance} --t-end {params.t_end}"
         " --device {GRID.device} --out {output}"

@@ -73,9 +73,13 @@ class MixtureOracle(Model):
         return p["classes"][None, :] == c[:, None]
 
     def _alpha_sigma(self, t: float | torch.Tensor, n: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """alpha(t), sigma(t) as (n, 1) columns, or (1, 1) when every sample is at the same time (the usual
+        case): then the per-time terms below are computed once instead of once per sample."""
         a, s = self.schedule.alpha(t), self.schedule.sigma(t)
-        a = torch.as_tensor(a, dtype=torch.float64, device=device).reshape(-1, 1).expand(n, 1)
-        s = torch.as_tensor(s, dtype=torch.float64, device=device).reshape(-1, 1).expand(n, 1)
+        a = torch.as_tensor(a, dtype=torch.float64, device=device).reshape(-1, 1)
+        s = torch.as_tensor(s, dtype=torch.float64, device=device).reshape(-1, 1)
+        if a.shape[0] != 1 or s.shape[0] != 1:
+            a, s = a.expand(n, 1), s.expand(n, 1)
         return a, s
 
     # -- the exact denoiser -------------------------------------------------------------------------
@@ -110,7 +114,7 @@ class MixtureOracle(Model):
         # In each component's eigenbasis S_k = U diag(d) U^T: cov_t = U diag(a^2 d + s^2) U^T.
         U, d = p["evecs"], p["evals"]  # (K, D, D), (K, D)
         z = torch.einsum("nkd,kde->nke", x[:, None, :] - a[:, :, None] * p["means"][None], U)
-        v = a[:, :, None] ** 2 * d[None] + s[:, :, None] ** 2  # (n, K, D)
+        v = a[:, :, None] ** 2 * d[None] + s[:, :, None] ** 2  # (n or 1, K, D)
         logn = -0.5 * (z**2 / v).sum(2) - 0.5 * torch.log(v).sum(2) - 0.5 * self.dim * math.log(2 * math.pi)
         # posterior mean of component k: mu_k + U diag(a d / v) z
         comp_mean = p["means"][None] + torch.einsum("nke,kde->nkd", a[:, :, None] * d[None] / v * z, U)

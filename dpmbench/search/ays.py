@@ -49,11 +49,12 @@ import numpy as np
 import torch
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.models.base import NFECounter, prior_noise
+from dpmbench.models.base import prior_noise
 from dpmbench.sampling import sample
 from dpmbench.search import register_search
 from dpmbench.search._common import oracle_set, rmse, search_cond, single_thread
-from dpmbench.solvers.base import Context, Option, Solver, get_solver
+from dpmbench.solvers.base import Context, Option, Solver
+from dpmbench.solvers.data import data_samples
 from dpmbench.timesteps import TIMESTEP_SCHEDULES, timesteps
 
 OPTIONS = {
@@ -98,7 +99,7 @@ class Klub:
     def __init__(self, ctx: Context, n: int, seed: int, quadrature: int):
         self.model, self.sch = ctx.model, ctx.model.schedule
         self.cond = search_cond(ctx, n)
-        self.x0 = _data_samples(ctx, n, seed, self.cond).reshape(n, -1)
+        self.x0 = data_samples(ctx, n, seed, self.cond).reshape(n, -1)
         shape = tuple(self.x0.shape[1:])
         self.eps = prior_noise(n, shape, seed, stream=101).to(torch.float64)
         self.z = prior_noise(n, shape, seed, stream=102).to(torch.float64)
@@ -163,27 +164,6 @@ class Klub:
     def total(self, lam: list[float]) -> float:
         """The KLUB of a whole grid (lambda increasing from noise to data)."""
         return float(sum(self.steps(list(zip(lam[:-1], lam[1:], strict=True)))))
-
-
-def _data_samples(ctx: Context, n: int, seed: int, cond: Any) -> torch.Tensor:
-    """x_0 samples: draws of the mixture for an unguided mixture oracle, else the exact ODE solutions of the
-    search's x_T (samples of the guided model's output distribution), else a 100-NFE DPM-Solver++ run."""
-    model = ctx.model
-    if hasattr(model, "log_w") and cond is None:
-        gen = torch.Generator().manual_seed(int(seed) * 7919 + 17)
-        k = torch.multinomial(torch.exp(model.log_w), n, replacement=True, generator=gen)
-        x = model.means[k].clone()
-        if model.covs is not None:
-            z = torch.randn(n, model.dim, generator=gen, dtype=torch.float64)
-            x = x + torch.einsum("nde,ne->nd", model.evecs[k], z * model.evals[k].sqrt())
-        return x
-    x_T = model.prior(n, seed=seed, dtype=torch.float64)
-    if hasattr(model, "exact_solution"):
-        return model.exact_solution(x_T, t_end=ctx.end, t_start=ctx.start, cond=cond).to(torch.float64)
-    sol = get_solver("dpm-solver++")
-    plan = sol.make_plan(100, model.schedule, "logsnr", ctx.start, ctx.end)
-    with torch.no_grad():
-        return sol.run(NFECounter(model, cond), x_T, plan)
 
 
 def _coarse_to_fine(f: Callable[[list[float]], list[float]], lo: float, hi: float, cur: float, candidates: int,

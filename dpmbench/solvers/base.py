@@ -368,7 +368,12 @@ class MultistepSolver(Solver):
         predictor of this step and the corrector of the next one use it (DC-Solver's dynamic compensation).
         Default: none."""
 
+    def begin(self, model: NFECounter) -> None:
+        """Hook run before a run's first step (and by methods that drive ``update`` themselves, e.g. D-ODE): per-run
+        state the update needs, such as the schedule. Default: none."""
+
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        self.begin(model)
         hist = History(self.history_size())
         x_prev: torch.Tensor | None = None
         self.model = model  # for stochastic updates: self.noise(self.model, self.step_index)

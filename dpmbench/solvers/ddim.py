@@ -18,6 +18,10 @@ class DDIM(SinglestepSolver):
     options = {}
 
     def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
-        eps = self.predict(model, x, s, "eps")
-        x0 = (x - s.sigma * eps) / s.alpha  # "predicted x_0", eq. (12)
-        return t.alpha * x0 + t.sigma * eps  # "direction pointing to x_t", eq. (12), eta = 0
+        return ddim_update(x, self.predict(model, x, s, "eps"), s, t)
+
+
+def ddim_update(x: torch.Tensor, eps: torch.Tensor, s: Point, t: Point) -> torch.Tensor:
+    """DDIM's deterministic update from s to t with the noise prediction ``eps`` (eq. (12), eta = 0)."""
+    x0 = (x - s.sigma * eps) / s.alpha  # "predicted x_0", eq. (12)
+    return t.alpha * x0 + t.sigma * eps  # "direction pointing to x_t", eq. (12), eta = 0

@@ -43,7 +43,7 @@ import torch
 
 from dpmbench.models.base import NFECounter
 from dpmbench.schedules import NoiseSchedule
-from dpmbench.solvers.base import History, MultistepSolver, Option, Plan, Point, register
+from dpmbench.solvers.base import History, MultistepSolver, Option, Point, register
 
 GL_NODES = 8
 GL_PANELS = 4
@@ -170,9 +170,8 @@ class DEIS(MultistepSolver):
     def min_nfe(self) -> int:
         return 1  # fewer steps than the order: every step stays in the warm-up (official get_ab_eps_coef recursion)
 
-    def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+    def begin(self, model: NFECounter) -> None:
         self._schedule, self._schedule_id = model.schedule, model.schedule.fingerprint()
-        return super().solve(model, x, plan)
 
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
         s = hist[-1].point

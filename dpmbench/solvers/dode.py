@@ -27,11 +27,24 @@ as in the paper: (scale + 1) x NFE evaluations of the fit batch) and cached as a
 shard reuses them (the paper: "optimized over a batch of samples, then reused").
 
 Bases (``base=``, with ``order=``): DPM-Solver++ and DPM-Solver, run multistep (``ddim`` is DPM-Solver++ of order 1,
-DDIM in data form). The paper's other bases (iPNDM, DEIS, EDM's Heun) are not wired here.
+DDIM in data form); iPNDM (``ipndm``: fixed 4th-order Adams-Bashforth weights with lower-order warm-up, as the
+official ``get_sampler_distilled_ipndm``) and DEIS (``deis``: tAB with 4 eps values, the official ``t_ab``,
+``ab_order=3``), both on the noise prediction (official dpm_solver/th_deis/sampler.py). Deviation, stated: the
+official iPNDM / DEIS students add lambda_i (e~_i - e~_{i-1}) to x_{i+1}, e~ the step's combined Adams-Bashforth
+eps, and adjust the first step with e~_0 - x; here, as for the other bases, the newest raw eps is adjusted (eq. 5)
+inside the update and the first step is the base step.
+
+EDM's Heun (``base=heun``; EDM Alg. 1, an odd NFE ends with an Euler step) follows the official ``d_edm_sampler``
+(edm/distilled_sampler.py): one lambda per *evaluation* k (predictor and corrector), added in EDM's variables
+x~ = x / alpha after that evaluation's update, x~ += lambda_k (D_k - D_{k-1}) with D the data prediction (the first
+evaluation has no D_{k-1}: lambda_0 = 0). Both fits of a step target the teacher at the step's end (the official
+predictor's target is the teacher point halfway through the step's share of the teacher grid; deviation, stated),
+and the teacher takes ``scale`` sub-steps per evaluation, ``scale`` x NFE in all as in the official sampler.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,17 +54,30 @@ from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import Model, NFECounter
 from dpmbench.schedules import NoiseSchedule
 from dpmbench.solvers.base import Context, History, Option, Plan, Point, Solver, get_solver, register
+from dpmbench.solvers.edm import scale_free_sigma
 from dpmbench.solvers.iia import NEGLIGIBLE
 
-BASES = ("ddim", "dpm-solver++", "dpm-solver")
+BASES = ("ddim", "dpm-solver++", "dpm-solver", "ipndm", "deis", "heun")
+ORDERED = ("dpm-solver++", "dpm-solver")  # the bases whose order is the ``order`` option
 TEACHERS = ("ddim", "euler", "dpm-solver++")
 
 
 def _spec(name: str, order: int) -> str:
-    """A student / teacher spec: ddim is DPM-Solver++ of order 1 (DDIM in data form), multistep throughout."""
+    """A student / teacher spec: ddim is DPM-Solver++ of order 1 (DDIM in data form), multistep throughout; iPNDM and
+    DEIS at their official orders (their own defaults)."""
     if name == "ddim":
         return "dpm-solver++:order=1,method=multistep"
-    return f"{name}:order={order},method=multistep" if name in BASES else name
+    return f"{name}:order={order},method=multistep" if name in ORDERED else name
+
+
+def _fit_lambda(base: torch.Tensor, direction: torch.Tensor, target: torch.Tensor) -> float:
+    """argmin_lam || target - base - lam direction ||^2 over the batch (D-ODE eq. 7 in closed form); 0 for a
+    negligible direction (below NEGLIGIBLE of the residual, as IIA's fit)."""
+    r = target - base
+    gg = float((direction * direction).sum())
+    if gg > (NEGLIGIBLE * float(r.norm())) ** 2:
+        return float((r * direction).sum()) / gg
+    return 0.0
 
 
 def _adjusted(hist: History, lam: float) -> History:
@@ -71,13 +97,16 @@ class DODE(Solver):
     """A multistep DPM-Solver(++) with one distilled scalar per step on its model output."""
 
     name = "d-ode"
-    summary = "D-ODE: per-step scalar on the model output, distilled from a 10x-step teacher (fit cached)"
+    summary = ("D-ODE: per-step (heun: per-evaluation) scalar on the model output, distilled from a 10x-step teacher "
+               "(fit cached)")
     source = ("Kim, Tang & Yu 2024, 'Distilling ODE Solvers of Diffusion Models into Smaller Steps' (CVPR), eq. 5, 7; "
               "defaults scale=10, DDIM teacher from the official edm/distilled_sampler.py")
     needs_prepare = True
     options = {
-        "base": Option(str, "ddim", "student solver (multistep; ddim = DPM-Solver++ of order 1)", choices=BASES),
-        "order": Option(int, 2, "order of a dpm-solver++ / dpm-solver student (ddim: leave 2)", choices=(1, 2, 3)),
+        "base": Option(str, "ddim", "student solver (multistep; ddim = DPM-Solver++ of order 1; ipndm, deis at their "
+                       "official orders)", choices=BASES),
+        "order": Option(int, 2, "order of a dpm-solver++ / dpm-solver student (other bases: leave 2)",
+                        choices=(1, 2, 3)),
         "teacher": Option(str, "ddim", "teacher run with `scale` sub-steps per student step (official: DDIM; "
                           "dpm-solver++: its 2M)", choices=TEACHERS),
         "scale": Option(int, 10, "teacher steps per student step (official scale=10)", minimum=1),
@@ -88,10 +117,11 @@ class DODE(Solver):
     }
 
     def validate(self) -> None:
-        if self.opts["base"] == "ddim" and self.order != 2:
-            raise DpmbenchError(f"invalid option 'order' of solver 'd-ode' {self.order} with base=ddim: it is first "
-                                "order (order applies to dpm-solver++ / dpm-solver; leave 2)")
+        if self.opts["base"] not in ORDERED and self.order != 2:
+            raise DpmbenchError(f"invalid option 'order' of solver 'd-ode' {self.order} with base={self.opts['base']}: "
+                                "order applies to dpm-solver++ / dpm-solver; leave 2")
         self.student = get_solver(_spec(self.opts["base"], self.order))
+        self.heun = self.opts["base"] == "heun"
         self.teacher_solver = get_solver(_spec(self.teacher, 2))
 
     def min_nfe(self) -> int:
@@ -105,7 +135,7 @@ class DODE(Solver):
     def prepare(self, ctx: Context) -> dict[str, Any]:
         plan = self.make_plan(ctx.nfe, ctx.model.schedule, ctx.kind, ctx.t_start, ctx.t_end)
         if not self.opts["fit"]:
-            self.lambdas = [0.0] * len(plan.orders)
+            self.lambdas = [0.0] * self._count(plan)
             return {"d_ode_steps": len(self.lambdas), "fitted": False}
         opts = (self.student.spec, self.teacher_solver.spec, self.scale, self.fit_samples, self.fit_seed)
 
@@ -116,11 +146,16 @@ class DODE(Solver):
                               meta={"solver": self.spec, "nfe": ctx.nfe})
         return {"d_ode_steps": len(self.lambdas), "fitted": True}
 
-    def _teacher(self, model: Model, cond: Any, x: torch.Tensor, s: Point, t: Point) -> torch.Tensor:
-        """The teacher from s to t with ``scale`` sub-steps uniform in lambda (float64)."""
-        lams = torch.linspace(s.lam, t.lam, self.scale + 1, dtype=torch.float64)
+    def _count(self, plan: Plan) -> int:
+        """How many lambdas the plan takes: one per step, for Heun one per evaluation."""
+        return sum(plan.orders) if self.heun else len(plan.orders)
+
+    def _teacher(self, model: Model, cond: Any, x: torch.Tensor, s: Point, t: Point, evals: int = 1) -> torch.Tensor:
+        """The teacher from s to t with ``scale`` x ``evals`` sub-steps uniform in lambda (float64)."""
+        sub = self.scale * evals
+        lams = torch.linspace(s.lam, t.lam, sub + 1, dtype=torch.float64)
         ts = [s.t] + [Point.at_lambda(model.schedule, float(v)).t for v in lams[1:-1]] + [t.t]
-        tp = self.teacher_solver.make_plan(self.scale, model.schedule, torch.tensor(ts, dtype=torch.float64))
+        tp = self.teacher_solver.make_plan(sub, model.schedule, torch.tensor(ts, dtype=torch.float64))
         return self.teacher_solver.run(NFECounter(model, cond), x, tp)
 
     def distil(self, model: Model, cond: Any, plan: Plan) -> list[float]:
@@ -128,6 +163,14 @@ class DODE(Solver):
         x = model.prior(self.fit_samples, seed=self.fit_seed, dtype=torch.float64)
         target = x
         counter = NFECounter(model, cond)
+        if self.heun:
+            def teach(s: Point, t: Point, order: int) -> torch.Tensor:
+                nonlocal target
+                target = self._teacher(model, cond, target, s, t, order)
+                return target
+
+            return self._heun(counter, x, plan, teach)[1]
+        self.student.begin(counter)
         hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
         lambdas: list[float] = []
         for s, t, order in zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True):
@@ -135,12 +178,8 @@ class DODE(Solver):
             hist.push(s, self.predict(counter, x, s, self.student.prediction))
             base = self.student.update(x, hist, t, order)
             lam = 0.0
-            if len(hist) >= 2:
-                g = self.student.update(x, _adjusted(hist, 1.0), t, order) - base  # d x_{i+1} / d lambda
-                r = target - base
-                gg = float((g * g).sum())
-                if gg > (NEGLIGIBLE * float(r.norm())) ** 2:  # a negligible direction is not fitted (as IIA's)
-                    lam = float((r * g).sum()) / gg  # eq. 7, least squares in closed form
+            if len(hist) >= 2:  # eq. 7 along d x_{i+1} / d lambda
+                lam = _fit_lambda(base, self.student.update(x, _adjusted(hist, 1.0), t, order) - base, target)
             lambdas.append(lam)
             x = base if lam == 0.0 else self.student.update(x, _adjusted(hist, lam), t, order)
         return lambdas
@@ -148,10 +187,46 @@ class DODE(Solver):
     # -- sampling ---------------------------------------------------------------------------------------------------
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         lambdas = getattr(self, "lambdas", None)
-        if lambdas is None or len(lambdas) != len(plan.orders):
+        if lambdas is None or len(lambdas) != self._count(plan):
             raise RuntimeError(f"solver {self.spec} was not prepared for this plan (run it through dpmbench.sample)")
+        if self.heun:
+            return self._heun(model, x, plan, lambdas)[0]
+        self.student.begin(model)
         hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
         for s, t, order, lam in zip(plan.points[:-1], plan.points[1:], plan.orders, lambdas, strict=True):
             hist.push(s, self.predict(model, x, s, self.student.prediction))
             x = self.student.update(x, _adjusted(hist, lam), t, order)  # the base update with D~ (eq. 5)
         return x
+
+    def _heun(self, model: NFECounter, x: torch.Tensor, plan: Plan,
+              lambdas: list[float] | Callable[[Point, Point, int], torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
+        """EDM's Heun (Alg. 1, as the ``heun`` solver) with x~ += lambda_k (D_k - D_{k-1}) after evaluation k
+        (official d_edm_sampler). ``lambdas``: the distilled ones, or a teacher (s, t, evaluations) -> x at t, against
+        which each lambda is fitted in turn. Returns x and the lambdas used."""
+        fit = callable(lambdas)
+        used: list[float] = []
+        prev: torch.Tensor | None = None  # D of the previous evaluation
+
+        def adjust(y: torch.Tensor, d_new: torch.Tensor, target: torch.Tensor | None, t: Point) -> torch.Tensor:
+            lam = 0.0
+            if prev is not None:
+                lam = _fit_lambda(y, d_new - prev, target / t.alpha) if fit else lambdas[len(used)]  # type: ignore
+            used.append(lam)
+            return y if lam == 0.0 else y + lam * (d_new - prev)
+
+        for s, t, order in zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True):
+            target = lambdas(s, t, order) if fit else None  # type: ignore[operator]
+            xs, dsig = x / s.alpha, scale_free_sigma(t) - scale_free_sigma(s)
+            d = self.predict(model, x, s, "eps")
+            d0 = (x - s.sigma * d) / s.alpha  # D(x~, sigma~) from the same evaluation
+            x_euler = adjust(xs + dsig * d, d0, target, t)  # Alg. 1 line 5
+            prev = d0
+            if order == 1:
+                x = t.alpha * x_euler
+                continue
+            x_t = t.alpha * x_euler
+            d_prime = self.predict(model, x_t, t, "eps")  # line 7
+            d1 = (x_t - t.sigma * d_prime) / t.alpha
+            x = t.alpha * adjust(xs + dsig * 0.5 * (d + d_prime), d1, target, t)  # line 8
+            prev = d1
+        return x, used

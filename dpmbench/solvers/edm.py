@@ -15,7 +15,8 @@ from dpmbench.schedules import NoiseSchedule
 from dpmbench.solvers.base import Plan, Point, SinglestepSolver, register
 
 
-def _sig(p: Point) -> float:
+def scale_free_sigma(p: Point) -> float:
+    """sigma~ = sigma / alpha at ``p``: EDM's noise level of the scale-free variables x~ = x / alpha."""
     return p.sigma / p.alpha
 
 
@@ -30,7 +31,7 @@ class Euler(SinglestepSolver):
 
     def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
         d = self.predict(model, x, s, "eps")  # d = (x~ - D(x~)) / sigma~ = eps
-        return t.alpha * (x / s.alpha + (_sig(t) - _sig(s)) * d)  # Alg. 1 line 5
+        return t.alpha * (x / s.alpha + (scale_free_sigma(t) - scale_free_sigma(s)) * d)  # Alg. 1 line 5
 
 
 @register
@@ -53,7 +54,7 @@ class Heun(SinglestepSolver):
         return p
 
     def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
-        xs, dsig = x / s.alpha, _sig(t) - _sig(s)
+        xs, dsig = x / s.alpha, scale_free_sigma(t) - scale_free_sigma(s)
         d = self.predict(model, x, s, "eps")
         x_euler = xs + dsig * d  # Alg. 1 line 5
         if order == 1:

@@ -191,9 +191,8 @@ class IPNDM(MultistepSolver):
     def min_nfe(self) -> int:
         return 1
 
-    def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+    def begin(self, model: NFECounter) -> None:
         self._schedule = model.schedule
-        return super().solve(model, x, plan)
 
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
         s = hist[-1].point

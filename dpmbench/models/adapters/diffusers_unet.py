@@ -225,7 +225,9 @@ def load_diffusers_unet(entry: Mapping[str, Any], root: Path, device: str | torc
     dtype = model_dtype(opts)
     unet_dir, sched_dir = _unet_folder(root, opts)
     schedule, param = schedule_and_parameterization(entry, sched_dir, opts)
-    unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=dtype).to(device).eval().requires_grad_(False)
+    # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`, said explicitly (no warning per load)
+    unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=dtype, low_cpu_mem_usage=False)
+    unet = unet.to(device).eval().requires_grad_(False)
     size = entry.get("resolution") or unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     num_classes = opts.get("num_classes", entry.get("num_classes") or unet.config.num_class_embeds)

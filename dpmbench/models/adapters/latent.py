@@ -89,7 +89,8 @@ def load_vae(root: Path, opts: Mapping[str, Any], dtype: torch.dtype, device: st
         raise DpmbenchError(f"invalid latent-diffusion folder {str(root)!r}: no vae/ or vqvae/ with a config.json")
     cls_name = json.loads((folder / "config.json").read_text()).get("_class_name", "AutoencoderKL")
     cls = VQModel if cls_name == "VQModel" else AutoencoderKL
-    return cls.from_pretrained(folder, torch_dtype=dtype).to(device).eval().requires_grad_(False)
+    net = cls.from_pretrained(folder, torch_dtype=dtype, low_cpu_mem_usage=False)  # = without `accelerate`, no warning
+    return net.to(device).eval().requires_grad_(False)
 
 
 def load_unet_any(unet_dir: Path, dtype: torch.dtype, device: str | torch.device) -> tuple[torch.nn.Module, bool]:
@@ -99,7 +100,8 @@ def load_unet_any(unet_dir: Path, dtype: torch.dtype, device: str | torch.device
     cls_name = json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
     conditional = cls_name == "UNet2DConditionModel"
     cls = UNet2DConditionModel if conditional else UNet2DModel
-    return cls.from_pretrained(unet_dir, torch_dtype=dtype).to(device).eval().requires_grad_(False), conditional
+    net = cls.from_pretrained(unet_dir, torch_dtype=dtype, low_cpu_mem_usage=False)  # = without `accelerate`
+    return net.to(device).eval().requires_grad_(False), conditional
 
 
 def latent_parts(entry: Mapping[str, Any], root: Path, device: str | torch.device, allowed: tuple[str, ...]
