@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # tests/test_site.py opens the leaderboard site in Debian's chromium: installed here where missing (apt-get, as
 # root on CI); without it that test installs it itself or fails saying why
