@@ -37,13 +37,13 @@ Adams-Bashforth noise estimate drives the adjustment,
     x_{i+1} = update_i(x_i) + lambda_i (e~_i - e~_{i-1}),    e~_i = sum_j C_ij eps_j / (rho_{i+1} - rho_i)
 
 (e~_i: the eps that DDIM would need to take the same step, the official ``epsilon``; rho = sigma / alpha), with
-e~_{-1} = x_0 at the first step (official ``eps_new - x``), so the first step is adjusted too; the history keeps the
-raw eps. ``ab_adjust=newest`` is eq. 5 on the newest raw eps inside the update, the first step the base step (the
-form of the other bases here, kept for comparison). The official iPNDM / DEIS students distil from the same sampler
-at ``scale`` x the steps (dpm_solver/runners/diffusion.py lines 682-699 and 925-940), not from DDIM; here the default
-teacher stays DDIM for every base, and ``teacher=ipndm`` / ``teacher=deis`` run that teacher, its multistep history
-restarted at every student step (deviation, stated). Measured on gmm-2d, the teacher barely moves the result
-(tests/test_dode.py).
+e~_{-1} = x_T, the starting point, at the first step (official ``eps_new - x``), so the first step is adjusted too;
+the history keeps the raw eps. ``ab_adjust=newest`` is eq. 5 on the newest raw eps inside the update, the first step
+the base step (the form of the other bases here, kept for comparison). The official iPNDM / DEIS students distil
+from the same sampler at ``scale`` x the steps (dpm_solver/runners/diffusion.py lines 682-699 and 925-940), not from
+DDIM; here the default teacher stays DDIM for every base, and ``teacher=ipndm`` / ``teacher=deis`` run that teacher,
+its multistep history restarted at every student step (deviation, stated). Measured on gmm-2d, the teacher barely
+moves the result (tests/test_dode.py).
 
 EDM's Heun (``base=heun``; EDM Alg. 1, an odd NFE ends with an Euler step) follows the official ``d_edm_sampler``
 (edm/distilled_sampler.py): one lambda per *evaluation* k (predictor and corrector), added in EDM's variables
@@ -110,10 +110,11 @@ class DODE(Solver):
     """A multistep DPM-Solver(++) with one distilled scalar per step on its model output."""
 
     name = "d-ode"
-    summary = ("D-ODE: per-step (heun: per-evaluation) scalar on the model output, distilled from a 10x-step teacher "
-               "(fit cached)")
+    summary = ("D-ODE: per-step (heun: per-evaluation) scalar on the model output (ipndm / deis: on the combined "
+               "Adams-Bashforth eps), distilled from a 10x-step teacher (fit cached)")
     source = ("Kim, Tang & Yu 2024, 'Distilling ODE Solvers of Diffusion Models into Smaller Steps' (CVPR), eq. 5, 7; "
-              "defaults scale=10, DDIM teacher from the official edm/distilled_sampler.py")
+              "defaults scale=10, DDIM teacher from the official edm/distilled_sampler.py; the ipndm / deis form from "
+              "the official dpm_solver/th_deis/sampler.py (kim-sanghwan/D-ODE-Solvers @ 6dc5a1c)")
     needs_prepare = True
     options = {
         "base": Option(str, "ddim", "student solver (multistep; ddim = DPM-Solver++ of order 1; ipndm, deis at their "
@@ -196,7 +197,7 @@ class DODE(Solver):
         self.student.begin(counter)
         hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
         lambdas: list[float] = []
-        prev = x  # combined form: e~_{-1} = x_0
+        prev = x  # combined form: e~_{-1} = x_T
         for s, t, order in zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True):
             target = self._teacher(model, cond, target, s, t)
             hist.push(s, self.predict(counter, x, s, self.student.prediction))
@@ -224,7 +225,7 @@ class DODE(Solver):
             return self._heun(model, x, plan, lambdas)[0]
         self.student.begin(model)
         hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
-        prev = x  # combined form: e~_{-1} = x_0 (official ``eps_new - x`` at the first step)
+        prev = x  # combined form: e~_{-1} = x_T (official ``eps_new - x`` at the first step)
         for s, t, order, lam in zip(plan.points[:-1], plan.points[1:], plan.orders, lambdas, strict=True):
             hist.push(s, self.predict(model, x, s, self.student.prediction))
             if self.combined:
