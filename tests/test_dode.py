@@ -110,6 +110,11 @@ def test_distillation_over_ipndm_and_deis_as_measured(artifacts: Any) -> None:
             r = rmse(sample(model, spec, nfe, x_T, t_end=T_END), ref) / rmse(sample(model, base, nfe, x_T, t_end=T_END),
                                                                             ref)
             assert lo < r < hi, (spec, nfe, r)
+    base_err = {b: rmse(sample(model, b, 20, x_T, t_end=T_END), ref) for b in ("ipndm", "deis")}
+    for spec, base, (lo, hi) in (("d-ode:base=ipndm,teacher=ipndm", "ipndm", (2.0, 2.4)),
+                                 ("d-ode:base=deis,teacher=deis", "deis", (1.02, 1.09))):  # not the teacher
+        r = rmse(sample(model, spec, 20, x_T, t_end=T_END), ref) / base_err[base]
+        assert lo < r < hi, (spec, r)
 
 
 def test_combined_form_is_the_official_distilled_ab_step(artifacts: Any) -> None:
