@@ -29,10 +29,21 @@ shard reuses them (the paper: "optimized over a batch of samples, then reused").
 Bases (``base=``, with ``order=``): DPM-Solver++ and DPM-Solver, run multistep (``ddim`` is DPM-Solver++ of order 1,
 DDIM in data form); iPNDM (``ipndm``: fixed 4th-order Adams-Bashforth weights with lower-order warm-up, as the
 official ``get_sampler_distilled_ipndm``) and DEIS (``deis``: tAB with 4 eps values, the official ``t_ab``,
-``ab_order=3``), both on the noise prediction (official dpm_solver/th_deis/sampler.py). Deviation, stated: the
-official iPNDM / DEIS students add lambda_i (e~_i - e~_{i-1}) to x_{i+1}, e~ the step's combined Adams-Bashforth
-eps, and adjust the first step with e~_0 - x; here, as for the other bases, the newest raw eps is adjusted (eq. 5)
-inside the update and the first step is the base step.
+``ab_order=3``), both on the noise prediction. Over these two the default (``ab_adjust=combined``) is the official
+form (kim-sanghwan/D-ODE-Solvers @ 6dc5a1c, dpm_solver/th_deis/sampler.py: ``distilled_ab_step`` lines 39-50, applied
+in lines 241-244 for DEIS and 476-479 for iPNDM): the base update runs unchanged and the step's *combined*
+Adams-Bashforth noise estimate drives the adjustment,
+
+    x_{i+1} = update_i(x_i) + lambda_i (e~_i - e~_{i-1}),    e~_i = sum_j C_ij eps_j / (rho_{i+1} - rho_i)
+
+(e~_i: the eps that DDIM would need to take the same step, the official ``epsilon``; rho = sigma / alpha), with
+e~_{-1} = x_T, the starting point, at the first step (official ``eps_new - x``), so the first step is adjusted too;
+the history keeps the raw eps. ``ab_adjust=newest`` is eq. 5 on the newest raw eps inside the update, the first step
+the base step (the form of the other bases here, kept for comparison). The official iPNDM / DEIS students distil
+from the same sampler at ``scale`` x the steps (dpm_solver/runners/diffusion.py lines 682-699 and 925-940), not from
+DDIM; here the default teacher stays DDIM for every base, and ``teacher=ipndm`` / ``teacher=deis`` run that teacher,
+its multistep history restarted at every student step (deviation, stated). Measured on gmm-2d, the teacher barely
+moves the result (tests/test_dode.py).
 
 EDM's Heun (``base=heun``; EDM Alg. 1, an odd NFE ends with an Euler step) follows the official ``d_edm_sampler``
 (edm/distilled_sampler.py): one lambda per *evaluation* k (predictor and corrector), added in EDM's variables
@@ -59,7 +70,9 @@ from dpmbench.solvers.iia import NEGLIGIBLE
 
 BASES = ("ddim", "dpm-solver++", "dpm-solver", "ipndm", "deis", "heun")
 ORDERED = ("dpm-solver++", "dpm-solver")  # the bases whose order is the ``order`` option
-TEACHERS = ("ddim", "euler", "dpm-solver++")
+TEACHERS = ("ddim", "euler", "dpm-solver++", "ipndm", "deis")
+AB_BASES = ("ipndm", "deis")  # Adams-Bashforth bases: x_t = alpha_t (x_s / alpha_s + sum_j C_j eps_j)
+AB_ADJUST = ("combined", "newest")
 
 
 def _spec(name: str, order: int) -> str:
@@ -97,10 +110,11 @@ class DODE(Solver):
     """A multistep DPM-Solver(++) with one distilled scalar per step on its model output."""
 
     name = "d-ode"
-    summary = ("D-ODE: per-step (heun: per-evaluation) scalar on the model output, distilled from a 10x-step teacher "
-               "(fit cached)")
+    summary = ("D-ODE: per-step (heun: per-evaluation) scalar on the model output (ipndm / deis: on the combined "
+               "Adams-Bashforth eps), distilled from a 10x-step teacher (fit cached)")
     source = ("Kim, Tang & Yu 2024, 'Distilling ODE Solvers of Diffusion Models into Smaller Steps' (CVPR), eq. 5, 7; "
-              "defaults scale=10, DDIM teacher from the official edm/distilled_sampler.py")
+              "defaults scale=10, DDIM teacher from the official edm/distilled_sampler.py; the ipndm / deis form from "
+              "the official dpm_solver/th_deis/sampler.py (kim-sanghwan/D-ODE-Solvers @ 6dc5a1c)")
     needs_prepare = True
     options = {
         "base": Option(str, "ddim", "student solver (multistep; ddim = DPM-Solver++ of order 1; ipndm, deis at their "
@@ -108,19 +122,28 @@ class DODE(Solver):
         "order": Option(int, 2, "order of a dpm-solver++ / dpm-solver student (other bases: leave 2)",
                         choices=(1, 2, 3)),
         "teacher": Option(str, "ddim", "teacher run with `scale` sub-steps per student step (official: DDIM; "
-                          "dpm-solver++: its 2M)", choices=TEACHERS),
+                          "dpm-solver++: its 2M; ipndm / deis: the official th_deis students' own teacher, "
+                          "restarted at every student step)", choices=TEACHERS),
         "scale": Option(int, 10, "teacher steps per student step (official scale=10)", minimum=1),
         "fit_samples": Option(int, 256, "prior samples of the distillation batch", minimum=2),
         "fit_seed": Option(int, 1234, "seed of the distillation batch (its own stream, not the sampled x_T)",
                            minimum=0),
         "fit": Option(bool, True, "distil the lambdas; false: all lambdas 0, i.e. the base solver"),
+        "ab_adjust": Option(str, "combined", "ipndm / deis bases: 'combined' (official: x_{i+1} += lambda_i (e~_i - "
+                            "e~_{i-1}), e~ the step's combined Adams-Bashforth eps; D-ODE-Solvers "
+                            "dpm_solver/th_deis/sampler.py lines 39-50, 241-244, 476-479) or 'newest' (eq. 5 on the "
+                            "newest raw eps inside the update)", choices=AB_ADJUST),
     }
 
     def validate(self) -> None:
         if self.opts["base"] not in ORDERED and self.order != 2:
             raise DpmbenchError(f"invalid option 'order' of solver 'd-ode' {self.order} with base={self.opts['base']}: "
                                 "order applies to dpm-solver++ / dpm-solver; leave 2")
+        if self.opts["base"] not in AB_BASES and self.ab_adjust != "combined":
+            raise DpmbenchError(f"invalid option 'ab_adjust' of solver 'd-ode' {self.ab_adjust!r} with "
+                                f"base={self.opts['base']}: it applies to ipndm / deis; leave combined")
         self.student = get_solver(_spec(self.opts["base"], self.order))
+        self.combined = self.opts["base"] in AB_BASES and self.ab_adjust == "combined"
         self.heun = self.opts["base"] == "heun"
         self.teacher_solver = get_solver(_spec(self.teacher, 2))
 
@@ -137,7 +160,8 @@ class DODE(Solver):
         if not self.opts["fit"]:
             self.lambdas = [0.0] * self._count(plan)
             return {"d_ode_steps": len(self.lambdas), "fitted": False}
-        opts = (self.student.spec, self.teacher_solver.spec, self.scale, self.fit_samples, self.fit_seed)
+        opts = (self.student.spec, self.teacher_solver.spec, self.scale, self.fit_samples, self.fit_seed,
+                *((self.ab_adjust,) if self.opts["base"] in AB_BASES else ()))
 
         def compute() -> list[float]:
             return self.distil(ctx.model, ctx.cond(self.fit_samples), plan)
@@ -173,10 +197,18 @@ class DODE(Solver):
         self.student.begin(counter)
         hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
         lambdas: list[float] = []
+        prev = x  # combined form: e~_{-1} = x_T
         for s, t, order in zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True):
             target = self._teacher(model, cond, target, s, t)
             hist.push(s, self.predict(counter, x, s, self.student.prediction))
             base = self.student.update(x, hist, t, order)
+            if self.combined:  # official th_deis form: fit lambda_i along e~_i - e~_{i-1}, then add it to x_{i+1}
+                e = self._combined_eps(hist, t, order)
+                lam = _fit_lambda(base, e - prev, target)
+                x = base if lam == 0.0 else base + lam * (e - prev)
+                lambdas.append(lam)
+                prev = e
+                continue
             lam = 0.0
             if len(hist) >= 2:  # eq. 7 along d x_{i+1} / d lambda
                 lam = _fit_lambda(base, self.student.update(x, _adjusted(hist, 1.0), t, order) - base, target)
@@ -193,10 +225,25 @@ class DODE(Solver):
             return self._heun(model, x, plan, lambdas)[0]
         self.student.begin(model)
         hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
+        prev = x  # combined form: e~_{-1} = x_T (official ``eps_new - x`` at the first step)
         for s, t, order, lam in zip(plan.points[:-1], plan.points[1:], plan.orders, lambdas, strict=True):
             hist.push(s, self.predict(model, x, s, self.student.prediction))
+            if self.combined:
+                e = self._combined_eps(hist, t, order)
+                x_next = self.student.update(x, hist, t, order)  # the base update, unchanged
+                x = x_next if lam == 0.0 else x_next + lam * (e - prev)  # x_{i+1} += lambda_i (e~_i - e~_{i-1})
+                prev = e
+                continue
             x = self.student.update(x, _adjusted(hist, lam), t, order)  # the base update with D~ (eq. 5)
         return x
+
+    def _combined_eps(self, hist: History, t: Point, order: int) -> torch.Tensor:
+        """The step's combined Adams-Bashforth noise estimate e~ = sum_j C_j eps_j / (rho_t - rho_s): the eps with
+        which DDIM takes the same step (official ``distilled_ab_step``'s ``epsilon``). The iPNDM / DEIS update is
+        x_t = alpha_t (x_s / alpha_s + sum_j C_j eps_j), so from x_s = 0 it returns alpha_t sum_j C_j eps_j."""
+        s = hist[-1].point
+        ab = self.student.update(torch.zeros_like(hist[-1].out), hist, t, order)
+        return ab / (t.alpha * (t.sigma / t.alpha - s.sigma / s.alpha))
 
     def _heun(self, model: NFECounter, x: torch.Tensor, plan: Plan,
               lambdas: list[float] | Callable[[Point, Point, int], torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
