@@ -25,6 +25,12 @@ relative; 1e-2 on FDD, which a uint8 quantization flip can move.
   within the noise of a 359-sample FDD. The exposure-bias correction does not show on this network.
 * D-ODE over DDIM (Kim et al., CVPR 2024) and the Timestep Aligner (Xia et al., CVPR 2024) vs DDIM, unguided, NFE 5,
   on ``fdd`` (quality claims): both hold on the paired CI (see the test for the numbers).
+* Provably accelerated samplers (Li et al., ICML 2024, arXiv:2403.03852v1, Sec. 3), unguided: their DDIM-type and
+  DDPM-type updates diverge on this network at NFE 5-10 (mse_ref in the hundreds to thousands, DDIM's 0.04); the
+  accelerated ODE sampler fails against its own base, the accelerated SDE sampler holds against its base on FDD
+  but stays far behind ``ddpm`` (see the tests for the numbers).
+* ParaDiGMS Picard iterations over DDIM (Shih et al., NeurIPS 2023), unguided, NFE 10: within noise of sequential
+  DDIM on FDD, in 7 parallel rounds and 32 evaluations per sample at most.
 """
 
 from __future__ import annotations
@@ -182,3 +188,58 @@ def test_d_ode_and_timestep_aligner_over_ddim_on_the_network(net, unguided) -> N
         _, a, b, _, paired = r["rows"][0]
         assert a.ci_high > b.ci_low  # the marginal CIs overlap: the paired CI decides
         assert paired == pytest.approx(diff, rel=2e-2, abs=0.5), key
+
+
+def test_accelerated_ddim_fails_on_the_network(net, unguided) -> None:  # noqa: ANN001
+    """Li et al.'s accelerated deterministic sampler vs its DDIM-type base (``accelerated=false``, the claim's pair)
+    and vs ``ddim``, unguided, NFE 5 / 10, 64 samples. Both of Li et al.'s updates (eq. 2.5 is a small-step
+    approximation) diverge at these step sizes (samples up to |x| ~300 at NFE 5): mse_ref 4276 / 645.4 (accelerated)
+    and 2517 / 432.6 (base) vs DDIM's 0.04424 / 0.01542; FDD ~470 vs 201 / 112. The claim **fails** at both NFE (paired
+    differences +1759 and +212.8). As at 256 samples (README: 4313 and 2543 at NFE 5). The diverged values get 1e-2."""
+    acc, base = "accel-ddim", "accel-ddim:accelerated=false"
+    df = _results(net, unguided, [acc, base, "ddim"], (5, 10), ("mse_ref", "fdd"))
+    assert _values(df, acc) + _values(df, base) == pytest.approx([4275.8, 645.39, 2516.8, 432.59], rel=1e-2)
+    assert _values(df, "ddim") == pytest.approx([0.044245, 0.015421], rel=1e-3)
+    assert _values(df, acc, "fdd") + _values(df, base, "fdd") + _values(df, "ddim", "fdd") == pytest.approx(
+        [478.96, 462.10, 474.16, 465.33, 201.09, 112.40], rel=1e-2)
+    r = _claims(df)["accel-ddim-vs-base"]
+    assert r["metric"] == "mse_ref" and r["ran"] == (acc, base)
+    assert r["verdict"] == "fails" and _verdicts(r) == ["fails", "fails"]
+    assert [row[4][0] for row in r["rows"]] == pytest.approx([1759.0, 212.80], rel=1e-2)
+
+
+def test_accelerated_ddpm_beats_its_base_but_not_ddpm_on_the_network(net, unguided) -> None:  # noqa: ANN001
+    """Li et al.'s accelerated stochastic sampler vs its DDPM-type base (``split=0``) and vs ``ddpm``, unguided,
+    NFE 10, 64 samples, noise seed 0. Quality claim, on ``fdd``: 241.4 vs 501.3 (base), paired difference -259.9
+    [-337.6, -163.1]: **holds** against its base; but ``ddpm`` reaches 114.9 (mse_ref 3.720 and 217.4 vs 0.4950):
+    both of Li et al.'s DDPM-type updates are far from the data at this step size on the network."""
+    acc, base = "accel-ddpm", "accel-ddpm:split=0"
+    df = _results(net, unguided, [acc, base, "ddpm"], (10,), ("fdd", "mse_ref"))
+    assert _values(df, acc, "fdd") + _values(df, base, "fdd") + _values(df, "ddpm", "fdd") == pytest.approx(
+        [241.36, 501.30, 114.85], rel=1e-2)
+    assert _values(df, acc) + _values(df, base) + _values(df, "ddpm") == pytest.approx([3.7203, 217.43, 0.49495],
+                                                                                       rel=1e-3)
+    r = _claims(df)["accel-ddpm-vs-base"]
+    assert r["metric"] == "fdd" and r["ran"] == (acc, base)
+    assert r["verdict"] == "holds" and _verdicts(r) == ["holds"]
+    assert r["rows"][0][4] == pytest.approx((-259.95, -337.56, -163.13), rel=2e-2, abs=0.5)
+
+
+def test_picard_matches_sequential_ddim_on_the_network(net, unguided) -> None:  # noqa: ANN001
+    """ParaDiGMS Picard iterations over DDIM (official window 10, tolerance 0.1) vs sequential ``ddim``, unguided,
+    NFE 10, 64 samples: FDD 115.2 vs 112.4, paired difference +2.80 [-0.15, +6.64]: **within noise**, as the claim
+    predicts; mse_ref 0.01619 vs 0.01542, and the MSE between the two samples 1.37e-4 (it converges to its base up to
+    the tolerance). Counters: 7 parallel rounds (the batched model calls, the NFE counter) and
+    at most 32 evaluations per sample (mean 29.4) for DDIM's 10 sequential ones."""
+    st: dict[str, Any] = {}
+    x = sample(net, "picard", 10, unguided["x_T"], stats=st)
+    assert (st["parallel_rounds"], st["nfe_used"], st["nfe_total"]) == (7, 7, 32)
+    assert st["nfe_total_mean"] == pytest.approx(29.375)
+    seq = sample(net, "ddim", 10, unguided["x_T"])
+    assert float(((x - seq) ** 2).mean()) == pytest.approx(1.3682e-4, rel=1e-2)  # 0.009x DDIM's own mse_ref
+    df = _results(net, unguided, ["picard", "ddim"], (10,), ("fdd", "mse_ref"))
+    assert _values(df, "picard", "fdd") + _values(df, "ddim", "fdd") == pytest.approx([115.20, 112.40], rel=1e-2)
+    assert _values(df, "picard") + _values(df, "ddim") == pytest.approx([0.016186, 0.015421], rel=1e-3)
+    r = _claims(df)["picard-matches-ddim"]
+    assert r["metric"] == "fdd" and r["ran"] == ("picard", "ddim")
+    assert r["verdict"] == "within noise" and _verdicts(r) == ["within noise"]
