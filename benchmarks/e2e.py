@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--root", default=str(ROOT), help="checkout whose Snakefile and package run (default: this one)")
+    ap.add_argument("--scheduler", default="greedy", choices=["greedy", "ilp"],
+                    help="Snakemake's job scheduler (greedy: what `make bench` uses)")
     args = ap.parse_args()
     config = dict(QUICK) if args.quick else yaml.safe_load(Path(args.configfile).read_text())
     work = Path(tempfile.mkdtemp(prefix="dpmbench-e2e-"))
@@ -91,7 +93,8 @@ def main() -> None:
     env = {**os.environ, "DPMBENCH_CACHE": str(work / "cache"), "PYTHONPATH": str(root),
            "DPMBENCH_WORKER_DIR": str(work / "worker")}
     cmd = [str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(root / "Snakefile"),
-           "--directory", str(work), "--configfile", str(work / "config.yaml"), "--cores", str(args.cores)]
+           "--directory", str(work), "--configfile", str(work / "config.yaml"), "--cores", str(args.cores),
+           "--scheduler", args.scheduler]
     load0 = f"{os.getloadavg()[0]:.2f}"
     t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
