@@ -111,21 +111,18 @@ def main() -> None:
     noop = time.perf_counter() - t0
     assert "Nothing to be done" in again.stdout + again.stderr
     jobs = job_counts(proc.stdout + proc.stderr)
-    sample_s = eval_s = 0.0
-    for p in (work / "results").rglob("*.json"):
+    sample_s = eval_s = prep_s = 0.0
+    for p in (work / "results").rglob("*.json"):  # metrics files, and the prepare jobs' records
         rec = json.loads(p.read_text())
         if isinstance(rec, dict) and "metrics" in rec:
             sample_s += float(rec.get("wall_s") or 0.0)
             eval_s += float(rec.get("eval_wall_s") or 0.0)
+        elif isinstance(rec, dict) and "prepared" in rec:
+            prep_s += float(rec.get("wall_s") or 0.0)
     ref_s = 0.0
     for p in (work / "results").rglob("reference.npz"):
         with np.load(p) as f:
             ref_s += float(f["wall_s"])
-    prep_s = 0.0
-    for p in (work / "results").rglob("*.json"):
-        rec = json.loads(p.read_text())
-        if isinstance(rec, dict) and "prepared" in rec:
-            prep_s += float(rec.get("wall_s") or 0.0)
     work_s = sample_s + eval_s + ref_s + prep_s
     per_job = import_time(root)
     njobs = sum(v for k, v in jobs.items() if k != "total")

@@ -101,10 +101,14 @@ def code_key() -> str:
     return h.hexdigest()[:16]
 
 
-def _paths(key: str) -> dict[str, Path]:
-    base = worker_dir() / key
+def _paths_at(base: Path) -> dict[str, Path]:
+    """A server's files: ``base`` + .sock / .lock / .log / .stats.json."""
     return {"socket": base.with_suffix(".sock"), "lock": base.with_suffix(".lock"),
             "log": base.with_suffix(".log"), "stats": base.with_suffix(".stats.json")}
+
+
+def _paths(key: str) -> dict[str, Path]:
+    return _paths_at(worker_dir() / key)
 
 
 # ----------------------------------------------------------------------------------------------------- client
@@ -195,16 +199,10 @@ def run_client(args: Sequence[str]) -> int:
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, forward)
-        raw = b""
-        while len(raw) < _STATUS.size:
-            try:
-                chunk = sock.recv(_STATUS.size - len(raw))
-            except InterruptedError:  # pragma: no cover  (PEP 475 retries; kept for clarity)
-                continue
-            if not chunk:
-                print("dpmbench.worker: error: the job server went away", file=sys.stderr)
-                return 1
-            raw += chunk
+        raw = _recv_exact(sock, _STATUS.size)
+    if len(raw) < _STATUS.size:
+        print("dpmbench.worker: error: the job server went away", file=sys.stderr)
+        return 1
     status = _STATUS.unpack(raw)[0]
     if os.WIFSIGNALED(status):  # die the way the job died, so that the caller sees the same status
         sig = os.WTERMSIG(status)
@@ -302,8 +300,7 @@ class _Server:
     """Accepts jobs, forks one child per job, reports each child's wait status to its client."""
 
     def __init__(self, sock_path: Path) -> None:
-        self.paths = {k: sock_path.with_suffix(s) for k, s in
-                      (("socket", ".sock"), ("lock", ".lock"), ("stats", ".stats.json"))}
+        self.paths = _paths_at(sock_path.with_suffix(""))
         self.children: dict[int, tuple[socket.socket, str]] = {}
         self.by_command: dict[str, list[float]] = {}  # command -> [jobs, CPU seconds]
         self.jobs = 0
@@ -316,8 +313,6 @@ class _Server:
         for name in OPTIONAL_PRELOAD:
             with contextlib.suppress(ImportError):
                 importlib.import_module(name)
-        for name in set(ENTRY_POINTS.values()):
-            importlib.import_module(name)
 
     def write_stats(self) -> None:
         own = os.times()
@@ -448,38 +443,36 @@ def status(key: str | None = None) -> dict[str, Any] | None:
         return None
 
 
-def stop(key: str | None = None, timeout_s: float = 10.0) -> dict[str, Any] | None:
-    """Stop the server for this code; its final statistics, or None if none was running."""
-    paths = _paths(key or code_key())
-    before = status(key)
-    if before is None:
-        return None
-    os.kill(int(before["pid"]), signal.SIGTERM)
+def _stop_at(paths: dict[str, Path], timeout_s: float) -> dict[str, Any] | None:
+    """SIGTERM the server whose statistics are at ``paths`` (if its socket is up), wait until its socket is gone;
+    its final statistics (None if it never wrote any)."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        pid = int(json.loads(paths["stats"].read_text())["pid"])
+        if paths["socket"].exists():
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while paths["socket"].exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
         return json.loads(paths["stats"].read_text())
     except (OSError, ValueError):
-        return before
+        return None
+
+
+def stop(key: str | None = None, timeout_s: float = 10.0) -> dict[str, Any] | None:
+    """Stop the server for this code; its final statistics, or None if none was running."""
+    if status(key) is None:
+        return None
+    return _stop_at(_paths(key or code_key()), timeout_s)
 
 
 def stop_all(directory: Path | str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """Stop every server with statistics in ``directory`` (whatever its code); their final statistics."""
     final = []
     for stats_path in sorted(Path(directory).glob("*.stats.json")):
-        sock_path = Path(str(stats_path)[: -len(".stats.json")] + ".sock")
-        try:
-            pid = int(json.loads(stats_path.read_text())["pid"])
-            if sock_path.exists():
-                os.kill(pid, signal.SIGTERM)
-        except (OSError, ValueError, KeyError):
-            pass
-        deadline = time.monotonic() + timeout_s
-        while sock_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with contextlib.suppress(OSError, ValueError):
-            final.append(json.loads(stats_path.read_text()))
+        info = _stop_at(_paths_at(Path(str(stats_path)[: -len(".stats.json")])), timeout_s)
+        if info is not None:
+            final.append(info)
     return final
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from dpmbench.cli import main
 from dpmbench.errors import DpmbenchError
+from dpmbench.paper_coverage import config_cells
 from dpmbench.report import load_papers, write_report
 from dpmbench.solvers.base import get_solver, list_solvers
 from dpmbench.timesteps import ALL_KINDS
@@ -147,22 +148,8 @@ def test_paper_configs_validate(path: Path) -> None:
     assert grid.results_dir.startswith("results/papers/") and grid.report_dir.startswith("reports/papers/")
 
 
-def _config_cells() -> dict[tuple[str, str, str, int, str, str], set[tuple[float, int]]]:
-    """(model, canonical solver, metric, nfe, schedule, guidance) -> (end time, sample count) pairs, over every paper
-    configuration."""
-    cells: dict[tuple[str, str, str, int, str, str], set[tuple[float, int]]] = {}
-    for path in PAPER_CONFIGS:
-        grid = build_grid(yaml.safe_load(path.read_text()))
-        for c in grid.cells():
-            spec = get_solver(grid.spec(c["solver"])).spec
-            for metric in grid.metrics(c["model"]):
-                key = (c["model"], spec, metric, c["nfe"], c["schedule"], c["guidance"])
-                cells.setdefault(key, set()).add((grid.t_end_of(c["model"]), grid.num_samples(c["model"])))
-    return cells
-
-
 def test_every_published_number_of_an_implemented_solver_has_a_config_cell() -> None:
-    cells = _config_cells()
+    cells = config_cells()
     missing = []
     for name, part, e in _all_rows():
         if not _implemented(e["solver"]) or "not_in_config" in e:
@@ -336,11 +323,12 @@ def test_page_is_optional_and_the_report_opens_with_coverage(tmp_path: Path) -> 
 
 def test_list_papers_prints_coverage_per_paper(capsys: pytest.CaptureFixture[str]) -> None:
     """`dpmbench list papers`: per file, its numbers, those of implemented solvers, those with a config cell of the same
-    protocol (counted here independently with _config_cells) and the checkpoints they need."""
+    protocol (the protocol match counted here independently of paper_coverage.cell_for) and the checkpoints they
+    need."""
     assert main(["list", "papers"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(_docs())
-    cells = _config_cells()
+    cells = config_cells()
     for (path, doc), line in zip(_docs(), lines, strict=True):
         rows = list(doc.get("entries") or []) + list(doc.get("unpinned") or [])
         implemented = [e for e in rows if _implemented(e["solver"])]
