@@ -41,6 +41,17 @@ def oracle_set(ctx: Context, n: int, seed: int, what: str) -> tuple[torch.Tensor
     return x_T, cond, ref.to(torch.float64)
 
 
+SEARCH_START = 1 << 32  # first sample index of a data-scored search set (no evaluation set reaches it)
+
+
+def search_prior(ctx: Context, n: int, seed: int) -> tuple[torch.Tensor, Any, int]:
+    """A search set for objectives scored against the data, not against exact solutions: ``n`` float64 x_T that no
+    evaluation run draws (samples ``SEARCH_START ..`` of stream ``seed``, so independent of the evaluation x_T of any
+    seed), their labels when guided, and that start index (a stochastic solver's step noise of the same samples)."""
+    x_T = ctx.model.prior(n, seed=seed, dtype=torch.float64, start=SEARCH_START)
+    return x_T, search_cond(ctx, n), SEARCH_START
+
+
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
     """sqrt(mean (a - b)^2) over samples and dimensions (the ``rmse_exact`` metric); inf if not finite."""
     v = float(((a.to(torch.float64) - b) ** 2).mean().sqrt())

@@ -18,11 +18,21 @@ so a searched grid is used as ``--schedule searched:NAME`` beside the others. Th
    10 epochs (at most 500 evaluations).
 
 The fitness is the sample-quality proxy: the paper scores a candidate by the FID of a few generated samples
-against the data statistics. On the oracle models (``objective=fd``) it is the Frechet distance between the
-solver's samples from the search's own x_T (``samples``, stream = the search seed) and the moments of their exact
-ODE solutions; ``objective=exact`` scores the RMSE to those exact solutions instead. The architecture-compression
-half of AutoDiffusion (dropping network blocks) needs a network with removable blocks; it does not apply to the
-oracle models and is not implemented.
+against the data statistics (official ``get_cand_fid``: Inception features of ``num_sample`` samples, Frechet
+distance to ``ref_mu`` / ``ref_sigma``). ``objective`` chooses it:
+
+* ``fd`` (oracle models): the Frechet distance between the solver's samples from the search's own x_T (``samples``,
+  stream = the search seed) and the moments of their exact ODE solutions; ``exact``: the RMSE to those solutions;
+* ``fdd`` (8x8 digits models: the trained network ``digits-unet``, also the digits oracles): the paper's proxy
+  itself, the ``fdd`` metric's digits-CNN features (``evaluators.images.digits_features``, EDM uint8 quantization) of
+  the solver's samples, Frechet distance to the moments of the 1,797 digits' features (the ``fdd`` metric's
+  reference, ``digits_reference_features``). Its x_T are samples ``2^32 ..`` of the search seed
+  (``search_prior``): no evaluation run draws them, so a searched grid is judged on other x_T than it was fitted on;
+* ``auto`` (default): ``fd`` on the oracle models, ``fdd`` on the other digits models; a model with neither exact
+  solutions nor digits-shaped samples is refused.
+
+The architecture-compression half of AutoDiffusion (dropping network blocks) needs a network with removable blocks;
+it does not apply to the oracle models, and for the diffusers UNet it is not implemented.
 """
 
 from __future__ import annotations
@@ -32,26 +42,31 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from dpmbench.errors import DpmbenchError
+from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.models.base import NFECounter, NoiseSource
 from dpmbench.search import register_search
-from dpmbench.search._common import oracle_set, rmse, single_thread
+from dpmbench.search._common import oracle_set, rmse, search_prior, single_thread
 from dpmbench.search.ays import steps_for
 from dpmbench.solvers.base import Context, Option, Solver
+from dpmbench.solvers.dc_solver import has_exact_solution
 from dpmbench.timesteps import TIMESTEP_SCHEDULES, timesteps
 
 OPTIONS = {
-    "objective": Option(str, "fd", "fd: Frechet distance of the samples to the moments of their exact ODE solutions "
-                        "(the paper's few-sample FID proxy); exact: RMSE to the exact solutions",
-                        choices=("fd", "exact")),
+    "objective": Option(str, "auto", "the few-sample quality proxy (the paper's: FID to the data statistics). fd: "
+                        "Frechet distance of the samples to the moments of their exact ODE solutions (oracle models); "
+                        "exact: RMSE to the exact solutions; fdd: Frechet digits distance (the fdd metric's digits-CNN "
+                        "features) to the 1,797 digits (8x8 digits models, e.g. digits-unet); auto: fd on oracle "
+                        "models, fdd on digits models", choices=("auto", "fd", "exact", "fdd")),
     "population": Option(int, 50, "candidates per epoch (official population_num=50)", minimum=2),
     "select": Option(int, 10, "parents: the best candidates seen so far (official select_num=10)", minimum=1),
     "mutations": Option(int, 25, "mutated children per epoch (official mutation_num=25)", minimum=0),
     "crossovers": Option(int, 25, "crossover children per epoch (official crossover_num=25)", minimum=0),
     "m_prob": Option(float, 0.1, "probability that a mutation moves a point (official m_prob=0.1)", minimum=0.0),
     "epochs": Option(int, 10, "epochs (official max_epochs=10)", minimum=1),
-    "samples": Option(int, 128, "x_T of the search set (stream = the search seed)", minimum=2),
+    "samples": Option(int, 128, "x_T of the search set (stream = the search seed; fdd: samples 2^32.. of it, never "
+                      "an evaluation x_T)", minimum=2),
     "grid": Option(int, 1000, "candidate points: a time-uniform grid of this many interior times (official: the "
                    "1000 DDPM steps)", minimum=2),
     "init": Option(str, "random", "random (official use_ddim_init_x=False) or schedule (the run's --schedule grid, "
@@ -121,10 +136,37 @@ class _Evolution:
         return self.top[0]
 
 
+DIGITS_SHAPE = (1, 8, 8)  # the samples the fdd metric's digits CNN reads
+
+
+def resolve_objective(ctx: Context, objective: str) -> str:
+    """The objective ``auto`` stands for on this model (``fd`` on oracles, ``fdd`` on 8x8 digits models), checked
+    against what the model offers; a one-line error naming the option and the allowed values otherwise."""
+    oracle, digits = has_exact_solution(ctx.model), tuple(ctx.model.shape) == DIGITS_SHAPE
+    if objective == "auto":
+        objective = "fd" if oracle else "fdd" if digits else "auto"
+    allowed = (["fd", "exact"] if oracle else []) + (["fdd"] if digits else [])
+    if objective not in allowed:
+        raise bad_value(f"option 'objective' of search 'autodiffusion' for model {ctx.model.name!r}", objective,
+                        allowed or "none (it needs exact ODE solutions, an oracle model, or 8x8 digits samples)")
+    return objective
+
+
+def _digits_fdd() -> Any:
+    """``x -> FDD``: the ``fdd`` metric's digits-CNN features of the quantized samples, Frechet distance to the
+    moments of the 1,797 digits' features (the metric's reference, computed once)."""
+    from evaluators.images import digits_features, digits_reference_features, feature_moments, to_uint8
+    from evaluators.oracle import frechet_to
+
+    mu, cov = feature_moments(digits_reference_features())
+    return lambda x: frechet_to(digits_features(to_uint8(x.reshape(len(x), *DIGITS_SHAPE))), mu, cov)
+
+
 @register_search("autodiffusion", "AutoDiffusion: evolutionary search of the time-step sequence with a few-sample "
-                 "quality proxy (training-free; the architecture half does not apply to oracles)",
+                 "quality proxy (training-free; oracle models: FD to exact solutions, digits-unet: FDD to the data; "
+                 "the architecture half is not implemented)",
                  "Li et al. 2023 (ICCV), 'AutoDiffusion', Sec. 3.2-3.3; defaults from the official "
-                 "scripts/search_ea.py (EvolutionSearcher); see dpmbench/search/autodiffusion.py",
+                 "scripts/search_ea.py (EvolutionSearcher, get_cand_fid); see dpmbench/search/autodiffusion.py",
                  produces="timesteps", options=OPTIONS, needs_solver=True)
 def search_autodiffusion(ctx: Context, solver: Solver | None, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
     """The best time grid of the solver's step count for ``ctx.nfe``; returns ``{"grids": {steps: times}}``."""
@@ -134,28 +176,40 @@ def search_autodiffusion(ctx: Context, solver: Solver | None, seed: int, opts: d
     if solver.needs_prepare or solver.adaptive or solver.parallel:
         raise DpmbenchError(f"invalid solver {solver.spec!r} for search 'autodiffusion': it needs a fixed-step solver "
                             "without prepare")
+    objective = resolve_objective(ctx, opts["objective"])
     sch, t0, t1 = ctx.model.schedule, ctx.start, ctx.end
     steps = steps_for(solver, ctx.nfe, sch, t0, t1)
     if steps - 1 > opts["grid"]:
         raise DpmbenchError(f"invalid option 'grid' of search 'autodiffusion': {opts['grid']} (allowed: >= {steps - 1} "
                             "for this NFE)")
     fine = torch.linspace(t0, t1, opts["grid"] + 2, dtype=torch.float64)[1:-1]
-    x_T, cond, ref = oracle_set(ctx, opts["samples"], seed, "search 'autodiffusion'")
-    flat = ref.reshape(len(ref), -1).numpy()
-    mu, cov = flat.mean(axis=0), np.cov(flat, rowvar=False)
+    if objective == "fdd":
+        x_T, cond, start = search_prior(ctx, opts["samples"], seed)
+        score = _digits_fdd()
+    else:
+        x_T, cond, ref = oracle_set(ctx, opts["samples"], seed, "search 'autodiffusion'")
+        start = 0
+        flat = ref.reshape(len(ref), -1).numpy()
+        mu, cov = flat.mean(axis=0), np.cov(flat, rowvar=False)
+
+        def score(x: torch.Tensor) -> float:
+            if objective == "exact":
+                return rmse(x, ref)
+            return frechet_to(x.reshape(len(x), -1).numpy(), mu, cov)
 
     def grid_of(c: tuple[int, ...]) -> torch.Tensor:
         return torch.cat([torch.tensor([t0], dtype=torch.float64), fine[list(c)],
                           torch.tensor([t1], dtype=torch.float64)])
 
+    bar = tqdm(total=opts["population"] * opts["epochs"], desc=f"autodiffusion NFE {ctx.nfe}", unit="candidate",
+               leave=False, disable=None)
+
     def fitness(c: tuple[int, ...]) -> float:
+        bar.update()
         plan = solver.make_plan(ctx.nfe, sch, grid_of(c), t0, t1)
-        noise = NoiseSource(seed, 0, x_T) if solver.stochastic else None
-        x = solver.run(NFECounter(ctx.model, cond, noise), x_T, plan).to(torch.float64)
-        if opts["objective"] == "exact":
-            return rmse(x, ref)
-        v = frechet_to(x.reshape(len(x), -1).numpy(), mu, cov)
-        return float(v) if np.isfinite(v) else float("inf")
+        noise = NoiseSource(seed, start, x_T) if solver.stochastic else None
+        v = float(score(solver.run(NFECounter(ctx.model, cond, noise), x_T, plan).to(torch.float64)))
+        return v if np.isfinite(v) else float("inf")
 
     init = None
     if opts["init"] == "schedule":
@@ -166,5 +220,6 @@ def search_autodiffusion(ctx: Context, solver: Solver | None, seed: int, opts: d
     with single_thread(), torch.no_grad():
         evo = _Evolution(fitness, steps - 1, opts["grid"], opts, seed)
         best = evo.run(init)
-    return {"grids": {str(steps): grid_of(best).tolist()}, "objective": opts["objective"],
+    bar.close()
+    return {"grids": {str(steps): grid_of(best).tolist()}, "objective": objective,
             "value": evo.seen[best], "evaluations": len(evo.seen)}
