@@ -24,7 +24,8 @@ import torch
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
 from dpmbench.search import get_search, run_search
-from dpmbench.search.autodiffusion import _Evolution
+from dpmbench.search._common import search_prior
+from dpmbench.search.autodiffusion import _Evolution, resolve_objective
 from dpmbench.solvers.base import Context, get_solver
 from evaluators.oracle import frechet_to
 
@@ -85,3 +86,29 @@ def test_listed_with_official_defaults_and_bad_input(artifacts: Any) -> None:
         run_search("autodiffusion", _ctx(m, 10), get_solver("ddim"), options={**SMALL, "grid": 5})
     with pytest.raises(DpmbenchError, match="search 'autodiffusion'"):
         run_search("autodiffusion", _ctx(m, 5), get_solver("iia-ddim"), options=SMALL)
+
+
+def test_objective_auto_follows_the_model_and_the_data_search_set_is_its_own() -> None:
+    """auto is fd on an oracle and fdd on the trained digits network; an objective the model cannot score, or a model
+    with neither exact solutions nor 8x8 digits samples, is a one-line error naming the option and what is allowed.
+    The fdd search set's x_T are drawn from the search seed but are no evaluation x_T of any seed."""
+    oracle, digits_oracle, net = load_model("gmm-2d"), load_model("gmm-digits"), load_model("digits-unet")
+    assert resolve_objective(_ctx(oracle, 5), "auto") == "fd"
+    assert resolve_objective(_ctx(digits_oracle, 5), "auto") == "fd"
+    assert resolve_objective(_ctx(digits_oracle, 5), "fdd") == "fdd"
+    assert resolve_objective(Context(net, 5, "logsnr", None, None), "auto") == "fdd"
+    with pytest.raises(DpmbenchError, match=r"option 'objective' of search 'autodiffusion' for model 'digits-unet' "
+                       r"'exact'; allowed: fdd$"):
+        resolve_objective(Context(net, 5, "logsnr", None, None), "exact")
+    with pytest.raises(DpmbenchError, match=r"option 'objective' of search 'autodiffusion' for model 'gmm-2d' 'fdd'; "
+                       r"allowed: fd, exact"):
+        resolve_objective(_ctx(oracle, 5), "fdd")
+    toy = Context(type("Toy", (), {"name": "toy", "shape": (3,)})(), 5)  # neither an oracle nor 8x8 digits
+    with pytest.raises(DpmbenchError, match=r"'auto'; allowed: none \(it needs exact ODE solutions"):
+        resolve_objective(toy, "auto")
+    ctx = Context(net, 5, "logsnr", None, None)
+    x_T, cond, start = search_prior(ctx, 8, seed=0)
+    assert cond is None and x_T.dtype == torch.float64 and torch.equal(x_T, search_prior(ctx, 8, seed=0)[0])
+    for seed in range(3):
+        assert not torch.isin(x_T, net.prior(1024, seed=seed, dtype=torch.float64)).any()
+    assert torch.equal(x_T, net.prior(8, seed=0, dtype=torch.float64, start=start))
