@@ -66,7 +66,8 @@ OPTIONS = {
     "m_prob": Option(float, 0.1, "probability that a mutation moves a point (official m_prob=0.1)", minimum=0.0),
     "epochs": Option(int, 10, "epochs (official max_epochs=10)", minimum=1),
     "samples": Option(int, 128, "x_T of the search set (stream = the search seed; fdd: samples 2^32.. of it, never "
-                      "an evaluation x_T)", minimum=2),
+                      "an evaluation x_T); the official search_plms.sh / search_dpm_solver.sh use num_sample=2000 / "
+                      "1000 on Stable Diffusion, 128 here keeps the proxy few-sample and cheap", minimum=2),
     "grid": Option(int, 1000, "candidate points: a time-uniform grid of this many interior times (official: the "
                    "1000 DDPM steps)", minimum=2),
     "init": Option(str, "random", "random (official use_ddim_init_x=False) or schedule (the run's --schedule grid, "
