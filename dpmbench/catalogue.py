@@ -19,6 +19,7 @@ This module sits with the entry points: its ``live()`` imports the solvers, mode
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -35,7 +36,7 @@ PLUGINS_GROUP = "dpmbench.solvers"  # its package is not); tests/test_catalogue.
 def option_record(key: str, opt: Any) -> dict[str, str]:
     """One option as ``dpmbench list`` prints it: its key, default, allowed values and description."""
     default = str(opt.default).lower() if isinstance(opt.default, bool) else str(opt.default)
-    return {"key": key, "default": default, "allowed": opt.describe(), "doc": opt.doc}
+    return {"key": key, "type": opt.type.__name__, "default": default, "allowed": opt.describe(), "doc": opt.doc}
 
 
 def _solvers() -> dict[str, Any]:
@@ -45,7 +46,8 @@ def _solvers() -> dict[str, Any]:
     for name in list_solvers():
         cls = SOLVERS[name]
         own = [option_record(k, o) for k, o in cls.options.items() if COMMON_OPTIONS.get(k) is not o]
-        families.append({"name": name, "summary": cls.summary, "source": cls.source, "options": own})
+        families.append({"name": name, "summary": cls.summary, "source": cls.source, "options": own,
+                         "keys": list(cls.options)})
     return {"common_options": [option_record(k, o) for k, o in COMMON_OPTIONS.items()], "families": families}
 
 
@@ -91,7 +93,14 @@ def plugins_present() -> bool:
     """Whether solver plugins extend the built-in registry (then only the live registries are complete)."""
     if any(m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",")):
         return True
-    return bool(entry_points(group=PLUGINS_GROUP))
+    return _has_entry_points(entry_points)
+
+
+@functools.lru_cache(maxsize=2)
+def _has_entry_points(finder: Any) -> bool:
+    """Whether ``finder`` (importlib's ``entry_points``) lists solver plugins: it scans every installed
+    distribution, so once per process (keyed by the finder, which tests replace)."""
+    return bool(finder(group=PLUGINS_GROUP))
 
 
 def section(name: str) -> dict[str, Any]:
@@ -99,11 +108,61 @@ def section(name: str) -> dict[str, Any]:
     file is missing or unreadable."""
     if not plugins_present():
         try:
-            data = json.loads(PATH.read_text(encoding="utf-8"))
-            return dict(data[name])
+            return dict(_file(str(PATH))[name])
         except (OSError, ValueError, KeyError, TypeError):
             pass
     return live(name)
+
+
+@functools.lru_cache(maxsize=2)
+def _file(path: str) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+_PARSE = {"int": int, "float": float, "str": str}
+
+
+def _parse(kind: str, raw: str) -> Any:
+    """An option value from its spec text, as ``Option.parse`` converts it (types only; validation is
+    ``get_solver``'s)."""
+    if kind == "bool":
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(raw)
+        return raw.lower() in ("true", "1", "yes")
+    return _PARSE[kind](raw)
+
+
+def _fmt(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def canonical_spec(spec: str) -> str:
+    """``get_solver(spec).spec`` (the name and every option that differs from its default, in the solver's option
+    order) read from the catalogue, without importing torch. It converts option values by type but does not check
+    their ranges or combinations (``get_solver`` does); a spec it cannot convert (a plugin solver, an unknown option,
+    a value of the wrong type) goes through ``get_solver``, so it gets its one-line error."""
+    name, _, rest = str(spec).strip().partition(":")
+    fams = {f["name"]: f for f in section("solvers")["families"]}
+    fam = fams.get(name.strip())
+    try:
+        if fam is None:
+            raise KeyError(name)
+        records = {o["key"]: o for o in section("solvers")["common_options"]}
+        records.update({o["key"]: o for o in fam["options"]})
+        given: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, raw = (v.strip() for v in item.partition("="))
+            if not eq or key in given:
+                raise KeyError(key)
+            rec = records[key]
+            value = _parse(rec["type"], raw)
+            given[key] = value if value != _parse(rec["type"], rec["default"]) else None
+    except (KeyError, ValueError, TypeError):
+        from dpmbench.solvers.base import get_solver
+
+        return get_solver(spec).spec
+    diff = [f"{k}={_fmt(given[k])}" for k in fam["keys"] if given.get(k) is not None]
+    return fam["name"] + (":" + ",".join(diff) if diff else "")
 
 
 def render() -> str:

@@ -42,6 +42,7 @@ from urllib.parse import quote
 import yaml
 
 from dpmbench.errors import DpmbenchError, bad_value
+from dpmbench.yamlfile import load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = ROOT / "config" / "checkpoints.yaml"
@@ -288,7 +289,7 @@ def _load_manifest_file(path: str | os.PathLike[str] | None) -> dict[str, Checkp
             return {}
         raise DpmbenchError(f"invalid manifest {str(p)!r}: no such file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p.read_text())
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise DpmbenchError(f"invalid manifest {str(p)!r}: not valid YAML ({first})") from None

@@ -652,11 +652,13 @@ def cmd_regress(args: argparse.Namespace) -> int:
     if args.config:
         import yaml
 
+        from dpmbench.yamlfile import load_yaml
+
         path = Path(args.config)
         if not path.is_file():
             raise DpmbenchError(f"invalid --config {args.config!r}: no such file")
         try:
-            config = yaml.safe_load(path.read_text()) or {}
+            config = load_yaml(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise DpmbenchError(f"invalid --config {args.config!r}: not YAML ({exc.__class__.__name__})") from None
         tolerances = load_tolerances(config)

@@ -11,25 +11,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from dpmbench.catalogue import canonical_spec, section
+from dpmbench.checkpoints import load_manifest
 from dpmbench.errors import DpmbenchError
 from dpmbench.workflow import ROOT, build_grid, guidance_key
+from dpmbench.yamlfile import read_yaml
 
 CellKey = tuple[str, str, str, int, str, str]  # model, canonical solver, metric, nfe, schedule, guidance
 
 
 def config_cells(config_dir: str | Path = ROOT / "config" / "papers") -> dict[CellKey, set[tuple[float, int]]]:
     """Every cell of the paper configurations, keyed by what it measures -> its (end time, sample count) pairs."""
-    from dpmbench.solvers.base import get_solver
-
     cells: dict[CellKey, set[tuple[float, int]]] = {}
     for path in sorted(Path(config_dir).glob("*.yaml")):
         if path.name == "checkpoints.yaml":
             continue
-        grid = build_grid(yaml.safe_load(path.read_text()))
+        grid = build_grid(read_yaml(path))
         for c in grid.cells():
-            spec = get_solver(grid.spec(c["solver"])).spec
+            spec = canonical_spec(grid.spec(c["solver"]))
             for metric in grid.metrics(c["model"]):
                 key = (c["model"], spec, metric, c["nfe"], c["schedule"], c["guidance"])
                 cells.setdefault(key, set()).add((grid.t_end_of(c["model"]), grid.num_samples(c["model"])))
@@ -39,11 +38,9 @@ def config_cells(config_dir: str | Path = ROOT / "config" / "papers") -> dict[Ce
 def cell_for(e: dict[str, Any], cells: dict[CellKey, set[tuple[float, int]]]) -> bool:
     """Whether a config cell reproduces the published number ``e`` with its protocol (end time and sample count when
     the entry states them)."""
-    from dpmbench.solvers.base import get_solver
-
     if "schedule" not in e:
         return False
-    key = (e["model"], get_solver(e["solver"]).spec, e["metric"], int(e["nfe"]), str(e["schedule"]),
+    key = (e["model"], canonical_spec(e["solver"]), e["metric"], int(e["nfe"]), str(e["schedule"]),
            guidance_key(e.get("guidance", "none")))
     found = cells.get(key, set())
     if "t_end" in e:
@@ -72,13 +69,11 @@ class PaperCoverage:
                 f"{self.implemented} of implemented solvers, {self.with_cell} with a config cell; checkpoints: {cps}")
 
 
-def _checkpoint_state(model: str) -> str:
-    from dpmbench.checkpoints import checkpoint_dir, load_manifest
-    from dpmbench.models.registry import ORACLES
+def _checkpoint_state(model: str, manifest: dict[str, Any], oracles: set[str]) -> str:
+    from dpmbench.checkpoints import checkpoint_dir
 
-    if model in ORACLES:
+    if model in oracles:
         return "oracle"
-    manifest = load_manifest()
     if model not in manifest:
         return "not in config/checkpoints.yaml"
     entry = manifest[model]
@@ -88,13 +83,13 @@ def _checkpoint_state(model: str) -> str:
 def coverage(papers_dir: str | Path = ROOT / "papers",
              config_dir: str | Path = ROOT / "config" / "papers") -> list[PaperCoverage]:
     """Coverage of every ``papers/*.yaml`` file (entries and unpinned rows)."""
-    from dpmbench.solvers.base import list_solvers
-
     cells = config_cells(config_dir)
-    solvers = set(list_solvers())
+    solvers = {f["name"] for f in section("solvers")["families"]}
+    oracles = {m["name"] for m in section("models")["oracles"]}
+    manifest = load_manifest()
     out = []
     for path in sorted(Path(papers_dir).glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = read_yaml(path) or {}
         if not isinstance(doc, dict) or "paper" not in doc:
             raise DpmbenchError(f"invalid papers file {str(path)!r}: needs 'paper' and a list 'entries'")
         cov = PaperCoverage(path.name, str(doc["paper"]))
@@ -105,6 +100,6 @@ def coverage(papers_dir: str | Path = ROOT / "papers",
                 cov.implemented += 1
                 cov.with_cell += cell_for(e, cells)
             cov.checkpoints.setdefault(str(e["model"]), "")
-        cov.checkpoints = {m: _checkpoint_state(m) for m in cov.checkpoints}
+        cov.checkpoints = {m: _checkpoint_state(m, manifest, oracles) for m in cov.checkpoints}
         out.append(cov)
     return out

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from dpmbench.claims import claims_markdown
 from dpmbench.errors import DpmbenchError
@@ -24,6 +23,7 @@ from dpmbench.figures import metric_figure, write_sample_grids
 from dpmbench.io import atomic_write
 from dpmbench.merge import merge_runs, write_provenance
 from dpmbench.provenance import provenance_id
+from dpmbench.yamlfile import read_yaml
 
 # DESIGN.md's columns; results.csv adds a last column `seed` only when the results hold several seeds
 COLUMNS = ["model", "solver", "nfe", "schedule", "guidance", "metric", "value", "ci_low", "ci_high",
@@ -379,7 +379,7 @@ def load_papers(papers_dir: str | Path | None) -> list[dict[str, Any]]:
         return []
     entries = []
     for path in sorted(Path(papers_dir).glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = read_yaml(path) or {}
         if not isinstance(doc, dict) or "paper" not in doc or not isinstance(doc.get("entries"), list):
             raise DpmbenchError(f"invalid papers file {str(path)!r}: needs 'paper' and a list 'entries'")
         for i, e in enumerate(doc["entries"]):

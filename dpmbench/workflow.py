@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from dpmbench.errors import DpmbenchError, did_you_mean
+from dpmbench.yamlfile import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCHEMA = ROOT / "config" / "schema.yaml"
@@ -81,7 +82,7 @@ def _validator(path: str, mtime_ns: int) -> Any:
     """The JSON-schema validator of a schema file (parsed once per file version)."""
     import jsonschema
 
-    return jsonschema.Draft202012Validator(yaml.safe_load(Path(path).read_text()))
+    return jsonschema.Draft202012Validator(read_yaml(path))
 
 
 def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str] = DEFAULT_SCHEMA) -> None:
@@ -139,7 +140,7 @@ def load_manifests(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for key, path in paths:
         try:
-            doc = yaml.safe_load(path.read_text())
+            doc = read_yaml(path)
         except yaml.YAMLError as exc:
             raise _bad(key, f"{str(path)!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
         for mid, entry in _manifest_entries(doc).items():
@@ -164,7 +165,7 @@ def _manifest_conditional(entry: dict[str, Any]) -> bool | None:
 
 def reference_stats_names() -> list[str]:
     """Names of reference_stats/manifest.yaml (the ``reference_stats`` a config may name)."""
-    doc = yaml.safe_load((ROOT / "reference_stats" / "manifest.yaml").read_text()) or {}
+    doc = read_yaml(ROOT / "reference_stats" / "manifest.yaml") or {}
     return [str(e["name"]) for e in doc.get("stats", []) if isinstance(e, dict) and "name" in e]
 
 
@@ -802,7 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.command == "validate":
-            build_grid(yaml.safe_load(Path(args.configfile).read_text()) or {})
+            build_grid(read_yaml(args.configfile) or {})
             return 0
         return run_evaluate(args.cells, args.out, args.metrics, args.reference, args.seed, args.fid_stats)
     except DpmbenchError as exc:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from dpmbench.errors import DpmbenchError, bad_value
+from dpmbench.yamlfile import read_yaml
 from evaluators.download import fetch, verify_sha256
 
 STATS_DIR = Path(__file__).resolve().parent.parent / "reference_stats"
@@ -42,7 +42,7 @@ class StatsEntry:
 
 def load_manifest(path: str | Path = MANIFEST) -> dict[str, StatsEntry]:
     """All entries of the manifest, by name (validated: required fields, a url or a path each)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = read_yaml(path) or {}
     out: dict[str, StatsEntry] = {}
     for i, e in enumerate(data.get("stats", [])):
         missing = [k for k in REQUIRED if k not in e]

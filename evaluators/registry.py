@@ -202,15 +202,18 @@ def _digits_feats(ctx: Context, metric: str) -> tuple[np.ndarray, np.ndarray]:
     return ctx.cached(f"digits:{b}", lambda: (digits_features(_images(ctx), b), digits_reference_features(b)))
 
 
-def _frechet_value(ctx: Context, f: np.ndarray, mu2: np.ndarray, s2: np.ndarray, idx: np.ndarray | None) -> float:
+def _frechet_value(ctx: Context, f: np.ndarray, mu2: np.ndarray, s2: np.ndarray, idx: np.ndarray | None,
+                   key: str) -> float:
     """The estimate with the backend library's own Frechet formula; bootstrap replicates with ours (they agree
-    to ~1e-9 relative, tested), which is safe on singular covariances and faster."""
-    from evaluators.frechet import frechet_distance
+    to ~1e-9 relative, tested), which is safe on singular covariances and faster: the reference covariance's
+    square root (``key``: its cache entry) is computed once, so a replicate costs one eigenvalue problem."""
+    from evaluators.frechet import frechet_distance, moments, psd_sqrt
     from evaluators.images import feature_moments
 
-    mu1, s1 = feature_moments(f, idx)
     if idx is not None:
-        return frechet_distance(mu1, s1, mu2, s2)
+        mu1, s1 = moments(f[idx])
+        return frechet_distance(mu1, s1, mu2, s2, sqrt2=ctx.cached(key, lambda: psd_sqrt(s2)))
+    mu1, s1 = feature_moments(f)
     if _backend(ctx) == "clean-fid":
         from cleanfid.fid import frechet_distance as cf_frechet
 
@@ -226,7 +229,7 @@ def _fdd(ctx: Context, idx: np.ndarray | None) -> float:
 
     f, ref = _digits_feats(ctx, "fdd")
     mu2, s2 = ctx.cached("digits_ref_moments", lambda: feature_moments(ref))
-    return _frechet_value(ctx, f, mu2, s2, idx)
+    return _frechet_value(ctx, f, mu2, s2, idx, "digits_ref_sqrt")
 
 
 def _kdd(ctx: Context, idx: np.ndarray | None) -> float:
@@ -249,9 +252,12 @@ def _digits_logits(ctx: Context, metric: str) -> np.ndarray:
 
 
 def _is_digits(ctx: Context, idx: np.ndarray | None) -> float:
-    from evaluators.images import inception_score
+    from evaluators.images import ScoreBlocks, inception_score
 
-    return inception_score(_digits_logits(ctx, "is_digits"), idx, splits=1)
+    logits = _digits_logits(ctx, "is_digits")
+    if idx is None:
+        return inception_score(logits, None, splits=1)
+    return ctx.cached("is_digits_blocks", lambda: ScoreBlocks(logits)).score(idx)
 
 
 def _cond_acc(ctx: Context, idx: np.ndarray | None) -> float:
@@ -357,7 +363,7 @@ def _fid(ctx: Context, idx: np.ndarray | None) -> float:
         mu2, s2 = ctx.cached("ref_moments", lambda: feature_moments(_reference_image_features(ctx)))
         what = f"images {images}"
     ctx.meta["_fid_reference"] = what
-    return _frechet_value(ctx, _inception(ctx)["2048"], mu2, s2, idx)
+    return _frechet_value(ctx, _inception(ctx)["2048"], mu2, s2, idx, "fid_ref_sqrt")
 
 
 def _is(ctx: Context, idx: np.ndarray | None) -> float:

@@ -130,3 +130,78 @@ def test_plugins_switch_to_the_live_registries(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(catalogue, "entry_points", lambda group: [])
     monkeypatch.setattr(catalogue, "PATH", catalogue.PATH.with_name("no-such-catalogue.json"))
     assert catalogue.section("schedules") == {"kinds": ["x"]}  # a missing file: live, never an error
+
+
+def _all_specs() -> set[str]:
+    """Every solver spec of the configs and papers files, and each family with each option at a value."""
+    import yaml
+
+    specs: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("solver", "solvers") or (k == "spec" and isinstance(v, str)):
+                    for s in v if isinstance(v, list) else [v]:
+                        if isinstance(s, str):
+                            specs.add(s)
+                        elif isinstance(s, dict) and isinstance(s.get("solver"), str):
+                            specs.add(s["solver"])
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for path in [*ROOT.glob("config/**/*.yaml"), *ROOT.glob("papers/*.yaml")]:
+        walk(yaml.safe_load(path.read_text()))
+    values = {"bool": ["true", "false", "1", "no"], "int": ["2", "3", "40"], "float": ["0.5", "1", "2.0", "inf"]}
+    cat = catalogue.section("solvers")
+    for fam in cat["families"]:
+        for opt in [*cat["common_options"], *fam["options"]]:
+            for v in values.get(opt["type"], opt["allowed"].split(", ")) + [opt["default"]]:
+                specs.add(f"{fam['name']}:{opt['key']}={v}")
+    return specs
+
+
+def test_canonical_specs_without_torch_equal_the_solvers_own() -> None:
+    """``catalogue.canonical_spec`` (torch-free, for `dpmbench list papers`) gives ``get_solver(spec).spec`` for
+    every valid spec in the configs and papers files and for every option of every family (it converts, it does not
+    validate: tests/test_papers.py validates the papers files' specs with get_solver); what it cannot convert goes
+    through get_solver and its one-line error."""
+    from dpmbench.errors import DpmbenchError
+    from dpmbench.solvers.base import get_solver
+
+    specs = _all_specs()
+    assert len(specs) > 300
+    checked = 0
+    for spec in sorted(specs):
+        try:
+            want = get_solver(spec).spec
+        except DpmbenchError:
+            continue
+        assert catalogue.canonical_spec(spec) == want, spec
+        checked += 1
+    assert checked > 300
+    assert catalogue.canonical_spec("dpm-solver++-hb:momentum=0.5,denoise_to_zero=true,order=2") == get_solver(
+        "dpm-solver++-hb:momentum=0.5,denoise_to_zero=true,order=2").spec
+    with pytest.raises(DpmbenchError, match="option of solver 'ddim'"):
+        catalogue.canonical_spec("ddim:no_such_option=1")
+    with pytest.raises(DpmbenchError, match="invalid option 'order'"):
+        catalogue.canonical_spec("deis:order=two")
+
+
+def test_list_papers_starts_without_torch_once_the_facts_are_cached(tmp_path: Path) -> None:
+    """`dpmbench list papers` reads the papers files and configs with the catalogue's canonical specs; after the
+    first run (which caches the configs' registry facts per code version) it imports no torch."""
+    code = ("import sys; from dpmbench.cli import main\n"
+            "assert main(['list', 'papers']) == 0\n"
+            "print('HEAVY', [m for m in ('torch', 'sklearn', 'dpmbench.solvers', 'dpmbench.models') "
+            "if m in sys.modules])\n")
+    env = _fresh_env(tmp_path)
+    outs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(proc.stdout.strip().splitlines())
+    assert outs[1][-1] == "HEAVY []"
+    assert outs[0][:-1] == outs[1][:-1] and len(outs[1]) > 5

@@ -167,3 +167,25 @@ def test_offline_without_weights_says_where_to_put_them(tmp_path, monkeypatch) -
     bad.write_bytes(b"not a state dict")
     with pytest.raises(DpmbenchError, match="not a plain state dict"):
         torch_fidelity_inception_weights(str(bad))
+
+
+def test_fdd_and_is_digits_replicates_equal_the_library_formulas_per_index() -> None:
+    """The bootstrap replicates of `fdd` (reference square root computed once) and `is_digits` (probabilities
+    computed once) equal the plain formulas on the same resampled rows: our Frechet distance of the rows' moments
+    against the data's, and torch-fidelity's one-split Inception score of the rows' logits (float64 paths: only
+    the order of sums differs)."""
+    from evaluators.bootstrap import bootstrap_indices
+    from evaluators.images import ScoreBlocks, digits_logits, inception_score
+    from evaluators.registry import Context, _fdd, _is_digits
+
+    x = _noisy_digits(n=64, noise=0.2)
+    ctx = Context(x, {"model": "digits-unet"}, None, {})
+    f, ref = digits_features(to_uint8(x), "torch-fidelity"), digits_reference_features("torch-fidelity")
+    mu2, s2 = ref.mean(0), np.cov(ref, rowvar=False)
+    blocks = ScoreBlocks(digits_logits(to_uint8(x)))
+    for idx in bootstrap_indices(len(x), 5, seed=3):
+        plain = frechet_distance(f[idx].mean(0), np.cov(f[idx], rowvar=False), mu2, s2)
+        assert _fdd(ctx, idx) == pytest.approx(plain, rel=1e-9)
+        lib = inception_score(digits_logits(to_uint8(x)), idx, splits=1)
+        assert blocks.score(idx) == pytest.approx(lib, rel=1e-12)
+        assert _is_digits(ctx, idx) == pytest.approx(lib, rel=1e-12)
