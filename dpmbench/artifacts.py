@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,4 +155,21 @@ def list_named() -> dict[str, str]:
             obj = _read(p)
             if obj is not None:
                 out[p.stem] = str(obj.get("kind"))
+    return out
+
+
+def named_searches(dirs: Sequence[Path] = ()) -> dict[str, str | None]:
+    """The search that produced each named artifact (its ``meta["search"]``, None where not recorded). Read from
+    ``<d>/named`` of each of ``dirs`` (e.g. results directories' ``artifacts``), where a name whose files there
+    disagree maps to None; then names found only in this process's artifact directories, as ``load_named`` finds
+    them."""
+    out: dict[str, str | None] = {}
+    for i, d in enumerate([*dirs, *_search_dirs()]):
+        for p in sorted((d / "named").glob("*.json")) if (d / "named").is_dir() else ():
+            obj = _read(p)
+            if obj is None or (i >= len(dirs) and p.stem in out):
+                continue
+            meta = obj.get("meta")
+            search = meta.get("search") if isinstance(meta, dict) and isinstance(meta.get("search"), str) else None
+            out[p.stem] = search if out.get(p.stem, search) == search else None
     return out

@@ -17,11 +17,19 @@ separates more often than the marginal one: two solvers whose errors move togeth
 significantly although their marginal CIs overlap. The verdict of a (model, guidance, schedule) is ``holds`` /
 ``fails`` when that row verdict is the majority and the other never occurs, ``within noise`` when no row separates,
 else ``mixed``. Several schedules or seeds in the results are judged separately.
+
+A *schedule claim* (``Claim.schedule`` set) compares two time-step schedules instead of two solvers: ``solver`` on
+the claimant's ``schedule`` against ``baseline`` on ``baseline_schedule``, within one (guidance, seed). Its
+``schedule`` may name a search kind, ``searched:KIND``: it matches a results schedule ``searched:NAME`` only when the
+named artifact NAME was produced by the ``KIND`` search, which the caller says through ``searches`` (schedule ->
+producing search; :func:`dpmbench.report.write_report` reads it from the saved artifacts). A schedule whose producing
+search is unknown matches no search kind, so an Align-Your-Steps grid is never judged as an AutoDiffusion one.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +42,16 @@ QUALITY_METRICS = ("fdd", "fd_true", "fid")
 UNIPC = "unipc:variant=bh1,order=2"  # UniPC's official default (bh1, order 2)
 DPMPP_2M = "dpm-solver++:order=2,method=multistep"
 D_ODE = "Kim, Tang & Yu, CVPR 2024, arXiv:2309.16421, abstract and experiments (FID)"
+AUTODIFFUSION = ("Li et al., ICCV 2023, arXiv:2309.10438v2, abstract (ImageNet 64x64, 4 steps: FID 17.86 "
+                 "with the searched steps vs 138.66 with DDIM's uniform ones) and Sec. 3.2-3.3 (the search)")
 PARADIGMS = "Shih et al., NeurIPS 2023, arXiv:2305.16317, abstract ('no measurable degradation of ... FID score')"
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A paper's claim: ``solver`` beats ``baseline`` on a ``kind`` metric in a setting."""
+    """A paper's claim: ``solver`` beats ``baseline`` on a ``kind`` metric in a setting. With ``schedule`` set, a
+    schedule claim: ``solver`` on ``schedule`` (a schedule name, or ``searched:KIND``: a grid that the ``KIND`` search
+    produced) beats ``baseline`` on ``baseline_schedule`` (see the module doc)."""
 
     key: str
     text: str
@@ -49,6 +61,8 @@ class Claim:
     baseline: str
     guidance: tuple[str, ...] | None = None  # None: every guidance of the results
     nfe: tuple[int, int] = (1, 10**9)  # inclusive range
+    schedule: str | None = None  # None: both solvers on each schedule of the results, judged per schedule
+    baseline_schedule: str | None = None  # the baseline's schedule of a schedule claim
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -106,6 +120,13 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("timestep-aligner-ddim", "conditioning the network on aligned timesteps improves DDIM's sample quality, "
           "especially with few steps", "Xia et al., CVPR 2024, arXiv:2310.09469 (v1: Timestep Aligner, v2: Tuner), "
           "abstract (LSUN Bedroom, 10 steps: DDIM FID 9.65 -> 6.07)", "quality", "ta-ddim", "ddim"),
+    # Schedule claims: one solver, the searched time steps against a handcrafted grid.
+    Claim("autodiffusion-vs-logsnr", "time steps searched by AutoDiffusion improve DDIM's few-step sample quality "
+          "over the handcrafted grid (here logSNR-uniform, the suite's default)", AUTODIFFUSION,
+          "quality", "ddim", "ddim", schedule="searched:autodiffusion", baseline_schedule="logsnr"),
+    Claim("autodiffusion-vs-time-uniform", "time steps searched by AutoDiffusion improve DDIM's few-step sample "
+          "quality over uniform time steps (the paper's baseline)", AUTODIFFUSION,
+          "quality", "ddim", "ddim", schedule="searched:autodiffusion", baseline_schedule="time-uniform"),
 )
 
 
@@ -148,10 +169,11 @@ def summary_verdict(rows: list[str]) -> str:
     return "mixed"
 
 
-def _settings(d: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """The (guidance, schedule, seed) tables of one model's metric rows, labelled by guidance; schedule and seed are
-    named in the label only where the results hold several of them."""
-    keys = [k for k in ("guidance", "schedule", "seed") if k in d.columns]
+def _settings(d: pd.DataFrame, by_schedule: bool = True) -> list[tuple[str, pd.DataFrame]]:
+    """The (guidance, schedule, seed) tables of one model's metric rows (without ``by_schedule``: the (guidance,
+    seed) tables), labelled by guidance; schedule and seed are named in the label only where the results hold
+    several of them."""
+    keys = [k for k in ("guidance", "schedule", "seed") if k in d.columns and (by_schedule or k != "schedule")]
     many = {k: d[k].nunique() > 1 for k in keys}
     out = []
     for key, g in d.groupby(keys, sort=False, dropna=False):
@@ -161,11 +183,31 @@ def _settings(d: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def check_claims(df: pd.DataFrame) -> list[dict[str, Any]]:
+def _is_schedule(sched: str, want: str, searches: Mapping[str, str]) -> bool:
+    """Whether the results schedule ``sched`` is a claim's ``want``: the same name, or for ``searched:KIND`` a
+    ``searched:NAME`` whose producing search (``searches``) is KIND; an unknown producer matches no kind."""
+    if want.startswith("searched:"):
+        return sched.startswith("searched:") and searches.get(sched) == want.split(":", 1)[1]
+    return sched == want
+
+
+def _pairs(claim: Claim, setting: str, g: pd.DataFrame, searches: Mapping[str, str]
+           ) -> list[tuple[str, tuple[str, str] | None, pd.DataFrame, pd.DataFrame]]:
+    """The (label, schedules, A's rows, B's rows) a claim compares in one setting table: the same table for both
+    solvers, or for a schedule claim each claimant schedule of the table against the baseline schedule."""
+    if claim.schedule is None:
+        return [(setting, None, g, g)]
+    base = claim.baseline_schedule
+    mine = [s for s in dict.fromkeys(g["schedule"]) if s != base and _is_schedule(str(s), claim.schedule, searches)]
+    return [(f"{setting}, {s} vs {base}", (s, base), g[g["schedule"] == s], g[g["schedule"] == base]) for s in mine]
+
+
+def check_claims(df: pd.DataFrame, searches: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Every claim on every model, guidance (and schedule / seed, where several) of the results where both of its
     solvers ran: per NFE the pair of rows, the row verdict and the paired CI of A - B (None: marginal fallback), and
     the summary verdict. ``df``: results rows (the columns of results.csv; ``boot`` / ``boot_seed``, the bootstrap
-    replicates, where the run stored them)."""
+    replicates, where the run stored them). ``searches``: the search that produced each ``searched:NAME`` schedule
+    (schedule claims of a search kind match only those); schedule claims also give ``schedules`` (A's, B's)."""
     from evaluators.registry import METRICS
 
     df = df.assign(**{c: None for c in ("boot", "boot_seed", "n_samples") if c not in df.columns})
@@ -177,23 +219,25 @@ def check_claims(df: pd.DataFrame) -> list[dict[str, Any]]:
                 continue
             d = df[(df["model"] == model) & (df["metric"] == metric)]
             d = d[(d["nfe"] >= claim.nfe[0]) & (d["nfe"] <= claim.nfe[1])]
-            for setting, g in _settings(d):
+            for label, g in _settings(d, by_schedule=claim.schedule is None):
                 guidance = str(g["guidance"].iloc[0])
                 if claim.guidance is not None and guidance not in claim.guidance:
                     continue
-                ran = (_ran_as(g, claim.solver), _ran_as(g, claim.baseline))
-                a = {int(r.nfe): r for r in g[g["solver"] == ran[0]].itertuples()}
-                b = {int(r.nfe): r for r in g[g["solver"] == ran[1]].itertuples()}
-                nfes = sorted(set(a) & set(b))
-                if not nfes:
-                    continue
-                lower = metric not in METRICS or METRICS[metric].lower_is_better
-                rows = [(n, a[n], b[n], *_row_verdict(a[n], b[n], lower)) for n in nfes]
-                n_samples = a[nfes[0]].n_samples
-                out.append({"claim": claim, "model": model, "guidance": guidance, "setting": setting,
-                            "metric": metric, "ran": ran, "rows": rows,
-                            "n_samples": None if pd.isna(n_samples) else int(n_samples),
-                            "verdict": summary_verdict([r[3] for r in rows])})
+                for setting, schedules, ga, gb in _pairs(claim, label, g, searches or {}):
+                    ran = (_ran_as(ga, claim.solver), _ran_as(gb, claim.baseline))
+                    a = {int(r.nfe): r for r in ga[ga["solver"] == ran[0]].itertuples()}
+                    b = {int(r.nfe): r for r in gb[gb["solver"] == ran[1]].itertuples()}
+                    nfes = sorted(set(a) & set(b))
+                    if not nfes:
+                        continue
+                    lower = metric not in METRICS or METRICS[metric].lower_is_better
+                    rows = [(n, a[n], b[n], *_row_verdict(a[n], b[n], lower)) for n in nfes]
+                    n_samples = a[nfes[0]].n_samples
+                    out.append({"claim": claim, "model": model, "guidance": guidance, "setting": setting,
+                                "metric": metric, "ran": ran, "rows": rows,
+                                "n_samples": None if pd.isna(n_samples) else int(n_samples),
+                                "verdict": summary_verdict([r[3] for r in rows]),
+                                **({} if schedules is None else {"schedules": schedules})})
     return out
 
 
@@ -210,9 +254,10 @@ def _diff(d: tuple[float, float, float] | None) -> str:
     return "marginal CIs" if d is None else f"{d[0]:+.4g} [{d[1]:+.4g}, {d[2]:+.4g}]"
 
 
-def claims_markdown(df: pd.DataFrame) -> str:
-    """``claims.md``: per claim its source, then per model and setting the paired numbers and the verdicts."""
-    results = check_claims(df) if not df.empty else []
+def claims_markdown(df: pd.DataFrame, searches: Mapping[str, str] | None = None) -> str:
+    """``claims.md``: per claim its source, then per model and setting the paired numbers and the verdicts
+    (``searches``: see :func:`check_claims`)."""
+    results = check_claims(df, searches) if not df.empty else []
     lines = ["# The seed papers' claims on this run's models", "",
              "Generated by `dpmbench report` from this run's results (never edited by hand). Both solvers start "
              "from the same x_T and are resampled with the same bootstrap indices, so a row is judged on the paired "
@@ -235,12 +280,19 @@ def claims_markdown(df: pd.DataFrame) -> str:
             continue
         nfe = "" if claim.nfe == (1, 10**9) else f", NFE {claim.nfe[0]}-{claim.nfe[1]}"
         guid = "every guidance" if claim.guidance is None else f"guidance {', '.join(claim.guidance)}"
+        pair = f"`{claim.solver}` vs `{claim.baseline}`"
+        if claim.schedule is not None:
+            kind = claim.schedule.split(":", 1)[1] if claim.schedule.startswith("searched:") else None
+            pair = (f"`{claim.solver}` on `{claim.schedule}` vs `{claim.baseline}` on `{claim.baseline_schedule}`"
+                    + ("" if kind is None else f" (`searched:{kind}`: a `searched:NAME` grid saved by the `{kind}` "
+                       "search)"))
         lines += [f"## {claim.key}: {claim.text}", "",
-                  f"Source: {claim.source}. Setting: `{claim.solver}` vs `{claim.baseline}`, {guid}{nfe}.", ""]
+                  f"Source: {claim.source}. Setting: {pair}, {guid}{nfe}.", ""]
         for r in mine:
+            sa, sb = (f" ({s})" for s in r["schedules"]) if "schedules" in r else ("", "")
             lines += [f"**{r['model']}**, guidance {r['setting']}, {r['metric']} (n={r['n_samples']}): "
                       f"**{r['verdict']}**", "",
-                      f"| NFE | A: {r['ran'][0]} | B: {r['ran'][1]} | A - B (paired 95% CI) | verdict |",
+                      f"| NFE | A: {r['ran'][0]}{sa} | B: {r['ran'][1]}{sb} | A - B (paired 95% CI) | verdict |",
                       "|---|---|---|---|---|"]
             lines += [f"| {n} | {_num(a)} | {_num(b)} | {_diff(d)} | {v} |" for n, a, b, v, d in r["rows"]]
             lines.append("")

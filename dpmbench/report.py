@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from dpmbench.artifacts import named_searches
 from dpmbench.claims import claims_markdown
 from dpmbench.errors import DpmbenchError
 from dpmbench.figures import metric_figure, write_sample_grids
@@ -539,7 +540,8 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
     atomic_write(out / "leaderboard.html", lambda tmp: tmp.write_text(page))
     comparison = paper_comparison_markdown(df, entries)
     atomic_write(out / "paper_comparison.md", lambda tmp: tmp.write_text(comparison))
-    claims = claims_markdown(df)
+    produced = named_searches([Path(d) / "artifacts" for d in dirs])  # the workflow's DPMBENCH_ARTIFACTS
+    claims = claims_markdown(df, {f"searched:{n}": s for n, s in produced.items() if s is not None})
     atomic_write(out / "claims.md", lambda tmp: tmp.write_text(claims))
     if site is not None:
         from dpmbench.site import write_site

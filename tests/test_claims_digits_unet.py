@@ -33,7 +33,8 @@ relative; 1e-2 on FDD, which a uint8 quantization flip can move.
   DDIM on FDD, in 7 parallel rounds and 32 evaluations per sample at most.
 * AutoDiffusion (Li et al., ICCV 2023) time steps searched for DDIM at NFE 5 with the paper's few-sample FID proxy
   (FDD of the search's own 64 samples; a reduced search of 36 candidates), unguided: FDD 106.5 vs 201.1 (logsnr) and
-  161.1 (time-uniform) on the evaluation x_T: **holds** on the paired CI against both; mse_ref holds against logsnr,
+  161.1 (time-uniform) on the evaluation x_T: **holds** on the paired CI against both (so do the ledger entries
+  autodiffusion-vs-logsnr / -time-uniform on the same rows); mse_ref holds against logsnr,
   within noise against time-uniform.
 """
 
@@ -104,8 +105,8 @@ def _results(net: Any, cell: dict[str, Any], specs: list[str], nfes: tuple[int, 
     return pd.DataFrame(rows)
 
 
-def _claims(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    return {r["claim"].key: r for r in check_claims(df)}
+def _claims(df: pd.DataFrame, searches: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    return {r["claim"].key: r for r in check_claims(df, searches)}
 
 
 def _values(df: pd.DataFrame, spec: str, metric: str = "mse_ref") -> list[float]:
@@ -276,10 +277,11 @@ def test_autodiffusion_searched_steps_beat_handcrafted_ones_on_the_network(net, 
     assert data["objective"] == "fdd" and data["evaluations"] == 36
     assert data["grids"]["5"] == pytest.approx([1.0, 0.73658209, 0.39861194, 0.25447761, 0.10040299, 0.001], rel=1e-6)
     assert data["value"] == pytest.approx(111.61, rel=1e-2)
-    rows = {}
+    rows, frames = {}, []
     for sch in ("searched:ad-unet", "logsnr", "time-uniform"):
         df = _results(net, unguided, ["ddim"], (5,), ("fdd", "mse_ref"), schedule=sch)
         rows[sch] = {m: next(df[df["metric"] == m].itertuples()) for m in ("fdd", "mse_ref")}
+        frames.append(df)
     value = {sch: (r["fdd"].value, r["mse_ref"].value) for sch, r in rows.items()}
     assert value["searched:ad-unet"][0] == pytest.approx(106.50, rel=1e-2)
     assert value["logsnr"][0] == pytest.approx(201.09, rel=1e-2)
@@ -301,3 +303,13 @@ def test_autodiffusion_searched_steps_beat_handcrafted_ones_on_the_network(net, 
         tol = {"rel": 2e-2, "abs": 0.5} if metric == "fdd" else {"rel": 2e-2, "abs": 2e-4}
         assert paired == pytest.approx(diff, **tol), (metric, base)
     assert rows["searched:ad-unet"]["fdd"].ci_high > rows["logsnr"]["fdd"].ci_low  # marginal CIs overlap
+    # the claims ledger on the same rows: the grid is AutoDiffusion's by the record of its named artifact
+    from dpmbench.artifacts import named_searches
+
+    searches = {f"searched:{n}": s for n, s in named_searches([artifacts]).items() if s is not None}
+    assert searches["searched:ad-unet"] == "autodiffusion"
+    ledger = _claims(pd.concat(frames, ignore_index=True), searches)
+    for base in ("logsnr", "time-uniform"):
+        r = ledger[f"autodiffusion-vs-{base}"]
+        assert r["metric"] == "fdd" and r["ran"] == ("ddim", "ddim") and r["schedules"] == ("searched:ad-unet", base)
+        assert r["verdict"] == "holds" and [(v, d) for *_, v, d in r["rows"]] == [verdict("fdd", base)]
