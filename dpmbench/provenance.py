@@ -44,8 +44,10 @@ def git_state(root: str = str(ROOT)) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+@functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str | None]:
-    """Python and the installed version of each of :data:`LIBRARIES` (None when not installed)."""
+    """Python and the installed version of each of :data:`LIBRARIES` (None when not installed; read once per
+    process: each lookup parses the distribution's metadata). Callers get a copy of the cached dict."""
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
@@ -85,7 +87,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
 
     return {
         "dpmbench": __version__, "git_commit": git_state()["commit"], "git_dirty": git_state()["dirty"],
-        "versions": library_versions(), "platform": platform.platform(),
+        "versions": dict(library_versions()), "platform": platform.platform(),
         "device": str(device), "device_name": device_name(device),
         "config_sha256": os.environ.get(CONFIG_ENV) or None,
         "date": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),

@@ -56,9 +56,13 @@ START_TIMEOUT_S = 180.0  # importing torch on a loaded machine can take a minute
 PRELOAD = (  # what the jobs import; imported once by the server
     "numpy", "scipy.linalg", "torch", "yaml", "dpmbench.cli", "dpmbench.workflow", "dpmbench.sampling",
     "dpmbench.models", "dpmbench.solvers", "dpmbench.timesteps", "dpmbench.artifacts", "dpmbench.search",
-    "evaluators", "sklearn.datasets", "threadpoolctl", "tqdm",
+    "evaluators", "evaluators.images", "evaluators.digits_cnn", "dpmbench.checkpoints", "dpmbench.provenance",
+    "sklearn.datasets", "threadpoolctl", "tqdm",
 )
-OPTIONAL_PRELOAD = ("diffusers", "torch_fidelity")  # checkpoint / image models only; absent on lean installs
+# Checkpoint / image models only; absent on lean installs. "module:name" also resolves a name: diffusers imports its
+# model classes lazily on first access (~500 modules, transformers included: ~3 s per job that loads a network).
+OPTIONAL_PRELOAD = ("torch_fidelity", "diffusers:UNet2DModel", "diffusers:UNet2DConditionModel",
+                    "diffusers:AutoencoderKL", "diffusers:VQModel")
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -310,9 +314,12 @@ class _Server:
     def preload(self) -> None:
         for name in PRELOAD:
             importlib.import_module(name)
-        for name in OPTIONAL_PRELOAD:
-            with contextlib.suppress(ImportError):
-                importlib.import_module(name)
+        for item in OPTIONAL_PRELOAD:
+            module, _, attr = item.partition(":")
+            with contextlib.suppress(ImportError, AttributeError):
+                mod = importlib.import_module(module)
+                if attr:
+                    getattr(mod, attr)
 
     def write_stats(self) -> None:
         own = os.times()

@@ -15,6 +15,7 @@ Weights are found the way the libraries find them: torch-fidelity's Inception in
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -273,6 +274,21 @@ def kernel_distance(f1: np.ndarray, f2: np.ndarray, idx: np.ndarray | None = Non
     return float(out[KEY_METRIC_KID_MEAN])
 
 
+_YY: dict[str, float] = {}
+
+
+def _reference_mmd_term(ref: np.ndarray) -> float:
+    """The reference-reference mean of KID's kernel over pairs i != j: the same for every sample set compared with
+    one reference, so computed once per process and reference (keyed by the reference's bytes)."""
+    ref = np.ascontiguousarray(ref)
+    key = hashlib.sha256(ref.view(np.uint8)).hexdigest() + str(ref.shape) + str(ref.dtype)
+    if key not in _YY:
+        kyy = (ref @ ref.T / ref.shape[1] + 1) ** 3
+        m = len(ref)
+        _YY[key] = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return _YY[key]
+
+
 class KernelBlocks:
     """KID's polynomial kernel ``(x.y / d + 1)^3`` blocks of samples vs reference, computed once, so that bootstrap
     replicates cost an index: the unbiased MMD^2 of the resampled samples against the whole reference set
@@ -282,10 +298,8 @@ class KernelBlocks:
         d = f.shape[1]
         self.kxx = (f @ f.T / d + 1) ** 3
         kxy = (f @ ref.T / d + 1) ** 3
-        kyy = (ref @ ref.T / d + 1) ** 3
-        m = len(ref)
         self.kxy_row = kxy.mean(1)
-        self.yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        self.yy = _reference_mmd_term(ref)
 
     def mmd2(self, idx: np.ndarray) -> float:
         """Unbiased MMD^2 of rows ``idx`` (pairs i != j of the resample) against the reference."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -277,6 +278,15 @@ def _model_error(ctx: Context, idx: np.ndarray | None) -> float:
     return rmse(ref, ctx.cached("model_error_exact", lambda: _oracle_solution(ctx, ref)), idx)
 
 
+@functools.lru_cache(maxsize=4)
+def _oracle_for(model: str, name: str) -> Any:
+    """The oracle ``name`` under the network ``model``'s noise schedule (loaded once per process: every cell of a
+    metrics job compares with the same one)."""
+    from dpmbench.models.registry import load_model
+
+    return load_model(name, schedule=load_model(model).schedule)
+
+
 def _oracle_solution(ctx: Context, ref: np.ndarray) -> np.ndarray:
     """The exact probability-flow ODE solution of the data's oracle model (option ``model_error_oracle``) under the
     network's noise schedule, from the network's x_T (same seed and samples: ``prior_noise`` depends only on the
@@ -284,13 +294,12 @@ def _oracle_solution(ctx: Context, ref: np.ndarray) -> np.ndarray:
     import torch
 
     from dpmbench.models.base import guided
-    from dpmbench.models.registry import ORACLES, load_model
+    from dpmbench.models.registry import ORACLES
 
     name = str(ctx.opt("model_error_oracle"))
     if name not in ORACLES:
         raise bad_value("option model_error_oracle", name, list(ORACLES))
-    net = load_model(str(ctx.meta["model"]))
-    oracle = load_model(name, schedule=net.schedule)
+    oracle = _oracle_for(str(ctx.meta["model"]), name)
     if tuple(oracle.shape) != tuple(ref.shape[1:]):
         raise DpmbenchError(f"invalid metrics: 'model_error' compares with {name!r}, whose samples have shape "
                             f"{tuple(oracle.shape)}, not {tuple(ref.shape[1:])}")
