@@ -81,7 +81,7 @@ def test_named_search_and_prepare_are_dag_outputs(tmp_path: Path) -> None:
 
 
 def test_shipped_searched_config_plans_its_searches_once(tmp_path: Path) -> None:
-    """config/searched.yaml: three named searches, each one job that every sample job on its grid waits for."""
+    """config/searched.yaml: four named searches, each one job that every sample job on its grid waits for."""
     import subprocess
 
     from test_workflow import ROOT, SNAKEMAKE
@@ -93,4 +93,4 @@ def test_shipped_searched_config_plans_its_searches_once(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = dict(line.split()[:2] for line in (proc.stdout + proc.stderr).splitlines()
                 if len(line.split()) == 2 and line.split()[1].isdigit())
-    assert jobs["search"] == "3" and jobs["prepare"] == "4"  # dpm-solver-v3 on each of the 4 schedules
+    assert jobs["search"] == "4" and jobs["prepare"] == "5"  # dpm-solver-v3 on each of the 5 schedules
