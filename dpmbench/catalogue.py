@@ -27,6 +27,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from dpmbench.optvalues import fmt_value, parse_bool
+
 PATH = Path(__file__).with_name("catalogue.json")
 SECTIONS = ("solvers", "models", "schedules", "searches")
 PLUGINS_ENV = "DPMBENCH_PLUGINS"  # = dpmbench.solvers.plugins.ENV_VAR (not imported: that module is light, but
@@ -35,8 +37,8 @@ PLUGINS_GROUP = "dpmbench.solvers"  # its package is not); tests/test_catalogue.
 
 def option_record(key: str, opt: Any) -> dict[str, str]:
     """One option as ``dpmbench list`` prints it: its key, default, allowed values and description."""
-    default = str(opt.default).lower() if isinstance(opt.default, bool) else str(opt.default)
-    return {"key": key, "type": opt.type.__name__, "default": default, "allowed": opt.describe(), "doc": opt.doc}
+    return {"key": key, "type": opt.type.__name__, "default": fmt_value(opt.default), "allowed": opt.describe(),
+            "doc": opt.doc}
 
 
 def _solvers() -> dict[str, Any]:
@@ -125,15 +127,7 @@ _PARSE = {"int": int, "float": float, "str": str}
 def _parse(kind: str, raw: str) -> Any:
     """An option value from its spec text, as ``Option.parse`` converts it (types only; validation is
     ``get_solver``'s)."""
-    if kind == "bool":
-        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(raw)
-        return raw.lower() in ("true", "1", "yes")
-    return _PARSE[kind](raw)
-
-
-def _fmt(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    return parse_bool(raw) if kind == "bool" else _PARSE[kind](raw)
 
 
 def canonical_spec(spec: str) -> str:
@@ -161,7 +155,7 @@ def canonical_spec(spec: str) -> str:
         from dpmbench.solvers.base import get_solver
 
         return get_solver(spec).spec
-    diff = [f"{k}={_fmt(given[k])}" for k in fam["keys"] if given.get(k) is not None]
+    diff = [f"{k}={fmt_value(given[k])}" for k in fam["keys"] if given.get(k) is not None]
     return fam["name"] + (":" + ",".join(diff) if diff else "")
 
 

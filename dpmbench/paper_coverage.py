@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dpmbench.catalogue import canonical_spec, section
-from dpmbench.checkpoints import load_manifest
+from dpmbench.checkpoints import checkpoint_dir, load_manifest
 from dpmbench.errors import DpmbenchError
 from dpmbench.workflow import ROOT, build_grid, guidance_key
 from dpmbench.yamlfile import read_yaml
@@ -70,8 +70,6 @@ class PaperCoverage:
 
 
 def _checkpoint_state(model: str, manifest: dict[str, Any], oracles: set[str]) -> str:
-    from dpmbench.checkpoints import checkpoint_dir
-
     if model in oracles:
         return "oracle"
     if model not in manifest:

@@ -245,6 +245,9 @@ def inception_score(logits: np.ndarray, idx: np.ndarray | None = None, splits: i
     return float(isc_features_to_metric(f, splits=splits)[KEY_METRIC_ISC_MEAN])
 
 
+DIGITS_SHAPE = (1, 8, 8)  # the samples the digits CNN reads (fdd, kdd, is_digits, cond_acc)
+
+
 class ScoreBlocks:
     """The Inception score's class probabilities of every sample, computed once (float64 softmax and log-softmax, as
     torch-fidelity computes them), so that a bootstrap replicate costs an index: ``score(idx)`` is the one-split

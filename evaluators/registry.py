@@ -193,12 +193,19 @@ def _backend(ctx: Context) -> str:
     return b
 
 
+def _require_digits(ctx: Context, metric: str) -> None:
+    """A one-line error unless the samples are 8x8 digits, the digits CNN's input."""
+    from evaluators.images import DIGITS_SHAPE
+
+    if tuple(ctx.x.shape[1:]) != DIGITS_SHAPE:
+        raise DpmbenchError(f"invalid metrics: {metric!r} needs 8x8 digits samples (n, 1, 8, 8), "
+                            f"not shape {tuple(ctx.x.shape)}")
+
+
 def _digits_feats(ctx: Context, metric: str) -> tuple[np.ndarray, np.ndarray]:
     from evaluators.images import digits_features, digits_reference_features
 
-    if tuple(ctx.x.shape[1:]) != (1, 8, 8):
-        raise DpmbenchError(f"invalid metrics: {metric!r} needs 8x8 digits samples (n, 1, 8, 8), "
-                            f"not shape {tuple(ctx.x.shape)}")
+    _require_digits(ctx, metric)
     b = _backend(ctx)
     return ctx.cached(f"digits:{b}", lambda: (digits_features(_images(ctx), b), digits_reference_features(b)))
 
@@ -246,9 +253,7 @@ def _digits_logits(ctx: Context, metric: str) -> np.ndarray:
     """The shipped digits CNN's logits of the (quantized) samples, shape (n, 10)."""
     from evaluators.images import digits_logits
 
-    if tuple(ctx.x.shape[1:]) != (1, 8, 8):
-        raise DpmbenchError(f"invalid metrics: {metric!r} needs 8x8 digits samples (n, 1, 8, 8), "
-                            f"not shape {tuple(ctx.x.shape)}")
+    _require_digits(ctx, metric)
     return ctx.cached("digits_logits", lambda: digits_logits(_images(ctx)))
 
 

@@ -28,6 +28,18 @@ def _fresh_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def _run_fresh(tmp_path: Path, code: str, timeout: float = 300) -> list[str]:
+    """The stdout lines of ``python -c code`` in a fresh process (:func:`_fresh_env`), which must exit 0."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_fresh_env(tmp_path),
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()
+
+
+HEAVY = ("print('HEAVY', [m for m in ('torch', 'sklearn', 'dpmbench.solvers', 'dpmbench.models') "
+         "if m in sys.modules])\n")  # the last line a listing's process prints: the heavy modules it imported
+
+
 def test_catalogue_file_equals_the_live_registries(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "dpmbench.catalogue", "--check"], capture_output=True, text=True,
                           env=_fresh_env(tmp_path), timeout=300)
@@ -94,10 +106,7 @@ def test_listings_print_what_the_live_registries_print(tmp_path: Path) -> None:
             "catalogue.plugins_present = lambda: True  # forces the live registries\n"
             "out = {w: [from_file[w], run(w), _listing_from_the_registries(w)] for w in whats}\n"
             "print(json.dumps(out))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_fresh_env(tmp_path),
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    for what, (from_file, live, before) in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+    for what, (from_file, live, before) in json.loads(_run_fresh(tmp_path, code)[-1]).items():
         assert from_file == live, what
         assert from_file.startswith(before) and len(from_file.splitlines()) >= 3, what  # + machine-dependent lines
 
@@ -107,13 +116,8 @@ def test_listings_start_without_torch(tmp_path: Path) -> None:
     scikit-learn (seconds of imports on a small machine). Measured times are in benchmarks/RESULTS.md."""
     code = ("import sys; from dpmbench.cli import main\n"
             "for w in ('solvers', 'models', 'schedules', 'searches', 'metrics'):\n"
-            "    assert main(['list', w]) == 0\n"
-            "heavy = [m for m in ('torch', 'sklearn', 'dpmbench.solvers', 'dpmbench.models') if m in sys.modules]\n"
-            "print('HEAVY', heavy)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_fresh_env(tmp_path),
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "HEAVY []"
+            "    assert main(['list', w]) == 0\n" + HEAVY)
+    assert _run_fresh(tmp_path, code, timeout=120)[-1] == "HEAVY []"
 
 
 def test_plugins_switch_to_the_live_registries(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,15 +197,7 @@ def test_canonical_specs_without_torch_equal_the_solvers_own() -> None:
 def test_list_papers_starts_without_torch_once_the_facts_are_cached(tmp_path: Path) -> None:
     """`dpmbench list papers` reads the papers files and configs with the catalogue's canonical specs; after the
     first run (which caches the configs' registry facts per code version) it imports no torch."""
-    code = ("import sys; from dpmbench.cli import main\n"
-            "assert main(['list', 'papers']) == 0\n"
-            "print('HEAVY', [m for m in ('torch', 'sklearn', 'dpmbench.solvers', 'dpmbench.models') "
-            "if m in sys.modules])\n")
-    env = _fresh_env(tmp_path)
-    outs = []
-    for _ in range(2):
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        outs.append(proc.stdout.strip().splitlines())
+    code = "import sys; from dpmbench.cli import main\nassert main(['list', 'papers']) == 0\n" + HEAVY
+    outs = [_run_fresh(tmp_path, code) for _ in range(2)]
     assert outs[1][-1] == "HEAVY []"
     assert outs[0][:-1] == outs[1][:-1] and len(outs[1]) > 5

@@ -137,12 +137,11 @@ class _Evolution:
         return self.top[0]
 
 
-DIGITS_SHAPE = (1, 8, 8)  # the samples the fdd metric's digits CNN reads
-
-
 def resolve_objective(ctx: Context, objective: str) -> str:
     """The objective ``auto`` stands for on this model (``fd`` on oracles, ``fdd`` on 8x8 digits models), checked
     against what the model offers; a one-line error naming the option and the allowed values otherwise."""
+    from evaluators.images import DIGITS_SHAPE
+
     oracle, digits = has_exact_solution(ctx.model), tuple(ctx.model.shape) == DIGITS_SHAPE
     if objective == "auto":
         objective = "fd" if oracle else "fdd" if digits else "auto"
@@ -156,7 +155,7 @@ def resolve_objective(ctx: Context, objective: str) -> str:
 def _digits_fdd() -> Any:
     """``x -> FDD``: the ``fdd`` metric's digits-CNN features of the quantized samples, Frechet distance to the
     moments of the 1,797 digits' features (the metric's reference, computed once)."""
-    from evaluators.images import digits_features, digits_reference_features, feature_moments, to_uint8
+    from evaluators.images import DIGITS_SHAPE, digits_features, digits_reference_features, feature_moments, to_uint8
     from evaluators.oracle import frechet_to
 
     mu, cov = feature_moments(digits_reference_features())

@@ -15,6 +15,7 @@ import torch
 
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.models.base import Model, NFECounter
+from dpmbench.optvalues import fmt_value, parse_bool
 from dpmbench.schedules import NoiseSchedule
 from dpmbench.timesteps import timesteps
 
@@ -35,9 +36,7 @@ class Option:
         try:
             if self.type is bool:
                 if isinstance(raw, str):
-                    if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError(raw)
-                    value: Any = raw.lower() in ("true", "1", "yes")
+                    value: Any = parse_bool(raw)
                 else:
                     value = bool(raw)
             elif self.type is int and isinstance(raw, float) and not raw.is_integer():
@@ -47,7 +46,7 @@ class Option:
         except (TypeError, ValueError):
             raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, allowed) from None
         if self.choices is not None and value not in self.choices:
-            raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, [_fmt(c) for c in self.choices])
+            raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, [fmt_value(c) for c in self.choices])
         if self.minimum is not None and value < self.minimum:
             raise bad_value(f"option {key!r} of {owner} {solver!r}", raw, allowed)
         return value
@@ -55,7 +54,7 @@ class Option:
     def describe(self) -> str:
         """Allowed values, as text."""
         if self.choices is not None:
-            return ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
+            return ", ".join(fmt_value(c) for c in self.choices)
         if self.type is bool:
             return "true, false"
         if self.minimum is not None:
@@ -241,7 +240,7 @@ class Solver:
     @property
     def spec(self) -> str:
         """Canonical spec string: the name and every option that differs from its default."""
-        diff = [f"{k}={_fmt(v)}" for k, v in self.opts.items() if v != self.options[k].default]
+        diff = [f"{k}={fmt_value(v)}" for k, v in self.opts.items() if v != self.options[k].default]
         return self.name + (":" + ",".join(diff) if diff else "")
 
     def min_nfe(self) -> int:
@@ -388,10 +387,6 @@ class MultistepSolver(Solver):
             x = self.update(x, hist, t, order)
         return x
 
-
-
-def _fmt(v: Any) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
