@@ -440,6 +440,28 @@ def test_micro_batches_make_samples_independent_of_the_batch(ddpm_dir: tuple[Pat
         load_adapter(_entry("diffusers-unet", options={"micro_batch": -1}), root)
 
 
+def test_fixed_batch_evaluates_a_batch_in_one_call(ddpm_dir: tuple[Path, Any, Any]) -> None:
+    """Inside ``fixed_batch()`` (a search's own fixed-size set) the network is called once per batch, not in padded
+    chunks; outside, and after an error inside, the chunks are back; a guided model passes it to its base."""
+    root, _, _ = ddpm_dir
+    model = load_adapter({**_entry("diffusers-unet"), "options": {"micro_batch": 4}}, root)
+    rows: list[int] = []
+    call = model._call
+    model._call = lambda x, ts, kw: rows.append(x.shape[0]) or call(x, ts, kw)  # type: ignore[method-assign]
+    x = model.prior(6, seed=0)
+    t = model.schedule.t_of_index(500)
+    chunked = model.eps(x, t)
+    assert rows == [4, 4]
+    with Guided(model, 1.0).fixed_batch():
+        assert model.micro_batch == 0
+        whole = model.eps(x, t)
+    assert rows == [4, 4, 6] and model.micro_batch == 4
+    torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="boom"), model.fixed_batch():
+        raise RuntimeError("boom")
+    assert model.micro_batch == 4
+
+
 def test_prompts_from_captions(tmp_path: Path) -> None:
     coco = {"annotations": [{"id": 10 - i, "image_id": i // 2, "caption": f" caption  {i}\n"} for i in range(10)]}
     (tmp_path / "captions_val2014.json").write_text(json.dumps(coco))

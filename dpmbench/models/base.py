@@ -8,10 +8,12 @@ wrapper (``NFECounter``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -189,6 +191,15 @@ class Model(ABC):
         """Everything the model's predictions depend on, as a string."""
         return f"{self.name}|{self.schedule.key()}"
 
+    @contextlib.contextmanager
+    def fixed_batch(self) -> Iterator[None]:
+        """A block in which every evaluation comes in batches of one size fixed by the caller (a search's own set,
+        never a sampled batch), so a row's result need not be independent of the batch it comes in: a network that
+        otherwise evaluates batch-invariant chunks (the diffusers adapters' ``micro_batch``) evaluates each batch
+        in one call. Results stay deterministic (the same batch gives the same bits); nothing changes for models
+        without chunks."""
+        yield
+
 
 class Guided(Model):
     """Classifier-free guidance: eps = eps(x, t) + w (eps(x, t | c) - eps(x, t)) (Ho & Salimans 2022, eq. 6).
@@ -226,6 +237,11 @@ class Guided(Model):
 
     def cache_key(self) -> str:
         return f"{self.base.cache_key()}|cfg={self.scale!r}"
+
+    @contextlib.contextmanager
+    def fixed_batch(self) -> Iterator[None]:
+        with self.base.fixed_batch():
+            yield
 
 
 def guided(model: Model, scale: float | None) -> Model:

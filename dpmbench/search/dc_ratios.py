@@ -68,10 +68,11 @@ def dc_ratio_search(ctx: Context, solver: Solver | None, seed: int, opts: dict[s
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 10 samples: thread start-up costs more than it saves (12x slower on 2 busy cores)
     try:
-        truth, how = reference_trajectory(model, x_T, cond, plan.points, opts["reference_nfe"])
-        with torch.no_grad():
-            ratios, losses = solver.search_ratios(NFECounter(model, cond), x_T, plan, truth, opts["iters"],
-                                                  opts["lr"])
+        with model.fixed_batch():  # every evaluation is on the `size` search samples: no padded chunks needed
+            truth, how = reference_trajectory(model, x_T, cond, plan.points, opts["reference_nfe"])
+            with torch.no_grad():
+                ratios, losses = solver.search_ratios(NFECounter(model, cond), x_T, plan, truth, opts["iters"],
+                                                      opts["lr"])
     finally:
         torch.set_num_threads(threads)
     return {"ratios": ratios, "losses": losses, "reference": how, "steps": len(plan.orders)}

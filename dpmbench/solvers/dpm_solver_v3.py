@@ -139,7 +139,8 @@ def compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _compute_ems(model, t_start, t_end, steps, samples, seed, conditional, device)
+        with model.fixed_batch():  # every evaluation is on the EMS trajectories: no padded chunks needed
+            return _compute_ems(model, t_start, t_end, steps, samples, seed, conditional, device)
     finally:
         torch.set_num_threads(threads)
 

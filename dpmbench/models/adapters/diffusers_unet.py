@@ -22,8 +22,9 @@ entry. Options ``unet`` (alias ``subfolder``) and ``scheduler`` override the fol
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,17 @@ class DiffusersUNet(Model):
             chunk = {k: v[idx] if torch.is_tensor(v) and v.ndim and v.shape[0] == n else v for k, v in kwargs.items()}
             outs.append(self._call(x[idx], timestep[idx], chunk)[: min(mb, n - lo)])
         return torch.cat(outs)
+
+    @contextlib.contextmanager
+    def fixed_batch(self) -> Iterator[None]:
+        """One network call per batch inside the block (see ``Model.fixed_batch``): a search on 10 samples costs a
+        10-row call, not a padded 64-row one (digits-unet on one core: 6.3 ms of CPU instead of 25 ms)."""
+        before = self.micro_batch
+        self.micro_batch = 0
+        try:
+            yield
+        finally:
+            self.micro_batch = before
 
     def _call(self, x: torch.Tensor, timestep: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         out = self.unet(x.to(self.dtype), timestep, return_dict=False, **kwargs)[0]
