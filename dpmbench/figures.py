@@ -157,6 +157,20 @@ def _npz_meta(path: Path) -> dict[str, Any]:
     return {k: f[k].item() for k in ("model", "solver", "schedule", "guidance", "seed", "nfe") if k in f}
 
 
+def _mosaic(rows: list[np.ndarray], ncol: int) -> tuple[np.ndarray, list[float]]:
+    """The samples of every row (N x C x H x W in [-1, 1], C in 1, 3) as one RGB image in [0, 1]: ``ncol`` tiles
+    per row, white gaps of H / 8 pixels (at least 1) between tiles; and each row's centre (pixels from the top)."""
+    c, h, w = rows[0].shape[1:]
+    gap = max(1, h // 8)
+    mosaic = np.ones((len(rows) * (h + gap) - gap, ncol * (w + gap) - gap, 3))
+    for i, xs in enumerate(rows):
+        for j, x in enumerate(np.asarray(xs, np.float64)[:ncol]):
+            tile = np.clip((x + 1) / 2, 0, 1)
+            mosaic[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = (
+                np.repeat(tile, 3, axis=0) if c == 1 else tile).transpose(1, 2, 0)
+    return mosaic, [i * (h + gap) + (h - 1) / 2 for i in range(len(rows))]
+
+
 def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> dict[tuple[str, ...], Path]:
     """For image models (samples shaped N x C x H x W, C in 1, 3): a grid of the first samples of every solver at the
     smallest NFE, first row the reference (exact ODE solutions, or a trained network's high-NFE solver run), per
@@ -194,19 +208,14 @@ def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> 
         for solver, path in by_nfe[nfe].items():
             rows.append((solver, load_npz(path)["x"][:columns]))
         ncol = max(len(x) for _, x in rows)
-        fig, axes = plt.subplots(len(rows), ncol, figsize=(0.75 * ncol + 2.6, 0.75 * len(rows) + 0.4), squeeze=False)
-        for i, (label, xs) in enumerate(rows):
-            for j in range(ncol):
-                ax = axes[i][j]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if j < len(xs):
-                    img = np.clip((np.asarray(xs[j], np.float64) + 1) / 2, 0, 1)
-                    if img.shape[0] == 1:
-                        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
-                    else:
-                        ax.imshow(img.transpose(1, 2, 0))
-            axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=6)
+        fig, ax = plt.subplots(figsize=(0.75 * ncol + 2.6, 0.75 * len(rows) + 0.4))
+        mosaic, centers = _mosaic([xs for _, xs in rows], ncol)
+        ax.imshow(mosaic, interpolation="nearest")  # one image of every tile: one axes, not one per sample
+        ax.set_xticks([])
+        ax.set_yticks(centers, [label for label, _ in rows], fontsize=6)
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         height = 0.75 * len(rows) + 0.4  # inches: the title keeps 0.3 of them, whatever the number of rows
         fig.suptitle(f"{key[0]} · guidance {key[1]} · seed {key[2]} · {key[3]} · NFE {nfe}", fontsize=8,
                      y=1 - 0.06 / height, va="top")

@@ -22,7 +22,7 @@ from dpmbench.claims import claims_markdown
 from dpmbench.errors import DpmbenchError
 from dpmbench.figures import metric_figure, write_sample_grids
 from dpmbench.io import atomic_write
-from dpmbench.merge import merge_runs, write_provenance
+from dpmbench.merge import Records, merge_runs, write_provenance
 from dpmbench.provenance import provenance_id
 from dpmbench.yamlfile import read_yaml
 
@@ -64,7 +64,7 @@ def collect(results_dir: str | Path) -> pd.DataFrame:
         df["guidance"] = df["guidance"].map(str)
         df = df.sort_values(["model", "guidance", "schedule", "seed", "metric", "solver", "nfe"], key=_sort_key)
     df = df.reset_index(drop=True)
-    df.attrs["provenance"] = records  # provenance id -> record (without date)
+    df.attrs["provenance"] = Records(records)  # provenance id -> record (without date)
     return df
 
 

@@ -173,3 +173,37 @@ def test_several_seeds_get_a_seed_column_and_their_own_tables(tmp_path: Path) ->
     assert lines[0].endswith(",wall_s,seed") and len(lines) == 3
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "### fd_true · guidance none · schedule logsnr · seed 1 (n=10)" in md
+
+
+def test_sample_grid_mosaic_places_every_tile() -> None:
+    """The sample grid is one image: tile (i, j) is sample j of row i mapped from [-1, 1] to [0, 1] (grey as RGB),
+    white gaps between tiles, short rows padded with white, and each row's label at its centre."""
+    from dpmbench.figures import _mosaic
+
+    rng = np.random.default_rng(0)
+    grey = rng.uniform(-1, 1, (3, 1, 8, 8))
+    short = rng.uniform(-1, 1, (2, 1, 8, 8))
+    mosaic, centers = _mosaic([grey, short], 3)
+    assert mosaic.shape == (2 * 9 - 1, 3 * 9 - 1, 3) and centers == [3.5, 12.5]
+    for i, xs in enumerate([grey, short]):
+        for j in range(3):
+            tile = mosaic[i * 9:i * 9 + 8, j * 9:j * 9 + 8]
+            want = (xs[j, 0] + 1) / 2 if j < len(xs) else np.ones((8, 8))
+            assert np.array_equal(tile, np.repeat(want[:, :, None], 3, axis=2))
+    assert (mosaic[8] == 1).all() and (mosaic[:, 8] == 1).all()  # the gaps
+    rgb = rng.uniform(-2, 2, (1, 3, 4, 4))  # clipped to [0, 1]
+    m, _ = _mosaic([rgb], 1)
+    assert np.array_equal(m, np.clip((rgb[0] + 1) / 2, 0, 1).transpose(1, 2, 0))
+
+
+def test_provenance_records_are_shared_not_copied() -> None:
+    """pandas deep-copies a frame's attrs on every operation: the provenance records are shared instead."""
+    import pandas as pd
+
+    from dpmbench.merge import Records
+
+    df = pd.DataFrame({"a": [1, 2]})
+    df.attrs["provenance"] = Records({"p1": {"torch": "x"}})
+    derived = df[df["a"] > 1].sort_values("a")
+    assert derived.attrs["provenance"] is df.attrs["provenance"]
+    assert derived.attrs["provenance"] == {"p1": {"torch": "x"}}
