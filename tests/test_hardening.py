@@ -360,7 +360,8 @@ def test_the_torch_load_scan_catches_unsafe_calls() -> None:
 
 
 # -- performance changes that must not change a number -------------------------------------------------------------
-def _prior_noise_full_blocks(n: int, shape: tuple[int, ...], seed: int, start: int, stream: int) -> torch.Tensor:
+def _prior_noise_full_blocks(n: int, shape: tuple[int, ...], seed: int, start: int, stream: int,
+                             dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """prior_noise as it was: every block drawn in full, then cut."""
     import math
 
@@ -368,10 +369,10 @@ def _prior_noise_full_blocks(n: int, shape: tuple[int, ...], seed: int, start: i
 
     numel = max(1, math.prod(shape))
     size = max(1, min(base.PRIOR_BLOCK, base.BLOCK_NUMEL // numel))
-    out, pos = torch.empty((n, *shape), dtype=torch.float64), 0
+    out, pos = torch.empty((n, *shape), dtype=dtype), 0
     for block in range(start // size, (start + n - 1) // size + 1):
         z = torch.randn((size, *shape), generator=torch.Generator().manual_seed(base._block_seed(seed, stream, block)),
-                        dtype=torch.float64)
+                        dtype=dtype)
         lo, hi = max(start, block * size) - block * size, min(start + n, (block + 1) * size) - block * size
         out[pos : pos + hi - lo] = z[lo:hi]
         pos += hi - lo
@@ -379,11 +380,15 @@ def _prior_noise_full_blocks(n: int, shape: tuple[int, ...], seed: int, start: i
 
 
 def test_noise_drawn_as_a_prefix_is_bit_identical() -> None:
-    """prior_noise draws only the rows it needs of a block (600x faster for one 3x32x32 sample): same bits."""
+    """prior_noise draws only the rows it needs of a block (600x faster for one 3x32x32 sample): same bits, in
+    float64 (x_T, float64 runs' step noise) and float32 (lower-precision runs' step noise)."""
     from dpmbench.models.base import _PREFIX_OK, prior_noise
 
-    for shape in [(2,), (1, 8, 8), (3, 32, 32), (3,), (5, 7), (1,), (4, 64, 64)]:
-        for n, start in [(1, 0), (7, 0), (8, 0), (16, 3), (1023, 0), (1024, 0), (1500, 10), (3, 1021), (250, 700)]:
-            assert torch.equal(prior_noise(n, shape, 5, start, stream=2),
-                               _prior_noise_full_blocks(n, shape, 5, start, 2)), (shape, n, start)
-    assert _PREFIX_OK == [True]  # the shortcut is in use with this torch
+    for dtype in (torch.float64, torch.float32):
+        for shape in [(2,), (1, 8, 8), (3, 32, 32), (3,), (5, 7), (1,), (4, 64, 64)]:
+            for n, start in [(1, 0), (7, 0), (8, 0), (16, 3), (1023, 0), (1024, 0), (1500, 10), (3, 1021),
+                             (250, 700)]:
+                z = prior_noise(n, shape, 5, start, stream=2, dtype=dtype)
+                assert z.dtype == dtype
+                assert torch.equal(z, _prior_noise_full_blocks(n, shape, 5, start, 2, dtype)), (dtype, shape, n, start)
+    assert _PREFIX_OK[torch.float64] and _PREFIX_OK[torch.float32]  # the shortcut is in use with this torch

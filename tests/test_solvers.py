@@ -159,3 +159,22 @@ def test_noise_source_is_batch_independent() -> None:
     full = NoiseSource(7, 0, like)(3)
     part = NoiseSource(7, 5, like[:3])(3)
     assert torch.equal(full[5:8], part) and not torch.equal(full, NoiseSource(7, 0, like)(4))
+
+
+def test_step_noise_is_drawn_in_the_run_precision() -> None:
+    """Step noise of a float64 run is float64 (x_T's draw, on its own stream); every lower precision draws float32
+    (then casts), with the same batch independence; the float32 draw is not the float64 one rounded."""
+    from dpmbench.models.base import NoiseSource, prior_noise
+
+    like64 = torch.zeros(10, 1, 8, 8, dtype=torch.float64)
+    z64 = NoiseSource(7, 0, like64)(3)
+    assert z64.dtype == torch.float64 and torch.equal(z64, prior_noise(10, (1, 8, 8), 7, 0, stream=4))
+    z32 = NoiseSource(7, 0, like64.float())(3)
+    assert z32.dtype == torch.float32
+    assert torch.equal(z32, prior_noise(10, (1, 8, 8), 7, 0, stream=4, dtype=torch.float32))
+    assert torch.equal(NoiseSource(7, 5, like64[:3].float())(3), z32[5:8])
+    assert not torch.equal(z32, z64.float())
+    z16 = NoiseSource(7, 0, like64.half())(3)
+    assert z16.dtype == torch.float16 and torch.equal(z16, z32.half())
+    with pytest.raises(DpmbenchError, match="noise dtype"):
+        prior_noise(2, (2,), 0, dtype=torch.float16)

@@ -73,15 +73,20 @@ def _block_seed(seed: int, stream: int, block: int) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def prior_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0, stream: int = 0) -> torch.Tensor:
-    """Standard normal noise for samples ``start .. start + n - 1`` of (seed, stream) (float64, CPU).
+def prior_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0, stream: int = 0,
+                dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Standard normal noise for samples ``start .. start + n - 1`` of (seed, stream), drawn in ``dtype`` (float64 or
+    float32; CPU).
 
     Sample i always gets the same values, however the samples are batched or sharded: the stream is cut
     into blocks of a fixed number of samples (a function of ``shape`` only), each drawn from a generator
-    seeded by (seed, stream, block). Stream 0 is x_T; stochastic solvers draw step k from stream k + 1.
+    seeded by (seed, stream, block). Stream 0 is x_T (float64 in every run); stochastic solvers draw step k from
+    stream k + 1 (see ``NoiseSource``).
     """
     if n < 0 or start < 0:
         raise DpmbenchError(f"invalid num_samples {n} / start {start}: must be >= 0")
+    if dtype not in (torch.float64, torch.float32):
+        raise bad_value("noise dtype", dtype, ("torch.float64", "torch.float32"))
     numel = max(1, math.prod(shape))
     size = max(1, min(PRIOR_BLOCK, BLOCK_NUMEL // numel))
     first, last = start // size, (start + n - 1) // size
@@ -91,51 +96,63 @@ def prior_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0, strea
         gen = torch.Generator().manual_seed(_block_seed(int(seed), int(stream), block))
         lo = max(start, block * size) - block * size
         hi = min(start + n, (block + 1) * size) - block * size
-        rows = hi if _prefix_is_exact(hi * numel, size * numel) else size  # draw only what is needed
-        z = torch.randn((rows, *shape), generator=gen, dtype=torch.float64)
+        rows = hi if _prefix_is_exact(hi * numel, size * numel, dtype) else size  # draw only what is needed
+        z = torch.randn((rows, *shape), generator=gen, dtype=dtype)
         if first == last and lo == 0 and rows == n:  # one block, drawn exactly: no copy (batch 1 per step)
             return z
         if out is None:
-            out = torch.empty((n, *shape), dtype=torch.float64)
+            out = torch.empty((n, *shape), dtype=dtype)
         out[pos : pos + hi - lo] = z[lo:hi]
         pos += hi - lo
-    return torch.empty((0, *shape), dtype=torch.float64) if out is None else out
+    return torch.empty((0, *shape), dtype=dtype) if out is None else out
 
 
-_PREFIX_OK: list[bool] = []
+_PREFIX_OK: dict[torch.dtype, bool] = {}
 
 
-def _prefix_is_exact(n: int, full: int) -> bool:
+def _prefix_is_exact(n: int, full: int, dtype: torch.dtype = torch.float64) -> bool:
     """Whether the first ``n`` of ``full`` normals drawn from one generator equal ``n`` normals drawn alone.
 
-    torch's CPU float64 normal sampler draws all uniforms in order, then applies Box-Muller to blocks of 16 and
-    redraws the last 16 values when the size is not a multiple of 16; so a prefix of a multiple of 16 values
-    that stops before that tail is exact. This is checked once per process against the full draw (and the
-    shortcut is not used if it does not hold), so a different torch cannot change the numbers, only the speed.
+    torch's CPU normal sampler (float64, and float32 in its vectorized and scalar forms) draws all uniforms in
+    order, then applies Box-Muller to blocks of 16 and redraws the last 16 values when the size is not a multiple
+    of 16; so a prefix of a multiple of 16 values that stops before that tail is exact. This is checked once per
+    process and dtype against the full draw (and the shortcut is not used if it does not hold), so a different torch
+    cannot change the numbers, only the speed.
     """
     if n == full:
         return True
     if n % 16 or (full % 16 and n > full - 16):
         return False
-    if not _PREFIX_OK:
+    if dtype not in _PREFIX_OK:
         ok = True
         for size, total in ((16, 48), (16, 40), (64, 1024)):  # (16, 40): the tail of 40 is 24..39
-            a = torch.randn(total, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)[:size]
-            b = torch.randn(size, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
+            a = torch.randn(total, generator=torch.Generator().manual_seed(1234), dtype=dtype)[:size]
+            b = torch.randn(size, generator=torch.Generator().manual_seed(1234), dtype=dtype)
             ok = ok and bool(torch.equal(a, b))
-        _PREFIX_OK.append(ok)
-    return _PREFIX_OK[0]
+        _PREFIX_OK[dtype] = ok
+    return _PREFIX_OK[dtype]
+
+
+def noise_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision per-step noise is drawn in for samples of ``dtype``: float64 for float64 runs, float32 for
+    every lower precision (float32, float16, bfloat16)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class NoiseSource:
-    """Per-step Gaussian noise for stochastic solvers: step k of sample i depends only on (seed, i, k)."""
+    """Per-step Gaussian noise for stochastic solvers: step k of sample i depends only on (seed, i, k) and the run's
+    precision. It is drawn in the precision of the samples (``noise_dtype``), as samplers' reference codes draw it
+    (``randn_like(x)``): a float64 draw costs a float32 run 3x the time of the float32 one (torch's float64 normals
+    use scalar Box-Muller), the per-step cost that stochastic solvers have over deterministic ones."""
 
     def __init__(self, seed: int, start: int, like: torch.Tensor):
         self.seed, self.start, self.like = int(seed), int(start), like
+        self.dtype = noise_dtype(like.dtype)
 
     def __call__(self, step: int) -> torch.Tensor:
         """Standard normal noise shaped like the batch, for step ``step`` (0-based)."""
-        z = prior_noise(self.like.shape[0], tuple(self.like.shape[1:]), self.seed, self.start, stream=step + 1)
+        z = prior_noise(self.like.shape[0], tuple(self.like.shape[1:]), self.seed, self.start, stream=step + 1,
+                        dtype=self.dtype)
         return z.to(dtype=self.like.dtype, device=self.like.device)
 
 
