@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "per model) into this directory")
     rep.add_argument("--papers", default=None,
                      help="directory of published numbers (papers/*.yaml; default: ./papers if it exists)")
+    rep.add_argument("--jobs", type=_positive_int("--jobs"), default=1,
+                     help="processes drawing the figures (default 1)")
 
     pl = sub.add_parser("pull", help="download and verify (sha256) a checkpoint of the manifest")
     pl.add_argument("id", help="a checkpoint id (`dpmbench list models`)")
@@ -611,7 +613,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from dpmbench.report import write_report
 
-    write_report(args.results_dir, args.out, papers_dir=args.papers, site=args.site)
+    write_report(args.results_dir, args.out, papers_dir=args.papers, site=args.site, jobs=args.jobs)
 
 
 def cmd_pull(args: argparse.Namespace) -> None:

@@ -7,11 +7,13 @@ without Snakemake: ``dpmbench report RESULTS_DIR --out reports/ [--papers papers
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import contextlib
 import hashlib
 import html
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import pandas as pd
 
 from dpmbench.artifacts import named_searches
 from dpmbench.claims import claims_markdown
-from dpmbench.errors import DpmbenchError
+from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.figures import metric_figure, write_sample_grids
 from dpmbench.io import atomic_write
 from dpmbench.merge import Records, merge_runs, write_provenance
@@ -264,18 +266,23 @@ def _figure_name(key: tuple[Any, ...], many_seeds: bool, label: str = "") -> str
     return f"{model}_g{guidance}_{schedule}{f'_seed{seed}' if many_seeds else ''}_{metric}{protocol}.png"
 
 
-def write_figures(df: pd.DataFrame, out: Path) -> dict[tuple[Any, ...], Path]:
-    """One metric-vs-NFE figure (dpmbench.figures.metric_figure) per table: (model, guidance, schedule, seed,
-    metric, protocol)."""
+def figure_tasks(df: pd.DataFrame, out: Path) -> list[tuple[tuple[Any, ...], tuple[Any, ...], dict[str, Any]]]:
+    """The metric-vs-NFE figures (dpmbench.figures.metric_figure), one per table (model, guidance, schedule, seed,
+    metric, protocol): (table key, positional and keyword arguments of ``metric_figure``)."""
     df = _with_protocol(df)
     many_seeds = df["seed"].nunique() > 1
-    paths = {}
+    tasks = []
     for key, g in _groups(df):
         label = _label(g)
-        paths[key] = metric_figure(g, f"{key[0]} · {_title(key, many_seeds, label)}",
-                                   out / "figures" / _figure_name(key, many_seeds, label),
-                                   higher_is_better(str(key[4])), floor=_model_error_floor(df, key))
-    return paths
+        tasks.append((key, (g, f"{key[0]} · {_title(key, many_seeds, label)}",
+                            out / "figures" / _figure_name(key, many_seeds, label), higher_is_better(str(key[4]))),
+                      {"floor": _model_error_floor(df, key)}))
+    return tasks
+
+
+def write_figures(df: pd.DataFrame, out: Path) -> dict[tuple[Any, ...], Path]:
+    """Every figure of ``figure_tasks``, drawn in this process."""
+    return {key: metric_figure(*args, **kwargs) for key, args, kwargs in figure_tasks(df, out)}
 
 
 def _img_tag(path: Path) -> str:
@@ -508,12 +515,31 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
     return "\n".join([*lines, *_coverage_lines(df, entries, found), *body])
 
 
+@contextlib.contextmanager
+def _figure_pool(jobs: int) -> Iterator[concurrent.futures.ProcessPoolExecutor | None]:
+    """``jobs`` forked worker processes for the figures (None with one job: draw them here; this process only waits
+    meanwhile). matplotlib is imported (Agg) before the fork, so the workers do not import it again."""
+    if jobs <= 1:
+        yield None
+        return
+    import multiprocessing
+
+    from dpmbench.figures import _pyplot
+
+    _pyplot()
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield pool
+
+
 def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Path,
-                 papers_dir: str | Path | None = None, site: str | Path | None = None) -> pd.DataFrame:
+                 papers_dir: str | Path | None = None, site: str | Path | None = None, jobs: int = 1) -> pd.DataFrame:
     """Write ``results.csv``, ``provenance.csv``/``.json``, ``leaderboard.md``, ``leaderboard.html``,
     ``paper_comparison.md``, ``claims.md`` (the seed papers' claims checked on these
     results, ``dpmbench.claims``) and ``figures/`` of one or several results directories (merged: dpmbench.merge), and
-    with ``site`` a static site there (dpmbench.site)."""
+    with ``site`` a static site there (dpmbench.site). With ``jobs`` > 1 the figures are drawn by ``jobs`` worker
+    processes after the tables are written (the same files: a figure does not depend on who draws it)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise bad_value("jobs", jobs, "an integer >= 1")
     dirs = [results_dirs] if isinstance(results_dirs, str | Path) else list(results_dirs)
     if not dirs:
         raise DpmbenchError("invalid RESULTS_DIR: give at least one results directory")
@@ -532,17 +558,27 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
     write_provenance(df, out)
     md = leaderboard_markdown(df)
     atomic_write(out / "leaderboard.md", lambda tmp: tmp.write_text(md))
-    figures = write_figures(df, out) if not df.empty else {}
-    grids: dict[tuple[str, ...], Path] = {}
-    for d in dirs:
-        grids.update(write_sample_grids(d, out))
-    page = leaderboard_html(df, figures, grids)
-    atomic_write(out / "leaderboard.html", lambda tmp: tmp.write_text(page))
     comparison = paper_comparison_markdown(df, entries)
     atomic_write(out / "paper_comparison.md", lambda tmp: tmp.write_text(comparison))
     produced = named_searches([Path(d) / "artifacts" for d in dirs])  # the workflow's DPMBENCH_ARTIFACTS
     claims = claims_markdown(df, {f"searched:{n}": s for n, s in produced.items() if s is not None})
     atomic_write(out / "claims.md", lambda tmp: tmp.write_text(claims))
+    tasks = figure_tasks(df, out) if not df.empty else []
+    with _figure_pool(jobs) as pool:
+        if pool is None:
+            grid_maps = [write_sample_grids(d, out) for d in dirs]
+            drawn = [metric_figure(*args, **kwargs) for _, args, kwargs in tasks]
+        else:  # the sample grids first: the longest tasks
+            pending = [pool.submit(write_sample_grids, d, out) for d in dirs]
+            pending += [pool.submit(metric_figure, *args, **kwargs) for _, args, kwargs in tasks]
+            done = [f.result() for f in pending]
+            grid_maps, drawn = done[:len(dirs)], done[len(dirs):]
+    figures = {key: path for (key, _, _), path in zip(tasks, drawn, strict=True)}
+    grids: dict[tuple[str, ...], Path] = {}
+    for m in grid_maps:
+        grids.update(m)
+    page = leaderboard_html(df, figures, grids)
+    atomic_write(out / "leaderboard.html", lambda tmp: tmp.write_text(page))
     if site is not None:
         from dpmbench.site import write_site
 
@@ -552,4 +588,5 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
 
 
 __all__ = ["COLUMNS", "collect", "leaderboard_html", "leaderboard_markdown", "load_papers",
-           "paper_comparison_markdown", "published_spread", "write_figures", "write_report", "write_sample_grids"]
+           "figure_tasks", "paper_comparison_markdown", "published_spread", "write_figures", "write_report",
+           "write_sample_grids"]

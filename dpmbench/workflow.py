@@ -45,7 +45,7 @@ DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
     "reference": {"mem_mb": 2000, "runtime": 60, "threads": 1},
     "sample": {"mem_mb": 4000, "runtime": 60, "threads": 1},
     "metrics": {"mem_mb": 4000, "runtime": 30, "threads": 1},
-    "report": {"mem_mb": 4000, "runtime": 30, "threads": 1},
+    "report": {"mem_mb": 4000, "runtime": 30, "threads": 2},  # processes drawing the figures (report --jobs)
 }
 
 

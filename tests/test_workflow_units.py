@@ -143,6 +143,11 @@ def test_report_renders_any_results_dir_with_papers(tmp_path: Path) -> None:
     assert (out / "figures" / "gmm-digits_gnone_logsnr_fd_true.png").is_file()
     assert (out / "results.csv").read_text().startswith(
         "model,solver,nfe,schedule,guidance,metric,value,ci_low,ci_high,n_samples,wall_s\n")  # one seed
+    two = tmp_path / "reports-2"  # the figures drawn by two worker processes: the same files, byte for byte
+    assert main(["report", str(res), "--out", str(two), "--papers", str(papers), "--jobs", "2"]) == 0
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert all((out / f).read_bytes() == (two / f).read_bytes() for f in files)
     assert write_report(res, tmp_path / "again", papers_dir=None).shape[0] == 4
 
 

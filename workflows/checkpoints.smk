@@ -21,6 +21,7 @@ rule pull_checkpoint:
     params:
         entry=lambda wc: GRID.checkpoints[wc.model].fingerprint() if wc.model in GRID.checkpoints else "",
     localrule: True  # on a cluster, downloads run where the workflow runs (compute nodes are often offline)
+    priority: LONG_FIRST
     run:
         from dpmbench.checkpoints import pull, stamp_text
 

@@ -12,6 +12,7 @@ rule reference:
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
         t_end=lambda wc: GRID.t_end_of(wc.model),
     threads: GRID.resource("reference", "threads")
+    priority: LONG_FIRST
     resources:
         mem_mb=GRID.resource("reference", "mem_mb"),
         runtime=GRID.resource("reference", "runtime"),
@@ -38,6 +39,7 @@ rule reference_run:
         batch=lambda wc: GRID.batch_arg(wc.model),
         captions=lambda wc: GRID.captions_arg(wc.model),
     threads: GRID.resource("sample", "threads")
+    priority: LONG_FIRST
     resources:
         mem_mb=GRID.resource("sample", "mem_mb"),
         runtime=GRID.resource("sample", "runtime"),

@@ -31,10 +31,10 @@ rule report:
                        caption="report/figure.rst"),
         provenance=f"{REPORT}/provenance.csv",
         site=directory(f"{REPORT}/site"),
-    threads: 1
+    threads: GRID.resource("report", "threads")  # processes drawing the figures (dpmbench report --jobs)
     resources:
         mem_mb=GRID.resource("report", "mem_mb"),
         runtime=GRID.resource("report", "runtime"),
         gpu=0,
     shell:
-        "{JOB} dpmbench report {RESULTS} --out {REPORT} --papers {PAPERS:q} --site {output.site}"
+        "{JOB} dpmbench report {RESULTS} --out {REPORT} --papers {PAPERS:q} --site {output.site} --jobs {threads}"

@@ -43,6 +43,7 @@ rule prepare:
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
         t_end=lambda wc: GRID.t_end_of(wc.model),
     threads: GRID.resource("sample", "threads")
+    priority: LONG_FIRST
     resources:
         mem_mb=GRID.resource("sample", "mem_mb"),
         runtime=GRID.resource("sample", "runtime"),
