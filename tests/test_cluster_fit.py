@@ -64,6 +64,9 @@ def _fake_sinfo(tmp_path: Path, text: str) -> dict[str, str]:
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "sinfo").write_text(f"#!/bin/sh\ncat <<'EOF'\n{text}EOF\n")
     (bin_dir / "sinfo").chmod(0o755)
+    for tool in ("squeue", "sacct"):  # the SLURM executor plugin refuses to load where neither exists (a machine
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")  # without SLURM): a dry run queries neither
+        (bin_dir / tool).chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
             "DPMBENCH_CACHE": str(tmp_path / "cache")}
 
