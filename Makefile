@@ -22,8 +22,9 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# -n 2: the suite on two worker processes (most tests are single-threaded; the slowest are whole Snakemake runs)
 test: lint browser
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n 2
 
 # tests/test_site.py opens the leaderboard site in Debian's chromium: installed here where missing (apt-get, as
 # root on CI); without it that test installs it itself or fails saying why
