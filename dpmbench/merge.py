@@ -27,7 +27,8 @@ TABLE = ["model", "guidance", "schedule", "seed", "metric"]
 PROTOCOL_FIELDS = ("n_samples", "t_end", "reference", "reference_stats", "reference_stats_sha256", "extractor",
                    "extractor_sha256")
 AGREE_RTOL = 1e-3
-# the provenance sidecar: one row per results.csv row, keyed by the cell (plus the run it came from)
+
+
 class Records(dict):  # type: ignore[type-arg]
     """Provenance records (id -> record) in a frame's ``attrs``: read-only once built, so shared, never copied, by
     the frames derived from it (pandas deep-copies ``attrs`` on every operation: ~90,000 copies of a few hundred
@@ -37,6 +38,7 @@ class Records(dict):  # type: ignore[type-arg]
         return self
 
 
+# the provenance sidecar: one row per results.csv row, keyed by the cell (plus the run it came from)
 SIDECAR = [*CELL, "run", "median", "diverged_share", *PROTOCOL_FIELDS[1:], "reference_sha256", "provenance", "date"]
 
 

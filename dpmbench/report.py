@@ -515,6 +515,13 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
     return "\n".join([*lines, *_coverage_lines(df, entries, found), *body])
 
 
+def _done(fn: Any, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    """``fn(*args, **kwargs)`` run here, as a finished future (``_figure_pool``'s one-job case)."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    future.set_result(fn(*args, **kwargs))
+    return future
+
+
 @contextlib.contextmanager
 def _figure_pool(jobs: int) -> Iterator[concurrent.futures.ProcessPoolExecutor | None]:
     """``jobs`` forked worker processes for the figures (None with one job: draw them here; this process only waits
@@ -565,14 +572,11 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
     atomic_write(out / "claims.md", lambda tmp: tmp.write_text(claims))
     tasks = figure_tasks(df, out) if not df.empty else []
     with _figure_pool(jobs) as pool:
-        if pool is None:
-            grid_maps = [write_sample_grids(d, out) for d in dirs]
-            drawn = [metric_figure(*args, **kwargs) for _, args, kwargs in tasks]
-        else:  # the sample grids first: the longest tasks
-            pending = [pool.submit(write_sample_grids, d, out) for d in dirs]
-            pending += [pool.submit(metric_figure, *args, **kwargs) for _, args, kwargs in tasks]
-            done = [f.result() for f in pending]
-            grid_maps, drawn = done[:len(dirs)], done[len(dirs):]
+        submit = pool.submit if pool is not None else _done
+        pending = [submit(write_sample_grids, d, out) for d in dirs]  # the sample grids first: the longest tasks
+        pending += [submit(metric_figure, *args, **kwargs) for _, args, kwargs in tasks]
+        done = [f.result() for f in pending]
+    grid_maps, drawn = done[:len(dirs)], done[len(dirs):]
     figures = {key: path for (key, _, _), path in zip(tasks, drawn, strict=True)}
     grids: dict[tuple[str, ...], Path] = {}
     for m in grid_maps:
