@@ -239,7 +239,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"{name}: checkpoint ({e.adapter}), {e.resolution}px{cond}, {e.schedule}/{e.parameterization}, "
                   f"license {e.license}; {src}; {pulled}")
     elif args.what == "papers":
-        from dpmbench.paper_coverage import coverage
+        from dpmbench.report.coverage import coverage
 
         for cov in coverage():
             print(cov.line())
@@ -648,7 +648,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
-    from dpmbench.regress import load_tolerances, regress
+    from dpmbench.report.regress import load_tolerances, regress
 
     tolerances = {}
     if args.config:

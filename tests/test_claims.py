@@ -1,4 +1,4 @@
-"""``reports/claims.md``: the seed papers' claims checked on a run's results (dpmbench.claims)."""
+"""``reports/claims.md``: the seed papers' claims checked on a run's results (dpmbench.report.claims)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpmbench.claims import CLAIMS, check_claims, claims_markdown, summary_verdict
+from dpmbench.report.claims import CLAIMS, check_claims, claims_markdown, summary_verdict
 
 
 def _rows(model: str, metric: str, guidance: str, values: dict[str, list[tuple[float, float, float]]]) -> list[dict]:
@@ -81,7 +81,7 @@ def test_paired_verdict_separates_where_the_marginal_cis_overlap() -> None:
 
 def test_paired_verdict_is_the_leaderboards_decision() -> None:
     """The same pair of rows is *best* vs not on the leaderboard exactly when the claim row separates."""
-    from dpmbench.compare import column_marks
+    from dpmbench.report.stats import column_marks
 
     for boot, kind, verdict in ((False, "tied", "within noise"), (True, "best", "holds")):
         df = _pair(boot)

@@ -3,7 +3,7 @@
 Protocol: 64 samples from x_T = prior(64, seed 0); guided runs use labels i mod 10; the metric of the path claims is
 ``mse_ref``, the MSE to the network's own reference (DPM-Solver++(3M), 200 NFE, logSNR steps, from the same x_T),
 with the 95% bootstrap CIs and replicates of ``evaluators.evaluate``, and the verdicts are those of
-``dpmbench.claims`` (paired bootstrap of the difference). Float32 network, whose outputs differ across CPUs, BLAS
+``dpmbench.report.claims`` (paired bootstrap of the difference). Float32 network, whose outputs differ across CPUs, BLAS
 libraries and thread counts by ~1e-7 relative: perturbing every weight by a relative 1e-7 moves every MSE below by
 at most 1e-5 relative (the EMS and the DC-Solver ratio search included; measured), so the tolerance on MSE is 1e-3
 relative; 1e-2 on FDD, which a uint8 quantization flip can move.
@@ -47,7 +47,7 @@ import pytest
 import torch
 
 from dpmbench import load_model, sample
-from dpmbench.claims import check_claims
+from dpmbench.report.claims import check_claims
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -257,7 +257,7 @@ def test_autodiffusion_searched_steps_beat_handcrafted_ones_on_the_network(net, 
     from a 200-point grid; the official 500 take ~170 s), scored by the paper's proxy on the network: the FDD of 64
     samples from search x_T that no evaluation draws (``objective=auto`` -> ``fdd``). Judged on the module's 64 x_T
     of seed 0, unguided, against logSNR steps (the suite's default) and time-uniform steps (the official DDIM's),
-    paired (same x_T, same bootstrap indices; ``dpmbench.compare.separated``):
+    paired (same x_T, same bootstrap indices; ``dpmbench.report.stats.separated``):
 
         FDD      searched 106.5 [59.3, 176.3]   logsnr 201.1   time-uniform 161.1
                  paired searched - logsnr -94.6 [-120.8, -66.5], - time-uniform -54.6 [-78.6, -29.9]: **holds** (both)
@@ -267,7 +267,7 @@ def test_autodiffusion_searched_steps_beat_handcrafted_ones_on_the_network(net, 
     The marginal FDD CIs overlap; the paired CIs exclude 0. The search proxy of the winner: 111.6 on its own x_T;
     the search took 8 s here. The same grid came out with 2 threads and with every weight perturbed by a relative
     1e-7 (3 draws): the uint8 quantization hides such differences from the proxy."""
-    from dpmbench.compare import separated
+    from dpmbench.report.stats import separated
     from dpmbench.search import run_search
     from dpmbench.solvers.base import Context, get_solver
 

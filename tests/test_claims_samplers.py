@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from dpmbench.claims import CLAIMS, check_claims
+from dpmbench.report.claims import CLAIMS, check_claims
 from dpmbench.solvers.base import get_solver
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,6 @@
-"""Schedule claims in the ledger (dpmbench.claims): one solver on a searched grid vs a handcrafted one, matched to the
-search that produced the grid (AutoDiffusion's claim), and never to a grid of another or an unknown search."""
+"""Schedule claims in the ledger (dpmbench.report.claims): one solver on a searched grid vs a handcrafted one,
+matched to the search that produced the grid (AutoDiffusion's claim), and never to a grid of another or an unknown
+search."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpmbench.claims import CLAIMS, check_claims, claims_markdown
+from dpmbench.report.claims import CLAIMS, check_claims, claims_markdown
 
 AD = {"searched:ad": "autodiffusion", "searched:ays5": "ays", "searched:autodiffusion": "ays"}
 

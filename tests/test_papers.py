@@ -16,8 +16,8 @@ import yaml
 
 from dpmbench.cli import main
 from dpmbench.errors import DpmbenchError
-from dpmbench.paper_coverage import config_cells
 from dpmbench.report import load_papers, write_report
+from dpmbench.report.coverage import config_cells
 from dpmbench.solvers.base import get_solver, list_solvers
 from dpmbench.timesteps import ALL_KINDS
 from dpmbench.workflow import build_grid, guidance_key, load_manifests

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.regress import Tolerance, load_tolerances, regress
+from dpmbench.report.regress import Tolerance, load_tolerances, regress
 
 COLS = ["model", "solver", "nfe", "schedule", "guidance", "metric", "value", "ci_low", "ci_high", "n_samples",
         "wall_s"]

@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 
 from dpmbench.cli import main
-from dpmbench.compare import column_marks, mean_ranks
 from dpmbench.errors import DpmbenchError
 from dpmbench.report import write_report
+from dpmbench.report.stats import column_marks, mean_ranks
 from evaluators.bootstrap import bootstrap_indices
 from evaluators.registry import per_sample_summary
 
@@ -131,10 +131,10 @@ def test_per_sample_median_and_diverged_share() -> None:
 
 
 def test_cells_show_median_and_diverged_share_only_where_samples_diverged() -> None:
-    from dpmbench.report import _spread
+    from dpmbench.report.tables import spread_text
 
     def cell(metric: str, value: float, median: float | None, share: float) -> str:
-        return _spread(SimpleNamespace(metric=metric, value=value, median=median, diverged_share=share))
+        return spread_text(SimpleNamespace(metric=metric, value=value, median=median, diverged_share=share))
 
     assert cell("rmse_exact", 5.0, 0.1, 0.07) == "median 0.1, 7% samples diverged"
     assert cell("rmse_exact", 5.0, None, 0.6) == "median diverged, 60% samples diverged"

@@ -183,7 +183,7 @@ def test_several_seeds_get_a_seed_column_and_their_own_tables(tmp_path: Path) ->
 def test_sample_grid_mosaic_places_every_tile() -> None:
     """The sample grid is one image: tile (i, j) is sample j of row i mapped from [-1, 1] to [0, 1] (grey as RGB),
     white gaps between tiles, short rows padded with white, and each row's label at its centre."""
-    from dpmbench.figures import _mosaic
+    from dpmbench.report.figures import _mosaic
 
     rng = np.random.default_rng(0)
     grey = rng.uniform(-1, 1, (3, 1, 8, 8))
@@ -205,7 +205,7 @@ def test_provenance_records_are_shared_not_copied() -> None:
     """pandas deep-copies a frame's attrs on every operation: the provenance records are shared instead."""
     import pandas as pd
 
-    from dpmbench.merge import Records
+    from dpmbench.report.merge import Records
 
     df = pd.DataFrame({"a": [1, 2]})
     df.attrs["provenance"] = Records({"p1": {"torch": "x"}})

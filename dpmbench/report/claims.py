@@ -7,7 +7,8 @@ metric the claim is about: ``path`` claims (ODE-solver accuracy) use the error t
 ``fid``). Every model of the results where both solvers ran in that setting is checked; nothing is hand-written.
 
 Verdict of one (model, guidance, schedule, NFE) row, by the paired decision of the leaderboard
-(:func:`dpmbench.compare.separated`): both solvers start from the same x_T and their metric's bootstrap replicates use
+(:func:`~dpmbench.report.stats.separated`):
+both solvers start from the same x_T and their metric's bootstrap replicates use
 the same resampling indices, so the replicate-wise difference A - B is a paired bootstrap of the difference. ``holds``
 when A is better and the 95% CI of that difference excludes 0, ``fails`` when B is better and it excludes 0,
 ``within noise`` when it contains 0. Rows without pairable replicates (a results.csv read back, metric files written
@@ -35,7 +36,7 @@ from typing import Any
 
 import pandas as pd
 
-from dpmbench.compare import separated
+from dpmbench.report.stats import separated
 
 PATH_METRICS = ("rmse_exact", "mse_ref")
 QUALITY_METRICS = ("fdd", "fd_true", "fid")

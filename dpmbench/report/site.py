@@ -19,20 +19,20 @@ from typing import Any
 
 import pandas as pd
 
-from dpmbench.compare import mean_ranks
 from dpmbench.io import atomic_write
-from dpmbench.merge import provenance_summary
-from dpmbench.report import (
-    _fmt,
-    _fmt_ci,
-    _groups,
-    _isnan,
-    _label,
-    _table,
-    _title,
-    _with_protocol,
+from dpmbench.report.merge import provenance_summary
+from dpmbench.report.papers import paper_comparison_markdown
+from dpmbench.report.stats import mean_ranks
+from dpmbench.report.tables import (
+    fmt,
+    fmt_ci,
+    groups,
     higher_is_better,
-    paper_comparison_markdown,
+    is_nan,
+    protocol_label,
+    table_cells,
+    title,
+    with_protocol,
 )
 
 CSS = """
@@ -185,8 +185,8 @@ def provenance_table(df: pd.DataFrame) -> str:
 def _protocol_line(g: pd.DataFrame) -> str:
     """One line under a table: its protocol and where its numbers come from."""
     r = g.iloc[0]
-    n = int(r["n_samples"]) if not _isnan(r["n_samples"]) else "?"
-    parts = [f"n = {n}", f"t_end {r['t_end']}" if not _isnan(r["t_end"]) else "t_end unrecorded"]
+    n = int(r["n_samples"]) if not is_nan(r["n_samples"]) else "?"
+    parts = [f"n = {n}", f"t_end {r['t_end']}" if not is_nan(r["t_end"]) else "t_end unrecorded"]
     if r["reference"]:
         sha = r["reference_sha256"]
         parts.append(f"reference: {r['reference']}" + (f" (sha256 {sha[:12]}…)" if isinstance(sha, str) else ""))
@@ -207,7 +207,7 @@ def _protocol_line(g: pd.DataFrame) -> str:
 # -- tables -------------------------------------------------------------------------------------------------
 def metric_table(g: pd.DataFrame) -> str:
     """A sortable solver x NFE table of one metric: value, CI, best/tied class, median/diverged where any."""
-    nfes, rows = _table(g)
+    nfes, rows = table_cells(g)
     by = {(r.solver, int(r.nfe)): r for r in g.itertuples()}
     head = "<thead><tr><th>solver</th>" + "".join(f"<th>NFE {n}</th>" for n in nfes) + "</tr></thead>"
     body = []
@@ -215,16 +215,16 @@ def metric_table(g: pd.DataFrame) -> str:
         tds = [f"<td>{_e(solver)}</td>"]
         for n, (_text, mark, spread) in zip(nfes, cells, strict=True):
             r = by.get((solver, n))
-            v = "" if r is None or _isnan(r.value) else f" data-v=\"{float(r.value)!r}\""
+            v = "" if r is None or is_nan(r.value) else f" data-v=\"{float(r.value)!r}\""
             if r is None:
                 tds.append("<td data-v=\"NaN\">–</td>")
                 continue
-            ci = _fmt_ci(r.ci_low, r.ci_high).strip()
+            ci = fmt_ci(r.ci_low, r.ci_high).strip()
             extra = (f"<br><span class=ci>{_e(ci)}</span>" if ci else "") + (
                 f"<br><span class=spread>{_e(spread)}</span>" if spread else "")
             cls = f" class={mark}" if mark else ""
             tip = f" title=\"{mark}\"" if mark else ""
-            tds.append(f"<td{cls}{tip}{v or ' data-v=NaN'}>{_e(_fmt(r.value))}{extra}</td>")
+            tds.append(f"<td{cls}{tip}{v or ' data-v=NaN'}>{_e(fmt(r.value))}{extra}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     return f"<div class=scroll><table class=\"sortable metric\">{head}<tbody>{''.join(body)}</tbody></table></div>"
 
@@ -251,7 +251,7 @@ def ranking_table(rank: pd.DataFrame, metrics: list[str]) -> str:
         cells = [f"<td>{_e(solver)}</td>", f"<td data-v=\"{r['overall']!r}\"><b>{r['overall']:.2f}</b></td>"]
         for m in metrics:
             v = r.get(f"{m}:mean_rank")
-            cells.append("<td data-v=NaN>–</td>" if _isnan(v) else f"<td data-v=\"{v!r}\">{v:.2f}</td>")
+            cells.append("<td data-v=NaN>–</td>" if is_nan(v) else f"<td data-v=\"{v!r}\">{v:.2f}</td>")
         cells.append(f"<td data-v=\"{int(r['best'])}\">{int(r['best'])}</td>")
         cells.append(f"<td data-v=\"{int(r['tied'])}\">{int(r['tied'])}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -261,8 +261,8 @@ def ranking_table(rank: pd.DataFrame, metrics: list[str]) -> str:
 def _sections(df: pd.DataFrame) -> dict[tuple[Any, ...], list[tuple[tuple[Any, ...], pd.DataFrame]]]:
     """Tables grouped by section: (model, guidance, schedule, seed, protocol label)."""
     out: dict[tuple[Any, ...], list[tuple[tuple[Any, ...], pd.DataFrame]]] = {}
-    for key, g in _groups(df):
-        out.setdefault((key[0], key[1], key[2], key[3], _label(g)), []).append((key, g))
+    for key, g in groups(df):
+        out.setdefault((key[0], key[1], key[2], key[3], protocol_label(g)), []).append((key, g))
     return out
 
 
@@ -316,10 +316,10 @@ def model_page(model: str, df: pd.DataFrame, figures: dict[tuple[Any, ...], Path
     for skey, tables in sections.items():
         _, guidance, schedule, seed, label = skey
         anchor = slug(f"g{guidance}-{schedule}-s{seed}-{label}")
-        title = f"guidance {guidance} · schedule {schedule}" + (f" · seed {seed}" if many_seeds else "") + (
+        heading = f"guidance {guidance} · schedule {schedule}" + (f" · seed {seed}" if many_seeds else "") + (
             f" · {label}" if label else "")
-        toc.append(f"<li><a href=\"#{anchor}\">{_e(title)}</a></li>")
-        body.append(f"<h2 id=\"{anchor}\">{_e(title)}</h2>")
+        toc.append(f"<li><a href=\"#{anchor}\">{_e(heading)}</a></li>")
+        body.append(f"<h2 id=\"{anchor}\">{_e(heading)}</h2>")
         metrics = [str(k[4]) for k, _ in tables]
         body.append("<h3>Ranking (mean rank over NFE)</h3>" + ranking_table(ranking(tables), metrics)
                     + "<p class=prov>Per metric: the solver's rank at each NFE (1 = best; a diverged value ranks "
@@ -327,7 +327,7 @@ def model_page(model: str, df: pd.DataFrame, figures: dict[tuple[Any, ...], Path
                     "solvers have no pathwise metric such as rmse_exact). best / tied: columns where it was marked "
                     "so.</p>")
         for key, g in tables:
-            body.append(f"<h3 id=\"{anchor}-{slug(key[4])}\">{_e(_title(key, many_seeds, label))}</h3>")
+            body.append(f"<h3 id=\"{anchor}-{slug(key[4])}\">{_e(title(key, many_seeds, label))}</h3>")
             body.append(metric_table(g))
             body.append(_protocol_line(g))
             if key in figures:
@@ -355,14 +355,14 @@ def _card(model: str, df: pd.DataFrame) -> str:
              f"<div class=meta>{_e(meta)}</div>"]
     for skey, tables in _sections(g).items():
         rank = ranking(tables).head(3)
-        title = f"guidance {skey[1]} · {skey[2]}" + (f" · seed {skey[3]}" if g["seed"].nunique() > 1 else "") + (
+        heading = f"guidance {skey[1]} · {skey[2]}" + (f" · seed {skey[3]}" if g["seed"].nunique() > 1 else "") + (
             f" · {skey[4]}" if skey[4] else "")
         items = []
         for solver, r in rank.iterrows():
             pill = (f"<span class=\"pill best\">best ×{int(r['best'])}</span>" if r["best"] else "") + (
                 f"<span class=\"pill tied\">tied ×{int(r['tied'])}</span>" if r["tied"] else "")
             items.append(f"<li><b>{_e(solver)}</b> <span class=ci>mean rank {r['overall']:.2f}</span>{pill}</li>")
-        parts.append(f"<div><b>{_e(title)}</b><ol>{''.join(items)}</ol></div>")
+        parts.append(f"<div><b>{_e(heading)}</b><ol>{''.join(items)}</ol></div>")
     parts.append("</div>")
     return "".join(parts)
 
@@ -388,7 +388,7 @@ def write_site(df: pd.DataFrame, site: Path, figures: dict[tuple[Any, ...], Path
                grids: dict[tuple[str, ...], Path], entries: list[dict[str, Any]],
                data: Iterable[Path] = ()) -> list[Path]:
     """Write the static site into ``site`` (figures and data files copied in); returns the HTML pages."""
-    df = _with_protocol(df) if not df.empty else df
+    df = with_protocol(df) if not df.empty else df
     site.mkdir(parents=True, exist_ok=True)
     _write(site / "assets" / "site.css", CSS)
     _write(site / "assets" / "site.js", JS)

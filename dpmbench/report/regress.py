@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.report import higher_is_better
+from dpmbench.report.tables import higher_is_better
 
 KEY = ["model", "solver", "nfe", "schedule", "guidance", "metric"]
 REQUIRED = [*KEY, "value"]

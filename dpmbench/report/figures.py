@@ -8,6 +8,7 @@ a solver fails (a few samples blowing up, or all of them drifting).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dpmbench.compare import mean_ranks
 from dpmbench.io import CorruptFileError, atomic_write, load_npz, verify_npz
+from dpmbench.report.stats import mean_ranks
+from dpmbench.report.tables import groups, higher_is_better, model_error_floor, protocol_label, title, with_protocol
 
 HIGHLIGHT = 5  # solvers drawn bold (best mean rank), with CI bands
 LINESTYLES = ("-", "--", ":", "-.")
@@ -58,7 +60,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +76,7 @@ def metric_figure(g: pd.DataFrame, title: str, path: Path, higher_is_better: boo
     diverged samples: panels of the per-sample median and of the share of diverged samples beside it. ``floor``
     (a trained network's squared model error, on ``mse_ref``) is drawn as a dashed line: below it a better solver
     no longer shows in sample quality."""
-    plt = _pyplot()
+    plt = pyplot()
     ranking = list(mean_ranks(g, higher_is_better)["solver"])
     styles = solver_styles(list(dict.fromkeys(g["solver"])))
     spread = "diverged_share" in g and pd.to_numeric(g["diverged_share"], errors="coerce").fillna(0).gt(0).any()
@@ -195,7 +197,7 @@ def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> 
         gkey = "none" if g is None or (isinstance(g, float) and math.isnan(g)) else str(float(g))
         key = (model, gkey, str(meta.get("seed", 0)), str(meta.get("schedule")))
         groups.setdefault(key, {}).setdefault(int(meta["nfe"]), {})[str(meta["solver"])] = path
-    plt = _pyplot()
+    plt = pyplot()
     paths = {}
     for key, by_nfe in groups.items():
         nfe = min(by_nfe)
@@ -226,3 +228,29 @@ def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> 
 
 
 __all__ = ["HIGHLIGHT", "metric_figure", "solver_styles", "write_sample_grids"]
+
+
+def _figure_name(key: tuple[Any, ...], many_seeds: bool, label: str = "") -> str:
+    model, guidance, schedule, seed, metric = key[:5]
+    protocol = f"_p{hashlib.sha256(label.encode()).hexdigest()[:8]}" if label else ""  # tables shown apart
+    return f"{model}_g{guidance}_{schedule}{f'_seed{seed}' if many_seeds else ''}_{metric}{protocol}.png"
+
+
+def figure_tasks(df: pd.DataFrame, out: Path) -> list[tuple[tuple[Any, ...], tuple[Any, ...], dict[str, Any]]]:
+    """The metric-vs-NFE figures (:func:`metric_figure`), one per table (model, guidance, schedule, seed,
+    metric, protocol): (table key, positional and keyword arguments of ``metric_figure``)."""
+    df = with_protocol(df)
+    many_seeds = df["seed"].nunique() > 1
+    tasks = []
+    for key, g in groups(df):
+        label = protocol_label(g)
+        tasks.append((key, (g, f"{key[0]} · {title(key, many_seeds, label)}",
+                            out / "figures" / _figure_name(key, many_seeds, label), higher_is_better(str(key[4]))),
+                      {"floor": model_error_floor(df, key)}))
+    return tasks
+
+
+def write_figures(df: pd.DataFrame, out: Path) -> dict[tuple[Any, ...], Path]:
+    """Every figure of ``figure_tasks``, drawn in this process."""
+    return {key: metric_figure(*args, **kwargs) for key, args, kwargs in figure_tasks(df, out)}
+

@@ -1,0 +1,111 @@
+"""The reports of a benchmark run: results.csv (tidy), leaderboard.md/.html, figures/, paper_comparison.md,
+claims.md, provenance, and the static site.
+
+Works on any results directory (metric ``*.json`` files, plus shard ``.npz`` files for sample grids), with or
+without Snakemake: ``dpmbench report RESULTS_DIR --out reports/ [--papers papers/]``. The modules, each one job:
+``tables`` (the public table API), ``leaderboard`` (markdown and HTML), ``figures``, ``papers`` (published numbers
+and the comparison), ``claims``, ``merge`` (several runs, provenance), ``stats`` (paired comparisons), ``site``,
+``regress`` (the regression gate) and ``coverage`` (which published numbers a config reproduces).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dpmbench.artifacts import named_searches
+from dpmbench.errors import DpmbenchError, bad_value
+from dpmbench.io import atomic_write
+from dpmbench.report.claims import claims_markdown
+from dpmbench.report.figures import figure_tasks, metric_figure, write_figures, write_sample_grids
+from dpmbench.report.leaderboard import leaderboard_html, leaderboard_markdown
+from dpmbench.report.merge import merge_runs, write_provenance
+from dpmbench.report.papers import load_papers, paper_comparison_markdown, published_spread
+from dpmbench.report.tables import COLUMNS, collect, higher_is_better, is_nan
+
+
+def _done(fn: Any, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    """``fn(*args, **kwargs)`` run here, as a finished future (``_figure_pool``'s one-job case)."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    future.set_result(fn(*args, **kwargs))
+    return future
+
+
+@contextlib.contextmanager
+def _figure_pool(jobs: int) -> Iterator[concurrent.futures.ProcessPoolExecutor | None]:
+    """``jobs`` forked worker processes for the figures (None with one job: draw them here; this process only waits
+    meanwhile). matplotlib is imported (Agg) before the fork, so the workers do not import it again."""
+    if jobs <= 1:
+        yield None
+        return
+    import multiprocessing
+
+    from dpmbench.report.figures import pyplot
+
+    pyplot()
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield pool
+
+
+def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Path,
+                 papers_dir: str | Path | None = None, site: str | Path | None = None, jobs: int = 1) -> pd.DataFrame:
+    """Write ``results.csv``, ``provenance.csv``/``.json``, ``leaderboard.md``, ``leaderboard.html``,
+    ``paper_comparison.md``, ``claims.md`` (the seed papers' claims checked on these results,
+    ``dpmbench.report.claims``) and ``figures/`` of one or several results directories (merged:
+    ``dpmbench.report.merge``), and with ``site`` a static site there (``dpmbench.report.site``). With ``jobs`` > 1
+    the figures are drawn by ``jobs`` worker processes after the tables are written (the same files: a figure does
+    not depend on who draws it)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise bad_value("jobs", jobs, "an integer >= 1")
+    dirs = [results_dirs] if isinstance(results_dirs, str | Path) else list(results_dirs)
+    if not dirs:
+        raise DpmbenchError("invalid RESULTS_DIR: give at least one results directory")
+    df = merge_runs([collect(d) for d in dirs])  # refuses disagreeing cells before writing anything
+    out = Path(out)
+    if papers_dir is None and Path("papers").is_dir():
+        papers_dir = "papers"
+    entries = load_papers(papers_dir)  # validate before writing anything
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    rounds = ["parallel_rounds"] if df["parallel_rounds"].notna().any() else []  # parallel solvers ran
+    table = df[[c for c in COLUMNS if c in df.columns] + rounds]
+    table = table if table["seed"].nunique() > 1 else table.drop(columns="seed")
+    table = table.assign(value=table["value"].map(lambda v: "nan" if is_nan(v) else v))  # nan: a diverged run
+    atomic_write(out / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
+    write_provenance(df, out)
+    md = leaderboard_markdown(df)
+    atomic_write(out / "leaderboard.md", lambda tmp: tmp.write_text(md))
+    comparison = paper_comparison_markdown(df, entries)
+    atomic_write(out / "paper_comparison.md", lambda tmp: tmp.write_text(comparison))
+    produced = named_searches([Path(d) / "artifacts" for d in dirs])  # the workflow's DPMBENCH_ARTIFACTS
+    claims = claims_markdown(df, {f"searched:{n}": s for n, s in produced.items() if s is not None})
+    atomic_write(out / "claims.md", lambda tmp: tmp.write_text(claims))
+    tasks = figure_tasks(df, out) if not df.empty else []
+    with _figure_pool(jobs) as pool:
+        submit = pool.submit if pool is not None else _done
+        pending = [submit(write_sample_grids, d, out) for d in dirs]  # the sample grids first: the longest tasks
+        pending += [submit(metric_figure, *args, **kwargs) for _, args, kwargs in tasks]
+        done = [f.result() for f in pending]
+    grid_maps, drawn = done[:len(dirs)], done[len(dirs):]
+    figures = {key: path for (key, _, _), path in zip(tasks, drawn, strict=True)}
+    grids: dict[tuple[str, ...], Path] = {}
+    for m in grid_maps:
+        grids.update(m)
+    page = leaderboard_html(df, figures, grids)
+    atomic_write(out / "leaderboard.html", lambda tmp: tmp.write_text(page))
+    if site is not None:
+        from dpmbench.report.site import write_site
+
+        write_site(df, Path(site), figures, grids, entries,
+                   data=[out / "results.csv", out / "provenance.csv", out / "provenance.json"])
+    return df
+
+
+__all__ = ["COLUMNS", "collect", "higher_is_better", "leaderboard_html", "leaderboard_markdown", "load_papers",
+           "figure_tasks", "paper_comparison_markdown", "published_spread", "write_figures", "write_report",
+           "write_sample_grids"]

@@ -1,0 +1,195 @@
+"""Published numbers (``papers/*.yaml``): loading and validating them, their spread over sources, and the paper
+comparison (ours beside each published number)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dpmbench.errors import DpmbenchError
+from dpmbench.report.tables import fmt, fmt_ci, is_nan
+from dpmbench.yamlfile import read_yaml
+
+# required fields of a published number; `page` is optional (the table id and the source's version locate it)
+PAPER_KEYS = ("table", "model", "metric", "solver", "nfe", "value")
+
+
+def _paper_entry_problem(e: dict[str, Any]) -> str:
+    """The first problem of a papers entry (missing key or wrong type), or an empty string."""
+    missing = [k for k in PAPER_KEYS if k not in e]
+    if missing:
+        return f"lacks {missing[0]!r}"
+    checks: list[tuple[str, bool, str]] = [
+        ("nfe", isinstance(e["nfe"], int) and not isinstance(e["nfe"], bool) and e["nfe"] >= 1, "an integer >= 1"),
+        ("value", isinstance(e["value"], (int, float)) and not isinstance(e["value"], bool), "a number"),
+        ("table", isinstance(e["table"], (int, str)) and not isinstance(e["table"], bool), "a table number or label"),
+        ("model", isinstance(e["model"], str) and bool(e["model"]), "a model id"),
+        ("metric", isinstance(e["metric"], str) and bool(e["metric"]), "a metric name"),
+        ("solver", isinstance(e["solver"], str) and bool(e["solver"]), "a solver spec"),
+    ]
+    if "page" in e:
+        checks.append(("page", isinstance(e["page"], int) and not isinstance(e["page"], bool) and e["page"] >= 1,
+                       "the PDF page, an integer >= 1"))
+    if "guidance" in e:
+        g = e["guidance"]
+        checks.append(("guidance", g in (None, "none") or (isinstance(g, (int, float)) and not isinstance(g, bool)
+                                                            and g > 0), "none or a number > 0"))
+    if "printed" in e:
+        try:
+            same = math.isclose(float(str(e["printed"])), float(e["value"]), rel_tol=0, abs_tol=1e-12)
+        except (TypeError, ValueError):
+            same = False
+        checks.append(("printed", isinstance(e["printed"], str) and same,
+                       "the value as printed (a string), equal to value"))
+    if "t_end" in e:
+        checks.append(("t_end", isinstance(e["t_end"], (int, float)) and not isinstance(e["t_end"], bool)
+                       and e["t_end"] > 0, "a number > 0"))
+    for key in ("source", "schedule", "note", "checkpoint", "not_in_config"):
+        if key in e:
+            checks.append((key, isinstance(e[key], str) and bool(e[key]), "a non-empty string"))
+    for key, ok, allowed in checks:
+        if not ok:
+            return f"has {key}={e[key]!r}; allowed: {allowed}"
+    return ""
+
+
+def load_papers(papers_dir: str | Path | None) -> list[dict[str, Any]]:
+    """Entries of every ``papers/*.yaml`` (schema: papers/README.md), each with its paper's name, url, version and file.
+
+    Only ``entries`` are returned (they are compared); a file's ``unpinned`` list (numbers transcribed whose table or
+    setting is unclear) is validated but not returned.
+    """
+    if papers_dir is None or not Path(papers_dir).is_dir():
+        return []
+    entries = []
+    for path in sorted(Path(papers_dir).glob("*.yaml")):
+        doc = read_yaml(path) or {}
+        if not isinstance(doc, dict) or "paper" not in doc or not isinstance(doc.get("entries"), list):
+            raise DpmbenchError(f"invalid papers file {str(path)!r}: needs 'paper' and a list 'entries'")
+        for i, e in enumerate(doc["entries"]):
+            problem = _paper_entry_problem(e if isinstance(e, dict) else {})
+            if problem:
+                raise DpmbenchError(f"invalid papers file {str(path)!r}: entries[{i}] {problem}")
+            entries.append({**e, "paper": doc["paper"], "url": doc.get("url", ""), "version": doc.get("version", ""),
+                            "file": path.name})
+        for i, e in enumerate(doc.get("unpinned") or []):
+            problem = _paper_entry_problem(e if isinstance(e, dict) else {})
+            if not problem and not isinstance((e or {}).get("why"), str):
+                problem = "lacks 'why' (the reason it is not compared)"
+            if problem:
+                raise DpmbenchError(f"invalid papers file {str(path)!r}: unpinned[{i}] {problem}")
+    return entries
+
+
+def _canonical(spec: str) -> str:
+    try:
+        from dpmbench.solvers.base import get_solver
+
+        return get_solver(str(spec)).spec
+    except DpmbenchError:
+        return str(spec).replace(" ", "")
+
+
+SPREAD_ONE_SOURCE = 0.03  # a reproduction of a number published once is "within" at +-3% of it
+
+
+def _setting(e: dict[str, Any]) -> tuple[Any, ...]:
+    """What a published number measures: the key under which several sources publish the same setting."""
+    g = e.get("guidance", "any")
+    return (e["model"], e["metric"], _canonical(e["solver"]), int(e["nfe"]), e.get("schedule", "any"),
+            "none" if g in (None, "none") else str(float(g)) if g != "any" else "any")
+
+
+def published_spread(entries: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[float]]:
+    """Every published value of each setting (over all papers and tables), keyed by ``_setting``."""
+    spread: dict[tuple[Any, ...], list[float]] = {}
+    for e in entries:
+        spread.setdefault(_setting(e), []).append(float(e["value"]))
+    return spread
+
+
+def _within(value: float, published: list[float]) -> str:
+    """'yes' when ours lies inside the published spread ([min, max] of several sources; +-3% of a single one)."""
+    lo, hi = min(published), max(published)
+    if len(set(published)) == 1:
+        lo, hi = lo - SPREAD_ONE_SOURCE * abs(lo), hi + SPREAD_ONE_SOURCE * abs(hi)
+    return "yes" if lo <= value <= hi else "no"
+
+
+def _coverage_lines(df: pd.DataFrame, entries: list[dict[str, Any]], found: dict[int, bool]) -> list[str]:
+    """One line per paper: numbers, how many have a result of ours here, and what is missing to run the others."""
+    lines = ["## Coverage", ""]
+    models = set(df["model"]) if not df.empty else set()
+    for paper in dict.fromkeys(e["paper"] for e in entries):
+        es = [(i, e) for i, e in enumerate(entries) if e["paper"] == paper]
+        ours = sum(found[i] for i, _ in es)
+        need: dict[str, int] = {}
+        for i, e in es:
+            if not found[i] and e["model"] not in models:
+                need[e["model"]] = need.get(e["model"], 0) + 1
+        cells = sum(not found[i] and e["model"] in models for i, e in es)
+        missing = "; ".join(f"{k}: {v}" for k, v in need.items())
+        lines.append(f"- **{paper}**: {len(es)} numbers, {ours} with a result here"
+                     + (f"; not run, checkpoint needed: {missing}" if missing else "")
+                     + (f"; {cells} with the model run but not that cell" if cells else ""))
+    return [*lines, ""]
+
+
+def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -> str:
+    """Published numbers beside ours (value, CI, delta = ours - published, the published spread of the setting and
+    whether ours lies within it), or why a number was not run. Opens with a coverage summary per paper; each
+    paper's full table follows in a collapsed section."""
+    lines = ["# Published numbers beside ours", "",
+             "From `papers/*.yaml` (schema: papers/README.md). Delta = ours − published. Ours are from this results "
+             "directory; they match the published setting only as far as model, metric, solver, NFE, schedule and "
+             "guidance are listed. Spread: every value published for the same setting (all papers and tables); ours "
+             f"is within it when inside [min, max], or within ±{SPREAD_ONE_SOURCE:.0%} of a single published value.",
+             ""]
+    if not entries:
+        return "\n".join([*lines, "_No papers/*.yaml entries._", ""])
+    canon = {s: _canonical(s) for s in df["solver"].unique()} if not df.empty else {}
+    models = set(df["model"]) if not df.empty else set()
+    spread = published_spread(entries)
+    found: dict[int, bool] = {}
+    body: list[str] = []
+    for paper in dict.fromkeys(e["paper"] for e in entries):
+        es = [(i, e) for i, e in enumerate(entries) if e["paper"] == paper]
+        url, version = es[0][1].get("url"), es[0][1].get("version")
+        body += [f"## {paper}" + (f" ({url}{', ' + str(version) if version else ''})" if url else ""), "",
+                 f"<details><summary>all {len(es)} numbers</summary>", "",
+                 "| table | page | model | metric | solver | NFE | schedule | guidance | published | ours | delta "
+                 "| published spread | within |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for i, e in es:
+            want = _canonical(e["solver"])
+            sel = df[(df["model"] == e["model"]) & (df["metric"] == e["metric"]) & (df["nfe"] == int(e["nfe"]))
+                     & (df["solver"].map(canon) == want)] if not df.empty else df
+            if "schedule" in e:
+                sel = sel[sel["schedule"] == str(e["schedule"])]
+            if "guidance" in e:
+                sel = sel[sel["guidance"] == ("none" if e["guidance"] in (None, "none") else str(float(e["guidance"])))]
+            found[i] = not sel.empty
+            pub = spread[_setting(e)]
+            span = f"{min(pub):g} .. {max(pub):g} ({len(pub)} values)" if len(pub) > 1 else "one source"
+            head = (f"| {e['table']} | {e.get('page', '–')} | {e['model']} | {e['metric']} | {e['solver']} | "
+                    f"{e['nfe']} | {e.get('schedule', 'any')} | {e.get('guidance', 'any')} | "
+                    f"{e.get('printed', e['value'])} |")
+            if sel.empty:
+                if e["model"] not in models:
+                    why = f"not run: needs checkpoint {e.get('checkpoint', e['model'])}"
+                else:
+                    why = f"not run: no {e['metric']} at NFE {e['nfe']} for {want} in the results"
+                body.append(f"{head} {why} | | {span} | |")
+                continue
+            for r in sel.itertuples():
+                delta = "" if is_nan(r.value) else f"{r.value - float(e['value']):+.3g}"
+                within = "" if is_nan(r.value) else _within(float(r.value), pub)
+                where = "" if "schedule" in e and "guidance" in e else f" ({r.schedule}, g {r.guidance})"
+                body.append(f"{head} {fmt(r.value)}{fmt_ci(r.ci_low, r.ci_high)}{where} | {delta} | {span} | "
+                            f"{within} |")
+        body += ["", "</details>", ""]
+    return "\n".join([*lines, *_coverage_lines(df, entries, found), *body])
+
