@@ -225,7 +225,8 @@ def cmd_list(args: argparse.Namespace) -> None:
             for opt in fam["options"]:  # a solver's own options (or its own default of a common one)
                 print(_option_line(opt))
     elif args.what == "models":
-        from dpmbench.checkpoints import checkpoint_dir, load_manifest
+        from dpmbench.models.manifest import load_manifest
+        from dpmbench.models.store import checkpoint_dir
 
         for m in _described("models")["oracles"]:
             cond = f", {m['num_classes']} classes" if m["num_classes"] else ""
@@ -534,7 +535,7 @@ def _scalar(v: Any) -> Any:
 
 
 def _file_sha256(path: str) -> str:
-    from evaluators.download import sha256_file
+    from dpmbench.download import sha256_file
 
     return sha256_file(path)
 
@@ -619,7 +620,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_pull(args: argparse.Namespace) -> None:
     import warnings
 
-    from dpmbench.checkpoints import get_entry, load_manifest, pull
+    from dpmbench.models.manifest import get_entry, load_manifest
+    from dpmbench.models.store import pull
 
     manifest = load_manifest()
     if args.manifest:

@@ -186,7 +186,7 @@ CHECKPOINT_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "sched
 def manifest_entry(folder: str | Path, source: str | None = None) -> dict[str, Any]:
     """The checkpoint-manifest entry (``config/checkpoints.yaml`` format) of a trained ``digits-unet`` folder:
     a local source (``source``, default the folder itself) and the sha256 and size of every file it loads."""
-    from evaluators.download import sha256_file
+    from dpmbench.download import sha256_file
 
     folder = Path(folder)
     files = [{"path": f, "sha256": sha256_file(folder / f), "size": (folder / f).stat().st_size}

@@ -56,8 +56,8 @@ START_TIMEOUT_S = 180.0  # importing torch on a loaded machine can take a minute
 PRELOAD = (  # what the jobs import; imported once by the server
     "numpy", "scipy.linalg", "torch", "yaml", "dpmbench.cli", "dpmbench.workflow", "dpmbench.sampling",
     "dpmbench.models", "dpmbench.solvers", "dpmbench.timesteps", "dpmbench.artifacts", "dpmbench.search",
-    "evaluators", "evaluators.images", "evaluators.digits_cnn", "dpmbench.checkpoints", "dpmbench.provenance",
-    "sklearn.datasets", "threadpoolctl", "tqdm",
+    "evaluators", "evaluators.images", "evaluators.digits_cnn", "dpmbench.models.manifest", "dpmbench.models.store",
+    "dpmbench.provenance", "sklearn.datasets", "threadpoolctl", "tqdm",
 )
 # Checkpoint / image models only; absent on lean installs. "module:name" also resolves a name: diffusers imports its
 # model classes lazily on first access (~500 modules, transformers included: ~3 s per job that loads a network).

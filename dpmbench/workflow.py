@@ -149,7 +149,7 @@ def load_manifests(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _entry_conditional(entry: Any) -> bool:
-    """Whether a loadable checkpoint entry (``dpmbench.checkpoints.CheckpointEntry``) takes conditioning."""
+    """Whether a loadable checkpoint entry (``dpmbench.models.manifest.CheckpointEntry``) takes conditioning."""
     return bool(entry.num_classes or entry.conditioning != "none")
 
 
@@ -643,8 +643,8 @@ class Grid:
 
 def checkpoint_manifest(config: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint entries a config can use: ``config/checkpoints.yaml`` updated by the config's own
-    ``checkpoints:`` section (``dpmbench.checkpoints``; one-line errors naming ``checkpoints.<id>.<field>``)."""
-    from dpmbench.checkpoints import load_manifest, parse_manifest
+    ``checkpoints:`` section (``dpmbench.models.manifest``; one-line errors naming ``checkpoints.<id>.<field>``)."""
+    from dpmbench.models.manifest import load_manifest, parse_manifest
 
     manifest = load_manifest()
     manifest.update(parse_manifest(config.get("checkpoints") or {}, "the config's checkpoints section"))

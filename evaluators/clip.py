@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpmbench.download import offline, resolve_local
 from dpmbench.errors import DpmbenchError
-from evaluators.download import offline, resolve_local
 
 DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"

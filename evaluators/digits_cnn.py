@@ -5,13 +5,12 @@ through torch-fidelity's FID code path: the network is registered as the torch-f
 ``digits-cnn`` (features ``"64"`` for FID/KID, ``"logits_unbiased"`` for IS). Input: uint8 images Bx1x8x8 (or
 Bx3x8x8, averaged to grey) quantized from [-1, 1] with the EDM convention ``(x*127.5+128).clip(0,255)``.
 
-Retrain (deterministic, CPU, about a minute): ``python -m evaluators.digits_cnn --train --stats`` (then update
+Retrain (deterministic, CPU, about a minute): ``python -m evaluators.digits_cnn_build --train --stats`` (then update
 the sha256 of ``digits-cnn-digits`` in ``reference_stats/manifest.yaml``).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from pathlib import Path
 
@@ -134,23 +133,3 @@ def train(out: str | Path = WEIGHTS, epochs: int = 30, seed: int = TRAIN_SEED) -
     torch.save(net.state_dict(), out)
     return acc
 
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--train", action="store_true", help="retrain and overwrite the shipped weights")
-    ap.add_argument("--out", default=str(WEIGHTS))
-    ap.add_argument("--stats", action="store_true", help="write reference_stats/digits-cnn-digits.npz (mu, sigma)")
-    a = ap.parse_args()
-    if a.train:
-        print(f"train accuracy {train(a.out):.4f}; sha256 {weights_sha256(a.out)}")
-    if a.stats:
-        import numpy as np
-
-        from evaluators.download import sha256_file
-        from evaluators.images import digits_reference_features, feature_moments
-        from evaluators.refstats import STATS_DIR
-
-        mu, sigma = feature_moments(digits_reference_features())
-        path = STATS_DIR / "digits-cnn-digits.npz"
-        np.savez(path, mu=mu, sigma=sigma)
-        print(f"{path}: sha256 {sha256_file(path)}")

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpmbench.download import offline, resolve_local, verify_sha256
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.io import cache_dir, cached_npz, digest
-from evaluators.download import offline, resolve_local, verify_sha256
 
 QUANTIZATION = "edm: uint8 = clip(x*127.5+128, 0, 255), truncated"
 BACKENDS = ("torch-fidelity", "clean-fid")

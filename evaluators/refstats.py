@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dpmbench.download import fetch, verify_sha256
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.yamlfile import read_yaml
-from evaluators.download import fetch, verify_sha256
 
 STATS_DIR = Path(__file__).resolve().parent.parent / "reference_stats"
 MANIFEST = STATS_DIR / "manifest.yaml"

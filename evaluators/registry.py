@@ -331,7 +331,7 @@ def _inception(ctx: Context) -> dict[str, np.ndarray]:
 def _reference_image_features(ctx: Context) -> np.ndarray:
     """Inception features of the reference images (option reference_images), cached on disk by the file's
     sha256, the backend/mode and the weights: computed once for all solvers."""
-    from evaluators.download import sha256_file
+    from dpmbench.download import sha256_file
     from evaluators.images import cached_features, cleanfid_features, fidelity_features, to_uint8
 
     path = str(ctx.opt("reference_images"))
@@ -561,7 +561,7 @@ IMAGE_METRICS = ("fid", "is", "kid")
 def protocol(names: list[str], ctx: Context) -> dict[str, Any]:
     """The metric protocol of one evaluation: feature extractor (with its weights' sha256 where the weights are
     local) and reference statistics (name or file, with sha256). Fields absent when no metric uses them."""
-    from evaluators.download import sha256_file
+    from dpmbench.download import sha256_file
 
     out: dict[str, Any] = {}
     if any(n in ("fdd", "kdd") for n in names):
@@ -589,7 +589,7 @@ def _stats_identity(spec: str) -> tuple[str, str | None]:
     """(name, sha256) of reference statistics: a manifest name (its pinned, verified sha256) or an .npz path."""
     from pathlib import Path
 
-    from evaluators.download import sha256_file
+    from dpmbench.download import sha256_file
     from evaluators.refstats import load_manifest
 
     if Path(spec).is_file():

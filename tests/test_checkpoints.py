@@ -19,8 +19,9 @@ import pytest
 import yaml
 from support import local_http_server
 
-from dpmbench import checkpoints as ck
 from dpmbench.errors import DpmbenchError
+from dpmbench.models import manifest as ck
+from dpmbench.models import store
 
 ROOT = Path(__file__).parents[1]
 BIG = bytes(range(256)) * 1200  # 300 KiB: several chunks of the handler's writes
@@ -80,7 +81,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DPMBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("DPMBENCH_OFFLINE", raising=False)
     monkeypatch.delenv("DPMBENCH_HF_ENDPOINT", raising=False)
-    ck._WARNED.clear()
+    store._WARNED.clear()
     return tmp_path / "cache"
 
 
@@ -105,25 +106,25 @@ def leftovers(d: Path) -> list[str]:
 @pytest.mark.timeout(60)
 def test_pull_downloads_and_verifies(server: str, cache: Path) -> None:
     e = url_entry(server, size=len(BIG))
-    root = ck.pull(e, progress=False)
-    assert root == cache / "checkpoints" / "toy" == ck.checkpoint_dir(e)
+    root = store.pull(e, progress=False)
+    assert root == cache / "checkpoints" / "toy" == store.checkpoint_dir(e)
     assert (root / "net.safetensors").read_bytes() == BIG and leftovers(root) == ["net.safetensors"]
     assert _Handler.requests == [("/files/net.safetensors", None)]
-    assert ck.pull(e, progress=False) == root and len(_Handler.requests) == 1  # verified copy: no new request
-    assert ck.stamp_text(e) == f"{SHA_BIG}  net.safetensors\n"
+    assert store.pull(e, progress=False) == root and len(_Handler.requests) == 1  # verified copy: no new request
+    assert store.stamp_text(e) == f"{SHA_BIG}  net.safetensors\n"
 
 
 @pytest.mark.timeout(60)
 def test_progress_bar_on_big_files(server: str, cache: Path, monkeypatch, capsys) -> None:
-    import evaluators.download as dl
+    import dpmbench.download as dl
 
     e = url_entry(server)
     monkeypatch.setattr(dl, "PROGRESS_MIN_BYTES", len(BIG))  # BIG counts as big here
-    ck.pull(e, progress=True)
+    store.pull(e, progress=True)
     assert "net.safetensors" in capsys.readouterr().err  # tqdm's bar, named after the file
     small = entry({"url": f"{server}/files/net.safetensors"}, [{"path": "n.safetensors", "sha256": SHA_BIG}], "two")
     monkeypatch.setattr(dl, "PROGRESS_MIN_BYTES", len(BIG) + 1)
-    ck.pull(small, progress=True)
+    store.pull(small, progress=True)
     assert capsys.readouterr().err == ""
 
 
@@ -140,7 +141,7 @@ def test_hf_url_quotes_the_revision(monkeypatch) -> None:
 def test_cut_connection_is_resumed_with_a_range_request(server: str, cache: Path) -> None:
     e = url_entry(server)
     _Handler.cut["/files/net.safetensors"] = (100_000, 1)  # the first response stops after 100,000 bytes
-    root = ck.pull(e, progress=False)
+    root = store.pull(e, progress=False)
     assert (root / "net.safetensors").read_bytes() == BIG
     assert _Handler.requests == [("/files/net.safetensors", None), ("/files/net.safetensors", "bytes=100000-")]
 
@@ -151,23 +152,23 @@ def test_partial_file_is_kept_and_resumed_by_the_next_pull(server: str, cache: P
     _Handler.cut["/files/net.safetensors"] = (50_000, 10)  # every response is cut: the retries run out
     with pytest.raises(DpmbenchError, match=r"was cut 4 times .* partial data kept .*net.safetensors.part "
                                             r"\(200000 bytes\): run again to resume") as err:
-        ck.pull(e, progress=False)
+        store.pull(e, progress=False)
     assert "\n" not in str(err.value)
-    part = ck.checkpoint_dir(e) / "net.safetensors.part"
-    assert part.stat().st_size == 200_000 and not (ck.checkpoint_dir(e) / "net.safetensors").exists()
+    part = store.checkpoint_dir(e) / "net.safetensors.part"
+    assert part.stat().st_size == 200_000 and not (store.checkpoint_dir(e) / "net.safetensors").exists()
     _Handler.cut.clear()
     _Handler.requests.clear()
-    assert (ck.pull(e, progress=False) / "net.safetensors").read_bytes() == BIG
+    assert (store.pull(e, progress=False) / "net.safetensors").read_bytes() == BIG
     assert _Handler.requests == [("/files/net.safetensors", "bytes=200000-")] and not part.exists()
 
 
 @pytest.mark.timeout(60)
 def test_a_server_ignoring_range_restarts_the_file(server: str, cache: Path) -> None:
     e = url_entry(server)
-    part = ck.checkpoint_dir(e) / "net.safetensors.part"
+    part = store.checkpoint_dir(e) / "net.safetensors.part"
     part.write_bytes(b"stale bytes from elsewhere")
     _Handler.ignore_range = True  # answers 200 with the whole file: the partial data must not be kept
-    assert (ck.pull(e, progress=False) / "net.safetensors").read_bytes() == BIG and not part.exists()
+    assert (store.pull(e, progress=False) / "net.safetensors").read_bytes() == BIG and not part.exists()
     assert _Handler.requests == [("/files/net.safetensors", "bytes=26-")]
 
 
@@ -178,21 +179,21 @@ def test_checksum_mismatch_leaves_nothing(server: str, cache: Path) -> None:
     e = url_entry(server, sha=wrong)
     with pytest.raises(DpmbenchError, match=rf"checksum mismatch for download of checkpoint 'toy' file "
                                             rf"'net.safetensors' .*sha256 {SHA_BIG} but expected {wrong}") as err:
-        ck.pull(e, progress=False)
+        store.pull(e, progress=False)
     assert "\n" not in str(err.value)
-    assert leftovers(ck.checkpoint_dir(e)) == []  # neither the final file nor a .part
+    assert leftovers(store.checkpoint_dir(e)) == []  # neither the final file nor a .part
 
 
 @pytest.mark.timeout(60)
 def test_a_corrupted_cached_file_is_detected_and_fetched_again(server: str, cache: Path) -> None:
     e = url_entry(server)
-    root = ck.pull(e, progress=False)
+    root = store.pull(e, progress=False)
     (root / "net.safetensors").write_bytes(BIG[:-1] + b"X")  # same size, new mtime: re-hashed
     with pytest.raises(DpmbenchError, match=r"checksum mismatch for checkpoint 'toy' file .* \(from the manifest\)"):
-        ck.verify(e)
+        store.verify(e)
     with pytest.raises(DpmbenchError, match="checksum mismatch"):
-        ck.pull(e, offline=True)  # offline: reported, not replaced
-    assert ck.pull(e, progress=False) == root and (root / "net.safetensors").read_bytes() == BIG
+        store.pull(e, offline=True)  # offline: reported, not replaced
+    assert store.pull(e, progress=False) == root and (root / "net.safetensors").read_bytes() == BIG
 
 
 # (d) ---------------------------------------------------------------------------------------------------------
@@ -202,10 +203,10 @@ def test_offline_never_connects_and_names_every_file_and_place(server: str, cach
     e = entry({"hf": "org/repo", "revision": "v1"},
               [{"path": "unet/config.json", "sha256": SHA_SMALL},
                {"path": "unet/diffusion_pytorch_model.safetensors", "sha256": SHA_BIG}])
-    root = ck.checkpoint_dir(e)
+    root = store.checkpoint_dir(e)
     monkeypatch.setenv("DPMBENCH_OFFLINE", "1")
     with pytest.raises(DpmbenchError) as err:
-        ck.pull(e)
+        store.pull(e)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("offline (DPMBENCH_OFFLINE=1, --offline or config offline: true) and "
                                               "checkpoint 'toy' is missing 2 file(s): ")
@@ -214,26 +215,26 @@ def test_offline_never_connects_and_names_every_file_and_place(server: str, cach
     assert f"place it at {root}/unet/diffusion_pytorch_model.safetensors (sha256 {SHA_BIG})" in msg
     monkeypatch.delenv("DPMBENCH_OFFLINE")
     with pytest.raises(DpmbenchError, match="offline .* missing 2 file"):
-        ck.pull(e, offline=True)  # the argument, as `--offline` / `--config offline=true`
+        store.pull(e, offline=True)  # the argument, as `--offline` / `--config offline=true`
     (root / "unet").mkdir(parents=True)
     (root / "unet" / "config.json").write_bytes(SMALL)  # placed by hand: only the other file is missing
     with pytest.raises(DpmbenchError, match=r"missing 1 file\(s\): download .*diffusion_pytorch_model.safetensors"):
-        ck.pull(e, offline=True)
+        store.pull(e, offline=True)
     (root / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(BIG)
-    assert ck.pull(e, offline=True) == root
+    assert store.pull(e, offline=True) == root
     assert _Handler.requests == []  # no connection was ever opened
 
 
 @pytest.mark.timeout(60)
 def test_manual_source_says_what_to_place_where(server: str, cache: Path) -> None:
     e = entry({"manual": "Google Drive folder X of the authors"}, [{"path": "model.safetensors", "sha256": SHA_BIG}])
-    root = ck.checkpoint_dir(e)
+    root = store.checkpoint_dir(e)
     with pytest.raises(DpmbenchError, match=rf"checkpoint 'toy' is a manual download \(Google Drive folder X of the "
                                             rf"authors\) and 1 file\(s\) are missing: place model.safetensors at "
                                             rf"{re.escape(str(root))}/model.safetensors \(sha256 {SHA_BIG}\)"):
-        ck.pull(e)
+        store.pull(e)
     (root / "model.safetensors").write_bytes(BIG)
-    assert ck.pull(e) == root
+    assert store.pull(e) == root
 
 
 @pytest.mark.timeout(60)
@@ -272,39 +273,39 @@ def test_hf_source_through_the_endpoint_and_unpinned_lock(server: str, cache: Pa
     _Handler.files["/org/repo/resolve/abc123/tokenizer/vocab.txt"] = b"a\nb\n"
     unpinned = (r"checkpoint 'toy': 2 file\(s\) have no sha256 in the manifest "
                 r"\('unet/config.json', 'tokenizer/vocab.txt'\)")
-    with pytest.warns(ck.UnpinnedChecksumWarning, match=unpinned) as rec:
-        root = ck.pull(e, progress=False)
+    with pytest.warns(store.UnpinnedChecksumWarning, match=unpinned) as rec:
+        root = store.pull(e, progress=False)
     assert len(rec) == 1  # one warning for the checkpoint
     assert sorted(p for p, _ in _Handler.requests) == ["/org/repo/resolve/abc123/tokenizer/vocab.txt",
                                                        "/org/repo/resolve/abc123/unet/config.json",
                                                        "/org/repo/resolve/abc123/unet/diffusion_pytorch_model.safetensors"]
     assert (root / "unet" / "config.json").read_bytes() == SMALL
-    lock = json.loads((root / ck.LOCK_FILE).read_text())
+    lock = json.loads((root / store.LOCK_FILE).read_text())
     assert lock["source"] == e.source and lock["files"] == {
         "unet/config.json": SHA_SMALL, "tokenizer/vocab.txt": hashlib.sha256(b"a\nb\n").hexdigest()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the recorded hash is used: no second warning, no new request
-        assert ck.pull(e, progress=False) == root and ck.verify(e) == root
+        assert store.pull(e, progress=False) == root and store.verify(e) == root
     assert len(_Handler.requests) == 3
     (root / "unet" / "config.json").write_bytes(SMALL.replace(b"8", b"9"))
     with pytest.raises(DpmbenchError, match=r"checksum mismatch .*config.json.* \(from the lock file\)"):
-        ck.verify(e)
+        store.verify(e)
 
 
 def test_verification_is_cached_by_size_and_mtime(cache: Path, monkeypatch) -> None:
-    import evaluators.download as dl
+    import dpmbench.download as dl
 
     e = entry({"manual": "by hand"}, [{"path": "a.safetensors", "sha256": SHA_BIG}])
-    (ck.checkpoint_dir(e) / "a.safetensors").write_bytes(BIG)
+    (store.checkpoint_dir(e) / "a.safetensors").write_bytes(BIG)
     calls = []
     real = dl.sha256_file
     monkeypatch.setattr(dl, "sha256_file", lambda p: calls.append(p) or real(p))
-    ck.verify(e)
-    ck.verify(e)
+    store.verify(e)
+    store.verify(e)
     assert len(calls) == 1  # the second verification read the cache
-    p = ck.checkpoint_dir(e) / "a.safetensors"
+    p = store.checkpoint_dir(e) / "a.safetensors"
     os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
-    ck.verify(e)
+    store.verify(e)
     assert len(calls) == 2  # a touched file is hashed again
 
 
@@ -324,13 +325,13 @@ def test_unpinned_pickles_and_non_hf_files_are_refused(server: str, cache: Path,
            "manual": {"manual": "somewhere"}}[source]
     _Handler.files[f"/files/{path}"] = _Handler.files[f"/org/repo/resolve/main/{path}"] = BIG
     e = entry(src, [{"path": path, "sha256": None}])
-    for fn in (ck.pull, ck.verify):
+    for fn in (store.pull, store.verify):
         with pytest.raises(DpmbenchError, match=rf"refusing checkpoint 'toy' file '{path}': {why}.* pin its sha256 "
                                                 rf"in the manifest \(test manifest\) at checkpoints.toy.files\[0\]"
                                                 rf".sha256") as err:
             fn(e)
         assert "\n" not in str(err.value)
-    assert _Handler.requests == [] and leftovers(ck.checkpoint_dir(e)) == []
+    assert _Handler.requests == [] and leftovers(store.checkpoint_dir(e)) == []
 
 
 # (g) ---------------------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import yaml
 from support import run_cli
 
 from dpmbench import load_model, sample
-from dpmbench.checkpoints import checkpoint_dir, get_entry, verify
 from dpmbench.errors import DpmbenchError
+from dpmbench.models.manifest import get_entry
+from dpmbench.models.store import checkpoint_dir, verify
 
 schedulers = importlib.import_module("diffusers.schedulers")
 pytestmark = pytest.mark.usefixtures("one_thread")

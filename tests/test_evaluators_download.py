@@ -12,8 +12,8 @@ import pytest
 import yaml
 from support import local_http_server
 
+from dpmbench.download import fetch, verify_sha256
 from dpmbench.errors import DpmbenchError
-from evaluators.download import fetch, verify_sha256
 
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB
 

@@ -23,7 +23,7 @@ rule pull_checkpoint:
     localrule: True  # on a cluster, downloads run where the workflow runs (compute nodes are often offline)
     priority: LONG_FIRST
     run:
-        from dpmbench.checkpoints import pull, stamp_text
+        from dpmbench.models.store import pull, stamp_text
 
         if wildcards.model not in GRID.checkpoints:
             raise WorkflowError(f"dpmbench: error: checkpoint {wildcards.model!r} is only named (checkpoints_manifest: "

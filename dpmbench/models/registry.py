@@ -97,7 +97,7 @@ for _base in list(ORACLES):
 
 def list_models() -> list[str]:
     """Names accepted by ``load_model``: the oracle models, then the checkpoint ids of the manifest."""
-    from dpmbench.checkpoints import load_manifest
+    from dpmbench.models.manifest import load_manifest
 
     return [*ORACLES, *(k for k in load_manifest() if k not in ORACLES)]
 
@@ -129,7 +129,8 @@ def load_model(
             schedule = ORACLE_SCHEDULES.get(name, DEFAULT_ORACLE_SCHEDULE)
         sch = make_schedule(schedule, **kw) if isinstance(schedule, str) else schedule
         return ORACLES[name](sch)
-    from dpmbench.checkpoints import load_manifest, verify
+    from dpmbench.models.manifest import load_manifest
+    from dpmbench.models.store import verify
 
     manifest = load_manifest()
     if name not in manifest:

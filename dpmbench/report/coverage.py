@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from dpmbench.catalogue import canonical_spec, section
-from dpmbench.checkpoints import checkpoint_dir, load_manifest
 from dpmbench.errors import DpmbenchError
+from dpmbench.models.manifest import load_manifest
+from dpmbench.models.store import checkpoint_dir
 from dpmbench.workflow import ROOT, build_grid, guidance_key
 from dpmbench.yamlfile import read_yaml
 

@@ -5,7 +5,7 @@ never opens a connection: a file that is not already present (and verified) is a
 to place and where. A partial download is kept as ``NAME.part`` and resumed with an HTTP Range request (also
 within one call, after a cut connection); the final file is renamed into place only after its sha256 matches,
 and a download whose sha256 differs leaves nothing behind. :func:`download` is the one implementation, shared
-by :func:`fetch` (metric weights, reference statistics) and ``dpmbench.checkpoints`` (model checkpoints).
+by :func:`fetch` (metric weights, reference statistics) and ``dpmbench.models.store`` (model checkpoints).
 """
 
 from __future__ import annotations
