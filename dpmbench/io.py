@@ -21,6 +21,9 @@ import numpy as np
 
 from dpmbench.errors import DpmbenchError
 
+# a samples file's counters of a parallel solver (picard): its sequential batched rounds and its evaluations per sample
+PARALLEL_COUNTERS = ("parallel_rounds", "nfe_total")
+
 CHECKSUM_KEY = "content_sha256"
 _UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) and restored
 os.umask(_UMASK)

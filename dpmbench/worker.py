@@ -55,6 +55,7 @@ DEFAULT_IDLE_S = 120.0
 START_TIMEOUT_S = 180.0  # importing torch on a loaded machine can take a minute
 PRELOAD = (  # what the jobs import; imported once by the server
     "numpy", "scipy.linalg", "torch", "yaml", "dpmbench.cli", "dpmbench.workflow", "dpmbench.sampling",
+    "dpmbench.sampling.shards", "dpmbench.sampling.reference",
     "dpmbench.models", "dpmbench.solvers", "dpmbench.timesteps", "dpmbench.artifacts", "dpmbench.search",
     "evaluators", "evaluators.images", "evaluators.digits_cnn", "dpmbench.models.manifest", "dpmbench.models.store",
     "dpmbench.provenance", "sklearn.datasets", "threadpoolctl", "tqdm",

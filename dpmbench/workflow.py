@@ -702,8 +702,7 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
         if lo != expect:
             raise DpmbenchError(f"invalid shards: {p!r} starts at {lo}, expected {expect}")
         expect = hi
-    from dpmbench.cli import PARALLEL_COUNTERS
-    from dpmbench.io import CorruptFileError, load_npz
+    from dpmbench.io import PARALLEL_COUNTERS, CorruptFileError, load_npz
 
     xs, labels, wall, used, meta = [], [], 0.0, -1, None
     counters: dict[str, int] = {}
