@@ -9,7 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+from dpmbench.version import __version__ as __version__
+
 _API = {
     "DpmbenchError": "dpmbench.errors",
     "get_solver": "dpmbench.solvers",

@@ -83,7 +83,7 @@ def device_name(device: str = "cpu") -> str:
 def environment(device: str = "cpu") -> dict[str, Any]:
     """The provenance of the running process: code, libraries, device, the config hash (when a workflow job
     runs) and the date (UTC, ISO 8601)."""
-    from dpmbench import __version__
+    from dpmbench.version import __version__
 
     return {
         "dpmbench": __version__, "git_commit": git_state()["commit"], "git_dirty": git_state()["dirty"],

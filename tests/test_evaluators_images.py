@@ -175,8 +175,9 @@ def test_fdd_and_is_digits_replicates_equal_the_library_formulas_per_index() -> 
     against the data's, and torch-fidelity's one-split Inception score of the rows' logits (float64 paths: only
     the order of sums differs)."""
     from evaluators.bootstrap import bootstrap_indices
+    from evaluators.context import Context
     from evaluators.images import ScoreBlocks, digits_logits, inception_score
-    from evaluators.registry import Context, _fdd, _is_digits
+    from evaluators.metrics_images import fdd, is_digits
 
     x = _noisy_digits(n=64, noise=0.2)
     ctx = Context(x, {"model": "digits-unet"}, None, {})
@@ -185,7 +186,7 @@ def test_fdd_and_is_digits_replicates_equal_the_library_formulas_per_index() -> 
     blocks = ScoreBlocks(digits_logits(to_uint8(x)))
     for idx in bootstrap_indices(len(x), 5, seed=3):
         plain = frechet_distance(f[idx].mean(0), np.cov(f[idx], rowvar=False), mu2, s2)
-        assert _fdd(ctx, idx) == pytest.approx(plain, rel=1e-9)
+        assert fdd(ctx, idx) == pytest.approx(plain, rel=1e-9)
         lib = inception_score(digits_logits(to_uint8(x)), idx, splits=1)
         assert blocks.score(idx) == pytest.approx(lib, rel=1e-12)
-        assert _is_digits(ctx, idx) == pytest.approx(lib, rel=1e-12)
+        assert is_digits(ctx, idx) == pytest.approx(lib, rel=1e-12)
