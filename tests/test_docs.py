@@ -8,8 +8,10 @@ run, or leave it out of the docs. Commands are compared after joining backslash 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -186,7 +188,8 @@ class _Runs:
                 (cwd / "runs" / "first" / "my.yaml").write_text(SMALL_GRID)
             self.cwd[group] = cwd
             self.procs[group] = subprocess.Popen(["bash", "-c", _script(group, cwd)], cwd=cwd, env=env, text=True,
-                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                 start_new_session=True)  # its own process group: see _kill
 
     def result(self, group: str) -> tuple[int, str, str]:
         with self._lock:
@@ -194,24 +197,62 @@ class _Runs:
                 try:
                     out, err = self.procs[group].communicate(timeout=TIMEOUT_S)
                 except subprocess.TimeoutExpired:
-                    self.procs[group].kill()
+                    self._kill(self.procs[group])
                     out, err = self.procs[group].communicate()
                     pytest.fail(f"the {group!r} commands took over {TIMEOUT_S} s:\n{out}\n{err}")
                 self.results[group] = (self.procs[group].returncode, out, err)
         return self.results[group]
 
+    @staticmethod
+    def _kill(proc: subprocess.Popen[str]) -> None:
+        """The group's bash and the commands it started (which hold its pipes open)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
     def close(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
-                proc.kill()
+                self._kill(proc)
                 proc.communicate()
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Runs]:
     r = _Runs(tmp_path_factory.mktemp("docs-commands"))
     yield r
     r.close()
+
+
+@pytest.mark.usefixtures("runs")  # first of the tests that use it: the command groups run meanwhile
+def test_entry_point_name_is_not_the_solver_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/contributing.md: a solver exposed by the documented entry point is registered under its class's `name`
+    (`ab2`), not under the entry point's (`my-ab2`)."""
+    from dpmbench.solvers import base, plugins
+
+    (tmp_path / "ab2.py").write_text(_block_with("docs/contributing.md", "python", "class AB2("))
+    toml = _block_with("docs/contributing.md", "toml", "dpmbench.solvers")
+    group = re.search(r'\[project\.entry-points\."([\w.]+)"\]', toml)
+    assert group and group.group(1) == plugins.ENTRY_POINT_GROUP
+    name, value = (s.strip().strip('"') for s in toml.split("\n", 1)[1].strip().split("=", 1))
+    dist = tmp_path / "my_solvers-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-solvers\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{plugins.ENTRY_POINT_GROUP}]\n{name} = {value}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(plugins.ENV_VAR, raising=False)
+    monkeypatch.setattr(plugins, "_loaded", set())
+    sys.modules.pop("ab2", None)
+    solvers = dict(base.SOLVERS)
+    plugins._entry_points.cache_clear()
+    try:
+        names = base.list_solvers()
+        assert "ab2" in names and name not in names
+        assert base.get_solver("ab2:order=1").spec == "ab2:order=1"
+    finally:
+        plugins._entry_points.cache_clear()
+        base.SOLVERS.clear()
+        base.SOLVERS.update(solvers)
+        sys.modules.pop("ab2", None)
 
 
 def test_tour_commands(runs: _Runs) -> None:
@@ -252,37 +293,6 @@ def test_samples_file_layout_is_documented(runs: _Runs) -> None:
     with np.load(runs.cwd["plugin"] / "ab2.npz") as data:
         assert set(table) == set(data.files)
         assert str(data["solver_canonical"]) == "ab2" and int(data["nfe"]) == 10
-
-
-def test_entry_point_name_is_not_the_solver_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """docs/contributing.md: a solver exposed by the documented entry point is registered under its class's `name`
-    (`ab2`), not under the entry point's (`my-ab2`)."""
-    from dpmbench.solvers import base, plugins
-
-    (tmp_path / "ab2.py").write_text(_block_with("docs/contributing.md", "python", "class AB2("))
-    toml = _block_with("docs/contributing.md", "toml", "dpmbench.solvers")
-    group = re.search(r'\[project\.entry-points\."([\w.]+)"\]', toml)
-    assert group and group.group(1) == plugins.ENTRY_POINT_GROUP
-    name, value = (s.strip().strip('"') for s in toml.split("\n", 1)[1].strip().split("=", 1))
-    dist = tmp_path / "my_solvers-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-solvers\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{plugins.ENTRY_POINT_GROUP}]\n{name} = {value}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv(plugins.ENV_VAR, raising=False)
-    monkeypatch.setattr(plugins, "_loaded", set())
-    sys.modules.pop("ab2", None)
-    solvers = dict(base.SOLVERS)
-    plugins._entry_points.cache_clear()
-    try:
-        names = base.list_solvers()
-        assert "ab2" in names and name not in names
-        assert base.get_solver("ab2:order=1").spec == "ab2:order=1"
-    finally:
-        plugins._entry_points.cache_clear()
-        base.SOLVERS.clear()
-        base.SOLVERS.update(solvers)
-        sys.modules.pop("ab2", None)
 
 
 # -- links -----------------------------------------------------------------------------------------------------------
