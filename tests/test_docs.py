@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,7 +178,7 @@ class _Runs:
         env.pop("DPMBENCH_PLUGINS", None)
         for group in sorted({g for g, _ in RUN.values()}):
             cwd = base / group
-            cwd.mkdir()
+            cwd.mkdir(parents=True)
             if group.startswith("plugin"):
                 (cwd / "ab2.py").write_text(_block_with("docs/contributing.md", "python", "class AB2("))
                 (cwd / "my.yaml").write_text(_block_with("docs/contributing.md", "yaml", "ab2]"))
@@ -216,15 +215,7 @@ class _Runs:
                 proc.communicate()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Runs]:
-    r = _Runs(tmp_path_factory.mktemp("docs-commands"))
-    yield r
-    r.close()
-
-
-@pytest.mark.usefixtures("runs")  # first of the tests that use it: the command groups run meanwhile
-def test_entry_point_name_is_not_the_solver_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _entry_point_registers_the_class_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/contributing.md: a solver exposed by the documented entry point is registered under its class's `name`
     (`ab2`), not under the entry point's (`my-ab2`)."""
     from dpmbench.solvers import base, plugins
@@ -234,7 +225,7 @@ def test_entry_point_name_is_not_the_solver_name(tmp_path: Path, monkeypatch: py
     group = re.search(r'\[project\.entry-points\."([\w.]+)"\]', toml)
     assert group and group.group(1) == plugins.ENTRY_POINT_GROUP
     name, value = (s.strip().strip('"') for s in toml.split("\n", 1)[1].strip().split("=", 1))
-    dist = tmp_path / "my_solvers-0.1.dist-info"
+    dist = tmp_path / "my_solvers-0.1.dist-info"  # what installing a package with that entry point leaves
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-solvers\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(f"[{plugins.ENTRY_POINT_GROUP}]\n{name} = {value}\n")
@@ -255,44 +246,47 @@ def test_entry_point_name_is_not_the_solver_name(tmp_path: Path, monkeypatch: py
         sys.modules.pop("ab2", None)
 
 
-def test_tour_commands(runs: _Runs) -> None:
-    rc, out, err = runs.result("tour")
-    assert rc == 0, err
-    assert "dpm-solver++:" in out
-    assert (runs.cwd["tour"] / "s.npz").is_file()
-
-
-def test_grid_from_outside_the_checkout(runs: _Runs) -> None:
-    rc, out, err = runs.result("outside")
-    assert rc == 0, err
-    assert re.search(r"\breference\b", out + err) and re.search(r"\bsample\b", out + err)
-    assert (runs.cwd["outside"] / "runs" / "first" / ".snakemake").is_dir()  # the working directory is -d's
-    assert not (ROOT / "runs").exists()
-
-
-def test_solver_plugin_path_of_contributing(runs: _Runs) -> None:
-    """docs/contributing.md's 'A solver as a plugin', literally: the AB2 file, DPMBENCH_PLUGINS, the listing, a
-    samples file, and a config naming the plugin's solver that the workflow accepts."""
-    rc, out, err = runs.result("plugin")
-    assert rc == 0, err
-    assert "ab2: 2-step Adams-Bashforth on the data prediction" in out
-    assert re.search(r"order=2\s+\[1, 2\]", out)
-    assert (runs.cwd["plugin"] / "ab2.npz").is_file()
-    rc, out, err = runs.result("plugin-grid")
-    assert rc == 0, err
-    assert "ab2" in out + err
-
-
-def test_samples_file_layout_is_documented(runs: _Runs) -> None:
-    """The keys of docs/contributing.md's samples-file table are the keys `dpmbench sample` writes."""
+def test_cheap_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cheap commands of the docs, run: their groups side by side (one test, so that a parallel test run does not
+    run them twice), and meanwhile, in this process, the entry point of docs/contributing.md."""
     import numpy as np
 
-    assert runs.result("plugin")[0] == 0
-    text = (ROOT / "docs" / "contributing.md").read_text().split("#### The samples file", 1)[1]
-    table = re.findall(r"^\| `(\w+)` \|", text.split("\nOnly some files have", 1)[0], flags=re.M)
-    with np.load(runs.cwd["plugin"] / "ab2.npz") as data:
-        assert set(table) == set(data.files)
-        assert str(data["solver_canonical"]) == "ab2" and int(data["nfe"]) == 10
+    runs = _Runs(tmp_path / "groups")
+    try:
+        (tmp_path / "entry-point").mkdir()
+        _entry_point_registers_the_class_name(tmp_path / "entry-point", monkeypatch)
+
+        # README's tour
+        rc, out, err = runs.result("tour")
+        assert rc == 0, err
+        assert "dpm-solver++:" in out
+        assert (runs.cwd["tour"] / "s.npz").is_file()
+
+        # docs/workflow.md: a grid from outside the checkout
+        rc, out, err = runs.result("outside")
+        assert rc == 0, err
+        assert re.search(r"\breference\b", out + err) and re.search(r"\bsample\b", out + err)
+        assert (runs.cwd["outside"] / "runs" / "first" / ".snakemake").is_dir()  # the working directory is -d's
+        assert not (ROOT / "runs").exists()
+
+        # docs/contributing.md's 'A solver as a plugin', literally: the AB2 file, DPMBENCH_PLUGINS, the listing, a
+        # samples file, and a config naming the plugin's solver that the workflow accepts
+        rc, out, err = runs.result("plugin")
+        assert rc == 0, err
+        assert "ab2: 2-step Adams-Bashforth on the data prediction" in out
+        assert re.search(r"order=2\s+\[1, 2\]", out)
+        rc, out, err = runs.result("plugin-grid")
+        assert rc == 0, err
+        assert "ab2" in out + err
+
+        # the samples-file table of docs/contributing.md lists the keys `dpmbench sample` writes
+        text = (ROOT / "docs" / "contributing.md").read_text().split("#### The samples file", 1)[1]
+        table = re.findall(r"^\| `(\w+)` \|", text.split("\nOnly some files have", 1)[0], flags=re.M)
+        with np.load(runs.cwd["plugin"] / "ab2.npz") as data:
+            assert set(table) == set(data.files)
+            assert str(data["solver_canonical"]) == "ab2" and int(data["nfe"]) == 10
+    finally:
+        runs.close()
 
 
 # -- links -----------------------------------------------------------------------------------------------------------
