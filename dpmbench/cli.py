@@ -340,6 +340,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from dpmbench.io import save_npz
     from dpmbench.provenance import device_name
     from dpmbench.sampling import make_plan, sample
+    from dpmbench.search import run_search
     from dpmbench.solvers.base import get_solver
 
     model, device = _setup(args)
@@ -364,7 +365,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
             cond = _cond(args, model, lo - args.start, hi - args.start, device)
             stats: dict[str, Any] = {}
             xb = sample(model, sol, nfe, x_T, schedule=args.schedule, t_end=t_end,
-                        guidance=args.guidance, cond=cond, seed=args.seed, start=lo, stats=stats)
+                        guidance=args.guidance, cond=cond, seed=args.seed, start=lo, stats=stats, searcher=run_search)
             if decode is not None:
                 d0 = time.perf_counter()
                 images.append(decode(xb).cpu())
@@ -388,11 +389,13 @@ def _context(args: argparse.Namespace, model: Any, device: Any, nfe: int) -> Any
     import torch
 
     from dpmbench.models.base import guided
+    from dpmbench.search import run_search
     from dpmbench.solvers.base import Context
 
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
     t_end = model.schedule.t_end_default if args.t_end is None else args.t_end
-    return Context(guided(model, args.guidance), nfe, args.schedule, None, t_end, args.guidance, dtype, device)
+    return Context(guided(model, args.guidance), nfe, args.schedule, None, t_end, args.guidance, dtype, device,
+                   run_search)
 
 
 def _options(text: str) -> dict[str, str]:
@@ -493,6 +496,7 @@ def cmd_reference(args: argparse.Namespace) -> None:
         run = {"solver": "exact", "nfe": -1, "schedule": "adaptive"}
     else:  # a high-NFE run of a solver from the same x_T as `dpmbench sample` (float64)
         from dpmbench.sampling import make_plan, sample
+        from dpmbench.search import run_search
         from dpmbench.solvers.base import get_solver
 
         sol = get_solver(args.solver)
@@ -502,7 +506,7 @@ def cmd_reference(args: argparse.Namespace) -> None:
             x_T = model.prior(hi - lo, seed=args.seed, dtype=torch.float64, device=device, start=lo)
             c = _cond(args, model, lo, hi, device)
             chunks.append(sample(model, sol, args.nfe, x_T, schedule=args.schedule, t_end=t_end,
-                                 guidance=args.guidance, cond=c, seed=args.seed, start=lo).cpu())
+                                 guidance=args.guidance, cond=c, seed=args.seed, start=lo, searcher=run_search).cpu())
         x = torch.cat(chunks)
         run = {"solver": args.solver.replace(" ", ""), "solver_canonical": sol.spec, "nfe": args.nfe,
                "schedule": str(args.schedule)}
