@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from throughput import median_time  # benchmarks/ is the script's directory, so on sys.path
 
+from dpmbench.api import sample  # the public dpmbench.sample (searches wired in)
 from dpmbench.models.base import Model
-from dpmbench.sampling import sample
 from dpmbench.schedules import VPDiscrete
 
 SHAPE = (3, 32, 32)

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
+from dpmbench.api import sample  # the public dpmbench.sample (searches wired in)
 from dpmbench.models.base import Model
-from dpmbench.sampling import sample
 from dpmbench.schedules import VPDiscrete
 
 SHAPE = (3, 32, 32)

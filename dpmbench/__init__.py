@@ -18,7 +18,7 @@ _API = {
     "list_models": "dpmbench.models",
     "list_solvers": "dpmbench.solvers",
     "load_model": "dpmbench.models",
-    "sample": "dpmbench.sampling",
+    "sample": "dpmbench.api",
     "timesteps": "dpmbench.timesteps",
 }
 __all__ = list(_API)

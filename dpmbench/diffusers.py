@@ -208,10 +208,12 @@ class DpmbenchScheduler:
                 raise DpmbenchError(f"invalid model None for solver {sol.spec!r}: its prepare step computes "
                                     "statistics from the network; pass model= (the dpmbench model of the pipeline's "
                                     "network)")
+            from dpmbench.search import run_search
+
             net = guided(self.model, self.guidance)
             with torch.no_grad():
                 sol.prepare(Context(net, nfe, self.kind, self.t_start, self.t_end, self.guidance, self.dtype,
-                                    device or "cpu"))
+                                    device or "cpu", run_search))
         self._plan = sol.make_plan(nfe, self.schedule, self.kind, self.t_start, self.t_end)
         self.eval_times = self._record_times(nfe)
         n = self.schedule.N

@@ -40,8 +40,10 @@ from support import CountingModel, gmm2d_convergence_setup, measured_order, rmse
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter, guided
+from dpmbench.search import dc_ratios, run_search
+from dpmbench.search.dc_ratios import AdamWState, adamw_step
 from dpmbench.solvers.base import Context, History, Point, get_solver
-from dpmbench.solvers.dc_solver import AdamWState, DCSolver, adamw_step, compensated_output
+from dpmbench.solvers.dc_solver import compensated_output
 
 T_END = 1e-3
 SCALE = 7.5
@@ -137,7 +139,7 @@ def test_nfe_contract(spec: str, nfe: int) -> None:
     for scale in (None, SCALE):
         sol = get_solver(spec)
         model = CountingModel(base)
-        summary = sol.prepare(Context(guided(model, scale), nfe, "logsnr", None, T_END, scale))
+        summary = sol.prepare(Context(guided(model, scale), nfe, "logsnr", None, T_END, scale, searcher=run_search))
         assert len(summary["ratios"]) == nfe - int(sol.denoise_to_zero)
         model.calls = 0
         out = sample(model, sol, nfe, x_T, t_end=T_END, guidance=scale, cond=None if scale is None else base.labels(8))
@@ -194,15 +196,15 @@ def test_search_is_deterministic_and_cached(monkeypatch: pytest.MonkeyPatch, tmp
     search (gmm-2d, guidance 7.5, NFE 6): ~1-2 s on a busy 2-core machine."""
     monkeypatch.setenv("DPMBENCH_ARTIFACTS", str(tmp_path / "a"))
     calls: list[int] = []
-    real = DCSolver.search_ratios
+    real = dc_ratios.search_ratios
 
-    def counted(self: DCSolver, *args: Any, **kwargs: Any) -> Any:
+    def counted(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        return real(self, *args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(DCSolver, "search_ratios", counted)
+    monkeypatch.setattr(dc_ratios, "search_ratios", counted)
     m = load_model("gmm-2d")
-    ctx = Context(guided(m, SCALE), 6, "logsnr", None, T_END, SCALE)
+    ctx = Context(guided(m, SCALE), 6, "logsnr", None, T_END, SCALE, searcher=run_search)
     t0 = time.perf_counter()
     first = get_solver("dc-solver").prepare(ctx)["ratios"]
     wall = time.perf_counter() - t0
@@ -217,7 +219,8 @@ def test_search_is_deterministic_and_cached(monkeypatch: pytest.MonkeyPatch, tmp
     assert other != first and len(calls) == 3
     # float32 sampling reuses the float64 search
     assert get_solver("dc-solver").prepare(Context(guided(m, SCALE), 6, "logsnr", None, T_END, SCALE,
-                                                   torch.float32))["ratios"] == first and len(calls) == 3
+                                                   torch.float32, searcher=run_search))["ratios"] == first
+    assert len(calls) == 3
 
 
 def test_searched_ratios_approach_one() -> None:
@@ -226,7 +229,8 @@ def test_searched_ratios_approach_one() -> None:
     m = load_model("gmm-2d")
     dev = {}
     for nfe in (5, 20):
-        ratios = get_solver("dc-solver").prepare(Context(m, nfe, "logsnr", None, T_END, None))["ratios"]
+        ctx = Context(m, nfe, "logsnr", None, T_END, None, searcher=run_search)
+        ratios = get_solver("dc-solver").prepare(ctx)["ratios"]
         dev[nfe] = float(np.mean(np.abs(np.array(ratios[2:]) - 1)))
     assert dev[20] < dev[5], dev
 
@@ -252,7 +256,8 @@ def test_cpr_predicts_unseen_cells(held_out: dict[str, Any]) -> None:
     cpr = get_solver("dc-solver:ratios=cpr,cpr_nfes=5/6/8/10,cpr_guidances=7.5/10")
     model = held_out["model"]
     for nfe, scale in ((7, SCALE), (9, SCALE), (7, 9.0)):
-        predicted = cpr.prepare(Context(guided(model, scale), nfe, "logsnr", None, T_END, scale))["ratios"]
+        predicted = cpr.prepare(Context(guided(model, scale), nfe, "logsnr", None, T_END, scale,
+                                            searcher=run_search))["ratios"]
         assert predicted[:2] == [1.0, 1.0] and len(predicted) == nfe
         d = held_out if scale == SCALE else {**held_out, "ref": guided(model, scale).exact_solution(
             held_out["x_T"], t_end=T_END, cond=held_out["cond"])}
@@ -266,7 +271,7 @@ def test_cpr_unguided() -> None:
     RMSE 0.046 with CPR ratios, 0.046 with searched ratios, 0.106 with UniPC."""
     m = load_model("gmm-2d")
     sol = get_solver("dc-solver:ratios=cpr,cpr_nfes=5/6/8")
-    ratios = sol.prepare(Context(m, 7, "logsnr", None, T_END, None))["ratios"]
+    ratios = sol.prepare(Context(m, 7, "logsnr", None, T_END, None, searcher=run_search))["ratios"]
     assert ratios[:2] == [1.0, 1.0] and len(ratios) == 7 and all(np.isfinite(ratios))
     x_T = m.prior(50, seed=1, dtype=torch.float64)
     ref = m.exact_solution(x_T, t_end=T_END)
@@ -290,3 +295,16 @@ def test_cli_search_and_prepare(capsys: Any, tmp_path: Path) -> None:
     assert code == 0, err
     code, out, err = run_cli(capsys, "search", "dc-ratios", "--model", "gmm-2d", "--nfe", "5", "--solver", "ddim")
     assert code != 0 and "allowed: dc-solver" in err and len(err.strip().splitlines()) == 1
+
+
+def test_prepare_without_a_searcher_is_a_one_line_error() -> None:
+    """Solvers never import the searches: a preparation that runs one gets the search runner from its Context.
+    ``dpmbench.sampling.sample`` (below the searches) without ``searcher`` says how to give one; ``dpmbench.sample``
+    passes it (every other test here)."""
+    from dpmbench import sampling
+
+    m = load_model("gmm-2d")
+    for spec in ("dc-solver", "dc-solver:ratios=cpr", "usf:search=true"):
+        with pytest.raises(DpmbenchError, match="needs searches") as err:
+            sampling.sample(m, spec, 5, m.prior(2), t_end=T_END)
+        assert "\n" not in str(err.value) and "searcher=dpmbench.search.run_search" in str(err.value)

@@ -178,3 +178,21 @@ def test_step_noise_is_drawn_in_the_run_precision() -> None:
     assert z16.dtype == torch.float16 and torch.equal(z16, z32.half())
     with pytest.raises(DpmbenchError, match="noise dtype"):
         prior_noise(2, (2,), 0, dtype=torch.float16)
+
+
+def test_options_are_instance_attributes() -> None:
+    """Every option is an attribute of the solver (declared in the family's class body for type checkers); ``opts``
+    and the canonical spec read them; an option may not hide a solver method or attribute."""
+    from dpmbench.solvers.base import Option, Solver
+    from dpmbench.solvers.pndm import IPNDM
+    from dpmbench.solvers.unipc import UniPC
+
+    sol, uni, default = (get_solver("ipndm:max_order=3,variable_step=true"), get_solver("unipc:prediction=eps"),
+                         get_solver("unipc"))
+    assert isinstance(sol, IPNDM) and isinstance(uni, UniPC) and isinstance(default, UniPC)
+    assert sol.max_order == 3 and sol.variable_step is True and sol.full_order() == 3
+    assert sol.opts["max_order"] == 3 and sol.spec == "ipndm:max_order=3,variable_step=true"
+    assert uni.prediction == "eps" and default.prediction == "x0"  # the option sets the loop's model output type
+    for key in ("plan", "options"):
+        with pytest.raises(TypeError, match=f"option '{key}'"):
+            type("Bad", (Solver,), {"name": "bad", "options": {key: Option(int, 1, "clashes")}})

@@ -106,9 +106,11 @@ def _request(args: argparse.Namespace) -> Any:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from dpmbench.sampling.shards import write_samples
+    from dpmbench.search import run_search
 
     model, device = _setup(args)
-    paths = write_samples(_request(args), model, args.solver, args.nfe, args.out, args.schedule, args.t_end, device)
+    paths = write_samples(_request(args), model, args.solver, args.nfe, args.out, args.schedule, args.t_end, device,
+                          run_search)
     print(f"wrote {len(paths)} samples file{'s' if len(paths) > 1 else ''}: {', '.join(paths)}")
 
 
@@ -116,11 +118,13 @@ def _context(args: argparse.Namespace, model: Any, device: Any, nfe: int) -> Any
     import torch
 
     from dpmbench.models.base import guided
+    from dpmbench.search import run_search
     from dpmbench.solvers.base import Context
 
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
     t_end = model.schedule.t_end_default if args.t_end is None else args.t_end
-    return Context(guided(model, args.guidance), nfe, args.schedule, None, t_end, args.guidance, dtype, device)
+    return Context(guided(model, args.guidance), nfe, args.schedule, None, t_end, args.guidance, dtype, device,
+                   run_search)
 
 
 def _options(text: str) -> dict[str, str]:
@@ -190,9 +194,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_reference(args: argparse.Namespace) -> None:
     from dpmbench.sampling.reference import write_reference
+    from dpmbench.search import run_search
 
     model, device = _setup(args)
-    write_reference(_request(args), model, args.out, args.solver, args.nfe, args.schedule, args.t_end, device)
+    write_reference(_request(args), model, args.out, args.solver, args.nfe, args.schedule, args.t_end, device,
+                    run_search)
 
 
 def _load_npz(path: str, what: str) -> dict[str, Any]:

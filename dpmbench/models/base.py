@@ -270,6 +270,12 @@ def guided(model: Model, scale: float | None) -> Model:
     return Guided(model, scale)
 
 
+def has_exact_solution(model: Model) -> bool:
+    """Whether the (possibly guided) model has an exact ODE solution (oracle models; a guided network has none)."""
+    base = model.base if isinstance(model, Guided) else model
+    return hasattr(base, "exact_solution")
+
+
 class NFECounter:
     """Counts every evaluation a solver makes (``eps`` or ``x0``), with the condition bound once.
 

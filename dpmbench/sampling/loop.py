@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ def sample(
     seed: int = 0,
     start: int = 0,
     stats: dict[str, Any] | None = None,
+    searcher: Callable[..., Any] | None = None,
 ) -> torch.Tensor:
     """Sample from ``model`` with ``solver`` using exactly ``nfe`` model evaluations, starting at ``x_T``.
 
@@ -45,7 +46,9 @@ def sample(
     results do not depend on batching.
 
     Solvers with ``needs_prepare`` first run ``solver.prepare`` (searches, model statistics; cached artifacts)
-    with the uncounted model: that work is outside the sampling budget, as in the papers.
+    with the uncounted model: that work is outside the sampling budget, as in the papers. Solvers whose
+    preparation runs searches (``dc-solver``, ``usf:search=true``) need ``searcher`` (``dpmbench.search.run_search``;
+    the sampling layer does not import the searches, which sit above it): ``dpmbench.sample`` passes it.
 
     NFE contract: a fixed-step solver spends exactly ``nfe`` evaluations (asserted). An adaptive solver
     (``solver.adaptive``, e.g. ``dpm-solver:method=adaptive``) takes a data-dependent number of steps: for it
@@ -65,7 +68,7 @@ def sample(
     sol.check_nfe(nfe)
     if sol.needs_prepare:
         with torch.no_grad():
-            sol.prepare(Context(net, nfe, schedule, t_start, t_end, guidance, x_T.dtype, x_T.device))
+            sol.prepare(Context(net, nfe, schedule, t_start, t_end, guidance, x_T.dtype, x_T.device, searcher))
     plan = sol.make_plan(nfe, net.schedule, schedule, t_start, t_end)
     counter = NFECounter(net, cond, NoiseSource(seed, start, x_T) if sol.stochastic else None)
     with torch.no_grad():

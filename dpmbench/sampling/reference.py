@@ -4,6 +4,7 @@ run's x_T (or a high-NFE float64 run of a solver from the same x_T), with the ta
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from dpmbench.solvers.base import get_solver
 
 def write_reference(req: Request, model: Model, out: str, solver: str | None = None, nfe: int | None = None,
                     schedule: Any = "logsnr", t_end: float | None = None,
-                    device: torch.device | str = "cpu") -> None:
+                    device: torch.device | str = "cpu", searcher: Callable[..., Any] | None = None) -> None:
     """Write the reference of ``req`` to ``out``: exact solutions (oracle models; ``solver`` None) or a high-NFE
     run of ``solver`` with ``nfe`` in float64; oracle references carry the target distribution's moments."""
     oracle = hasattr(model, "exact_solution")
@@ -44,7 +45,8 @@ def write_reference(req: Request, model: Model, out: str, solver: str | None = N
             x_T = model.prior(hi - lo, seed=req.seed, dtype=torch.float64, device=device, start=lo)
             c = conditioning(req, model, lo, hi, device)
             chunks.append(sample(model, sol, nfe, x_T, schedule=schedule, t_end=t_end,
-                                 guidance=req.guidance, cond=c, seed=req.seed, start=lo).cpu())
+                                 guidance=req.guidance, cond=c, seed=req.seed, start=lo,
+                                 searcher=searcher).cpu())
         x = torch.cat(chunks)
         run = {"solver": solver.replace(" ", ""), "solver_canonical": sol.spec, "nfe": nfe,
                "schedule": str(schedule)}

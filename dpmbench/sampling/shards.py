@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,12 @@ def remove_stale_temporaries(out: str) -> None:
 
 
 def write_samples(req: Request, model: Model, solver: str, nfes: list[int], out: str, schedule: Any = "logsnr",
-                  t_end: float | None = None, device: torch.device | str = "cpu") -> list[str]:
+                  t_end: float | None = None, device: torch.device | str = "cpu",
+                  searcher: Callable[..., Any] | None = None) -> list[str]:
     """Sample ``req`` with the solver spec ``solver`` at every NFE of ``nfes`` and write one samples ``.npz`` per NFE
     (``out`` with ``{nfe}`` replaced; each written to a temporary name, then renamed). Everything is validated before
-    any work; returns the paths written."""
+    any work; returns the paths written. ``searcher``: the search runner a solver's prepare may need
+    (``dpmbench.sampling.sample``)."""
     if len(nfes) > 1 and "{nfe}" not in out:
         raise DpmbenchError("invalid --out: several --nfe values need '{nfe}' in the output path")
     sol = get_solver(solver)
@@ -134,7 +137,7 @@ def write_samples(req: Request, model: Model, solver: str, nfes: list[int], out:
             cond = conditioning(req, model, lo - req.start, hi - req.start, device)
             stats: dict[str, Any] = {}
             xb = sample(model, sol, nfe, x_T, schedule=schedule, t_end=t_end, guidance=req.guidance, cond=cond,
-                        seed=req.seed, start=lo, stats=stats)
+                        seed=req.seed, start=lo, stats=stats, searcher=searcher)
             if decode is not None:
                 d0 = time.perf_counter()
                 images.append(decode(xb).cpu())

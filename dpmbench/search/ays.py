@@ -51,7 +51,7 @@ import torch
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import prior_noise
 from dpmbench.sampling import sample
-from dpmbench.search import register_search
+from dpmbench.search import register_search, run_search
 from dpmbench.search._common import oracle_set, rmse, search_cond, single_thread
 from dpmbench.solvers.base import Context, Option, Solver
 from dpmbench.solvers.data import data_samples
@@ -216,7 +216,7 @@ def search_ays(ctx: Context, solver: Solver | None, seed: int, opts: dict[str, A
                 t = sch.t_of_lambda(torch.tensor(lam, dtype=torch.float64))
                 t[0], t[-1] = t0, t1
                 x = sample(ctx.model, solver, grid_nfe[len(lam) - 1], x_T, schedule=t, t_end=t1, t_start=t0,
-                           cond=cond)
+                           cond=cond, searcher=run_search)
                 return rmse(x, ref)
 
             def local(lam: list[float], i: int) -> Callable[[list[float]], list[float]]:

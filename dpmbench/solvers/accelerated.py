@@ -80,6 +80,7 @@ class AcceleratedDDIM(_LiSampler):
     summary = "provably accelerated DDIM-type sampler (2 NFE/step; claimed O(1/T^2) vs O(1/T)); accelerated=false: base"
     source = ("Li, Huang, Efimov, Wei, Chi & Chen 2024, 'Accelerating Convergence of Score-Based Diffusion Models, "
               "Provably' (ICML), arXiv 2403.03852v1 Sec. 3.1 (Phi_t, Psi_t); no official code")
+    accelerated: bool
     options = {
         "accelerated": Option(bool, True, "the accelerated update (3.1); false: the DDIM-type base (2.5), 1 NFE/step"),
     }
@@ -119,6 +120,7 @@ class AcceleratedDDPM(_LiSampler):
     summary = "provably accelerated DDPM-type sampler (claimed O(1/T) vs O(1/sqrt T)); split=0: base; stochastic"
     source = ("Li, Huang, Efimov, Wei, Chi & Chen 2024, 'Accelerating Convergence of Score-Based Diffusion Models, "
               "Provably' (ICML), arXiv 2403.03852v1 Sec. 3.2; no official code")
+    split: float
     options = {
         "split": Option(float, 0.5, "fraction of the step's noise variance added before the score evaluation (paper: "
                         "0.5; 0: the DDPM-type base)", minimum=0.0),

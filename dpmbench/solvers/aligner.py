@@ -71,6 +71,10 @@ class TimestepAlignerDDIM(SinglestepSolver):
               "(CVPR), arXiv:2310.09469; update and objective from the official THU-LYJ-Lab/time-tuner@366bb74 "
               "time_tuner.py (ddim_step_fn, optimize_timesteps)")
     needs_prepare = True
+    tune: str
+    fit_samples: int
+    fit_seed: int
+    fit: bool
     options = {
         "tune": Option(str, "sequential", "x_i of the fit: sequential = the aligned sampler's own states from "
                        "noised data; parallel = the true marginal at t_i (official default sequential, "
@@ -84,7 +88,7 @@ class TimestepAlignerDDIM(SinglestepSolver):
     def prepare(self, ctx: Context) -> dict[str, Any]:
         plan = self.make_plan(ctx.nfe, ctx.model.schedule, ctx.kind, ctx.t_start, ctx.t_end)
         steps = len(plan.orders)
-        if not self.opts["fit"]:
+        if not self.fit:
             self.ratios = [1.0] * steps
             return {"aligned_steps": steps, "fitted": False}
         opts = (self.tune, self.fit_samples, self.fit_seed)

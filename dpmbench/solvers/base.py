@@ -6,8 +6,10 @@ A solver spec is ``NAME[:key=value,...]``, e.g. ``dpm-solver++:order=3,method=mu
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -112,6 +114,10 @@ class Context:
     and cache their results as artifacts (``dpmbench.artifacts.cached``) keyed by ``key()`` and the solver's
     options. Artifacts must not depend on the batch being sampled (so results do not depend on batching): a
     search that needs samples draws its own, e.g. ``model.prior(n, seed)`` and ``model.labels(n)`` when guided.
+
+    Solvers never import the searches (they sit above them): whoever builds the Context (``dpmbench.sample``, the
+    CLI, ``dpmbench.diffusers``) gives it ``searcher``, a search runner with the signature of the search package's
+    ``run_search`` ``(kind, ctx, solver, seed, options)``, and ``prepare`` calls it through ``search``.
     """
 
     model: Model
@@ -122,6 +128,17 @@ class Context:
     guidance: float | None = None
     dtype: torch.dtype = torch.float32
     device: str | torch.device = "cpu"
+    searcher: Callable[..., Any] | None = None
+
+    def search(self, kind: str, solver: Solver | None = None, seed: int = 0, options: dict[str, Any] | None = None,
+               *, by: str = "") -> Any:
+        """Run (or load from the cache) the search ``kind`` for this context through ``searcher``; a one-line error
+        naming the solver ``by`` when the Context has none."""
+        if self.searcher is None:
+            who = by or (solver.name if solver is not None else kind)
+            raise DpmbenchError(f"solver {who!r} needs searches: sample through dpmbench.sample, the dpmbench CLI or "
+                                "pass searcher=dpmbench.search.run_search")
+        return self.searcher(kind, self, solver, seed, options or {})
 
     def key(self) -> tuple[Any, ...]:
         """Everything a prepared artifact of this run depends on (besides the solver's own options)."""
@@ -153,14 +170,41 @@ class Record:
 
 
 class History:
-    """The last ``size`` model outputs of a multistep solver, newest last (``hist[-1]``)."""
+    """What one run of a multistep solver remembers: its last ``size`` model outputs, newest last (``hist[-1]``), and
+    the run they belong to: the counted model (``model``: stochastic updates draw their noise from it), the plan
+    and ``step``, the index of the step being taken (s -> t; ``correct`` refines the end point of step ``step - 1``).
+    ``solve`` creates it for one run (``MultistepSolver.new_history``) and passes it to the update rules: per-run
+    state lives here, never on the solver. A history made from outputs alone (``History(size)``) has no run."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, model: NFECounter | None = None, plan: Plan | None = None):
         self._items: deque[Record] = deque(maxlen=max(size, 1))
+        self._model, self._plan = model, plan
+        self.step = 0
+
+    @property
+    def model(self) -> NFECounter:
+        """The run's counted model."""
+        if self._model is None:
+            raise RuntimeError("this history belongs to no run: it has no model (MultistepSolver.new_history)")
+        return self._model
+
+    @property
+    def plan(self) -> Plan:
+        """The run's plan."""
+        if self._plan is None:
+            raise RuntimeError("this history belongs to no run: it has no plan (MultistepSolver.new_history)")
+        return self._plan
 
     def push(self, point: Point, out: torch.Tensor) -> None:
         """Append the newest output."""
         self._items.append(Record(point, out))
+
+    def with_newest(self, out: torch.Tensor) -> History:
+        """A copy of this history (same run, same class) whose newest output is ``out``."""
+        new = copy.copy(self)
+        new._items = deque(self._items, maxlen=self._items.maxlen)
+        new._items[-1] = Record(self._items[-1].point, out)
+        return new
 
     def __getitem__(self, i: int) -> Record:
         return self._items[i]
@@ -199,7 +243,11 @@ def register(cls: type[Solver]) -> type[Solver]:
 
 
 class Solver:
-    """Base of all solvers. Subclasses set ``name``, ``source``, ``options`` and implement ``plan``/``solve``."""
+    """Base of all solvers. Subclasses set ``name``, ``source``, ``options`` and implement ``plan``/``solve``.
+
+    Every option is an instance attribute of the same name (``self.order``), set from the parsed spec; a family
+    declares its options' types in its class body (``order: int``) so that a type checker sees them. ``opts`` is
+    the dict of all of them."""
 
     name: ClassVar[str] = ""
     source: ClassVar[str] = ""
@@ -214,25 +262,32 @@ class Solver:
     times_known: ClassVar[bool] = True
     parallel: ClassVar[bool] = False  # batched parallel rounds (picard): NFE counter counts rounds (sampling.sample)
 
+    # the options every solver accepts (COMMON_OPTIONS)
+    thresholding: bool
+    thresholding_ratio: float
+    sample_max_value: float
+    denoise_to_zero: bool
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.options = {**cls.options, **{k: v for k, v in COMMON_OPTIONS.items() if k not in cls.options}}
+        clash = [k for k in cls.options if callable(getattr(cls, k, None)) or k in vars(Solver)]
+        if clash:  # the option's instance attribute would hide a method or the class's description
+            raise TypeError(f"solver {cls.__name__}: option {clash[0]!r} has the name of a solver method or attribute")
 
     def __init__(self, **opts: Any):
         unknown = set(opts) - set(self.options)
         if unknown:
             key = sorted(unknown)[0]
             raise bad_value(f"option of solver {self.name!r}", key, sorted(self.options) or "none")
-        self.opts = {k: o.default for k, o in self.options.items()}
-        for k, v in opts.items():
-            self.opts[k] = self.options[k].parse(self.name, k, v)
+        for k, o in self.options.items():
+            setattr(self, k, o.parse(self.name, k, opts[k]) if k in opts else o.default)
         self.validate()
 
-    def __getattr__(self, item: str) -> Any:
-        opts = self.__dict__.get("opts", {})
-        if item in opts:
-            return opts[item]
-        raise AttributeError(item)
+    @property
+    def opts(self) -> dict[str, Any]:
+        """Every option's value, by key."""
+        return {k: getattr(self, k) for k in self.options}
 
     def validate(self) -> None:
         """Check option combinations (after parsing)."""
@@ -254,7 +309,7 @@ class Solver:
 
     def check_nfe(self, nfe: int) -> None:
         """Raise a one-line error if ``nfe`` is too small for this solver."""
-        need = self.min_nfe() + int(self.opts["denoise_to_zero"])
+        need = self.min_nfe() + int(self.denoise_to_zero)
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < need:
             raise DpmbenchError(f"invalid nfe {nfe!r} for solver {self.spec!r}: needs an integer >= {need}")
 
@@ -262,17 +317,16 @@ class Solver:
                   t_start: float | None = None, t_end: float | None = None) -> Plan:
         """Check the budget and plan the steps (one NFE is kept back for ``denoise_to_zero``)."""
         self.check_nfe(nfe)
-        plan = self.plan(nfe - int(self.opts["denoise_to_zero"]), schedule, kind, t_start, t_end)
+        plan = self.plan(nfe - int(self.denoise_to_zero), schedule, kind, t_start, t_end)
         plan.nfe = nfe
         return plan
 
     def predict(self, model: NFECounter, x: torch.Tensor, p: Point, kind: str) -> torch.Tensor:
         """One model evaluation (1 NFE) of type ``kind`` at point ``p``, with dynamic thresholding if enabled
         (applied to the data prediction; an eps prediction is recomputed from the thresholded x0)."""
-        if not self.opts["thresholding"]:
+        if not self.thresholding:
             return model.predict(x, p.t, kind)
-        x0 = dynamic_threshold(model.predict(x, p.t, "x0"), self.opts["thresholding_ratio"],
-                               self.opts["sample_max_value"])
+        x0 = dynamic_threshold(model.predict(x, p.t, "x0"), self.thresholding_ratio, self.sample_max_value)
         return x0 if kind == "x0" else (x - p.alpha * x0) / p.sigma
 
     def noise(self, model: NFECounter, step: int) -> torch.Tensor:
@@ -285,7 +339,7 @@ class Solver:
     def run(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Solve along the plan, then denoise to zero if asked."""
         x = self.solve(model, x, plan)
-        if self.opts["denoise_to_zero"]:
+        if self.denoise_to_zero:
             x = self.predict(model, x, plan.points[-1], "x0")
         return x
 
@@ -330,22 +384,22 @@ class MultistepSolver(Solver):
     the official DPM-Solver code.
     """
 
-    prediction: ClassVar[str] = "x0"
+    prediction: str = "x0"  # the model-output type the loop evaluates (an option of some families, e.g. UniPC)
     lower_order_final_below: ClassVar[int] = 10
 
-    def max_order(self) -> int:
-        """The order the method runs at once warmed up."""
-        return int(self.opts.get("order", 1))
+    def full_order(self) -> int:
+        """The order the method runs at once warmed up (its ``order`` option, if it has one)."""
+        return int(getattr(self, "order", 1))
 
     def min_nfe(self) -> int:
-        return self.max_order()
+        return self.full_order()
 
     def plan(self, nfe: int, schedule: NoiseSchedule, kind: Any = "logsnr",
              t_start: float | None = None, t_end: float | None = None) -> Plan:
-        p = self.uniform_plan(nfe, nfe, self.max_order(), schedule, kind, t_start, t_end)
+        p = self.uniform_plan(nfe, nfe, self.full_order(), schedule, kind, t_start, t_end)
         steps = len(p.orders)
-        low_final = self.opts.get("lower_order_final", False) and steps < self.lower_order_final_below
-        p.orders = [min(self.max_order(), i + 1, steps - i if low_final else steps) for i in range(steps)]
+        low_final = getattr(self, "lower_order_final", False) and steps < self.lower_order_final_below
+        p.orders = [min(self.full_order(), i + 1, steps - i if low_final else steps) for i in range(steps)]
         return p
 
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
@@ -360,24 +414,24 @@ class MultistepSolver(Solver):
 
     def history_size(self) -> int:
         """How many past model outputs the update and the corrector need."""
-        return self.max_order()
+        return self.full_order()
+
+    def new_history(self, model: NFECounter, plan: Plan, size: int | None = None) -> History:
+        """The per-run state of one run: a ``History`` of ``size`` (default ``history_size()``) outputs with the
+        counted model and the plan. Families with more per-run state (momentum's velocity) return a subclass that
+        holds it."""
+        return History(self.history_size() if size is None else size, model, plan)
 
     def refine(self, hist: History, step: int) -> None:
         """Hook run once the model output of step ``step`` is pushed: it may replace ``hist[-1].out`` before the
         predictor of this step and the corrector of the next one use it (DC-Solver's dynamic compensation).
         Default: none."""
 
-    def begin(self, model: NFECounter) -> None:
-        """Hook run before a run's first step (and by methods that drive ``update`` themselves, e.g. D-ODE): per-run
-        state the update needs, such as the schedule. Default: none."""
-
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
-        self.begin(model)
-        hist = History(self.history_size())
+        hist = self.new_history(model, plan)
         x_prev: torch.Tensor | None = None
-        self.model = model  # for stochastic updates: self.noise(self.model, self.step_index)
         for i, (s, t, order) in enumerate(zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True)):
-            self.step_index = i  # the step being taken (s -> t); correct() refines the end point of step i - 1
+            hist.step = i  # the step being taken (s -> t); correct() refines the end point of step i - 1
             out = self.predict(model, x, s, self.prediction)
             if x_prev is not None:
                 x = self.correct(x_prev, x, hist, s, out, plan.orders[i - 1])
@@ -386,7 +440,6 @@ class MultistepSolver(Solver):
             x_prev = x
             x = self.update(x, hist, t, order)
         return x
-
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:

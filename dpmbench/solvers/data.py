@@ -6,9 +6,8 @@ from typing import Any
 
 import torch
 
-from dpmbench.models.base import NFECounter
+from dpmbench.models.base import NFECounter, has_exact_solution
 from dpmbench.solvers.base import Context, get_solver
-from dpmbench.solvers.dc_solver import has_exact_solution
 
 
 def data_samples(ctx: Context, n: int, seed: int, cond: Any) -> torch.Tensor:

@@ -18,14 +18,16 @@ that misaligned output. DC-Solver replaces it by a compensated output (the paper
   ``rho_i = 1`` gives tau_i = t_i exactly, the Lagrange weights (1, 0, ..., 0) exactly, and plain UniPC bit for
   bit (the official code also skips the compensation when ``rho_i == 1``). Steps with fewer than K + 1 outputs in
   the history (warm-up) are not compensated (ratio 1), as in the official code.
-* **Ratio search** (official ``search_dc`` / ``find_optim_ratio``). Greedily, step by step along the solver's own
+* **Ratio search** (official ``search_dc`` / ``find_optim_ratio``; the search ``dc-ratios``,
+  search/dc_ratios.py). Greedily, step by step along the solver's own
   trajectory from the search data, rho_i is optimized by AdamW (lr 0.1, 40 iterations, from rho = 1) on the MSE
   between the state at t_{i+1} that this ratio gives (UniP step, then the model evaluated at the predicted state
   and the UniC correction, except on the last step which is not corrected) and the ground-truth trajectory at
   t_{i+1}; the trajectory then continues with the found ratio. The official code uses 10 samples (the diffusers
   script's batch of 10 prompts) and a 200-step DDIM trajectory as ground truth; here the ground truth is the exact
   ODE solution at the grid times for oracle models, else a chained high-NFE DPM-Solver++ trajectory.
-* **Cascade polynomial regression** (CPR; official ``cascade_polynomial_regression``). The ratio of step i
+* **Cascade polynomial regression** (CPR; official ``cascade_polynomial_regression``; the fit ``dc-cpr``,
+  search/dc_cpr.py). The ratio of step i
   (1-based index j = i + 1 of ``steps`` N, guidance G) is a polynomial in x = j / N whose coefficients are
   quadratics in G / 12 whose coefficients are quadratics in N / 50::
 
@@ -39,6 +41,9 @@ Equation numbers: the paper's text was not available offline; the formulas above
 re-implemented and checked numerically (tests/test_dc_solver.py: the compensation against scipy's Lagrange
 interpolation, rho = 1 against ``unipc`` bit for bit, the scalar AdamW against torch.optim.AdamW).
 
+The solver holds the compensation; its ``prepare`` gets the ratios from the searches through the Context's search
+runner (``Context.search``: ``dc-ratios`` for ``ratios=search``, ``dc-cpr`` for ``ratios=cpr``).
+
 Settings and deviations: the official optimizer settings are kept unscaled (AdamW lr 0.1, 40 iterations, 10
 samples: 1-12 s per cell on the oracle models on 2 CPU cores); the search runs in float64 whatever the sampling
 dtype; the ground truth at t_{i+1} is the exact state there (the official code takes the DDIM state at the nearest
@@ -50,17 +55,15 @@ with class labels but no guidance scale is searched unconditionally (the prepare
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
-from dpmbench.artifacts import artifact_key, cached
+from dpmbench.artifacts import artifact_key
 from dpmbench.errors import DpmbenchError
-from dpmbench.models.base import Guided, Model, NFECounter, guided
+from dpmbench.models.base import NFECounter
 from dpmbench.schedules import NoiseSchedule
-from dpmbench.solvers.base import Context, History, Option, Plan, Point, register
+from dpmbench.solvers.base import Context, History, Option, Plan, register
 from dpmbench.solvers.unipc import UniPC
 
 RATIO_MODES = ("search", "cpr", "fixed")
@@ -95,24 +98,9 @@ def compensated_output(hist: History, rho: Any, dc_order: int) -> torch.Tensor:
     return out
 
 
-def cpr_features(guidance: float | None, steps: int, index: int, degree: int) -> np.ndarray:
-    """CPR design row of step ``index`` (0-based) of ``steps``: G^(2-a) N^(2-b) x^k for k = 0..degree, a, b = 0..2,
-    with the official normalizations G = guidance / 12 (0 when unguided), N = steps / 50, x = (index + 1) / steps."""
-    g = 0.0 if guidance is None else float(guidance) / 12.0
-    n, x = steps / 50.0, (index + 1) / steps
-    return np.array([g ** (2 - a) * n ** (2 - b) * x**k for k in range(degree + 1) for a in range(3)
-                     for b in range(3)], dtype=np.float64)
-
-
-def _grid(text: str) -> list[float]:
+def grid_values(text: str) -> list[float]:
     """The numbers of a '/'- (or ',')-separated list."""
     return [float(v) for v in text.replace(",", "/").split("/") if v.strip()]
-
-
-def has_exact_solution(model: Model) -> bool:
-    """Whether the (possibly guided) model has an exact ODE solution (oracle models)."""
-    base = model.base if isinstance(model, Guided) else model
-    return hasattr(base, "exact_solution")
 
 
 @register
@@ -127,6 +115,17 @@ class DCSolver(UniPC):
               "cascade_polynomial_regression (equation numbers not verified: paper text unavailable offline); base "
               "UniPC (Zhao et al. 2023)")
     needs_prepare: ClassVar[bool] = True
+    dc_order: int
+    ratios: str
+    ratio: float
+    search_seed: int
+    search_size: int
+    search_iters: int
+    search_lr: float
+    reference_nfe: int
+    cpr_nfes: str
+    cpr_guidances: str
+    cpr_degree: int
     options = {
         **UniPC.options,
         "dc_order": Option(int, 2, "K: the compensation interpolates the last K + 1 model outputs (official "
@@ -158,7 +157,7 @@ class DCSolver(UniPC):
         super().validate()
         for key in ("cpr_nfes", "cpr_guidances"):
             try:
-                vals = _grid(self.opts[key])
+                vals = grid_values(self.opts[key])
             except ValueError:
                 vals = []
             need = self.min_nfe() + int(self.denoise_to_zero) if key == "cpr_nfes" else 0
@@ -170,7 +169,7 @@ class DCSolver(UniPC):
         self._memo: dict[str, list[float]] = {}
 
     def history_size(self) -> int:
-        return max(self.max_order(), self.dc_order + 1)
+        return max(self.full_order(), self.dc_order + 1)
 
     # -- preparation: where the ratios come from --------------------------------------------------------------
     def search_solver(self) -> DCSolver:
@@ -191,54 +190,14 @@ class DCSolver(UniPC):
         ctx = dataclasses.replace(ctx, dtype=torch.float64)  # the search runs in float64 whatever the sampling dtype
         memo = artifact_key("dc-solver-memo", *ctx.key(), self.spec)
         if memo not in self._memo:
-            ratios = self._searched(ctx)["ratios"] if self.ratios == "search" else self._cpr(ctx)["ratios"]
-            self._memo[memo] = [float(r) for r in ratios]
+            if self.ratios == "search":  # the ratios of this cell, searched (search/dc_ratios.py)
+                data = ctx.search("dc-ratios", self.search_solver(), self.search_seed, self.search_options(),
+                                  by=self.name)
+            else:  # predicted by the CPR fitted on the cpr grid (search/dc_cpr.py)
+                data = ctx.search("dc-cpr", self, self.search_seed, {}, by=self.name)
+            self._memo[memo] = [float(r) for r in data["ratios"]]
         self._active = self._memo[memo]
         return {"ratios": self._active, "mode": self.ratios}
-
-    def _searched(self, ctx: Context) -> dict[str, Any]:
-        from dpmbench.search import run_search
-
-        return run_search("dc-ratios", ctx, self.search_solver(), self.search_seed, self.search_options())
-
-    def cpr_grid(self, guidance: float | None) -> list[tuple[int, float | None]]:
-        """The (NFE, guidance) cells the CPR is fitted on."""
-        nfes = [int(v) for v in _grid(self.cpr_nfes)]
-        if guidance is None:
-            return [(n, None) for n in nfes]
-        return [(n, g) for g in _grid(self.cpr_guidances) for n in nfes]
-
-    def _cpr(self, ctx: Context) -> dict[str, Any]:
-        """The CPR prediction for this cell, from the (cached) fit on the training grid."""
-        base = ctx.model.base if isinstance(ctx.model, Guided) else ctx.model
-        grid = self.cpr_grid(ctx.guidance)
-
-        def fit() -> dict[str, Any]:
-            from dpmbench.search import run_search
-
-            rows, targets, cells = [], [], []
-            for nfe, g in grid:
-                cell = dataclasses.replace(ctx, model=guided(base, g), nfe=nfe, guidance=g)
-                ratios = run_search("dc-ratios", cell, self.search_solver(), self.search_seed,
-                                    self.search_options())["ratios"]
-                cells.append({"nfe": nfe, "guidance": g, "ratios": ratios})
-                for i in range(self.dc_order, len(ratios)):  # the compensated steps only
-                    rows.append(cpr_features(g, len(ratios), i, self.cpr_degree))
-                    targets.append(ratios[i])
-            a, y = np.stack(rows), np.array(targets)
-            coef = np.linalg.lstsq(a, y, rcond=None)[0]
-            resid = float(np.sqrt(np.mean((a @ coef - y) ** 2)))
-            return {"coef": coef.tolist(), "fit_rmse": resid, "cells": cells}
-
-        items = (base.cache_key(), ctx.kind if isinstance(ctx.kind, str) else torch.as_tensor(ctx.kind),
-                 ctx.start, ctx.end, ctx.guidance is None, self.search_solver().spec, self.search_seed,
-                 sorted(self.search_options().items()), grid, self.cpr_degree)
-        data = cached("dc-cpr", items, fit, {"grid": grid, "degree": self.cpr_degree})
-        steps = ctx.nfe - int(self.denoise_to_zero)
-        coef = np.array(data["coef"])
-        ratios = [1.0 if i < self.dc_order else float(cpr_features(ctx.guidance, steps, i, self.cpr_degree) @ coef)
-                  for i in range(steps)]
-        return {"ratios": ratios, "fit_rmse": data["fit_rmse"]}
 
     # -- sampling ---------------------------------------------------------------------------------------------
     def plan(self, nfe: int, schedule: NoiseSchedule, kind: Any = "logsnr",
@@ -251,86 +210,12 @@ class DCSolver(UniPC):
         return p
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
-        self._run_ratios = plan.extra["dc_ratios"]
-        if self._run_ratios is None:
+        if plan.extra["dc_ratios"] is None:
             raise DpmbenchError(f"invalid use of solver {self.spec!r}: its ratios for {len(plan.orders)} steps are "
                                 "not prepared (run prepare(ctx) first; dpmbench.sample does)")
         return super().solve(model, x, plan)
 
     def refine(self, hist: History, step: int) -> None:
-        rho = self._run_ratios[step]
+        rho = hist.plan.extra["dc_ratios"][step]  # rho_i of this run's plan
         if rho != 1.0 and len(hist) > self.dc_order:  # warm-up steps are never compensated (official code)
             hist[-1].out = compensated_output(hist, rho, self.dc_order)  # m~_i replaces m_i in the history
-
-    # -- the ratio search -------------------------------------------------------------------------------------
-    def search_ratios(self, model: NFECounter, x: torch.Tensor, plan: Plan, truth: list[torch.Tensor],
-                      iters: int, lr: float) -> tuple[list[float], list[float]]:
-        """Greedy ratio search along the solver's own trajectory from ``x`` (official ``search_dc``): at step i,
-        rho_i minimizes the MSE between the state at t_{i+1} (UniP step from the compensated history, then UniC
-        with the model output at the predicted state, unless it is the last step) and ``truth[i + 1]``, by AdamW
-        from rho = 1; the trajectory then continues with rho_i. Returns the ratios and the final losses."""
-        hist = History(self.history_size())
-        x_prev: torch.Tensor | None = None
-        steps = len(plan.orders)
-        ratios: list[float] = []
-        losses: list[float] = []
-        for i, (s, t, order) in enumerate(zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True)):
-            out = self.predict(model, x, s, self.prediction)
-            if x_prev is not None:
-                x = self.correct(x_prev, x, hist, s, out, plan.orders[i - 1])
-            hist.push(s, out)
-            rho, loss = 1.0, float("nan")
-            if len(hist) > self.dc_order:
-                corrected = i + 1 < steps and self.corrector == "unic"
-                rho, loss = self._optimize_ratio(model, x, hist, t, order, truth[i + 1], corrected, iters, lr)
-            ratios.append(rho)
-            losses.append(loss)
-            if rho != 1.0:
-                hist[-1].out = compensated_output(hist, rho, self.dc_order)
-            x_prev = x
-            x = self.update(x, hist, t, order)
-        return ratios, losses
-
-    def _optimize_ratio(self, model: NFECounter, x: torch.Tensor, hist: History, t: Point, order: int,
-                        target: torch.Tensor, corrected: bool, iters: int, lr: float) -> tuple[float, float]:
-        """AdamW on rho from 1, ``iters`` iterations (official ``find_optim_ratio``: torch.optim.AdamW(lr=0.1), its
-        other settings torch's defaults; ``adamw_step`` is that update, checked against torch in the tests)."""
-        original = hist[-1].out
-        rho, state = 1.0, AdamWState()
-        loss_value = float("nan")
-        with torch.enable_grad():
-            for _ in range(iters):
-                param = torch.tensor(rho, dtype=torch.float64, device=x.device, requires_grad=True)
-                hist[-1].out = compensated_output(hist, param, self.dc_order)
-                x_t = self.update(x, hist, t, order)  # UniP with the compensated output
-                if corrected:  # UniC at t with the output at the predicted state (the next step's evaluation)
-                    x_t = self.correct(x, x_t, hist, t, self.predict(model, x_t, t, self.prediction), order)
-                loss = torch.mean((x_t - target) ** 2)
-                (grad,) = torch.autograd.grad(loss, param)
-                hist[-1].out = original
-                rho = adamw_step(rho, float(grad), state, lr)
-                loss_value = float(loss.detach())
-        return rho, loss_value
-
-
-@dataclasses.dataclass
-class AdamWState:
-    """Moments and step count of a scalar AdamW."""
-
-    m: float = 0.0
-    v: float = 0.0
-    step: int = 0
-
-
-def adamw_step(p: float, grad: float, state: AdamWState, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-               eps: float = 1e-8, weight_decay: float = 1e-2) -> float:
-    """One step of AdamW (Loshchilov & Hutter 2019, Algorithm 2) for a scalar, with torch.optim.AdamW's defaults and
-    its update order: decoupled decay p <- p (1 - lr wd), then p <- p - lr m_hat / (sqrt(v_hat) + eps) with the bias
-    corrections folded as torch does. Written out so that the search does not import torch.optim (6 s: dynamo)."""
-    state.step += 1
-    p = p * (1.0 - lr * weight_decay)
-    state.m = betas[0] * state.m + (1.0 - betas[0]) * grad
-    state.v = betas[1] * state.v + (1.0 - betas[1]) * grad * grad
-    bias1, bias2 = 1.0 - betas[0] ** state.step, 1.0 - betas[1] ** state.step
-    denom = math.sqrt(state.v) / math.sqrt(bias2) + eps
-    return p - (lr / bias1) * state.m / denom

@@ -43,7 +43,7 @@ import torch
 
 from dpmbench.models.base import NFECounter
 from dpmbench.schedules import NoiseSchedule
-from dpmbench.solvers.base import History, MultistepSolver, Option, Point, register
+from dpmbench.solvers.base import History, MultistepSolver, Option, Plan, Point, register
 
 GL_NODES = 8
 GL_PANELS = 4
@@ -144,6 +144,14 @@ def cached_deis_coefficients(method: str, schedule: NoiseSchedule, hist_t: tuple
     return coef
 
 
+class _DEISHistory(History):
+    """A DEIS run's history, with the schedule's fingerprint (the coefficient cache's key) computed once per run."""
+
+    def __init__(self, size: int, model: NFECounter, plan: Plan):
+        super().__init__(size, model, plan)
+        self.schedule_id = model.schedule.fingerprint()
+
+
 @register
 class DEIS(MultistepSolver):
     """DEIS multistep exponential integrator (tAB, rhoAB, or diffusers' log-rho variant)."""
@@ -154,8 +162,11 @@ class DEIS(MultistepSolver):
               "(exponential integrator, eps extrapolated by a Lagrange polynomial in t, coefficients C_ij) and "
               "rhoAB-DEIS (Adams-Bashforth on dv/drho = eps); official code github.com/qsh-zh/deis "
               "(README: method='t_ab', ab_order=3, i.e. order=4 here)")
-    prediction: ClassVar[str] = "eps"
+    prediction = "eps"
     lower_order_final_below: ClassVar[int] = 15  # diffusers' DEISMultistepScheduler threshold
+    order: int
+    method: str
+    lower_order_final: bool
     options = {
         "order": Option(int, 4, "number of eps values r + 1 the polynomial interpolates (= the official ab_order "
                         "+ 1; the DEIS paper's tAB-r / rhoAB-r is order=r+1); default 4 = official ab_order=3",
@@ -170,15 +181,16 @@ class DEIS(MultistepSolver):
     def min_nfe(self) -> int:
         return 1  # fewer steps than the order: every step stays in the warm-up (official get_ab_eps_coef recursion)
 
-    def begin(self, model: NFECounter) -> None:
-        self._schedule, self._schedule_id = model.schedule, model.schedule.fingerprint()
+    def new_history(self, model: NFECounter, plan: Plan, size: int | None = None) -> History:
+        return _DEISHistory(self.history_size() if size is None else size, model, plan)
 
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
         s = hist[-1].point
         recs = [hist[-1 - j] for j in range(order)]  # newest first: eps at t_i, t_{i+1}, ...
         # the same plan again (next batch, shard, sample() call, solver instance): coefficients reused
-        coef = cached_deis_coefficients(self.method, self._schedule, tuple(r.point.t for r in recs), s.t, t.t,
-                                        self._schedule_id)
+        schedule_id = hist.schedule_id if isinstance(hist, _DEISHistory) else None
+        coef = cached_deis_coefficients(self.method, hist.model.schedule, tuple(r.point.t for r in recs), s.t, t.t,
+                                        schedule_id)
         y = x / s.alpha  # x / alpha: the exponential integrator's variable (Psi-scaled state)
         for c, r in zip(coef, recs, strict=True):
             y = y + c * r.out  # x_{t_{i-1}} / alpha = x_{t_i} / alpha + sum_j C_ij eps_{i+j}

@@ -64,7 +64,17 @@ from dpmbench.artifacts import cached
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import Model, NFECounter
 from dpmbench.schedules import NoiseSchedule
-from dpmbench.solvers.base import Context, History, Option, Plan, Point, Solver, get_solver, register
+from dpmbench.solvers.base import (
+    Context,
+    History,
+    MultistepSolver,
+    Option,
+    Plan,
+    Point,
+    Solver,
+    get_solver,
+    register,
+)
 from dpmbench.solvers.edm import scale_free_sigma
 from dpmbench.solvers.iia import NEGLIGIBLE
 
@@ -95,14 +105,10 @@ def _fit_lambda(base: torch.Tensor, direction: torch.Tensor, target: torch.Tenso
 
 def _adjusted(hist: History, lam: float) -> History:
     """A copy of the history whose newest output is D~ = D + lam (D - D_prev) (D-ODE eq. 5)."""
-    out = History(len(hist))
-    for k in range(len(hist) - 1):
-        out.push(hist[k].point, hist[k].out)
     newest = hist[-1].out
     if len(hist) >= 2 and lam != 0.0:
         newest = newest + lam * (newest - hist[-2].out)
-    out.push(hist[-1].point, newest)
-    return out
+    return hist.with_newest(newest)
 
 
 @register
@@ -116,6 +122,14 @@ class DODE(Solver):
               "defaults scale=10, DDIM teacher from the official edm/distilled_sampler.py; the ipndm / deis form from "
               "the official dpm_solver/th_deis/sampler.py (kim-sanghwan/D-ODE-Solvers @ 6dc5a1c)")
     needs_prepare = True
+    base: str
+    order: int
+    teacher: str
+    scale: int
+    fit_samples: int
+    fit_seed: int
+    fit: bool
+    ab_adjust: str
     options = {
         "base": Option(str, "ddim", "student solver (multistep; ddim = DPM-Solver++ of order 1; ipndm, deis at their "
                        "official orders)", choices=BASES),
@@ -136,16 +150,22 @@ class DODE(Solver):
     }
 
     def validate(self) -> None:
-        if self.opts["base"] not in ORDERED and self.order != 2:
-            raise DpmbenchError(f"invalid option 'order' of solver 'd-ode' {self.order} with base={self.opts['base']}: "
+        if self.base not in ORDERED and self.order != 2:
+            raise DpmbenchError(f"invalid option 'order' of solver 'd-ode' {self.order} with base={self.base}: "
                                 "order applies to dpm-solver++ / dpm-solver; leave 2")
-        if self.opts["base"] not in AB_BASES and self.ab_adjust != "combined":
+        if self.base not in AB_BASES and self.ab_adjust != "combined":
             raise DpmbenchError(f"invalid option 'ab_adjust' of solver 'd-ode' {self.ab_adjust!r} with "
-                                f"base={self.opts['base']}: it applies to ipndm / deis; leave combined")
-        self.student = get_solver(_spec(self.opts["base"], self.order))
-        self.combined = self.opts["base"] in AB_BASES and self.ab_adjust == "combined"
-        self.heun = self.opts["base"] == "heun"
+                                f"base={self.base}: it applies to ipndm / deis; leave combined")
+        self.student = get_solver(_spec(self.base, self.order))
+        self.combined = self.base in AB_BASES and self.ab_adjust == "combined"
+        self.heun = self.base == "heun"
         self.teacher_solver = get_solver(_spec(self.teacher, 2))
+
+    @property
+    def stepper(self) -> MultistepSolver:
+        """The student as the multistep method every base but heun is."""
+        assert isinstance(self.student, MultistepSolver)
+        return self.student
 
     def min_nfe(self) -> int:
         return self.student.min_nfe()
@@ -157,11 +177,11 @@ class DODE(Solver):
     # -- distillation (prepare) -----------------------------------------------------------------------------------
     def prepare(self, ctx: Context) -> dict[str, Any]:
         plan = self.make_plan(ctx.nfe, ctx.model.schedule, ctx.kind, ctx.t_start, ctx.t_end)
-        if not self.opts["fit"]:
+        if not self.fit:
             self.lambdas = [0.0] * self._count(plan)
             return {"d_ode_steps": len(self.lambdas), "fitted": False}
         opts = (self.student.spec, self.teacher_solver.spec, self.scale, self.fit_samples, self.fit_seed,
-                *((self.ab_adjust,) if self.opts["base"] in AB_BASES else ()))
+                *((self.ab_adjust,) if self.base in AB_BASES else ()))
 
         def compute() -> list[float]:
             return self.distil(ctx.model, ctx.cond(self.fit_samples), plan)
@@ -194,14 +214,14 @@ class DODE(Solver):
                 return target
 
             return self._heun(counter, x, plan, teach)[1]
-        self.student.begin(counter)
-        hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
+        hist = self.stepper.new_history(counter, plan, max(self.stepper.history_size(), 2))  # D_{i-1} too
         lambdas: list[float] = []
         prev = x  # combined form: e~_{-1} = x_T
-        for s, t, order in zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True):
+        for i, (s, t, order) in enumerate(zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True)):
+            hist.step = i
             target = self._teacher(model, cond, target, s, t)
-            hist.push(s, self.predict(counter, x, s, self.student.prediction))
-            base = self.student.update(x, hist, t, order)
+            hist.push(s, self.predict(counter, x, s, self.stepper.prediction))
+            base = self.stepper.update(x, hist, t, order)
             if self.combined:  # official th_deis form: fit lambda_i along e~_i - e~_{i-1}, then add it to x_{i+1}
                 e = self._combined_eps(hist, t, order)
                 lam = _fit_lambda(base, e - prev, target)
@@ -211,9 +231,9 @@ class DODE(Solver):
                 continue
             lam = 0.0
             if len(hist) >= 2:  # eq. 7 along d x_{i+1} / d lambda
-                lam = _fit_lambda(base, self.student.update(x, _adjusted(hist, 1.0), t, order) - base, target)
+                lam = _fit_lambda(base, self.stepper.update(x, _adjusted(hist, 1.0), t, order) - base, target)
             lambdas.append(lam)
-            x = base if lam == 0.0 else self.student.update(x, _adjusted(hist, lam), t, order)
+            x = base if lam == 0.0 else self.stepper.update(x, _adjusted(hist, lam), t, order)
         return lambdas
 
     # -- sampling ---------------------------------------------------------------------------------------------------
@@ -223,18 +243,19 @@ class DODE(Solver):
             raise RuntimeError(f"solver {self.spec} was not prepared for this plan (run it through dpmbench.sample)")
         if self.heun:
             return self._heun(model, x, plan, lambdas)[0]
-        self.student.begin(model)
-        hist = History(max(self.student.history_size(), 2))  # D_{i-1} too
+        hist = self.stepper.new_history(model, plan, max(self.stepper.history_size(), 2))  # D_{i-1} too
         prev = x  # combined form: e~_{-1} = x_T (official ``eps_new - x`` at the first step)
-        for s, t, order, lam in zip(plan.points[:-1], plan.points[1:], plan.orders, lambdas, strict=True):
-            hist.push(s, self.predict(model, x, s, self.student.prediction))
+        for i, (s, t, order, lam) in enumerate(zip(plan.points[:-1], plan.points[1:], plan.orders, lambdas,
+                                                   strict=True)):
+            hist.step = i
+            hist.push(s, self.predict(model, x, s, self.stepper.prediction))
             if self.combined:
                 e = self._combined_eps(hist, t, order)
-                x_next = self.student.update(x, hist, t, order)  # the base update, unchanged
+                x_next = self.stepper.update(x, hist, t, order)  # the base update, unchanged
                 x = x_next if lam == 0.0 else x_next + lam * (e - prev)  # x_{i+1} += lambda_i (e~_i - e~_{i-1})
                 prev = e
                 continue
-            x = self.student.update(x, _adjusted(hist, lam), t, order)  # the base update with D~ (eq. 5)
+            x = self.stepper.update(x, _adjusted(hist, lam), t, order)  # the base update with D~ (eq. 5)
         return x
 
     def _combined_eps(self, hist: History, t: Point, order: int) -> torch.Tensor:
@@ -242,7 +263,7 @@ class DODE(Solver):
         which DDIM takes the same step (official ``distilled_ab_step``'s ``epsilon``). The iPNDM / DEIS update is
         x_t = alpha_t (x_s / alpha_s + sum_j C_j eps_j), so from x_s = 0 it returns alpha_t sum_j C_j eps_j."""
         s = hist[-1].point
-        ab = self.student.update(torch.zeros_like(hist[-1].out), hist, t, order)
+        ab = self.stepper.update(torch.zeros_like(hist[-1].out), hist, t, order)
         return ab / (t.alpha * (t.sigma / t.alpha - s.sigma / s.alpha))
 
     def _heun(self, model: NFECounter, x: torch.Tensor, plan: Plan,

@@ -96,6 +96,20 @@ def _options(order: int, method: str) -> dict[str, Option]:
 class _ExponentialIntegrator(MultistepSolver):
     """Shared planning and dispatch of the DPM-Solver family; subclasses hold the update rules."""
 
+    order: int
+    method: str
+    solver_type: str
+    lower_order_final: bool
+    intermediate: str
+    order3_rule: str
+    corrector: str
+    unic_variant: str
+    atol: float
+    rtol: float
+    h_init: float
+    theta: float
+    t_err: float
+
     R2 = (0.5,)  # singlestep intermediate points (fractions of h), order 2
     R3 = (1.0 / 3.0, 2.0 / 3.0)  # order 3
 
@@ -284,6 +298,7 @@ class DPMSolverPP(_ExponentialIntegrator):
     source = ("Lu et al. 2022b, 'DPM-Solver++', first-order update (DDIM in data form), Alg. 1 (2S), Alg. 2 (2M); "
               "3M as the official code's third-order multistep update")
     prediction = "x0"
+    sde: bool
     options = {**_options(2, "multistep"),
                "sde": Option(bool, False, "SDE-DPM-Solver++ (Lu et al. 2022b, Sec. 5 / App. B, SDE-DPM-Solver++(2M); "
                              "diffusers algorithm_type='sde-dpmsolver++', k-diffusion sample_dpmpp_2m_sde with "
@@ -292,7 +307,7 @@ class DPMSolverPP(_ExponentialIntegrator):
     # -- SDE-DPM-Solver++ (option sde=true) -------------------------------------------------------------
     def validate(self) -> None:
         super().validate()
-        if self.opts["sde"]:
+        if self.sde:
             if self.corrector != "none":
                 raise DpmbenchError("invalid option 'corrector' of solver 'dpm-solver++' with sde=true: "
                                     f"{self.corrector!r}; allowed: none")
@@ -302,7 +317,7 @@ class DPMSolverPP(_ExponentialIntegrator):
             self.stochastic = True
 
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
-        if not self.opts["sde"]:
+        if not self.sde:
             return super().update(x, hist, t, order)
         return self.sde_update(x, hist, t, order)
 
@@ -320,7 +335,7 @@ class DPMSolverPP(_ExponentialIntegrator):
                 x_t = x_t + 0.5 * t.alpha * phi * d1
             else:  # taylor ('heun' in diffusers): alpha_t int_0^h 2 e^{-2u} (h - u)/h du
                 x_t = x_t + t.alpha * (phi / (-2.0 * h) + 1.0) * d1
-        return x_t + t.sigma * math.sqrt(phi) * self.noise(self.model, self.step_index)
+        return x_t + t.sigma * math.sqrt(phi) * self.noise(hist.model, hist.step)  # z of this step
 
     def first_order(self, x: torch.Tensor, m_s: torch.Tensor, s: Point, t: Point) -> torch.Tensor:
         h = t.lam - s.lam

@@ -332,9 +332,18 @@ class DPMSolverV3(MultistepSolver):
     source = ("Zheng et al. 2023, 'DPM-Solver-v3', eqs. (5)-(8) (change of parameterization, Algorithm 1), "
               "EMS eqs. (9)-(10) / App. C.1.1, Algorithm 2 (multistep predictor-corrector, pseudo-order); "
               "official code dpm_solver_v3.py")
-    prediction: ClassVar[str] = "f"  # the history holds f_theta = N_theta / alpha (see predict)
+    prediction = "f"  # the history holds f_theta = N_theta / alpha (see predict)
     needs_prepare: ClassVar[bool] = True
     lower_order_final_below: ClassVar[int] = sys.maxsize  # official: step order <= steps left, at any step count
+    order: str
+    predictor_pseudo: str
+    corrector: bool
+    corrector_pseudo: bool
+    lower_order_final: bool
+    degenerated: bool
+    ems_samples: int
+    ems_steps: int
+    ems_seed: int
     options = {
         "order": Option(str, "auto", "predictor order 1, 2, 3; auto: 3 unconditional, 2 with guidance (the official "
                         "README's recommendation; measured: order 3 is unstable on gmm-digits at guidance 7.5)",
@@ -360,21 +369,20 @@ class DPMSolverV3(MultistepSolver):
     def validate(self) -> None:
         self._ems: EMS | None = None
         self._ems_for: Any = None
-        self._pseudo = False
         self._guided = False
 
-    def max_order(self) -> int:
+    def full_order(self) -> int:
         """The predictor order; ``auto`` is 2 for a guided run (known after ``prepare``), else 3."""
-        if self.opts["order"] == "auto":
+        if self.order == "auto":
             return 2 if self._guided else 3
-        return int(self.opts["order"])
+        return int(self.order)
 
     def prepare(self, ctx: Context) -> dict[str, Any]:
         """Compute (or load) the EMS for the model, guidance and t range of ``ctx`` (cached artifact)."""
         items = (ctx.model.cache_key(), ctx.guidance, ctx.start, ctx.end, self.ems_samples, self.ems_steps,
                  self.ems_seed, EMS_VERSION)
         self._guided = ctx.guidance is not None
-        summary = {"degenerated": self.degenerated, "order": self.max_order()}
+        summary = {"degenerated": self.degenerated, "order": self.full_order()}
         if self.degenerated:
             sch = ctx.model.schedule
             key = ("degenerated", sch.lambda_(ctx.start), sch.lambda_(ctx.end), self.ems_steps)
@@ -410,10 +418,6 @@ class DPMSolverV3(MultistepSolver):
                                                                           and steps <= 5)
         return p
 
-    def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
-        self._pseudo = bool(plan.extra.get("predictor_pseudo", False))
-        return super().solve(model, x, plan)
-
     def predict(self, model: NFECounter, x: torch.Tensor, p: Point, kind: str) -> torch.Tensor:
         """1 NFE. ``kind="f"``: f_theta = (sigma eps - l x) / alpha = (1 - l) x / alpha - x0 (paper eq. (5))."""
         if kind != "f":
@@ -444,7 +448,8 @@ class DPMSolverV3(MultistepSolver):
 
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
         recs = [hist[-(k + 1)] for k in range(order)]
-        return self.ems_update(x, recs[0].point, t, [r.point for r in recs], [r.out for r in recs], self._pseudo)
+        pseudo = bool(hist.plan.extra.get("predictor_pseudo", False))
+        return self.ems_update(x, recs[0].point, t, [r.point for r in recs], [r.out for r in recs], pseudo)
 
     def correct(self, x_prev: torch.Tensor, x: torch.Tensor, hist: History, s: Point, out: torch.Tensor,
                 order: int) -> torch.Tensor:

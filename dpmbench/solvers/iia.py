@@ -79,8 +79,11 @@ class _IIA(MultistepSolver):
     prediction = "x0"
     needs_prepare = True
     base_order = 1
+    fine_steps: int
+    fit_samples: int
+    fit_seed: int
 
-    def max_order(self) -> int:
+    def full_order(self) -> int:
         return self.base_order
 
     def min_nfe(self) -> int:
@@ -202,6 +205,7 @@ class IIADPMSolverPP(_IIA):
     summary = "IIA-DPM-Solver++(2M): 2M + per-step least-squares-fitted correction terms (fit cached)"
     source = ("Zhang, Niwa & Kleijn 2024, 'On Accelerating Diffusion-Based Sampling Processes via Improved "
               "Integration Approximation' (ICLR), Sec. 4 (IIA-DPM-Solver); update Lu et al. 2022b Alg. 2")
+    lower_order_final: bool
     options = {"lower_order_final": Option(bool, True, "lower the order of the final steps below 10 steps "
                                            "(official DPM-Solver)"), **_options()}
     base_order = 2

@@ -58,10 +58,26 @@ def _momentum_option() -> Option:
                   "3.8')", minimum=0.0)
 
 
+class _VelocityHistory(History):
+    """A momentum run's history and its velocity state: ``vel`` the heavy-ball velocity, ``vels`` GHVB's past
+    velocities (newest last)."""
+
+    def __init__(self, size: int, model: NFECounter, plan: Plan):
+        super().__init__(size, model, plan)
+        self.vel: torch.Tensor | None = None
+        self.vels: list[torch.Tensor] = []
+
+
+def _velocity_history(solver: MultistepSolver, model: NFECounter, plan: Plan, size: int | None) -> History:
+    return _VelocityHistory(solver.history_size() if size is None else size, model, plan)
+
+
 class _PLMSMomentum(MultistepSolver):
     """PLMS in rho (fixed equal-step AB weights, lower-order warm-up, one NFE per step) with a momentum state."""
 
     prediction = "eps"
+    order: int
+    momentum: float
     options = {
         "order": Option(int, 4, "Adams-Bashforth order k (official experiments: 4)", choices=(1, 2, 3, 4)),
         "momentum": _momentum_option(),
@@ -75,10 +91,8 @@ class _PLMSMomentum(MultistepSolver):
     def min_nfe(self) -> int:
         return 1
 
-    def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
-        self.vel: torch.Tensor | None = None
-        self.vels: list[torch.Tensor] = []  # GHVB: past velocities, newest last
-        return super().solve(model, x, plan)
+    def new_history(self, model: NFECounter, plan: Plan, size: int | None = None) -> History:
+        return _velocity_history(self, model, plan, size)
 
     def direction(self, hist: History, order: int) -> torch.Tensor:
         """The eps-like direction the transfer step uses."""
@@ -99,11 +113,12 @@ class PLMSHeavyBall(_PLMSMomentum):
               "(ICLR), Sec. 4.1 eq. 9-10 (PLMS with HB); official PLMSWithHBScheduler")
 
     def direction(self, hist: History, order: int) -> torch.Tensor:
+        assert isinstance(hist, _VelocityHistory)
         prime = sum(c * hist[-1 - j].out for j, c in enumerate(AB_FIXED[order]))  # AB combination, eq. 9
-        if self.vel is None:
-            self.vel = hist[-1].out  # v_0 = eps_0 (official: vel initialised to the first model output)
-        self.vel = (1.0 - self.momentum) * self.vel + self.momentum * prime  # heavy ball, eq. 10
-        return self.vel
+        if hist.vel is None:
+            hist.vel = hist[-1].out  # v_0 = eps_0 (official: vel initialised to the first model output)
+        hist.vel = (1.0 - self.momentum) * hist.vel + self.momentum * prime  # heavy ball, eq. 10
+        return hist.vel
 
 
 @register
@@ -116,13 +131,14 @@ class GHVB(_PLMSMomentum):
               "(ICLR), Sec. 4.2 eq. 12-14 (GHVB); official GHVBScheduler / AdamBmixer")
 
     def direction(self, hist: History, order: int) -> torch.Tensor:
+        assert isinstance(hist, _VelocityHistory)
         eps = hist[-1].out
-        self.vel = eps if self.vel is None else (1.0 - self.momentum) * self.vel + self.momentum * eps  # eq. 12
-        self.vels.append(self.vel)
-        del self.vels[:-4]
-        k = min(order, len(self.vels))
+        hist.vel = eps if hist.vel is None else (1.0 - self.momentum) * hist.vel + self.momentum * eps  # eq. 12
+        hist.vels.append(hist.vel)
+        del hist.vels[:-4]
+        k = min(order, len(hist.vels))
         coef = ghvb_coefficients(k, self.momentum)
-        return sum(c * self.vels[-1 - j] for j, c in enumerate(coef))  # eq. 14
+        return sum(c * hist.vels[-1 - j] for j, c in enumerate(coef))  # eq. 14
 
 
 @register
@@ -134,6 +150,7 @@ class DPMSolverPPHeavyBall(DPMSolverPP):
     source = ("Wizadwongsa et al. 2024, 'Diffusion Sampling with Momentum for Mitigating Divergence Artifacts' "
               "(ICLR), Sec. 4.1 (HB on DPM-Solver++); official MomentumDPMSolverMultistepScheduler "
               "(dpmsolver++, midpoint); update Lu et al. 2022b Alg. 2")
+    momentum: float
     options = {**DPMSolverPP.options, "momentum": _momentum_option()}
 
     def validate(self) -> None:
@@ -150,13 +167,13 @@ class DPMSolverPPHeavyBall(DPMSolverPP):
             raise DpmbenchError(f"invalid option {k!r} of solver {self.name!r}: {v}; allowed: {a} (the official "
                                 "momentum DPM-Solver++ is 2M, midpoint only)")
 
-    def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
-        self.vel: torch.Tensor | None = None
-        return super().solve(model, x, plan)
+    def new_history(self, model: NFECounter, plan: Plan, size: int | None = None) -> History:
+        return _velocity_history(self, model, plan, size)
 
     def multistep_second(self, x: torch.Tensor, hist: History, t: Point) -> torch.Tensor:
+        assert isinstance(hist, _VelocityHistory)
         h, d1, _ = self._differences(hist, t, 2)
         s, m0 = hist[-1].point, hist[-1].out
         d = m0 + 0.5 * d1  # Alg. 2: D = x0_{i-1} + (x0_{i-1} - x0_{i-2}) / (2 r)
-        self.vel = d if self.vel is None else (1.0 - self.momentum) * self.vel + self.momentum * d  # heavy ball
-        return (t.sigma / s.sigma) * x - t.alpha * expm1(-h) * self.vel
+        hist.vel = d if hist.vel is None else (1.0 - self.momentum) * hist.vel + self.momentum * d  # heavy ball
+        return (t.sigma / s.sigma) * x - t.alpha * expm1(-h) * hist.vel

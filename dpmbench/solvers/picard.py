@@ -46,7 +46,18 @@ import torch
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter, convert_prediction
 from dpmbench.schedules import NoiseSchedule
-from dpmbench.solvers.base import History, Option, Plan, Point, Solver, get_solver, register
+from dpmbench.solvers.base import (
+    History,
+    MultistepSolver,
+    Option,
+    Plan,
+    Point,
+    SinglestepSolver,
+    Solver,
+    get_solver,
+    register,
+)
+from dpmbench.solvers.ddpm import DDPM
 
 BASES = ("ddim", "euler", "ddpm", "dpm-solver++", "dpm-solver")
 MULTISTEP = ("dpm-solver++", "dpm-solver")
@@ -99,6 +110,10 @@ class Picard(Solver):
               "tolerance=0.1 from the official paradigms/stablediffusion_paradigms.py (paradigms_forward)")
     parallel = True
     times_known = False  # each round evaluates every sample's own window of times (not one list for the batch)
+    base: str
+    order: int
+    window: int
+    tolerance: float
     options = {
         "base": Option(str, "ddim", "base solver (one evaluation per step); dpm-solver++ / dpm-solver run multistep",
                        choices=BASES),
@@ -134,15 +149,18 @@ class Picard(Solver):
         """Phi_j of the base solver for the rows ``x`` (samples ``samples``), from the round's model output."""
         base, s, t, order = self.base_solver, plan.points[j], plan.points[j + 1], plan.orders[j]
         if self.base_kind == "single":
-            return base.step(replay, x, s, t, order)  # type: ignore[arg-type]
+            assert isinstance(base, SinglestepSolver)
+            return base.step(replay, x, s, t, order)  # type: ignore[arg-type]  # replay: the counter's stand-in
         if self.base_kind == "ddpm":
-            return base.ancestral_step(replay, x, s, t, j)  # type: ignore[attr-defined, arg-type]
+            assert isinstance(base, DDPM)
+            return base.ancestral_step(replay, x, s, t, j)  # type: ignore[arg-type]
+        assert isinstance(base, MultistepSolver)
         hist = History(base.history_size())
         for m in range(j - order + 1, j + 1):
             out = outs[m]
             assert out is not None
             hist.push(plan.points[m], out[samples])
-        return base.update(x, hist, t, order)  # type: ignore[attr-defined]
+        return base.update(x, hist, t, order)
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         net, n, steps, p = model.model, x.shape[0], len(plan.orders), self.window
@@ -178,6 +196,7 @@ class Picard(Solver):
             new = torch.empty_like(xr)
             groups = [(int(j), (rows_j == j).nonzero(as_tuple=True)[0]) for j in rows_j.unique()]
             if self.base_kind == "multi":  # outputs first: a step's history may hold this round's earlier points
+                assert isinstance(self.base_solver, MultistepSolver)
                 for j, r in groups:
                     rep = _Replay(net, native[r], rows_i[r], None)
                     full = outs[j] if outs[j] is not None else torch.empty_like(x)

@@ -104,6 +104,7 @@ class PNDM(Solver):
     summary = "PNDM: 3 pseudo Runge-Kutta steps (4 NFE each), then pseudo linear multistep (4th-order AB)"
     source = ("Liu et al. 2022, 'Pseudo Numerical Methods for Diffusion Models on Manifolds', eq. 9 (transfer part), "
               "PRK and PLMS formulas (F-PNDM); official code github.com/luping-liu/PNDM")
+    warmup: str
     options = {
         "warmup": Option(str, "prk", "first steps: 'prk' (F-PNDM: 3 pseudo Runge-Kutta steps, the paper/official "
                          "default; diffusers' default skip_prk_steps=False) or 'pie' (pseudo improved Euler, then "
@@ -169,7 +170,10 @@ class IPNDM(MultistepSolver):
     summary = "iPNDM: PLMS with lower-order multistep warm-up (no PRK), up to 4th-order Adams-Bashforth"
     source = ("Zhang & Chen 2023 (DEIS), iPNDM (official code get_sampler_ipndm); Zhou et al. 2024, 'Fast ODE-based "
               "Sampling for Diffusion Models in Around 5 Steps', diff-sampler ipndm / ipndm_v (max_order=4)")
-    prediction: ClassVar[str] = "eps"
+    prediction = "eps"
+    max_order: int
+    variable_step: bool
+    weights: str
     options = {
         "max_order": Option(int, 4, "highest Adams-Bashforth order (diff-sampler default 4)", choices=(1, 2, 3, 4)),
         "variable_step": Option(bool, False, "false: fixed equal-step AB coefficients (official DEIS ipndm, "
@@ -185,14 +189,11 @@ class IPNDM(MultistepSolver):
             raise DpmbenchError(f"invalid option 'weights' of solver 'ipndm' {self.weights!r} with "
                                 "variable_step=false; allowed there: exact")
 
-    def max_order(self) -> int:
-        return int(self.opts["max_order"])
+    def full_order(self) -> int:
+        return self.max_order
 
     def min_nfe(self) -> int:
         return 1
-
-    def begin(self, model: NFECounter) -> None:
-        self._schedule = model.schedule
 
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
         s = hist[-1].point
@@ -202,7 +203,7 @@ class IPNDM(MultistepSolver):
             steps = [b - a for a, b in zip(rhos[1:], rhos[:-1], strict=True)]  # h_n, h_{n-1}, ...
             coef = diff_sampler_weights(steps)
         elif self.variable_step:
-            coef = deis_coefficients("rhoab", self._schedule, [r.point.t for r in recs], s.t, t.t).tolist()
+            coef = deis_coefficients("rhoab", hist.model.schedule, [r.point.t for r in recs], s.t, t.t).tolist()
         else:
             coef = [(_rho(t) - _rho(s)) * c for c in AB_FIXED[order]]
         y = x / s.alpha

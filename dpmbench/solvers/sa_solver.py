@@ -80,6 +80,13 @@ def adams_weights(nodes: tuple[float, ...], h: float, c: float, alpha_t: float,
     return tuple(b)
 
 
+class _SAHistory(History):
+    """An SA-Solver run's history and the noise z its last predictor step drew (the corrector of that step, run at
+    the next step, redoes it with the same z)."""
+
+    noise: torch.Tensor | None = None
+
+
 @register
 class SASolver(MultistepSolver):
     """SA-Solver: stochastic Adams-Bashforth predictor + Adams-Moulton corrector, data prediction."""
@@ -89,6 +96,12 @@ class SASolver(MultistepSolver):
     source = ("Xue et al. 2023, 'SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion Models', "
               "eq. (10), SA-Predictor eq. (14), SA-Corrector eq. (15), Alg. 1")
     prediction = "x0"
+    predictor_order: int
+    corrector_order: int
+    tau: float
+    tau_t_min: float
+    tau_t_max: float
+    lower_order_final: bool
     options = {
         "predictor_order": Option(int, 2, "order of the SA-Predictor (diffusers SASolverScheduler default 2; the "
                                   "paper recommends 3 for unconditional sampling)", choices=(1, 2, 3, 4)),
@@ -107,7 +120,7 @@ class SASolver(MultistepSolver):
     def validate(self) -> None:
         self.stochastic = self.tau > 0 and self.tau_t_min <= self.tau_t_max
 
-    def max_order(self) -> int:
+    def full_order(self) -> int:
         return self.predictor_order
 
     def min_nfe(self) -> int:
@@ -130,10 +143,8 @@ class SASolver(MultistepSolver):
         """tau of a step starting at p (the tau window is applied to the step's start time)."""
         return self.tau if self.tau_t_min <= p.t <= self.tau_t_max else 0.0
 
-    def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
-        self._corrector_orders = plan.extra["corrector_orders"]
-        self._noise: torch.Tensor | None = None
-        return super().solve(model, x, plan)
+    def new_history(self, model: NFECounter, plan: Plan, size: int | None = None) -> History:
+        return _SAHistory(self.history_size() if size is None else size, model, plan)
 
     def _adams(self, x: torch.Tensor, s: Point, t: Point, lams: list[float], outs: list[torch.Tensor],
                order2_shift: float, tau: float, z: torch.Tensor | None) -> torch.Tensor:
@@ -151,23 +162,25 @@ class SASolver(MultistepSolver):
 
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
         """SA-Predictor, eq. (14): Lagrange through the last ``order`` outputs; draws the step's noise."""
+        assert isinstance(hist, _SAHistory)
         s = hist[-1].point
         tau = self.tau_at(s)
-        self._noise = self.noise(self.model, self.step_index) if tau > 0 else None
+        hist.noise = self.noise(hist.model, hist.step) if tau > 0 else None
         lams = [hist[-1 - j].point.lam for j in range(order)]
         outs = [hist[-1 - j].out for j in range(order)]
         shift = lams[0] - lams[1] if order == 2 else 1.0
-        return self._adams(x, s, t, lams, outs, shift, tau, self._noise)
+        return self._adams(x, s, t, lams, outs, shift, tau, hist.noise)
 
     def correct(self, x_prev: torch.Tensor, x: torch.Tensor, hist: History, s: Point, out: torch.Tensor,
                 order: int) -> torch.Tensor:
         """SA-Corrector, eq. (15): redo step i - 1 with the Lagrange polynomial through the output at the
         predicted point ``s`` and the last ``corrector_order - 1`` outputs, with the predictor's noise."""
-        c_order = self._corrector_orders[self.step_index - 1]
+        assert isinstance(hist, _SAHistory)
+        c_order = hist.plan.extra["corrector_orders"][hist.step - 1]
         if c_order == 0:
             return x
         prev = hist[-1].point
         lams = [s.lam] + [hist[-1 - j].point.lam for j in range(c_order - 1)]
         outs = [out] + [hist[-1 - j].out for j in range(c_order - 1)]
         h = s.lam - prev.lam
-        return self._adams(x_prev, prev, s, lams, outs, h, self.tau_at(prev), self._noise)
+        return self._adams(x_prev, prev, s, lams, outs, h, self.tau_at(prev), hist.noise)

@@ -33,7 +33,6 @@ it is always the sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -95,29 +94,36 @@ def _options() -> dict[str, Option]:
 
 
 class _TimeShift:
-    """The variance-matching shift, shared by both samplers (mixin; needs ``self.opts``)."""
+    """The variance-matching shift, shared by both samplers (mixin over their options ``window``, ``cutoff``,
+    ``grid``)."""
 
-    opts: dict[str, Any]
+    window: int
+    cutoff: int
+    grid: int
     times_known = False  # the shifted times depend on each sample's variance
 
-    def shift(self, schedule: NoiseSchedule, x: torch.Tensor, p: Point, lo: float, hi: float) -> Coupled:
+    def shift(self, schedule: NoiseSchedule, x: torch.Tensor, p: Point, lo: float, hi: float,
+              log: list[tuple[float, torch.Tensor, torch.Tensor]]) -> Coupled:
         """t_s = argmin over the window around ``p.t`` of |Var(x) - sigma(tau)^2| (Li et al. 2024, Sec. 4.2),
         per sample; the nominal point when ``p.t`` is at or below the cutoff. Window times are clamped to
-        [lo, hi]. The choice is appended to ``self.shift_log`` (nominal t, Var(x), t_s)."""
-        dt = float(schedule.T) / self.opts["grid"]
-        if p.t <= self.opts["cutoff"] * dt or self.opts["window"] // 2 == 0:
+        [lo, hi]. The choice is appended to ``log`` (nominal t, Var(x), t_s)."""
+        dt = float(schedule.T) / self.grid
+        if p.t <= self.cutoff * dt or self.window // 2 == 0:
             return _nominal(p, x)
-        half = self.opts["window"] // 2
+        half = self.window // 2
         taus = (p.t + dt * torch.arange(-half, half + 1, dtype=torch.float64)).clamp(lo, hi)
         var = sample_variance(x)
         dist = (var[:, None] - schedule.sigma(taus)[None, :] ** 2) ** 2  # official: squared distance, argmin
         t_s = taus[dist.argmin(dim=1)]
-        self.shift_log.append((p.t, var, t_s))
+        log.append((p.t, var, t_s))
         return _coupled(schedule, t_s, x)
 
-    def reset_log(self) -> None:
-        """Start a new record of the shifts of one run."""
-        self.shift_log: list[tuple[float, torch.Tensor, torch.Tensor]] = []
+    @staticmethod
+    def new_log(plan: Plan) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
+        """A fresh record of the shifts of one run, kept in the run's plan (``plan.extra["shift_log"]``)."""
+        log: list[tuple[float, torch.Tensor, torch.Tensor]] = []
+        plan.extra["shift_log"] = log
+        return log
 
 
 @register
@@ -131,15 +137,15 @@ class TimeShiftDDIM(_TimeShift, MultistepSolver):
     prediction = "eps"
     options = _options()
 
-    def max_order(self) -> int:
+    def full_order(self) -> int:
         return 1
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
-        self.reset_log()
+        log = self.new_log(plan)
         sch = model.schedule
         for i, (s, t) in enumerate(zip(plan.points[:-1], plan.points[1:], strict=True)):
-            c = self.shift(sch, x, s, *_bounds(plan, i)) if i > 0 else _nominal(s, x)
-            eps = self.predict(model, x, c, "eps")  # type: ignore[arg-type]  (per-sample point)
+            c = self.shift(sch, x, s, *_bounds(plan, i), log) if i > 0 else _nominal(s, x)
+            eps = self.predict(model, x, c, "eps")  # type: ignore[arg-type]  # per-sample point
             x0 = (x - c.sigma * eps) / c.alpha  # "predicted x_0" at the coupled time t_s (Alg. 2; DDIM eq. 12)
             x = t.alpha * x0 + t.sigma * eps  # DDIM eq. (12), eta = 0, to the nominal next time
         return x
@@ -155,6 +161,8 @@ class TimeShiftDPMSolver(_TimeShift, MultistepSolver):
               "(TS-DPM-Solver); update rules Lu et al. 2022 DPM-Solver eq. (3.7) and multistep order 2 "
               "(official code TS-DPM sampler/dpm_solver_utils.py, order 2, time_uniform, lower_order_final)")
     prediction = "eps"
+    order: int
+    lower_order_final: bool
     options = {
         "order": Option(int, 2, "multistep order (official TS-DPM-Solver runs order 2)", choices=(1, 2)),
         "lower_order_final": Option(bool, True, "lower the order of the final steps below 10 steps (official)"),
@@ -162,11 +170,12 @@ class TimeShiftDPMSolver(_TimeShift, MultistepSolver):
     }
 
     def solve(self, model: NFECounter, x: torch.Tensor, plan: Plan) -> torch.Tensor:
-        self.reset_log()
+        log = self.new_log(plan)
         sch = model.schedule
-        hist = History(self.history_size())
+        hist = self.new_history(model, plan)
         for i, (s, t, order) in enumerate(zip(plan.points[:-1], plan.points[1:], plan.orders, strict=True)):
-            c = self.shift(sch, x, s, *_bounds(plan, i)) if i >= self.order else _nominal(s, x)  # no shift in warm-up
+            hist.step = i
+            c = self.shift(sch, x, s, *_bounds(plan, i), log) if i >= self.order else _nominal(s, x)  # none in warm-up
             hist.push(c, self.predict(model, x, c, "eps"))  # type: ignore[arg-type]
             x = self.update(x, hist, t, order)
         return x

@@ -185,6 +185,11 @@ class UniPC(MultistepSolver):
               "official code multistep_uni_pc_bh_update")
     # The official code (and diffusers) lower the final orders whatever the number of steps.
     lower_order_final_below: ClassVar[int] = sys.maxsize
+    variant: str
+    order: int
+    prediction: str
+    corrector: str
+    lower_order_final: bool
     options = {
         "variant": Option(str, "bh1", "B(h): bh1 B(h)=h, bh2 B(h)=e^h-1. Default bh1: the official code "
                           "(UniPC(variant='bh1'), also in its CIFAR-10 and Stable Diffusion examples); diffusers "
@@ -201,9 +206,6 @@ class UniPC(MultistepSolver):
                                     "(official code and diffusers; unlike DPM-Solver's '< 10 steps'): the last "
                                     "step is then a first-order, uncorrected step"),
     }
-
-    def validate(self) -> None:
-        self.prediction = self.opts["prediction"]  # the loop's model-output type (MultistepSolver.prediction)
 
     def update(self, x: torch.Tensor, hist: History, t: Point, order: int) -> torch.Tensor:
         return unified_update(x, hist, t, order, self.prediction, self.variant)  # UniP-order

@@ -167,6 +167,10 @@ class USF(Solver):
     summary = "USF: per-step solver schedule (prediction type, order, derivative scaling, UniC, time steps)"
     source = ("Liu et al. 2024 (ICLR), 'A Unified Sampling Framework for Solver Searching of Diffusion Probabilistic "
               "Models', Sec. 3 (framework), Sec. 4 (S^3 search); updates in UniPC's unified form (Zhao et al. 2023)")
+    strategy: str
+    schedule_name: str
+    search: bool
+    search_seed: int
     options = {
         "strategy": Option(str, "dpm-solver++", "built-in schedule on the run's time grid: ddim, dpm-solver++ (2M), "
                            "unipc (UniPC-2 bh1), 3m (Taylor 3M); used when neither schedule_name nor search is set",
@@ -194,13 +198,11 @@ class USF(Solver):
         """search=true: run or load the usf search for (model, NFE, guidance, t range)."""
         if not self.search:
             return {}
-        if self.opts["denoise_to_zero"]:  # the last NFE denoises: the schedule has one step less
+        if self.denoise_to_zero:  # the last NFE denoises: the schedule has one step less
             ctx = dataclasses.replace(ctx, nfe=ctx.nfe - 1)
         key = ctx.key()
         if key not in self._prepared:
-            from dpmbench.search import run_search
-
-            data = run_search("usf", ctx, None, self.search_seed, {})
+            data = ctx.search("usf", None, self.search_seed, {}, by=self.name)  # the usf search (search/usf.py)
             self._prepared[key] = load_schedule(data, ctx.nfe, "search=true")
             self._prepared[(ctx.nfe, ctx.start, ctx.end)] = self._prepared[key]
         sched = self._prepared[key]
