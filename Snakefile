@@ -13,7 +13,7 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.workflow import build_grid
+from dpmbench.grid import build_grid
 
 SCHEMA = os.path.join(workflow.basedir, "config", "schema.yaml")
 if not config:  # no --configfile / --config given: the embedded default

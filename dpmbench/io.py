@@ -21,6 +21,9 @@ import numpy as np
 
 from dpmbench.errors import DpmbenchError
 
+# a parallel solver's counters (sampling.sample's stats), kept in the samples file and the metrics record
+PARALLEL_COUNTERS = ("parallel_rounds", "nfe_total")
+
 CHECKSUM_KEY = "content_sha256"
 _UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) and restored
 os.umask(_UMASK)

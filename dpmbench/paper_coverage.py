@@ -14,7 +14,7 @@ from typing import Any
 from dpmbench.catalogue import canonical_spec, section
 from dpmbench.checkpoints import checkpoint_dir, load_manifest
 from dpmbench.errors import DpmbenchError
-from dpmbench.workflow import ROOT, build_grid, guidance_key
+from dpmbench.grid import ROOT, build_grid, guidance_key
 from dpmbench.yamlfile import read_yaml
 
 CellKey = tuple[str, str, str, int, str, str]  # model, canonical solver, metric, nfe, schedule, guidance

@@ -16,11 +16,11 @@ import yaml
 
 from dpmbench.cli import main
 from dpmbench.errors import DpmbenchError
+from dpmbench.grid import build_grid, guidance_key, load_manifests
 from dpmbench.paper_coverage import config_cells
 from dpmbench.report import load_papers, write_report
 from dpmbench.solvers.base import get_solver, list_solvers
 from dpmbench.timesteps import ALL_KINDS
-from dpmbench.workflow import build_grid, guidance_key, load_manifests
 
 ROOT = Path(__file__).parents[1]
 PAPERS = ROOT / "papers"

@@ -11,8 +11,9 @@ import yaml
 
 from dpmbench.cli import main
 from dpmbench.errors import DpmbenchError
+from dpmbench.grid import build_grid
 from dpmbench.report import write_report
-from dpmbench.workflow import build_grid, merge_shards, run_evaluate
+from evaluators.job import merge_shards, run_evaluate
 
 BASE = {"metrics": ["rmse_exact"], "nfe": [4], "solvers": ["ddim"], "models": {"gmm-2d": {"num_samples": 8}}}
 
@@ -159,12 +160,12 @@ def test_bad_papers_file_names_the_field(tmp_path: Path) -> None:
 
 
 def test_validate_command_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from dpmbench.workflow import main as wf_main
+    from dpmbench.cli import main as cli_main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({**BASE, "models": {"gmm-2d": {"num_samples": 8, "guidance": [2.0]}},
                                    "solvers": ["ddim", "dpm-solver++:order=2,method=multistep", "ddim"]}))
-    assert wf_main(["validate", str(cfg)]) == 2
+    assert cli_main(["validate", str(cfg)]) == 2
     assert capsys.readouterr().err == "dpmbench: error: invalid config key 'solvers': an entry is listed twice\n"
 
 

@@ -1,4 +1,4 @@
-# Submissions that fit (dpmbench/cluster.py). On SLURM every submission (a job, or a group of jobs run side by side)
+# Submissions that fit (dpmbench/grid/cluster.py). On SLURM every submission (a job, or a group of jobs run side by side)
 # must fit one node of its partition, else it waits in the queue for ever. The groups of sample and metrics jobs
 # are named by `cluster_group`, which Snakemake calls while it builds the DAG, once the executor and the profile's
 # group-components are known (not yet while this file is parsed): the first call checks every rule's request
@@ -22,7 +22,7 @@ def _resource(rule, key, default):
 
 
 def _check_cluster():
-    from dpmbench.cluster import Request, fit_groups, query_nodes
+    from dpmbench.grid.cluster import Request, fit_groups, query_nodes
 
     plugin = workflow.executor_plugin
     name = getattr(plugin, "name", "") or ""

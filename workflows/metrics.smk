@@ -37,5 +37,5 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             runtime=GRID.resource("metrics", "runtime"),
             gpu=GRID.resource("metrics", "gpu"),
         shell:
-            THREADS_ENV + " {JOB} dpmbench.workflow evaluate --cells {params.cells} --out {output}"
+            THREADS_ENV + " {JOB} dpmbench metrics-job --cells {params.cells} --out {output}"
             " --metrics {params.metrics} {params.reference} {params.fid_stats} --seed {wildcards.seed}"
