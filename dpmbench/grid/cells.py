@@ -297,7 +297,7 @@ class Grid(GridPaths):
         solver's module, so that a change to it re-runs its jobs (a rule parameter). For the project's own
         solvers an object Snakemake does not record as a parameter value (so adding this parameter re-ran no
         existing job)."""
-        return self.plugin_code.get(solver_slug) or NOT_A_PARAMETER
+        return self.plugin_code.get(solver_slug) or Unrecorded()
 
     def reference_args(self, model: str) -> str:
         """CLI flags of the reference job: a high-NFE solver run (``reference_solver``) or none (exact solutions)."""
@@ -339,14 +339,18 @@ class Grid(GridPaths):
         return self._has_reference[model]
 
 
-class _NotAParameter:
-    """A rule parameter value Snakemake leaves out of its record (not a builtin type): no re-run trigger."""
+class Unrecorded:
+    """A rule parameter value that Snakemake does not record (it records builtin types only), so it triggers no
+    re-run: the interpreter running the jobs, or the empty code digest of the project's own solvers."""
+
+    def __init__(self, text: str = "") -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
 
     def __repr__(self) -> str:
-        return "-"
-
-
-NOT_A_PARAMETER = _NotAParameter()
+        return f"Unrecorded({self.text!r})"
 
 
 def build_grid(config: dict[str, Any], schema: str | os.PathLike[str] | None = None) -> Grid:

@@ -105,6 +105,10 @@ class GridPaths:
             return f"{self._dir(wc)}/prepared.json"
         return f"{self._dir(wc)}/prepared-nfe{'_'.join(str(n) for n in nfes)}.json"
 
+    def shard_pattern(self, wc: Any) -> str:
+        """The ``--out`` of sample job ``wc``: its shard of every NFE (``{nfe}`` filled in by ``dpmbench sample``)."""
+        return f"{self._dir(wc)}/nfe{{nfe}}/{wc.shard}.npz"
+
     @staticmethod
     def shard_name(lo: int, hi: int) -> str:
         """The shard wildcard of samples ``lo..hi-1``."""
