@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ls = sub.add_parser("list", help="list solvers, models, metrics, schedules, searches or papers (coverage of the "
-                        "published numbers by config/papers/*.yaml)")
+                        "published numbers by config/reproductions/*.yaml)")
     ls.add_argument("what", choices=["solvers", "models", "metrics", "schedules", "searches", "papers"])
 
     def common(q: argparse.ArgumentParser) -> None:
