@@ -547,7 +547,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
     if not Path(args.configfile).is_file():
         raise DpmbenchError(f"invalid config {args.configfile!r}: no such file")
     grid = build_grid(read_yaml(args.configfile) or {})
-    print(f"{args.configfile}: valid ({len(grid.cells())} cells: {len(grid.models)} models)")
+    n = len(grid.models)
+    print(f"{args.configfile}: valid ({len(grid.cells())} cells: {n} model{'' if n == 1 else 's'})")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -213,3 +213,17 @@ def test_provenance_records_are_shared_not_copied() -> None:
     derived = df[df["a"] > 1].sort_values("a")
     assert derived.attrs["provenance"] is df.attrs["provenance"]
     assert derived.attrs["provenance"] == {"p1": {"torch": "x"}}
+
+
+def test_validate_prints_one_line_on_success(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dpmbench.cli import main as cli_main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**BASE, "models": {"gmm-2d": {"num_samples": 8, "guidance": [2.0]}}}))
+    assert cli_main(["validate", str(cfg)]) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and out.out.count("\n") == 1
+    cells = len(build_grid(yaml.safe_load(cfg.read_text())).cells())
+    assert out.out == f"{cfg}: valid ({cells} cells: 1 model)\n"
+    assert cli_main(["validate", str(tmp_path / "none.yaml")]) == 2
+    assert capsys.readouterr().err == f"dpmbench: error: invalid config {str(tmp_path / 'none.yaml')!r}: no such file\n"

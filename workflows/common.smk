@@ -14,7 +14,9 @@ from dpmbench.io import atomic_write
 RESULTS = GRID.results_dir
 REPORT = GRID.report_dir
 PAPERS = config.get("papers_dir", os.path.join(workflow.basedir, "papers"))
-LOGS = os.path.join(RESULTS, "logs")  # one log per job: its stderr (`2> >(tee {log:q} >&2)`: also on the terminal)
+# One log per job, beside the results (logs/<results_dir>/<rule>/...): the job's stderr, also on the terminal
+# (`2> >(tee {log:q} >&2)`).
+LOGS = os.path.join("logs", os.path.normpath(RESULTS).lstrip(os.sep))
 # With --sdm conda, the jobs run the `python` of the rule's environment (env.yml); else Snakemake's own interpreter.
 CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 PY = "python" if CONDA else shlex.quote(sys.executable)
