@@ -120,3 +120,19 @@ def test_a_plugin_solver_s_jobs_rerun_when_its_code_changes(tmp_path: Path) -> N
     assert dry.returncode == 0, dry.stderr[-3000:]
     sample_cmds = [ln for ln in (dry.stdout + dry.stderr).splitlines() if "dpmbench sample" in ln]
     assert len(sample_cmds) == 1 and "--solver half-ddim-4" in sample_cmds[0]  # ddim's results stay
+
+
+def test_the_registry_key_follows_the_installed_entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry-point plugin installed or uninstalled (its code unchanged) gives the grid's registry another cache."""
+    import importlib.metadata
+
+    from dpmbench.grid.registry import Registry, plugins_identity
+
+    monkeypatch.setenv("DPMBENCH_CACHE", str(tmp_path))
+    monkeypatch.delenv("DPMBENCH_PLUGINS", raising=False)
+    none = Registry().path
+    ep = importlib.metadata.EntryPoint("my-solver", "dpmbench.solvers.ddim:DDIM", "dpmbench.solvers")
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [ep] if group == "dpmbench.solvers" else [])
+    assert plugins_identity()[0].startswith("ep:my-solver=dpmbench.solvers.ddim:DDIM:")
+    assert Registry().path != none
