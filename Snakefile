@@ -13,7 +13,8 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.workflow import build_grid
+from dpmbench.grid import build_grid
+from dpmbench.grid.manifests import manifest_files
 
 SCHEMA = os.path.join(workflow.basedir, "config", "schema.yaml")
 if not config:  # no --configfile / --config given: the embedded default
@@ -32,24 +33,35 @@ from dpmbench.provenance import CONFIG_ENV, config_sha256
 
 os.environ[CONFIG_ENV] = config_sha256(config)
 
-if config.get("checkpoints"):  # the config's own checkpoint entries, for the jobs' `dpmbench` commands
+# The checkpoint manifests of the config (dpmbench.grid.manifests: checkpoints_manifest files, then the config's own
+# `checkpoints:` entries, later ones winning), for the jobs' `dpmbench` commands: listed in DPMBENCH_MANIFESTS.
+_manifests = [str(path) for _, path in manifest_files(config)]
+if config.get("checkpoints"):
     import json
 
     from dpmbench.io import cache_dir, digest, save_json
 
     _text = json.dumps({"checkpoints": config["checkpoints"]}, sort_keys=True)
-    _manifest = str(cache_dir("workflow") / f"manifest-{digest(_text)[:20]}.json")
-    if not os.path.isfile(_manifest):
-        save_json(_manifest, json.loads(_text))
-    os.environ["DPMBENCH_MANIFESTS"] = os.pathsep.join(
-        p for p in (os.environ.get("DPMBENCH_MANIFESTS"), _manifest) if p)
+    _manifests.append(str(cache_dir("workflow") / f"manifest-{digest(_text)[:20]}.json"))
+    if not os.path.isfile(_manifests[-1]):
+        save_json(_manifests[-1], json.loads(_text))
+os.environ["DPMBENCH_MANIFESTS"] = os.pathsep.join(
+    p for p in (os.environ.get("DPMBENCH_MANIFESTS"), *_manifests) if p)
+
+
+# what the jobs need from this process's environment (also passed on to jobs run elsewhere, e.g. on a cluster)
+envvars:
+    "PYTHONPATH",
+    "DPMBENCH_MANIFESTS",
+    CONFIG_ENV,
+
+
 if workflow.is_main_process:  # files left truncated by a killed job or copy: removed (even by -n), so recomputed
     for _path in GRID.remove_corrupt():
         print(f"dpmbench: removed incomplete file {_path} (it is recomputed)", file=sys.stderr)
 
 
 include: "workflows/common.smk"
-include: "workflows/cluster.smk"
 include: "workflows/checkpoints.smk"
 include: "workflows/reference.smk"
 include: "workflows/search.smk"

@@ -6,7 +6,7 @@ dpmbench costs 1.5-4 s of CPU: more than most jobs' own work (``benchmarks/RESUL
 make bench goes"). The workflow therefore runs its jobs as::
 
     python -m dpmbench.worker dpmbench sample --model ... --out ...        # = python -m dpmbench sample ...
-    python -m dpmbench.worker dpmbench.workflow evaluate --cells ...       # = python -m dpmbench.workflow ...
+    python -m dpmbench.worker dpmbench metrics-job --cells ...             # = python -m dpmbench metrics-job ...
 
 This client imports nothing heavy. It connects to a server for this machine, this Python and this exact code
 (the socket's name is a digest of the interpreter, ``sys.path``, and the size and mtime of every source file of
@@ -47,14 +47,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ENTRY_POINTS = {"dpmbench": "dpmbench.cli", "dpmbench.workflow": "dpmbench.workflow"}
+ENTRY_POINTS = {"dpmbench": "dpmbench.cli"}
 ENV_SWITCH = "DPMBENCH_WORKER"  # "0": no server
 ENV_DIR = "DPMBENCH_WORKER_DIR"  # where sockets, locks, logs and statistics live
 ENV_IDLE = "DPMBENCH_WORKER_IDLE"  # seconds without a job before the server exits
 DEFAULT_IDLE_S = 120.0
 START_TIMEOUT_S = 180.0  # importing torch on a loaded machine can take a minute
 PRELOAD = (  # what the jobs import; imported once by the server
-    "numpy", "scipy.linalg", "torch", "yaml", "dpmbench.cli", "dpmbench.workflow", "dpmbench.sampling",
+    "numpy", "scipy.linalg", "torch", "yaml", "dpmbench.cli", "evaluators.job", "dpmbench.sampling",
     "dpmbench.sampling.shards", "dpmbench.sampling.reference",
     "dpmbench.models", "dpmbench.solvers", "dpmbench.timesteps", "dpmbench.artifacts", "dpmbench.search",
     "evaluators", "evaluators.images", "evaluators.digits_cnn", "dpmbench.models.manifest", "dpmbench.models.store",

@@ -476,7 +476,7 @@ def test_pull_checkpoint_rule(server: str, tmp_path: Path) -> None:
 
 
 def test_config_checkpoints_section_is_validated(tmp_path: Path) -> None:
-    from dpmbench.workflow import build_grid
+    from dpmbench.grid import build_grid
 
     base = {"metrics": ["fd_true"], "nfe": [3], "solvers": ["ddim"], "models": {"toy-ckpt": {"num_samples": 4}}}
     ckpt = {"adapter": "diffusers-unet", "source": {"hf": "org/repo", "revision": "rev1"},

@@ -90,7 +90,7 @@ def test_light_commands_start_without_torch() -> None:
 ])
 def test_config_validator_suggests_too(change: dict, hint: str) -> None:
     from dpmbench.errors import DpmbenchError
-    from dpmbench.workflow import build_grid
+    from dpmbench.grid import build_grid
 
     base = {"metrics": ["rmse_exact"], "nfe": [4], "solvers": ["ddim"], "models": {"gmm-2d": {"num_samples": 8}}}
     with pytest.raises(DpmbenchError) as err:

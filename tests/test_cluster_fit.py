@@ -1,4 +1,4 @@
-"""Submissions that fit (dpmbench/cluster.py): node sizes read from sinfo, requests checked, groups capped."""
+"""Submissions that fit (dpmbench/grid/cluster.py): node sizes read from sinfo, requests checked, groups capped."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpmbench.cluster import Node, Request, fit_groups, parse_sinfo, parse_time_limit
 from dpmbench.errors import DpmbenchError
+from dpmbench.grid.cluster import Node, Request, fit_groups, parse_sinfo, parse_time_limit
 
 ROOT = Path(__file__).parents[1]
 # sinfo -h -N -o '%R|%c|%m|%G|%l' of a site with a small and a large GPU node, and of the local test cluster

@@ -26,9 +26,8 @@ import yaml
 from dpmbench import load_model, sample
 from dpmbench.cli import main as cli_main
 from dpmbench.errors import DpmbenchError
+from dpmbench.grid import build_grid
 from dpmbench.io import load_npz, save_npz
-from dpmbench.workflow import build_grid
-from dpmbench.workflow import main as workflow_main
 
 ROOT = Path(__file__).parents[1]
 # a one-line error names what is wrong: a config key, an --option, or a quoted value / file
@@ -128,8 +127,8 @@ def test_fuzz_config_validation(tmp_path: Path) -> None:
             path = tmp_path / f"c{case}.yaml"
             path.write_text(yaml.safe_dump(config, allow_unicode=True))
             err = io.StringIO()
-            with redirect_stderr(err):
-                code = workflow_main(["validate", str(path)])
+            with redirect_stderr(err), redirect_stdout(io.StringIO()):
+                code = cli_main(["validate", str(path)])
             lines = err.getvalue().splitlines()
             if not (code == 0 and not lines) and not (code == 2 and len(lines) == 1 and NAMES_A_FIELD.match(lines[0])):
                 failures.append((case, config, f"validate: exit {code}, stderr {err.getvalue()!r}"))

@@ -18,11 +18,11 @@ import torch
 from support import run_cli
 
 from dpmbench import load_model, sample
+from dpmbench.cli import main as cli_main
 from dpmbench.errors import DpmbenchError
 from dpmbench.io import CorruptFileError, cached_npz, load_npz, save_npz
 from dpmbench.solvers.base import SOLVERS, Point, SinglestepSolver
-from dpmbench.workflow import main as workflow_main
-from dpmbench.workflow import merge_shards
+from evaluators.job import merge_shards
 
 ROOT = Path(__file__).parents[1]
 
@@ -67,7 +67,7 @@ def test_diverged_runs_are_recorded_end_to_end(tmp_path: Path, capsys: pytest.Ca
                                "--num-samples", "16", "--seed", "0", "--out", str(shard))
         assert code == 0, err
         out = seed_dir / "logsnr" / f"{slug}" / "nfe4.json"
-        assert workflow_main(["evaluate", "--cells", str(shard), "--out", str(out), "--metrics",
+        assert cli_main(["metrics-job", "--cells", str(shard), "--out", str(out), "--metrics",
                               "rmse_exact,fd_true", "--reference", str(ref), "--seed", "0"]) == 0
     # UniPC-3 at guidance 1e6: the real solver overflows to inf/NaN in float32
     gshard = res / "gmm-2d" / "g1000000.0" / "seed0" / "logsnr" / "unipc__order-3" / "nfe10" / "0-16.npz"

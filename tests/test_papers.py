@@ -1,4 +1,4 @@
-"""The published numbers (papers/*.yaml) and the paper reproductions (config/papers/*.yaml).
+"""The published numbers (papers/*.yaml) and the paper reproductions (config/reproductions/*.yaml).
 
 Every entry has its source fields with the right types, names only dpmbench metrics, solvers, schedules and model ids,
 is listed by `dpmbench report`, and (for implemented solvers) is reproduced by a cell of a paper configuration.
@@ -16,16 +16,15 @@ import yaml
 
 from dpmbench.cli import main
 from dpmbench.errors import DpmbenchError
+from dpmbench.grid import build_grid, guidance_key, load_manifests
 from dpmbench.report import load_papers, write_report
 from dpmbench.report.coverage import config_cells
 from dpmbench.solvers.base import get_solver, list_solvers
 from dpmbench.timesteps import ALL_KINDS
-from dpmbench.workflow import build_grid, guidance_key, load_manifests
 
 ROOT = Path(__file__).parents[1]
 PAPERS = ROOT / "papers"
-CONFIGS = sorted((ROOT / "config" / "papers").glob("*.yaml"))
-PAPER_CONFIGS = [p for p in CONFIGS if p.name != "checkpoints.yaml"]
+PAPER_CONFIGS = sorted((ROOT / "config" / "reproductions").glob("*.yaml"))
 # published solvers not implemented in dpmbench yet (dpm-solver-v3-singlestep: DPM-Solver-v3's Alg. 3, Table 12 (S))
 # (deis-rho3kutta / deis-rho4rk: the Runge-Kutta columns of DEIS's table; edm-stochastic: EDM's Alg. 2, S_churn > 0)
 PENDING_SOLVERS = {"dpm-solver-v3", "dpm-solver-v3-singlestep", "dc-solver", "usf", "deis-rho3kutta", "deis-rho4rk",
@@ -98,7 +97,7 @@ def test_names_are_dpmbench_names() -> None:
     from evaluators.registry import list_metrics
 
     metrics = set(list_metrics())
-    known_models = set(load_manifests({"checkpoints_manifest": "config/papers/checkpoints.yaml"}))
+    known_models = set(load_manifests({}))
     from dpmbench.models.registry import list_models
 
     known_models |= set(list_models())
@@ -164,21 +163,22 @@ def test_every_published_number_of_an_implemented_solver_has_a_config_cell() -> 
         if not protocols:
             missing.append(f"{name} {part} table {e['table']}: {key}, t_end {e.get('t_end')}, n_samples "
                            f"{e.get('n_samples')} (configs: {cells.get(key)})")
-    assert not missing, ("published numbers without a config/papers/*.yaml cell (when a pending solver becomes "
+    assert not missing, ("published numbers without a config/reproductions/*.yaml cell (when a pending solver becomes "
                          "implemented, add it to its paper's config with the paper's options, or give the entry "
                          f"`not_in_config`): {missing}")
 
 
 def test_paper_config_settings_match_the_papers() -> None:
     """The per-model settings the paper states (App. D of DPM-Solver-v3) are the ones configured."""
-    cfg = yaml.safe_load((ROOT / "config" / "papers" / "dpm-solver-v3.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "config" / "reproductions" / "dpm-solver-v3.yaml").read_text())
     grid = build_grid(cfg)
-    assert grid.t_end_of("scoresde-cifar10-ddpmpp-deep-continuous") == 1e-3
+    scoresde = "scoresde-cifar10-ddpmpp-deep-continuous"
+    low, high = grid.nfe_groups(scoresde)  # eps = 1e-3 for NFE <= 10, 1e-4 above (nfe_overrides)
+    assert grid.t_end_of(scoresde) == 1e-3 and grid.t_end_of(scoresde, low) == 1e-3
     assert grid.t_end_of("edm-cifar10-uncond-vp") == 0.002
-    assert max(grid.nfes("scoresde-cifar10-ddpmpp-deep-continuous")) <= 10
-    high = build_grid(yaml.safe_load((ROOT / "config" / "papers" / "dpm-solver-v3-scoresde-nfe-gt10.yaml").read_text()))
-    assert high.t_end_of("scoresde-cifar10-ddpmpp-deep-continuous") == 1e-4
-    assert min(high.nfes("scoresde-cifar10-ddpmpp-deep-continuous")) > 10
+    assert max(low) <= 10
+    assert grid.t_end_of(scoresde, high) == 1e-4
+    assert min(high) > 10
     assert grid.num_samples("edm-cifar10-uncond-vp") == 50000 and grid.num_samples("sd14") == 10000
     assert grid.reference_args("sd14").startswith("--solver dpm-solver++:order=2,method=multistep --nfe 200 ")
     assert grid.has_reference("sd14") and not grid.has_reference("edm-cifar10-uncond-vp")
@@ -251,7 +251,7 @@ def test_unpinned_rows_need_a_reason_and_are_not_compared(tmp_path: Path) -> Non
 
 def test_checkpoint_ids_validate_without_loading_and_unknown_ids_are_named() -> None:
     base = {"metrics": ["fid"], "nfe": [5], "solvers": ["ddim"],
-            "checkpoints_manifest": "config/papers/checkpoints.yaml"}
+            "checkpoints_manifest": "config/checkpoints.yaml"}
     grid = build_grid({**base, "models": {"sd14": {"num_samples": 4, "guidance": [7.5], "t_end": 0.002}}})
     assert grid.t_end_of("sd14") == 0.002 and not grid.has_reference("sd14")
     with pytest.raises(DpmbenchError, match="invalid config key 'models.sd15-typo': unknown model; allowed: gmm-2d"):
@@ -280,7 +280,7 @@ def test_snakemake_dry_run_of_a_paper_config_builds_the_dag() -> None:
     assert snakemake, "snakemake not installed"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([snakemake, "-n", "-p", "--nolock", "--cores", "1", "--configfile",
-                          "config/papers/dpm-solver-v3.yaml"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          "config/reproductions/dpm-solver-v3.yaml"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     log = out.stdout + out.stderr

@@ -150,7 +150,7 @@ def test_counters_reach_the_samples_file_and_the_metrics_record(capsys: pytest.C
 
     import numpy as np
 
-    from dpmbench.workflow import merge_shards
+    from evaluators.job import merge_shards
 
     common = ["--model", "gmm-2d", "--seed", "0", "--solver", "picard:base=ddim", "--nfe", "20"]
     for lo, n in ((0, 40), (40, 24)):

@@ -11,8 +11,9 @@ import yaml
 
 from dpmbench.cli import main
 from dpmbench.errors import DpmbenchError
+from dpmbench.grid import build_grid
 from dpmbench.report import write_report
-from dpmbench.workflow import build_grid, merge_shards, run_evaluate
+from evaluators.job import merge_shards, run_evaluate
 
 BASE = {"metrics": ["rmse_exact"], "nfe": [4], "solvers": ["ddim"], "models": {"gmm-2d": {"num_samples": 8}}}
 
@@ -159,12 +160,12 @@ def test_bad_papers_file_names_the_field(tmp_path: Path) -> None:
 
 
 def test_validate_command_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from dpmbench.workflow import main as wf_main
+    from dpmbench.cli import main as cli_main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({**BASE, "models": {"gmm-2d": {"num_samples": 8, "guidance": [2.0]}},
                                    "solvers": ["ddim", "dpm-solver++:order=2,method=multistep", "ddim"]}))
-    assert wf_main(["validate", str(cfg)]) == 2
+    assert cli_main(["validate", str(cfg)]) == 2
     assert capsys.readouterr().err == "dpmbench: error: invalid config key 'solvers': an entry is listed twice\n"
 
 
@@ -212,3 +213,17 @@ def test_provenance_records_are_shared_not_copied() -> None:
     derived = df[df["a"] > 1].sort_values("a")
     assert derived.attrs["provenance"] is df.attrs["provenance"]
     assert derived.attrs["provenance"] == {"p1": {"torch": "x"}}
+
+
+def test_validate_prints_one_line_on_success(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dpmbench.cli import main as cli_main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**BASE, "models": {"gmm-2d": {"num_samples": 8, "guidance": [2.0]}}}))
+    assert cli_main(["validate", str(cfg)]) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and out.out.count("\n") == 1
+    cells = len(build_grid(yaml.safe_load(cfg.read_text())).cells())
+    assert out.out == f"{cfg}: valid ({cells} cells: 1 model)\n"
+    assert cli_main(["validate", str(tmp_path / "none.yaml")]) == 2
+    assert capsys.readouterr().err == f"dpmbench: error: invalid config {str(tmp_path / 'none.yaml')!r}: no such file\n"

@@ -5,9 +5,12 @@ rule reference:
         checkpoint_input,
     output:
         GRID.reference_file(),
+    log:
+        os.path.join(LOGS, "reference", "{model}", "g{guidance}", "seed{seed}.log"),
     wildcard_constraints:
-        model=one_of(GRID.exact_models()) or "(?!x)x",  # matches nothing when the list is empty
+        model=one_of(GRID.exact_models()),  # matches nothing when the list is empty
     params:
+        job=JOB,
         n=lambda wc: GRID.num_samples(wc.model),
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
         t_end=lambda wc: GRID.t_end_of(wc.model),
@@ -17,9 +20,12 @@ rule reference:
         mem_mb=GRID.resource("reference", "mem_mb"),
         runtime=GRID.resource("reference", "runtime"),
         gpu=0,
+    conda:
+        "../env.yml"
     shell:
-        THREADS_ENV + " {JOB} dpmbench reference --model {wildcards.model} --num-samples {params.n}"
-        " --seed {wildcards.seed} {params.guidance} --t-end {params.t_end} --out {output}"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.job} dpmbench reference"
+        " --model {wildcards.model} --num-samples {params.n} --seed {wildcards.seed} {params.guidance}"
+        " --t-end {params.t_end} --out {output} 2> >(tee {log:q} >&2)"
 
 
 # Models with a `reference_solver` (checkpoint models, for mse_ref): a high-NFE solver run from the same x_T, once
@@ -29,9 +35,12 @@ rule reference_run:
         checkpoint_input,
     output:
         GRID.reference_file(),
+    log:
+        os.path.join(LOGS, "reference_run", "{model}", "g{guidance}", "seed{seed}.log"),
     wildcard_constraints:
-        model=one_of(GRID.solver_reference_models()) or "(?!x)x",
+        model=one_of(GRID.solver_reference_models()),
     params:
+        job=JOB,
         n=lambda wc: GRID.num_samples(wc.model),
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
         t_end=lambda wc: GRID.t_end_of(wc.model),
@@ -44,7 +53,10 @@ rule reference_run:
         mem_mb=GRID.resource("sample", "mem_mb"),
         runtime=GRID.resource("sample", "runtime"),
         gpu=GRID.resource("sample", "gpu"),
+    conda:
+        "../env.yml"
     shell:
-        THREADS_ENV + " {JOB} dpmbench reference --model {wildcards.model} --num-samples {params.n}"
-        " --seed {wildcards.seed} {params.guidance} --t-end {params.t_end} {params.solver} {params.batch}"
-        " {params.captions} --out {output}"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.job} dpmbench reference"
+        " --model {wildcards.model} --num-samples {params.n} --seed {wildcards.seed} {params.guidance}"
+        " --t-end {params.t_end} {params.solver} {params.batch} {params.captions} --out {output}"
+        " 2> >(tee {log:q} >&2)"

@@ -1,7 +1,8 @@
-# One job per (model, guidance, seed, schedule, solver, shard): loads the model once and writes that shard of
-# every NFE (nfe<N>/<lo>-<hi>.npz, samples lo..hi-1). One rule per distinct NFE list (per-model overrides).
-# On a cluster, the jobs of one model form the group "sample-<model>" (see profiles/slurm: many jobs per
-# submission).
+# One job per (model, guidance, seed, schedule, solver, shard) and NFE group: loads the model once and writes that
+# shard of every NFE of the group (nfe<N>/<lo>-<hi>.npz, samples lo..hi-1). One rule per distinct NFE group
+# (per-model NFE lists, nfe_overrides). On a cluster, the jobs of one model form the group "sample-<model>" (see
+# profiles/slurm: many jobs per submission). A plugin solver's jobs re-run when its module's code changes
+# (params.code: module and source digest; dpmbench.grid.registry).
 for _suffix, _nfes, _models in GRID.nfe_sets():
 
     rule:
@@ -9,12 +10,19 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             f"sample{_suffix}"
         input:
             checkpoint_input,
-            GRID.sample_extra_inputs,
+            lambda wc, nfes=_nfes: GRID.sample_extra_inputs(wc, nfes),
         output:
             GRID.shard_outputs(_nfes),
+        log:
+            os.path.join(LOGS, f"sample{_suffix}", "{model}", "g{guidance}", "seed{seed}", "{schedule}", "{solver}",
+                         "{shard}.log"),
         wildcard_constraints:
             model=one_of(_models),
         params:
+            job=JOB,
+            artifacts=lambda wc: ARTIFACTS,
+            device=GRID.device,
+            code=lambda wc: GRID.solver_code(wc.solver),
             spec=lambda wc: shlex.quote(GRID.spec(wc.solver)),
             schedule=lambda wc: shlex.quote(GRID.schedule(wc.schedule)),
             nfe=",".join(str(n) for n in _nfes),
@@ -23,8 +31,8 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             guidance=lambda wc: GRID.guidance_arg(wc.guidance),
             batch=lambda wc: GRID.batch_arg(wc.model),
             captions=lambda wc: GRID.captions_arg(wc.model),
-            t_end=lambda wc: GRID.t_end_of(wc.model),
-            pattern=lambda wc: shlex.quote(GRID.cell_dir().format(**dict(wc.items())) + "/nfe{nfe}/" + wc.shard + ".npz"),
+            t_end=lambda wc, nfes=_nfes: GRID.t_end_of(wc.model, nfes),
+            pattern=lambda wc: shlex.quote(GRID.shard_pattern(wc)),
         group:
             cluster_group("sample-{model}")
         threads: GRID.resource("sample", "threads")
@@ -32,8 +40,11 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             mem_mb=GRID.resource("sample", "mem_mb"),
             runtime=GRID.resource("sample", "runtime"),
             gpu=GRID.resource("sample", "gpu"),
+        conda:
+            "../env.yml"
         shell:
-            THREADS_ENV + " " + ARTIFACTS_ENV + " {JOB} dpmbench sample --model {wildcards.model} --solver {params.spec}"
+            "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} DPMBENCH_ARTIFACTS={params.artifacts:q}"
+            " {params.job} dpmbench sample --model {wildcards.model} --solver {params.spec}"
             " --nfe {params.nfe} --num-samples {params.n} --start {params.lo} --seed {wildcards.seed}"
-            " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} --device {GRID.device}"
-            " {params.batch} {params.captions} --out {params.pattern}"
+            " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} --device {params.device}"
+            " {params.batch} {params.captions} --out {params.pattern} 2> >(tee {log:q} >&2)"

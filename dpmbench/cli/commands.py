@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -201,98 +200,28 @@ def cmd_reference(args: argparse.Namespace) -> None:
                     run_search)
 
 
-def _load_npz(path: str, what: str) -> dict[str, Any]:
-    """An input ``.npz``, its embedded checksum verified (a truncated or corrupted file is a one-line error)."""
-    from dpmbench.io import load_npz
-
-    try:
-        return load_npz(path, what)
-    except FileNotFoundError:
-        raise DpmbenchError(f"invalid {what} {path!r}: no such file") from None
-
-
-def _scalar(v: Any) -> Any:
-    import numpy as np
-
-    v = np.asarray(v)
-    return v.item() if v.ndim == 0 else v
-
-
-def _file_sha256(path: str) -> str:
-    from dpmbench.download import sha256_file
-
-    return sha256_file(path)
-
-
-def _run_protocol(meta: dict[str, Any], n: int, reference: str | None, ref_sha: str | None) -> dict[str, Any]:
-    """The protocol fields a metrics file records beside the metric's own: sample count, end time, reference
-    (exact solutions or a solver run, with the file's sha256)."""
-    t_end = meta.get("t_end")
-    ref = None
-    if reference:
-        solver = meta.get("reference_solver", "exact")
-        ref = "exact ODE solutions" if solver == "exact" else f"{solver} at NFE {meta.get('reference_nfe')}"
-    return {"n_samples": int(n), "t_end": None if t_end is None else float(t_end), "reference": ref,
-            "reference_sha256": ref_sha}
-
-
-def _provenance(meta: dict[str, Any], eval_device: str) -> dict[str, Any]:
-    """Where the numbers come from: the evaluating process (code, libraries, device, config hash, date) and the
-    sampling run's dtype and device (recorded in the samples file)."""
-    from dpmbench.provenance import environment
-
-    env = environment(eval_device)
-    env["sample_dtype"] = str(meta.get("dtype", "float32"))
-    env["sample_device_name"] = str(meta["device_name"]) if "device_name" in meta else None
-    return env
-
-
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from dpmbench.io import PARALLEL_COUNTERS, save_json
-    from evaluators.registry import evaluate, list_metrics
+    from evaluators.job import EvalOptions, evaluate_files
 
-    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    for n in names:
-        if n not in list_metrics():
-            raise bad_value("--metrics entry", n, list_metrics())
-    if len(args.samples) != len(args.out):
-        raise DpmbenchError(f"invalid --out: {len(args.out)} files for {len(args.samples)} --samples files")
-    options = {"fid_backend": args.fid_backend, "cleanfid_mode": args.cleanfid_mode, "fid_stats": args.fid_stats,
-               "kid_reference": args.kid_reference, "reference_images": args.reference_images,
-               "inception_weights": args.inception_weights,
-               "clip_model": args.clip_model, "clip_pretrained": args.clip_pretrained,
-               "clip_weights": args.clip_weights, "batch_size": args.eval_batch_size, "device": args.device}
-    ref_file = _load_npz(args.reference, "--reference") if args.reference else None
-    ref_sha = _file_sha256(args.reference) if args.reference else None
-    loaded = [_load_npz(path, "--samples") for path in args.samples]  # validate all before writing any
-    for path, s in zip(args.samples, loaded, strict=True):
-        if "x" not in s or "model" not in s:
-            raise DpmbenchError(f"invalid --samples {path!r}: missing keys 'x'/'model'")
-        if ref_file is not None and (str(_scalar(ref_file["model"])) != str(_scalar(s["model"]))
-                                     or int(_scalar(ref_file["seed"])) != int(_scalar(s["seed"]))):
-            raise DpmbenchError(f"invalid --reference for {path!r}: model or seed differs from the samples'")
-    for s, out_path in zip(loaded, args.out, strict=True):
-        meta = {k: _scalar(v) for k, v in s.items() if k != "x"}
-        start = time.perf_counter()
-        ref = None if ref_file is None else ref_file["x"]
-        if ref_file is not None:
-            meta["reference_solver"] = str(_scalar(ref_file["solver"])) if "solver" in ref_file else "exact"
-            meta["reference_nfe"] = int(_scalar(ref_file["nfe"])) if "nfe" in ref_file else -1
-        if ref_file is not None and "target_mu" in ref_file:
-            meta["target_moments"] = (ref_file["target_mu"], ref_file["target_cov"])
-        values, cis, info = evaluate(names, s["x"], meta, ref, bootstraps=args.bootstraps, options=options)
-        info["protocol"] = {**info.get("protocol", {}), **_run_protocol(meta, len(s["x"]), args.reference,
-                                                                          ref_sha)}
-        info["provenance"] = _provenance(meta, args.device)
-        g = meta.get("guidance")
-        save_json(out_path, {
-            "model": str(meta["model"]), "solver": str(meta.get("solver")), "nfe": int(meta.get("nfe", -1)),
-            "schedule": str(meta.get("schedule")),
-            "guidance": None if g is None or math.isnan(float(g)) else float(g),
-            "n_samples": len(s["x"]), "metrics": values, "ci": cis,
-            "wall_s": float(meta.get("wall_s", 0.0)), "eval_wall_s": time.perf_counter() - start, **info,
-            **{k: int(meta[k]) for k in PARALLEL_COUNTERS if k in meta},
-        })
+    options = EvalOptions(**{k: getattr(args, k) for k in EvalOptions.__dataclass_fields__})
+    evaluate_files(args.samples, args.out, args.metrics, args.reference, options)
+
+
+def cmd_metrics_job(args: argparse.Namespace) -> int:
+    from evaluators.job import run_evaluate
+
+    return run_evaluate(args.cells, args.out, args.metrics, args.reference, args.seed, args.fid_stats)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from dpmbench.grid import build_grid
+    from dpmbench.yamlfile import read_yaml
+
+    if not Path(args.configfile).is_file():
+        raise DpmbenchError(f"invalid config {args.configfile!r}: no such file")
+    grid = build_grid(read_yaml(args.configfile) or {})
+    n = len(grid.models)
+    print(f"{args.configfile}: valid ({len(grid.cells())} cells: {n} model{'' if n == 1 else 's'})")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ls = sub.add_parser("list", help="list solvers, models, metrics, schedules, searches or papers (coverage of the "
-                        "published numbers by config/papers/*.yaml)")
+                        "published numbers by config/reproductions/*.yaml)")
     ls.add_argument("what", choices=["solvers", "models", "metrics", "schedules", "searches", "papers"])
 
     def common(q: argparse.ArgumentParser) -> None:
@@ -175,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature-extraction batch size")
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     e.add_argument("--out", required=True, nargs="+", help="one metrics file per samples file")
+
+    mj = sub.add_parser("metrics-job", help="the workflow's metrics job: concatenate each cell's shards, evaluate")
+    mj.add_argument("--cells", nargs="+", required=True, help="one comma list of shard files per cell")
+    mj.add_argument("--out", nargs="+", required=True, help="one metrics file per cell")
+    mj.add_argument("--metrics", required=True)
+    mj.add_argument("--reference", default=None)
+    mj.add_argument("--seed", type=int, default=None)
+    mj.add_argument("--fid-stats", default=None, help="fid reference statistics (as dpmbench evaluate's)")
+
+    va = sub.add_parser("validate", help="check a workflow config (one line naming the bad key, exit code 2)")
+    va.add_argument("configfile")
 
     rep = sub.add_parser("report", help="aggregate (and merge) metric files into results.csv, leaderboard.md and "
                          "a static site")

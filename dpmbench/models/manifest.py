@@ -289,7 +289,11 @@ def _load_manifest_file(path: str | os.PathLike[str] | None) -> dict[str, Checkp
         if isinstance(data, Mapping) and ("models" in data or "solvers" in data):  # a run config without entries
             return {}
         raise DpmbenchError(f"invalid manifest {str(p)!r}: no top-level 'checkpoints:' mapping")
-    return parse_manifest(data["checkpoints"], str(p))
+    section = data["checkpoints"]
+    if isinstance(section, Mapping):  # entries with neither adapter nor files only name a checkpoint (dpmbench.grid)
+        section = {k: v for k, v in section.items()
+                   if not (isinstance(v, Mapping) and "adapter" not in v and "files" not in v)}
+    return parse_manifest(section, str(p))
 
 
 def get_entry(cid: str, manifest: Mapping[str, CheckpointEntry] | None = None) -> CheckpointEntry:

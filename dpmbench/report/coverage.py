@@ -1,4 +1,4 @@
-"""Coverage of the published numbers (``papers/*.yaml``) by the paper reproductions (``config/papers/*.yaml``).
+"""Coverage of the published numbers (``papers/*.yaml``) by the paper reproductions (``config/reproductions/*.yaml``).
 
 For each paper file: how many numbers it holds, how many are of solvers dpmbench implements, how many a config cell
 reproduces with the same protocol (model, solver, metric, NFE, schedule, guidance, end time and sample count), and
@@ -13,26 +13,24 @@ from typing import Any
 
 from dpmbench.catalogue import canonical_spec, section
 from dpmbench.errors import DpmbenchError
+from dpmbench.grid import ROOT, build_grid, guidance_key
 from dpmbench.models.manifest import load_manifest
 from dpmbench.models.store import checkpoint_dir
-from dpmbench.workflow import ROOT, build_grid, guidance_key
 from dpmbench.yamlfile import read_yaml
 
 CellKey = tuple[str, str, str, int, str, str]  # model, canonical solver, metric, nfe, schedule, guidance
 
 
-def config_cells(config_dir: str | Path = ROOT / "config" / "papers") -> dict[CellKey, set[tuple[float, int]]]:
+def config_cells(config_dir: str | Path = ROOT / "config" / "reproductions") -> dict[CellKey, set[tuple[float, int]]]:
     """Every cell of the paper configurations, keyed by what it measures -> its (end time, sample count) pairs."""
     cells: dict[CellKey, set[tuple[float, int]]] = {}
     for path in sorted(Path(config_dir).glob("*.yaml")):
-        if path.name == "checkpoints.yaml":
-            continue
         grid = build_grid(read_yaml(path))
         for c in grid.cells():
             spec = canonical_spec(grid.spec(c["solver"]))
             for metric in grid.metrics(c["model"]):
                 key = (c["model"], spec, metric, c["nfe"], c["schedule"], c["guidance"])
-                cells.setdefault(key, set()).add((grid.t_end_of(c["model"]), grid.num_samples(c["model"])))
+                cells.setdefault(key, set()).add((grid.t_end_of(c["model"], [c["nfe"]]), grid.num_samples(c["model"])))
     return cells
 
 
@@ -80,7 +78,7 @@ def _checkpoint_state(model: str, manifest: dict[str, Any], oracles: set[str]) -
 
 
 def coverage(papers_dir: str | Path = ROOT / "papers",
-             config_dir: str | Path = ROOT / "config" / "papers") -> list[PaperCoverage]:
+             config_dir: str | Path = ROOT / "config" / "reproductions") -> list[PaperCoverage]:
     """Coverage of every ``papers/*.yaml`` file (entries and unpinned rows)."""
     cells = config_cells(config_dir)
     solvers = {f["name"] for f in section("solvers")["families"]}

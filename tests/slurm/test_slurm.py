@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dpmbench.workflow import npz_complete
+from dpmbench.grid import npz_complete
 
 pytestmark = pytest.mark.slurm
 

@@ -1,0 +1,72 @@
+"""Per-model and per-NFE settings of a config.
+
+``models.<m>.solver_options: {SOLVER: {option: value}}`` sets options of every spec of solver ``SOLVER`` that the
+model runs, so that a solver is listed once even when one model needs other options (an option the spec already
+sets is replaced in place, others are appended in the order given: ``dpm-solver-v3`` with ``{ems_samples: 64}`` is
+``dpm-solver-v3:ems_samples=64``).
+
+``nfe_overrides: [{nfe: [15, 20], t_end: 0.0001}, ...]`` (top level, or per model, which replaces the top level's)
+gives NFE budgets their own settings — the end time a paper uses above some NFE — in one config. The NFEs of a
+model with equal settings form one *NFE group*: one sample job and one metrics job per group (their rules are
+static patterns, one per distinct NFE list).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dpmbench.grid.schema import bad
+
+NFE_SETTINGS = ("t_end",)  # what an nfe_overrides entry may set
+
+
+def _value(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def with_options(spec: str, options: dict[str, Any]) -> str:
+    """``spec`` with ``options`` set (replacing an option it names, appending the others)."""
+    name, _, rest = spec.partition(":")
+    items = [kv.split("=", 1) for kv in rest.split(",") if kv] if rest else []
+    for k, v in options.items():
+        for item in items:
+            if item[0].strip() == k:
+                item[1:] = [_value(v)]
+                break
+        else:
+            items.append([k, _value(v)])
+    return name if not items else f"{name}:{','.join('='.join(i) for i in items)}"
+
+
+def apply_solver_options(specs: list[str], solver_options: dict[str, dict[str, Any]], where: str) -> list[str]:
+    """The model's solver specs with its ``solver_options`` applied; a solver name the model does not run is an
+    error naming the key."""
+    names = [s.partition(":")[0].strip() for s in specs]
+    for solver in solver_options:
+        if solver not in names:
+            raise bad(f"{where}.{solver}", f"the model runs no solver {solver!r}; its solvers: {', '.join(names)}")
+    return [with_options(s, solver_options[n]) if n in solver_options else s for s, n in zip(specs, names, strict=True)]
+
+
+def nfe_settings(nfes: list[int], overrides: list[dict[str, Any]], base: dict[str, Any], where: str
+                 ) -> dict[int, dict[str, Any]]:
+    """The settings of every NFE: ``base`` updated by the ``nfe_overrides`` entry naming it (at most one)."""
+    out = {n: dict(base) for n in nfes}
+    seen: dict[int, int] = {}
+    for i, entry in enumerate(overrides):
+        for n in entry["nfe"]:
+            if n not in out:
+                raise bad(f"{where}[{i}].nfe", f"{n} is not an nfe of the model; its nfe: {sorted(out)}")
+            if n in seen:
+                raise bad(f"{where}[{i}].nfe", f"{n} is also in {where}[{seen[n]}]")
+            seen[n] = i
+            out[n].update({k: entry[k] for k in NFE_SETTINGS if k in entry})
+    return out
+
+
+def nfe_groups(settings: dict[int, dict[str, Any]]) -> list[list[int]]:
+    """The NFEs (sorted) grouped by equal settings, groups in the order of their smallest NFE."""
+    groups: dict[str, list[int]] = {}
+    for n in sorted(settings):
+        groups.setdefault(repr(sorted(settings[n].items())), []).append(n)
+    return list(groups.values())

@@ -1,0 +1,60 @@
+"""Every config expands to the cells it expanded to before the config diet (per-model solver_options, nfe_overrides,
+merged reproduction configs, one checkpoint manifest): tests/data/grid_cells.json holds the cells and every job
+setting of each results directory, dumped by tests/grid_cells.py from the configs of commit a0e31b9."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from grid_cells import by_results_dir, expand, run_configs
+
+from dpmbench.errors import DpmbenchError
+from dpmbench.grid import build_grid
+
+FIXTURE = Path(__file__).parent / "data" / "grid_cells.json"
+
+
+def test_every_config_expands_to_the_same_cells() -> None:
+    before = json.loads(FIXTURE.read_text())
+    now = by_results_dir(run_configs())
+    assert sorted(now) == sorted(before)
+    for results_dir, grid in before.items():
+        assert now[results_dir] == grid, results_dir
+
+
+BASE = {"metrics": ["fd_true"], "nfe": [5, 10, 15], "solvers": ["ddim", "dpm-solver-v3:order=2"], "t_end": 0.001,
+        "samples_per_shard": 4}
+
+
+def test_solver_options_set_every_spec_of_the_solver() -> None:
+    g = build_grid({**BASE, "models": {"gmm-digits": {"num_samples": 4, "solver_options": {
+        "dpm-solver-v3": {"ems_samples": 64, "order": 3}, "ddim": {"denoise_to_zero": True}}}}})
+    assert sorted(g.specs.values()) == ["ddim:denoise_to_zero=true", "dpm-solver-v3:order=3,ems_samples=64"]
+    with pytest.raises(DpmbenchError, match=r"'models.gmm-digits.solver_options.heun': the model runs no solver"):
+        build_grid({**BASE, "models": {"gmm-digits": {"num_samples": 4, "solver_options": {"heun": {"x": 1}}}}})
+
+
+def test_nfe_overrides_group_the_nfes_of_a_model() -> None:
+    cfg = {**BASE, "models": {"edm-cifar10-uncond-vp": {"num_samples": 4, "nfe_overrides": [
+        {"nfe": [10, 15], "t_end": 0.0001}]}}}
+    g = build_grid(cfg)
+    m = "edm-cifar10-uncond-vp"
+    assert g.nfe_groups(m) == [[5], [10, 15]]
+    assert [g.t_end_of(m, grp) for grp in g.nfe_groups(m)] == [0.001, 0.0001]
+    assert [(s, n) for s, n, _ in g.nfe_sets()] == [("", [5]), ("_1", [10, 15])]
+    assert {c["nfe"] for c in g.cells()} == {5, 10, 15}
+    with pytest.raises(DpmbenchError, match=r"'models.edm-cifar10-uncond-vp.nfe_overrides\[0\].nfe': 20 is not an nfe"):
+        build_grid({**cfg, "models": {m: {"num_samples": 4, "nfe_overrides": [{"nfe": [20], "t_end": 0.1}]}}})
+    with pytest.raises(DpmbenchError, match=r"'nfe_overrides': model 'gmm-2d' has a reference file"):
+        build_grid({**BASE, "nfe_overrides": [{"nfe": [15], "t_end": 0.01}], "models": {"gmm-2d": {"num_samples": 4}}})
+
+
+def test_one_config_expands_like_the_fixture_of_its_results_dir() -> None:
+    from dpmbench.yamlfile import read_yaml
+
+    root = Path(__file__).parents[1]
+    e = expand(read_yaml(root / "config" / "reproductions" / "dpm-solver.yaml"))
+    before = json.loads(FIXTURE.read_text())[e["results_dir"]]
+    assert sorted(e["cells"]) == before["cells"]  # NFE 10, 12 at 1e-3 and 15, 20 at 1e-4: once two files
