@@ -42,7 +42,8 @@ def option_record(key: str, opt: Any) -> dict[str, str]:
 
 
 def _solvers() -> dict[str, Any]:
-    from dpmbench.solvers.base import COMMON_OPTIONS, SOLVERS, list_solvers
+    from dpmbench.solvers.base import COMMON_OPTIONS, SOLVERS
+    from dpmbench.solvers.registry import list_solvers
 
     families = []
     for name in list_solvers():
@@ -152,7 +153,7 @@ def canonical_spec(spec: str) -> str:
             value = _parse(rec["type"], raw)
             given[key] = value if value != _parse(rec["type"], rec["default"]) else None
     except (KeyError, ValueError, TypeError):
-        from dpmbench.solvers.base import get_solver
+        from dpmbench.solvers.registry import get_solver
 
         return get_solver(spec).spec
     diff = [f"{k}={fmt_value(given[k])}" for k in fam["keys"] if given.get(k) is not None]

@@ -44,7 +44,8 @@ from dpmbench.errors import DpmbenchError
 from dpmbench.models.adapters.diffusers_unet import DIFFUSERS_DEFAULTS, parameterization_of, schedule_from_config
 from dpmbench.models.base import Model, NoiseSource, convert_prediction, guided
 from dpmbench.schedules import VPDiscrete
-from dpmbench.solvers.base import Context, Plan, Solver, get_solver
+from dpmbench.solvers.base import Context, Plan, Solver
+from dpmbench.solvers.registry import get_solver
 
 
 def scheduler(

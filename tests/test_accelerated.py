@@ -34,7 +34,8 @@ from support import gmm2d_convergence_setup, measured_order, run_cli
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NoiseSource
-from dpmbench.solvers.base import Point, get_solver
+from dpmbench.solvers.base import Point
+from dpmbench.solvers.registry import get_solver
 from dpmbench.timesteps import timesteps
 from evaluators.oracle import frechet_to
 

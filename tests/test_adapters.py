@@ -26,7 +26,7 @@ from dpmbench import sample
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.adapters import ADAPTERS, load_adapter, prompts_from_captions
 from dpmbench.models.base import Guided, guided
-from dpmbench.solvers.base import get_solver
+from dpmbench.solvers.registry import get_solver
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning"),
               pytest.mark.usefixtures("one_thread")]  # tiny networks: one thread is faster on shared cores

@@ -32,9 +32,10 @@ from support import CountingModel, gmm2d_convergence_setup, rmse
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
 from dpmbench.solvers.aligner import aligned
-from dpmbench.solvers.base import Context, get_solver
+from dpmbench.solvers.base import Context
 from dpmbench.solvers.data import data_samples
 from dpmbench.solvers.ddim import ddim_update
+from dpmbench.solvers.registry import get_solver
 from evaluators.oracle import frechet_to
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -57,7 +57,8 @@ def _listing_from_the_registries(what: str) -> str:
     machine-dependent lines, checkpoints and saved artifacts, are left to the listing itself)."""
     from dpmbench.models.registry import ORACLES, load_model
     from dpmbench.search import SEARCHES, list_searches
-    from dpmbench.solvers.base import COMMON_OPTIONS, SOLVERS, list_solvers
+    from dpmbench.solvers.base import COMMON_OPTIONS, SOLVERS
+    from dpmbench.solvers.registry import list_solvers
     from dpmbench.timesteps import ALL_KINDS
 
     def opt_line(key: str, opt: object) -> str:
@@ -173,7 +174,7 @@ def test_canonical_specs_without_torch_equal_the_solvers_own() -> None:
     validate: tests/test_papers.py validates the papers files' specs with get_solver); what it cannot convert goes
     through get_solver and its one-line error."""
     from dpmbench.errors import DpmbenchError
-    from dpmbench.solvers.base import get_solver
+    from dpmbench.solvers.registry import get_solver
 
     specs = _all_specs()
     assert len(specs) > 300

@@ -269,7 +269,8 @@ def test_autodiffusion_searched_steps_beat_handcrafted_ones_on_the_network(net, 
     1e-7 (3 draws): the uint8 quantization hides such differences from the proxy."""
     from dpmbench.report.stats import separated
     from dpmbench.search import run_search
-    from dpmbench.solvers.base import Context, get_solver
+    from dpmbench.solvers.base import Context
+    from dpmbench.solvers.registry import get_solver
 
     opts = {"population": 12, "select": 4, "mutations": 6, "crossovers": 6, "epochs": 3, "samples": 64, "grid": 200}
     data = run_search("autodiffusion", Context(net, 5, "logsnr", None, None), get_solver("ddim"), seed=0,

@@ -9,7 +9,7 @@ import pandas as pd
 import yaml
 
 from dpmbench.report.claims import CLAIMS, check_claims
-from dpmbench.solvers.base import get_solver
+from dpmbench.solvers.registry import get_solver
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("accel-ddim-vs-base", "accel-ddpm-vs-base", "picard-matches-ddim", "picard-matches-dpm-solver++",

@@ -13,7 +13,8 @@ import pytest
 from support import run_cli
 
 from dpmbench.errors import bad_value, did_you_mean
-from dpmbench.solvers.base import COMMON_OPTIONS, list_solvers
+from dpmbench.solvers.base import COMMON_OPTIONS
+from dpmbench.solvers.registry import list_solvers
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

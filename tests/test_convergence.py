@@ -13,7 +13,8 @@ import pytest
 import torch
 from support import gmm2d_convergence_setup, measured_order
 
-from dpmbench.solvers.base import History, get_solver
+from dpmbench.solvers.base import History
+from dpmbench.solvers.registry import get_solver
 
 T_END = 1e-3
 EVEN = [20, 40, 80, 160]

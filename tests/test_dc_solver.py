@@ -42,8 +42,9 @@ from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter, guided
 from dpmbench.search import dc_ratios, run_search
 from dpmbench.search.dc_ratios import AdamWState, adamw_step
-from dpmbench.solvers.base import Context, History, Point, get_solver
+from dpmbench.solvers.base import Context, History, Point
 from dpmbench.solvers.dc_solver import compensated_output
+from dpmbench.solvers.registry import get_solver
 
 T_END = 1e-3
 SCALE = 7.5

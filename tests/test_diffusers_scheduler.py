@@ -25,7 +25,7 @@ from dpmbench.diffusers import scheduler
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.adapters import load_adapter
 from dpmbench.schedules import VPDiscrete, VPLinear
-from dpmbench.solvers.base import get_solver
+from dpmbench.solvers.registry import get_solver
 from dpmbench.spacing import KINDS
 from dpmbench.timesteps import timesteps
 

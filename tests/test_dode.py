@@ -31,7 +31,7 @@ from support import CountingModel, gmm2d_convergence_setup, rmse
 
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
-from dpmbench.solvers.base import get_solver
+from dpmbench.solvers.registry import get_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 T_END = 1e-3

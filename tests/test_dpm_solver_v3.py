@@ -19,8 +19,9 @@ from dpmbench import load_model, sample
 from dpmbench.artifacts import artifact_key, code_version, keyed_path
 from dpmbench.models.base import guided
 from dpmbench.models.oracle import MixtureOracle
-from dpmbench.solvers.base import Context, History, Point, get_solver
+from dpmbench.solvers.base import Context, History, Point
 from dpmbench.solvers.dpm_solver_v3 import EMS_KIND, EMS_VERSION, compute_ems, taylor_weights, x0_jvps
+from dpmbench.solvers.registry import get_solver
 from dpmbench.solvers.unipc import unic_correct
 
 EMS = "ems_samples=128,ems_steps=48"

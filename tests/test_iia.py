@@ -24,7 +24,7 @@ from support import gmm2d_convergence_setup, measured_order, rmse, run_cli
 
 from dpmbench import load_model, sample
 from dpmbench.artifacts import artifact_dir
-from dpmbench.solvers.base import get_solver
+from dpmbench.solvers.registry import get_solver
 from evaluators.oracle import frechet_to
 
 PAIRS = [("iia-ddim", "ddim"), ("iia-dpm-solver++", "dpm-solver++")]

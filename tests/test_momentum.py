@@ -34,9 +34,9 @@ from support import gmm2d_convergence_setup, measured_order, rmse, run_cli
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import guided
-from dpmbench.solvers.base import get_solver
 from dpmbench.solvers.momentum import ghvb_coefficients
 from dpmbench.solvers.pndm import AB_FIXED
+from dpmbench.solvers.registry import get_solver
 
 GUIDANCE = 7.5
 

@@ -19,7 +19,7 @@ from dpmbench.errors import DpmbenchError
 from dpmbench.grid import build_grid, guidance_key, load_manifests
 from dpmbench.report import load_papers, write_report
 from dpmbench.report.coverage import config_cells
-from dpmbench.solvers.base import get_solver, list_solvers
+from dpmbench.solvers.registry import get_solver, list_solvers
 from dpmbench.timesteps import ALL_KINDS
 
 ROOT = Path(__file__).parents[1]

@@ -29,7 +29,7 @@ from support import CountingModel, rmse, run_cli
 
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
-from dpmbench.solvers.base import get_solver
+from dpmbench.solvers.registry import get_solver
 from evaluators.oracle import frechet_to
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -26,7 +26,8 @@ from dpmbench.errors import DpmbenchError
 from dpmbench.search import get_search, run_search
 from dpmbench.search._common import search_prior
 from dpmbench.search.autodiffusion import _Evolution, resolve_objective
-from dpmbench.solvers.base import Context, get_solver
+from dpmbench.solvers.base import Context
+from dpmbench.solvers.registry import get_solver
 from evaluators.oracle import frechet_to
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,8 @@ from dpmbench import load_model, sample
 from dpmbench.artifacts import load_named
 from dpmbench.search import run_search
 from dpmbench.search.ays import Klub, search_ays
-from dpmbench.solvers.base import Context, get_solver
+from dpmbench.solvers.base import Context
+from dpmbench.solvers.registry import get_solver
 
 # the exact objective, scaled down for the test budget (one sweep; defaults: up to 4 sweeps, 6 candidates,
 # subdivision)

@@ -29,7 +29,7 @@ from dpmbench.cli import main
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NoiseSource
 from dpmbench.schedules import VPDiscrete
-from dpmbench.solvers.base import get_solver
+from dpmbench.solvers.registry import get_solver
 from evaluators.frechet import frechet_distance, moments
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")

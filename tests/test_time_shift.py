@@ -39,7 +39,7 @@ from support import gmm2d_convergence_setup, rmse, run_cli
 from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter
-from dpmbench.solvers.base import get_solver
+from dpmbench.solvers.registry import get_solver
 from dpmbench.solvers.time_shift import sample_variance
 from evaluators.oracle import frechet_to
 

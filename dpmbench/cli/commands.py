@@ -139,7 +139,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     from dpmbench.artifacts import check_name, save_named
     from dpmbench.io import save_json
     from dpmbench.search import get_search, parse_options, run_search
-    from dpmbench.solvers.base import get_solver
+    from dpmbench.solvers.registry import get_solver
 
     search = get_search(args.kind)
     opts = _options(args.set)
@@ -176,7 +176,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from dpmbench.io import save_json
-    from dpmbench.solvers.base import get_solver
+    from dpmbench.solvers.registry import get_solver
 
     model, device = _setup(args)
     sol = get_solver(args.solver)

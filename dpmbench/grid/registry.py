@@ -134,7 +134,7 @@ class Registry:
         """The one-line problem of a solver spec (or of an NFE budget for it); empty if none."""
 
         def compute() -> str:
-            from dpmbench.solvers.base import get_solver
+            from dpmbench.solvers.registry import get_solver
 
             try:
                 sol = get_solver(spec)
@@ -150,7 +150,7 @@ class Registry:
         """Whether the solver computes cached artifacts before sampling (``needs_prepare``)."""
 
         def compute() -> bool:
-            from dpmbench.solvers.base import get_solver
+            from dpmbench.solvers.registry import get_solver
 
             return bool(get_solver(spec).needs_prepare)
 
@@ -163,7 +163,7 @@ class Registry:
         def compute() -> str:
             import sys
 
-            from dpmbench.solvers.base import get_solver
+            from dpmbench.solvers.registry import get_solver
 
             module = type(get_solver(spec)).__module__
             if module == "dpmbench" or module.startswith("dpmbench."):

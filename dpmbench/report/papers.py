@@ -86,7 +86,7 @@ def load_papers(papers_dir: str | Path | None) -> list[dict[str, Any]]:
 
 def _canonical(spec: str) -> str:
     try:
-        from dpmbench.solvers.base import get_solver
+        from dpmbench.solvers.registry import get_solver
 
         return get_solver(str(spec)).spec
     except DpmbenchError:

@@ -10,7 +10,8 @@ import torch
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import Model, NFECounter, NoiseSource, guided
 from dpmbench.models.registry import load_model
-from dpmbench.solvers.base import Context, Plan, Solver, get_solver
+from dpmbench.solvers.base import Context, Plan, Solver
+from dpmbench.solvers.registry import get_solver
 
 
 def make_plan(

@@ -14,7 +14,7 @@ from dpmbench.io import save_npz
 from dpmbench.models.base import Model, guided
 from dpmbench.sampling.loop import make_plan, sample
 from dpmbench.sampling.shards import Request, batches, conditioning, run_meta, t_end_of
-from dpmbench.solvers.base import get_solver
+from dpmbench.solvers.registry import get_solver
 
 
 def write_reference(req: Request, model: Model, out: str, solver: str | None = None, nfe: int | None = None,

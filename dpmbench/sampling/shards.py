@@ -22,7 +22,7 @@ from dpmbench.io import PARALLEL_COUNTERS, save_npz
 from dpmbench.models.base import Model
 from dpmbench.provenance import device_name
 from dpmbench.sampling.loop import make_plan, sample
-from dpmbench.solvers.base import get_solver
+from dpmbench.solvers.registry import get_solver
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -46,9 +46,9 @@ from tqdm import tqdm
 
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.models.base import NFECounter, NoiseSource, has_exact_solution
-from dpmbench.search import register_search
 from dpmbench.search._common import oracle_set, rmse, search_prior, single_thread
 from dpmbench.search.ays import steps_for
+from dpmbench.search.base import register_search
 from dpmbench.solvers.base import Context, Option, Solver
 from dpmbench.timesteps import TIMESTEP_SCHEDULES, timesteps
 

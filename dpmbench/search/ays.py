@@ -51,8 +51,8 @@ import torch
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import prior_noise
 from dpmbench.sampling import sample
-from dpmbench.search import register_search, run_search
 from dpmbench.search._common import oracle_set, rmse, search_cond, single_thread
+from dpmbench.search.base import register_search, run_search
 from dpmbench.solvers.base import Context, Option, Solver
 from dpmbench.solvers.data import data_samples
 from dpmbench.timesteps import TIMESTEP_SCHEDULES, timesteps

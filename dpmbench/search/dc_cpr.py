@@ -24,7 +24,7 @@ import torch
 from dpmbench.artifacts import cached
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import Guided, guided
-from dpmbench.search import register_search, run_search
+from dpmbench.search.base import register_search, run_search
 from dpmbench.solvers.base import Context, Solver
 from dpmbench.solvers.dc_solver import DCSolver, grid_values
 

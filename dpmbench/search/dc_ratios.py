@@ -18,7 +18,7 @@ import torch
 
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter, has_exact_solution
-from dpmbench.search import register_search
+from dpmbench.search.base import register_search
 from dpmbench.solvers.base import Context, History, Option, Plan, Point, Solver
 from dpmbench.solvers.dc_solver import DCSolver, compensated_output
 

@@ -29,8 +29,8 @@ import torch
 
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import NFECounter
-from dpmbench.search import register_search
 from dpmbench.search._common import oracle_set, rmse, single_thread
+from dpmbench.search.base import register_search
 from dpmbench.solvers.base import Context, Option, Plan, Point, Solver
 from dpmbench.solvers.usf import CORRECTORS, ORDERS, PREDS, PRESETS, SCALES, USF, preset_steps
 from dpmbench.timesteps import TIMESTEP_SCHEDULES, timesteps

@@ -445,7 +445,7 @@ class MultistepSolver(Solver):
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """Split ``NAME[:key=value,...]`` into the name and the raw options."""
     if not isinstance(spec, str) or not spec.strip():
-        raise bad_value("solver", spec, list_solvers())
+        raise bad_value("solver", spec, list(SOLVERS))
     name, _, rest = spec.strip().partition(":")
     opts: dict[str, str] = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
@@ -458,28 +458,16 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name.strip(), opts
 
 
-def list_solvers() -> list[str]:
-    """Registered solver names."""
-    _ensure_loaded()
-    return list(SOLVERS)
-
-
-def get_solver(spec: str | Solver, **overrides: Any) -> Solver:
-    """Build a solver from a spec string (``NAME[:key=value,...]``) or return it unchanged."""
+def make_solver(spec: str | Solver, **overrides: Any) -> Solver:
+    """Build a solver of the families registered so far from a spec string (``NAME[:key=value,...]``), or return
+    it unchanged. Families that wrap another solver (Picard, D-ODE, ...) build it with this; everyone else uses
+    ``dpmbench.solvers.registry.get_solver``, which first registers the built-in families and the plugins."""
     if isinstance(spec, Solver):
         return spec
-    _ensure_loaded()
     name, opts = parse_spec(spec)
     if name not in SOLVERS:
         raise bad_value("solver", name, list(SOLVERS))
     return SOLVERS[name](**opts, **overrides)
-
-
-def _ensure_loaded() -> None:
-    import dpmbench.solvers  # noqa: F401  (registers the built-in families)
-    from dpmbench.solvers.plugins import load_plugins
-
-    load_plugins()
 
 
 def expm1(x: float) -> float:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from dpmbench.models.base import NFECounter, has_exact_solution
-from dpmbench.solvers.base import Context, get_solver
+from dpmbench.solvers.base import Context, make_solver
 
 
 def data_samples(ctx: Context, n: int, seed: int, cond: Any) -> torch.Tensor:
@@ -26,7 +26,7 @@ def data_samples(ctx: Context, n: int, seed: int, cond: Any) -> torch.Tensor:
     x_T = model.prior(n, seed=seed, dtype=torch.float64)
     if has_exact_solution(model):  # an oracle, guided or not (a guided network has none)
         return model.exact_solution(x_T, t_end=ctx.end, t_start=ctx.start, cond=cond).to(torch.float64)
-    sol = get_solver("dpm-solver++")
+    sol = make_solver("dpm-solver++")
     plan = sol.make_plan(100, model.schedule, "logsnr", ctx.start, ctx.end)
     with torch.no_grad():
         return sol.run(NFECounter(model, cond), x_T, plan)

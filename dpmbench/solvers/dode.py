@@ -64,17 +64,7 @@ from dpmbench.artifacts import cached
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import Model, NFECounter
 from dpmbench.schedules import NoiseSchedule
-from dpmbench.solvers.base import (
-    Context,
-    History,
-    MultistepSolver,
-    Option,
-    Plan,
-    Point,
-    Solver,
-    get_solver,
-    register,
-)
+from dpmbench.solvers.base import Context, History, MultistepSolver, Option, Plan, Point, Solver, make_solver, register
 from dpmbench.solvers.edm import scale_free_sigma
 from dpmbench.solvers.iia import NEGLIGIBLE
 
@@ -156,10 +146,10 @@ class DODE(Solver):
         if self.base not in AB_BASES and self.ab_adjust != "combined":
             raise DpmbenchError(f"invalid option 'ab_adjust' of solver 'd-ode' {self.ab_adjust!r} with "
                                 f"base={self.base}: it applies to ipndm / deis; leave combined")
-        self.student = get_solver(_spec(self.base, self.order))
+        self.student = make_solver(_spec(self.base, self.order))
         self.combined = self.base in AB_BASES and self.ab_adjust == "combined"
         self.heun = self.base == "heun"
-        self.teacher_solver = get_solver(_spec(self.teacher, 2))
+        self.teacher_solver = make_solver(_spec(self.teacher, 2))
 
     @property
     def stepper(self) -> MultistepSolver:

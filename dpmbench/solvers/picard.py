@@ -54,7 +54,7 @@ from dpmbench.solvers.base import (
     Point,
     SinglestepSolver,
     Solver,
-    get_solver,
+    make_solver,
     register,
 )
 from dpmbench.solvers.ddpm import DDPM
@@ -132,7 +132,7 @@ class Picard(Solver):
         if self.base not in MULTISTEP and self.order != 2:
             raise DpmbenchError(f"invalid option 'order' of solver 'picard' {self.order} with base={self.base}: it is "
                                 "first order (order applies to dpm-solver++ / dpm-solver; leave 2)")
-        base = get_solver(base_spec(self.base, self.order))
+        base = make_solver(base_spec(self.base, self.order))
         kind = {"ddpm": "ddpm", "ddim": "single", "euler": "single"}.get(self.base, "multi")
         self.base_solver, self.base_kind = base, kind
         self.stochastic = base.stochastic
