@@ -191,9 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    reg = sub.add_parser("regress", help="fail (exit 1) when results are worse than a baseline")
+    reg = sub.add_parser("regress", help="fail (exit 1) when results are worse than a baseline; improvements beyond "
+                         "tolerance are listed, and fail (exit 3) with --fail-on-improvement")
     reg.add_argument("--baseline", required=True)
     reg.add_argument("--results", required=True)
+    reg.add_argument("--fail-on-improvement", action="store_true",
+                     help="exit 3 when a cell is better than the baseline beyond tolerance (and none worse): numbers "
+                     "that moved either way are seen until the baseline is refreshed on purpose (make baseline)")
     reg.add_argument("--config", default=None, help="YAML with regression.tolerances: metric -> rtol/atol/stochastic")
     return p
 
@@ -664,9 +668,11 @@ def cmd_regress(args: argparse.Namespace) -> int:
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise DpmbenchError(f"invalid --config {args.config!r}: not YAML ({exc.__class__.__name__})") from None
         tolerances = load_tolerances(config)
-    passed, _, summary = regress(args.baseline, args.results, tolerances)
+    passed, bad, summary = regress(args.baseline, args.results, tolerances, args.fail_on_improvement)
     print(summary)
-    return 0 if passed else 1
+    if passed:
+        return 0
+    return 3 if set(bad["verdict"]) == {"better"} else 1
 
 
 COMMANDS = {"list": cmd_list, "sample": cmd_sample, "reference": cmd_reference,
