@@ -257,6 +257,71 @@ def summary_verdict(rows: list[str]) -> str:
     return "mixed"
 
 
+def _legacy_verdict(rows: list[str]) -> str:
+    """The summary rule before the stated rules (a tie held, no minimum gain, no correction, "within noise" taken as
+    a match), kept only to say why a verdict changed (:func:`changes`)."""
+    h, f = rows.count("holds"), rows.count("fails")
+    if h == 0 and f == 0:
+        return "within noise"
+    if f == 0 and 2 * h >= len(rows):
+        return "holds"
+    if h == 0 and 2 * f >= len(rows):
+        return "fails"
+    return "mixed"
+
+
+def _summary_rows(md: str) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """(claim, model, setting) -> (metric, verdict) of a claims.md's summary table."""
+    keys = {c.key for c in CLAIMS}
+    out = {}
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) >= 5 and cells[0] in keys:
+            out[(cells[0], cells[1], cells[2])] = (cells[3], cells[4])
+    return out
+
+
+def changes(results: list[dict[str, Any]], previous: str) -> list[str]:
+    """The closing note's lines: every verdict that differs from the ``previous`` claims.md, before -> after, with
+    the reason (the metric, the rules judged on the same rows, new or dropped entries, or changed numbers)."""
+    before = _summary_rows(previous)
+    lines = []
+    now = {(r["claim"].key, r["model"], r["setting"]): r for r in results}
+    for key, r in now.items():
+        old = before.get(key)
+        where = f"{key[0]} on {key[1]}, guidance {key[2]}"
+        if old is None:
+            lines.append(f"- {where}: new -> **{r['verdict']}** ({r['metric']}): a claim, pairing or setting the "
+                         "previous ledger did not judge")
+            continue
+        if old == (r["metric"], r["verdict"]):
+            continue
+        if old[0] != r["metric"]:
+            why = (f"judged on {r['metric']} instead of {old[0]}" + (" (fd_true sees two moments only)"
+                                                                      if old[0] == "fd_true" else ""))
+        elif old[1] == r["verdict_legacy"]:  # the previous rule on these numbers gave the previous verdict
+            rows = [x[3] for x in r["rows"]]
+            parts = []
+            if r["claim"].margin is not None:
+                parts.append(f"a match needs the 90% CI inside the {r['claim'].margin:.0%} margin (TOST)")
+            if "too small" in rows:
+                parts.append(f"gains under the stated {r['claim'].min_gain:.0%} minimum")
+            h = rows.count("holds")
+            if r["verdict_legacy"] == "holds" and 2 * h == len(rows):
+                parts.append("a tie of columns no longer holds")
+            if not parts:
+                parts.append("Holm's correction over the NFE columns")
+            why = "the stated rules on the same numbers: " + "; ".join(parts)
+        else:
+            why = "the numbers changed (e.g. fits and searches now held out from the evaluated x_T)"
+        lines.append(f"- {where}: {old[1]} ({old[0]}) -> **{r['verdict']}** ({r['metric']}): {why}")
+    for key, (metric, verdict) in before.items():
+        if key not in now:
+            lines.append(f"- {key[0]} on {key[1]}, guidance {key[2]}: {verdict} ({metric}) -> not judged: no "
+                         "applicable metric or solver in these results (quality claims no longer use fd_true)")
+    return lines
+
+
 def equivalence_verdict(rows: list[str]) -> str:
     """The verdict of an equivalence claim from its per-NFE rows: ``holds`` only when every column is shown
     equivalent (an intersection-union test: no correction needed), ``fails`` when half or more fail, ``mixed`` when
@@ -352,8 +417,9 @@ def check_claims(df: pd.DataFrame, searches: Mapping[str, str] | None = None) ->
                         have = [n for n in nfes if tops[n] is not None]
                         vs = judge([(a[n], tops[n]) for n in have], lower, claim.min_gain)
                         strong = [(n, tops[n], v, d) for n, (v, d) in zip(have, vs, strict=True)]
+                    legacy = _legacy_verdict([_row_verdict(a[n], b[n], lower)[0] for n in nfes])
                     out.append({"claim": claim, "model": model, "guidance": guidance, "setting": setting,
-                                "metric": metric, "ran": ran, "rows": rows,
+                                "metric": metric, "ran": ran, "rows": rows, "verdict_legacy": legacy,
                                 "n_samples": None if pd.isna(n_samples) else int(n_samples),
                                 "verdict": verdict, "strongest": strong,
                                 "verdict_strongest": summary_verdict([r[2] for r in strong]) if strong else "n/a",
@@ -403,10 +469,11 @@ RULES = (
     "collapses onto the modes raises it), on digits models `fdd` (the field's FID on digits-CNN features).")
 
 
-def claims_markdown(df: pd.DataFrame, searches: Mapping[str, str] | None = None) -> str:
+def claims_markdown(df: pd.DataFrame, searches: Mapping[str, str] | None = None, previous: str | None = None) -> str:
     """``claims.md``: the rules, then per claim its source, its stated minimum gain or margin, then per model and
     setting the paired numbers and the verdicts against the paper's baseline and the strongest solver of the grid
-    (``searches``: see :func:`check_claims`)."""
+    (``searches``: see :func:`check_claims`); with ``previous`` (the claims.md this one replaces), a closing note of
+    every verdict that changed, before -> after, with the reason."""
     results = check_claims(df, searches) if not df.empty else []
     lines = ["# The seed papers' claims on this run's models", "",
              "Generated by `dpmbench report` from this run's results (never edited by hand).", "", RULES, ""]
@@ -453,6 +520,10 @@ def claims_markdown(df: pd.DataFrame, searches: Mapping[str, str] | None = None)
                             f" {_who(top[0], r)}: {_num(top[0])} | {_diff(top[2])} | {top[1]} |")
                 lines.append(row)
             lines.append("")
+    if previous is not None:
+        note = changes(results, previous)
+        lines += ["## Verdicts changed since the previous ledger", "",
+                  *(note or ["_None: every verdict is the previous ledger's._"]), ""]
     return "\n".join(lines)
 
 

@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("results_dir", nargs="+", help="one or more results directories (several: merged; cells that "
                      "differ in protocol are shown apart, identical cells must agree)")
     rep.add_argument("--out", default="reports")
+    rep.add_argument("--previous-claims", default=None, help="the claims.md this report replaces (default: the one in "
+                     "--out, if any): claims.md then closes with every verdict that changed, before -> after, and why")
     rep.add_argument("--site", default=None, help="also write a self-contained static site (index.html and a page "
                      "per model) into this directory")
     rep.add_argument("--papers", default=None,
@@ -617,7 +619,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from dpmbench.report import write_report
 
-    write_report(args.results_dir, args.out, papers_dir=args.papers, site=args.site, jobs=args.jobs)
+    write_report(args.results_dir, args.out, papers_dir=args.papers, site=args.site, jobs=args.jobs,
+                 previous_claims=args.previous_claims)
 
 
 def cmd_pull(args: argparse.Namespace) -> None:

@@ -185,3 +185,28 @@ def test_report_judges_claims_on_the_stored_replicates(tmp_path: Path) -> None:
     assert f"| {diff[0]:+.4g} [{diff[1]:+.4g}, {diff[2]:+.4g}] | {verdict} |" in md
     back = claims_markdown(pd.read_csv(out / "results.csv", dtype={"guidance": str}))
     assert "| marginal CIs |" in back and f"| {diff[0]:+.4g} [" not in back
+
+
+def test_report_closes_claims_md_with_the_changed_verdicts(tmp_path: Path) -> None:
+    """``dpmbench report`` compares with the claims.md it replaces (the one in --out, or --previous-claims)."""
+    from dpmbench.cli import main
+
+    cell = tmp_path / "run" / "gmm-2d" / "gnone" / "seed0"
+    for solver in ("ts-ddim", "ddim"):
+        shard = cell / "logsnr" / solver / "nfe5" / "0-64.npz"
+        assert main(["sample", "--model", "gmm-2d", "--num-samples", "64", "--seed", "0", "--solver", solver,
+                     "--nfe", "5", "--out", str(shard)]) == 0
+        assert main(["evaluate", "--samples", str(shard), "--metrics", "fd_true,sw2_true",
+                     "--out", str(shard.parent.parent / "nfe5.json")]) == 0
+    out, none = tmp_path / "report", str(tmp_path / "none")
+    assert main(["report", str(tmp_path / "run"), "--out", str(out), "--papers", none]) == 0
+    assert "Verdicts changed" not in (out / "claims.md").read_text()  # nothing to compare with
+    assert main(["report", str(tmp_path / "run"), "--out", str(out), "--papers", none]) == 0
+    assert "_None: every verdict is the previous ledger's._" in (out / "claims.md").read_text()
+    old = tmp_path / "old.md"
+    old.write_text("| time-shift-ddim | gmm-2d | none | fd_true | holds |\n")
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "r2"), "--papers", none,
+                 "--previous-claims", str(old)]) == 0
+    note = (tmp_path / "r2" / "claims.md").read_text().split("## Verdicts changed since the previous ledger")[1]
+    assert "- time-shift-ddim on gmm-2d, guidance none: holds (fd_true) -> **" in note
+    assert "(sw2_true): judged on sw2_true instead of fd_true (fd_true sees two moments only)" in note

@@ -178,3 +178,27 @@ def test_fails_keeps_its_rule(rows: list[str]) -> None:
     """``fails`` (half or more failing, none holding) and ``mixed`` are as before: the burden of proof is on the
     claim, so only ``holds`` became stricter."""
     assert summary_verdict(rows) == ("mixed" if "holds" in rows else "fails")
+
+
+def test_the_closing_note_lists_every_changed_verdict_with_its_reason() -> None:
+    """claims.md closes with the verdicts that differ from the ledger it replaces: the rules on the same numbers (a
+    tie), a metric that changed (fd_true -> sw2_true), a new pairing, an entry no longer judged."""
+    df = _paired_table([(-0.2, 0.01), (-0.2, 0.01), (0.0, 0.3), (0.0, 0.3)])
+    previous = "\n".join([
+        "| claim | model | guidance | metric | verdict |", "|---|---|---|---|---|",
+        "| dpm-solver-v3-vs-2m | gmm-2d | none | rmse_exact | holds |",
+        "| time-shift-ddim | gmm-2d | none | fd_true | holds |", ""])
+    md = claims_markdown(df, previous=previous)
+    note = md.split("## Verdicts changed since the previous ledger")[1]
+    assert ("- dpm-solver-v3-vs-2m on gmm-2d, guidance none: holds (rmse_exact) -> **mixed** (rmse_exact): the "
+            "stated rules on the same numbers: a tie of columns no longer holds") in note
+    assert "- time-shift-ddim on gmm-2d, guidance none: holds (fd_true) -> not judged" in note
+    same = claims_markdown(df, previous=md)  # regenerated on the same results: nothing changed
+    assert "_None: every verdict is the previous ledger's._" in same
+    assert "Verdicts changed" not in claims_markdown(df)
+    # an equivalence claim: "within noise" was taken as a match
+    quality = _picard(0.0028, 0.0018)
+    old = "| picard-matches-ddim | gmm-2d | none | sw2_true | within noise |\n"
+    note = claims_markdown(quality, previous=old).split("since the previous ledger")[1]
+    assert ("picard-matches-ddim on gmm-2d, guidance none: within noise (sw2_true) -> **inconclusive** (sw2_true): "
+            "the stated rules on the same numbers: a match needs the 90% CI inside the 5% margin (TOST)") in note
