@@ -278,8 +278,13 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
     """The model and the torch device of a sample/reference command, with their input checks."""
     import torch
 
+    from dpmbench.models.base import FIT_START
     from dpmbench.models.registry import load_model
 
+    start, n = getattr(args, "start", 0), getattr(args, "num_samples", 0)
+    if start + n > FIT_START:  # searches and fits draw from there: evaluated x_T never reach them
+        raise DpmbenchError(f"invalid --num-samples {n} / --start {start}: samples {FIT_START} and "
+                            "above of every stream are reserved for searches and fits")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DpmbenchError("invalid --device 'cuda': no CUDA device is available; allowed: cpu")
     model = load_model(args.model, device=args.device)
