@@ -78,9 +78,9 @@ def test_fitted_ratio_minimizes_the_official_loss(artifacts: Any) -> None:
     plan = sol.make_plan(nfe, m.schedule)
     ctx = Context(m, nfe)
     x0 = data_samples(ctx, sol.fit_samples, sol.fit_seed, None)
-    from dpmbench.models.base import prior_noise
+    from dpmbench.models.base import FIT_START, prior_noise
 
-    z = prior_noise(sol.fit_samples, m.shape, sol.fit_seed, stream=5)
+    z = prior_noise(sol.fit_samples, m.shape, sol.fit_seed, FIT_START, stream=5)  # the fit's own samples
     p0 = plan.points[0]
     x = p0.alpha * x0 + p0.sigma * z
     for i, (s, t, r) in enumerate(zip(plan.points[:-1], plan.points[1:], sol.ratios, strict=True)):

@@ -99,9 +99,9 @@ SOLVERS = {"oracle": ["ddim", "ts-ddim", "dpm-solver:order=2,method=multistep", 
 SOLVERS["net"] = [s.replace("dpm-solver-v3", "dpm-solver-v3:ems_samples=64").replace("dc-solver", "dc-solver:"
                                                                                       "search_iters=10")
                   for s in SOLVERS["oracle"]]
-MODELS = {"gmm-2d": ("oracle", ["none", "7.5"], ["rmse_exact", "fd_true"]),
-          "gmm-digits": ("oracle", ["none", "7.5"], ["rmse_exact", "fd_true"]),
-          "digits-empirical": ("oracle", ["none"], ["rmse_exact", "fd_true"]),
+MODELS = {"gmm-2d": ("oracle", ["none", "7.5"], ["rmse_exact", "fd_true", "sw2_true"]),
+          "gmm-digits": ("oracle", ["none", "7.5"], ["rmse_exact", "fd_true", "sw2_true"]),
+          "digits-empirical": ("oracle", ["none"], ["rmse_exact", "fd_true", "sw2_true"]),
           "digits-unet": ("net", ["none", "7.5"], ["mse_ref", "fdd"])}
 
 
@@ -126,18 +126,20 @@ def test_claims_md_lists_every_claim_on_every_model_where_it_applies(run_csv: Pa
     oracles = ["gmm-2d", "gmm-digits", "digits-empirical"]
     want = set()
     for key in ("time-shift-ddim", "time-shift-dpm-solver"):  # quality, unguided, every NFE
-        want |= {(key, m, "none", "fd_true") for m in oracles} | {(key, "digits-unet", "none", "fdd")}
+        want |= {(key, m, "none", "sw2_true") for m in oracles} | {(key, "digits-unet", "none", "fdd")}
     for key in ("dpm-solver-v3-vs-2m", "dpm-solver-v3-vs-unipc"):  # path, every guidance, NFE 5-10
         want |= {(key, m, g, "rmse_exact") for m in oracles for g in MODELS[m][1]}
         want |= {(key, "digits-unet", g, "mse_ref") for g in ("none", "7.5")}
-    for key in ("dc-solver-vs-unipc-cfg", "dpm-solver++-vs-dpm-solver-cfg"):  # path, guidance 7.5 only
+    for key in ("dc-solver-vs-unipc-cfg", "dpm-solver++-vs-dpm-solver-cfg",  # path, guidance 7.5 only
+                "dpm-solver++-vs-dpm-solver-cfg-multistep"):
         want |= {(key, m, "7.5", "rmse_exact") for m in ("gmm-2d", "gmm-digits")} | {(key, "digits-unet", "7.5",
                                                                                     "mse_ref")}
     assert summary == want
     # every seed-paper claim has a model in this run; the newer samplers' claims (their solvers are not in the
     # default grid: config/samplers.yaml, tests/test_claims_samplers.py) have no row here
     seed_papers = {"time-shift-ddim", "time-shift-dpm-solver", "dpm-solver-v3-vs-2m", "dpm-solver-v3-vs-unipc",
-                   "dc-solver-vs-unipc-cfg", "dpm-solver++-vs-dpm-solver-cfg"}
+                   "dc-solver-vs-unipc-cfg", "dpm-solver++-vs-dpm-solver-cfg",
+                   "dpm-solver++-vs-dpm-solver-cfg-multistep"}
     assert {k for k, *_ in want} == seed_papers and seed_papers <= {c.key for c in CLAIMS}
     # the per-claim tables: the prepared solvers under their configured names, NFE limited to the claim's range
     v3 = md.split("## dpm-solver-v3-vs-2m")[1].split("\n## ")[0]
@@ -161,7 +163,7 @@ def test_several_schedules_are_judged_separately() -> None:
 def test_report_judges_claims_on_the_stored_replicates(tmp_path: Path) -> None:
     """End to end: metric files written by ``dpmbench evaluate`` carry bootstrap replicates, so the claims.md of
     ``dpmbench report`` is decided on the paired CI; the same rows read back from results.csv (no replicates) fall
-    back to the marginal rule. (Time-Shift vs DDIM on gmm-2d, unguided fd_true: no reference run needed.)"""
+    back to the marginal rule. (Time-Shift vs DDIM on gmm-2d, unguided sw2_true: no reference run needed.)"""
     from dpmbench.cli import main
     from dpmbench.report import collect
 
@@ -170,7 +172,7 @@ def test_report_judges_claims_on_the_stored_replicates(tmp_path: Path) -> None:
         shard = cell / "logsnr" / solver / "nfe5" / "0-64.npz"
         assert main(["sample", "--model", "gmm-2d", "--num-samples", "64", "--seed", "0", "--solver", solver,
                      "--nfe", "5", "--out", str(shard)]) == 0
-        assert main(["evaluate", "--samples", str(shard), "--metrics", "fd_true",
+        assert main(["evaluate", "--samples", str(shard), "--metrics", "sw2_true",
                      "--out", str(shard.parent.parent / "nfe5.json")]) == 0
     out = tmp_path / "report"
     assert main(["report", str(tmp_path / "run"), "--out", str(out), "--papers", str(tmp_path / "none")]) == 0
@@ -183,3 +185,28 @@ def test_report_judges_claims_on_the_stored_replicates(tmp_path: Path) -> None:
     assert f"| {diff[0]:+.4g} [{diff[1]:+.4g}, {diff[2]:+.4g}] | {verdict} |" in md
     back = claims_markdown(pd.read_csv(out / "results.csv", dtype={"guidance": str}))
     assert "| marginal CIs |" in back and f"| {diff[0]:+.4g} [" not in back
+
+
+def test_report_closes_claims_md_with_the_changed_verdicts(tmp_path: Path) -> None:
+    """``dpmbench report`` compares with the claims.md it replaces (the one in --out, or --previous-claims)."""
+    from dpmbench.cli import main
+
+    cell = tmp_path / "run" / "gmm-2d" / "gnone" / "seed0"
+    for solver in ("ts-ddim", "ddim"):
+        shard = cell / "logsnr" / solver / "nfe5" / "0-64.npz"
+        assert main(["sample", "--model", "gmm-2d", "--num-samples", "64", "--seed", "0", "--solver", solver,
+                     "--nfe", "5", "--out", str(shard)]) == 0
+        assert main(["evaluate", "--samples", str(shard), "--metrics", "fd_true,sw2_true",
+                     "--out", str(shard.parent.parent / "nfe5.json")]) == 0
+    out, none = tmp_path / "report", str(tmp_path / "none")
+    assert main(["report", str(tmp_path / "run"), "--out", str(out), "--papers", none]) == 0
+    assert "Verdicts changed" not in (out / "claims.md").read_text()  # nothing to compare with
+    assert main(["report", str(tmp_path / "run"), "--out", str(out), "--papers", none]) == 0
+    assert "_None: every verdict is the previous ledger's._" in (out / "claims.md").read_text()
+    old = tmp_path / "old.md"
+    old.write_text("| time-shift-ddim | gmm-2d | none | fd_true | holds |\n")
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "r2"), "--papers", none,
+                 "--previous-claims", str(old)]) == 0
+    note = (tmp_path / "r2" / "claims.md").read_text().split("## Verdicts changed since the previous ledger")[1]
+    assert "- time-shift-ddim on gmm-2d, guidance none: holds (fd_true) -> **" in note
+    assert "(sw2_true): judged on sw2_true instead of fd_true (fd_true sees two moments only)" in note

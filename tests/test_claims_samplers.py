@@ -26,7 +26,7 @@ def test_every_sampler_claim_is_judged_on_a_samplers_run() -> None:
         c = claims[key]
         assert c.solver in solvers and c.baseline in solvers, key
         get_solver(c.solver), get_solver(c.baseline)  # valid specs
-        metric = "rmse_exact" if c.kind == "path" else "fd_true"
+        metric = "rmse_exact" if c.kind == "path" else "sw2_true"  # quality claims: the whole distribution
         for spec, v in ((c.solver, 0.1), (c.baseline, 0.2)):  # the paper's solver better, CIs disjoint
             rows.append({"model": "gmm-2d", "solver": spec, "nfe": 5, "schedule": "logsnr", "guidance": "none",
                          "metric": metric, "value": v, "ci_low": v - 0.01, "ci_high": v + 0.01, "n_samples": 100,

@@ -241,19 +241,22 @@ def test_searched_ratios_approach_one() -> None:
 @pytest.mark.parametrize(("nfe", "ratio"), [(5, 30), (6, 5), (8, 30), (10, 300)])
 def test_beats_unipc_under_guidance_7_5(held_out: dict[str, Any], nfe: int, ratio: float) -> None:
     """The paper's claim (better than UniPC at few NFE, notably with large guidance), on held-out x_T: measured
-    RMSE DC-Solver / UniPC = 0.29 / 19.4, 0.84 / 6.96, 0.61 / 89, 0.12 / 153 at NFE 5 / 6 / 8 / 10 (factors 66,
-    8.3, 147, 1300); asserted with the margin ``ratio`` (a fifth to a half of the measured factor)."""
+    RMSE DC-Solver / UniPC = 0.32 / 19.4, 0.53 / 6.96, 1.44 / 89, 0.26 / 153 at NFE 5 / 6 / 8 / 10 (factors 60,
+    13, 62, 580); asserted with the margin ``ratio`` (a fifth to a half of the measured factor). The search draws
+    its 10 x_T from samples 2^32.. of its seed (never an evaluated x_T); before it drew samples 0..9 of seed 0 and
+    measured 0.29 / 0.84 / 0.61 / 0.12: with 10 search samples the ratios, and so NFE 8, move with the draw."""
     dc, uni = _err(held_out, "dc-solver", nfe), _err(held_out, "unipc", nfe)
     assert dc * ratio < uni, (dc, uni)
-    assert dc < 1.0
+    assert dc < 1.6
 
 
 def test_cpr_predicts_unseen_cells(held_out: dict[str, Any]) -> None:
     """CPR fitted on the searches of NFE 5/6/8/10 x guidance 7.5/10 (those at 7.5 are the claim's above) predicts
     the ratios of cells it never saw. Measured RMSE on the held-out x_T with CPR ratios / searched ratios / UniPC:
-    0.26 / 0.19 / 39 (NFE 7, guidance 7.5), 0.20 / 0.14 / 47 (NFE 9, guidance 7.5) and 0.24 / 0.19 / 84 (NFE 7,
-    guidance 9): CPR keeps most of the gain, within 40% of the searched ratios' error, although the ratios
-    themselves differ by up to 1-3 at single steps (the searched ones are noisy: the loss is flat in rho there)."""
+    0.28 / 0.17 / 39 (NFE 7, guidance 7.5), 0.22 / 0.13 / 47 (NFE 9, guidance 7.5) and 0.25 / 0.20 / 84 (NFE 7,
+    guidance 9): CPR keeps most of the gain, within 80% of the searched ratios' error (within 40% when the searches
+    drew samples 0..9 of seed 0), although the ratios themselves differ by up to 1-3 at single steps (the searched
+    ones are noisy: the loss is flat in rho there)."""
     cpr = get_solver("dc-solver:ratios=cpr,cpr_nfes=5/6/8/10,cpr_guidances=7.5/10")
     model = held_out["model"]
     for nfe, scale in ((7, SCALE), (9, SCALE), (7, 9.0)):
@@ -264,7 +267,7 @@ def test_cpr_predicts_unseen_cells(held_out: dict[str, Any]) -> None:
             held_out["x_T"], t_end=T_END, cond=held_out["cond"])}
         e_cpr, e_search = _err(d, cpr, nfe, scale), _err(d, "dc-solver", nfe, scale)
         e_uni = _err(d, "unipc", nfe, scale)
-        assert e_cpr < 1.6 * e_search and 20 * e_cpr < e_uni, (nfe, scale, e_cpr, e_search, e_uni)
+        assert e_cpr < 1.9 * e_search and 20 * e_cpr < e_uni, (nfe, scale, e_cpr, e_search, e_uni)
 
 
 def test_cpr_unguided() -> None:

@@ -93,26 +93,29 @@ def test_distillation_helps_as_measured(artifacts: Any) -> None:
 
 
 def test_distillation_over_ipndm_and_deis_as_measured(artifacts: Any) -> None:
-    """gmm-2d, 200 samples, RMSE ratio D-ODE / base at NFE 5 / 10 / 20 (DDIM teacher). Official form (default,
-    x_{i+1} += lambda_i (e~_i - e~_{i-1}), e~ the combined Adams-Bashforth eps): over iPNDM 0.387 / 1.166 / 2.418, over
-    DEIS (tAB, 4 values) 0.696 / 0.984 / 1.079; ab_adjust=newest (eq. 5 on the newest raw eps): 0.514 / 1.524 / 2.035
-    and 0.710 / 1.000 / 0.971. The claim holds at NFE 5 and fails beyond, in both forms. Not the teacher: with the
-    base itself as teacher (the official th_deis convention, here restarted per student step) the official form
-    measures 0.393 / 1.129 / 2.202 (iPNDM) and 0.716 / 0.997 / 1.056 (DEIS), with DPM-Solver++(2M) 0.393 / 1.129 /
-    2.200 and 0.716 / 0.997 / 1.054; and on the fit batch itself (256 samples, seed 1234) 0.41 / 1.09 / 3.17 over
-    iPNDM: the greedy per-step fit does not carry over to the 4-value Adams-Bashforth history at these NFE."""
+    """gmm-2d, 200 samples, RMSE ratio D-ODE / base at NFE 5 / 10 / 20 (DDIM teacher; the fit batch: samples 2^32..
+    of seed 1234, never an evaluated x_T). Official form (default, x_{i+1} += lambda_i (e~_i - e~_{i-1}), e~ the
+    combined Adams-Bashforth eps): over iPNDM 0.385 / 1.143 / 2.317, over DEIS (tAB, 4 values) 0.695 / 0.970 /
+    0.939; ab_adjust=newest (eq. 5 on the newest raw eps): 0.508 / 1.620 / 2.119 and 0.712 / 0.980 / 0.893. Over
+    iPNDM the claim holds at NFE 5 and fails beyond, in both forms; over DEIS it holds at NFE 5, is level at 10 and
+    holds at 20 with this fit batch (with the batch of samples 0.. of seed 1234 NFE 20 measured 1.079 and 0.971:
+    the NFE-20 DEIS result moves with the fit batch). Not the teacher: with the base itself as teacher (the
+    official th_deis convention, here restarted per student step) the official form measures 2.135 (iPNDM) and
+    0.956 (DEIS) at NFE 20 (2.202 and 1.056 with the earlier batch): the greedy per-step fit does not carry over to
+    the 4-value Adams-Bashforth history of iPNDM at these NFE."""
     model, x_T, ref = gmm2d_convergence_setup(200)
     for spec, base, bounds in (("d-ode:base=ipndm", "ipndm", [(0.35, 0.43), (1.07, 1.27), (2.2, 2.65)]),
-                               ("d-ode:base=deis", "deis", [(0.64, 0.75), (0.95, 1.02), (1.04, 1.12)]),
+                               ("d-ode:base=deis", "deis", [(0.64, 0.75), (0.95, 1.02), (0.90, 0.98)]),
                                ("d-ode:base=ipndm,ab_adjust=newest", "ipndm", [(0.47, 0.56), (1.4, 1.65), (1.85, 2.2)]),
-                               ("d-ode:base=deis,ab_adjust=newest", "deis", [(0.65, 0.77), (0.97, 1.03), (0.94, 1.0)])):
+                               ("d-ode:base=deis,ab_adjust=newest", "deis",
+                                [(0.65, 0.77), (0.97, 1.03), (0.86, 0.93)])):
         for nfe, (lo, hi) in zip((5, 10, 20), bounds, strict=True):
             r = rmse(sample(model, spec, nfe, x_T, t_end=T_END), ref) / rmse(sample(model, base, nfe, x_T, t_end=T_END),
                                                                             ref)
             assert lo < r < hi, (spec, nfe, r)
     base_err = {b: rmse(sample(model, b, 20, x_T, t_end=T_END), ref) for b in ("ipndm", "deis")}
     for spec, base, (lo, hi) in (("d-ode:base=ipndm,teacher=ipndm", "ipndm", (2.0, 2.4)),
-                                 ("d-ode:base=deis,teacher=deis", "deis", (1.02, 1.09))):  # not the teacher
+                                 ("d-ode:base=deis,teacher=deis", "deis", (0.92, 0.99))):  # not the teacher
         r = rmse(sample(model, spec, 20, x_T, t_end=T_END), ref) / base_err[base]
         assert lo < r < hi, (spec, r)
 

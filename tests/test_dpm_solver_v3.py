@@ -173,19 +173,23 @@ def test_ems_deterministic_cached_and_nfe_contract() -> None:
 
 # -- convergence order ---------------------------------------------------------------------------------------------
 def test_convergence_order_gmm2d() -> None:
-    """Measured on gmm-2d (logSNR steps, 100 samples): the predictor of order p converges at order ~p (fitted over
-    NFE 12-24: 2.1 and 3.2 measured; 2.9 for order 2 with the corrector). With this test's 48-interval EMS grid
-    the order-3 error levels off at ~2e-3 from NFE ~24 on: l, s, b are piecewise linear, so g_theta has kinks in
-    its first derivative at every grid point, which no polynomial through the step points resolves."""
+    """Measured on gmm-2d (logSNR steps, 100 samples; EMS from samples 2^32.. of seed 0, never these x_T): the
+    predictor of order p converges at order ~p (fitted over NFE 10-16: errors 0.048 / 0.030 / 0.017 for order 2,
+    0.047 / 0.030 / 0.010 for order 3). With this test's 48-interval EMS grid the errors level off at ~9e-3 from
+    NFE ~16 on (fitted over NFE 12-24 the orders read 1.7 / 1.6): l, s, b are piecewise linear, so g_theta has kinks
+    in its first derivative at every grid point, which no polynomial through the step points resolves. When the
+    EMS trajectories started from the evaluated x_T themselves (samples 0.. of seed 0, before the fits were held
+    out) the floor was ~2e-3 and NFE 12-24 read 2.1 / 3.2, and 2.9 for order 2 with the corrector; on held-out x_T
+    the corrector lowers the error at every NFE (0.031 / 0.019 / 0.011) but no longer raises the fitted order."""
     setup = gmm2d_convergence_setup(100)
-    nfes = [12, 16, 24]
+    nfes = [10, 12, 16]
     o2, e2 = measured_order(setup, f"{V3},order=2,corrector=false", nfes)
     o3, e3 = measured_order(setup, f"{V3},order=3,corrector=false,lower_order_final=false", nfes)
     assert 1.7 < o2 < 2.6, (o2, e2)
     assert 2.6 < o3 < 4.0, (o3, e3)
     assert e3[-1] < e2[-1]
-    o2c, e2c = measured_order(setup, f"{V3},order=2", nfes)  # the corrector raises the order by one
-    assert o2c > o2 + 0.5, (o2c, e2c, o2)
+    o2c, e2c = measured_order(setup, f"{V3},order=2", nfes)  # the corrector: a smaller error at every NFE
+    assert all(c < 0.8 * e for c, e in zip(e2c, e2, strict=True)), (o2c, e2c, e2)
 
 
 # -- the paper's claim on the oracle track (measured) --------------------------------------------------------------
@@ -208,9 +212,9 @@ def claim_errors() -> dict[str, dict[str, list[float]]]:
 
 def test_claim_v3_beats_dpm_solver_pp_and_unipc_on_gmm_digits(claim_errors: dict) -> None:
     """Paper (Tables 1-3, Fig. 1): DPM-Solver-v3 beats DPM-Solver++ and UniPC at 5-10 NFE. On gmm-digits (64-D)
-    it holds at every NFE 5-10. Measured RMSE at NFE 5 / 6 / 8 / 10: v3 0.108 / 0.091 / 0.059 / 0.048,
-    DPM-Solver++(2M) 0.146 / 0.104 / 0.081 / 0.057, UniPC-bh2-2 0.139 / 0.098 / 0.072 / 0.054 (v3 lower by
-    26 / 13 / 27 / 16 % and 22 / 8 / 18 / 12 %)."""
+    it holds at every NFE 5-10. Measured RMSE at NFE 5 / 6 / 8 / 10 (EMS from samples 2^32.. of seed 0, never an
+    evaluated x_T): v3 0.105 / 0.091 / 0.059 / 0.047, DPM-Solver++(2M) 0.146 / 0.104 / 0.081 / 0.057, UniPC-bh2-2
+    0.139 / 0.098 / 0.072 / 0.054 (v3 lower by 29 / 12 / 27 / 17 % and 25 / 8 / 18 / 13 %)."""
     errs = claim_errors["gmm-digits"]
     for base in BASELINES:
         assert all(v < b for v, b in zip(errs[V3], errs[base], strict=True)), (errs[V3], base, errs[base])
@@ -218,17 +222,19 @@ def test_claim_v3_beats_dpm_solver_pp_and_unipc_on_gmm_digits(claim_errors: dict
 
 
 def test_claim_on_gmm2d_as_measured(claim_errors: dict) -> None:
-    """On the 2-D, eight-component gmm-2d the claim does NOT hold at NFE 5-8. Measured RMSE at NFE 5 / 6 / 8 / 10:
-    v3 (official defaults: order 3, corrector, pseudo-order predictor at 5 steps) 0.420 / 0.098 / 0.063 / 0.027,
-    DPM-Solver++(2M) 0.077 / 0.069 / 0.053 / 0.037, UniPC-bh2-2 0.075 / 0.067 / 0.046 / 0.028. (With the default
-    EMS, K = 256 on 64 intervals, NFE 5 is 0.17: the low-NFE result is sensitive to the EMS estimate.) The EMS
+    """On the 2-D, eight-component gmm-2d the claim does NOT hold at NFE 5-10. Measured RMSE at NFE 5 / 6 / 8 / 10:
+    v3 (official defaults: order 3, corrector, pseudo-order predictor at 5 steps) 0.206 / 0.181 / 0.113 / 0.038,
+    DPM-Solver++(2M) 0.077 / 0.069 / 0.053 / 0.037, UniPC-bh2-2 0.075 / 0.067 / 0.046 / 0.028. (EMS from samples
+    2^32.. of seed 0; when they came from samples 0.. of seed 0 the claim's NFE 10 read 0.027, ahead of 2M.)
+    (With the default EMS, K = 256 on 64 intervals, NFE 5 was 0.17 then: the low-NFE result is sensitive to the EMS
+    estimate.) The EMS
     are one scalar l, s per lambda averaged over a strongly multimodal 2-D distribution, which cannot linearize the
-    component-switching part of the drift that dominates the error at large steps. At NFE 10 v3 is ahead of
-    DPM-Solver++(2M) and level with UniPC."""
+    component-switching part of the drift that dominates the error at large steps. At NFE 10 v3 is level with
+    DPM-Solver++(2M) and behind UniPC."""
     errs = claim_errors["gmm-2d"]
     for base in BASELINES:
         assert errs[V3][0] > 1.5 * errs[base][0] and errs[V3][1] > 1.2 * errs[base][1], (errs[V3], errs[base])
-    assert errs[V3][3] < errs["dpm-solver++:order=2"][3], errs
+    assert errs[V3][3] < 1.1 * errs["dpm-solver++:order=2"][3], errs
 
 
 def test_order_auto_is_3_unconditional_and_2_guided() -> None:

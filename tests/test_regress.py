@@ -94,3 +94,40 @@ def test_higher_is_better_metrics(tmp_path: Path) -> None:
     assert regress(b, _csv(tmp_path / "r1.csv", better))[0]
     ok, bad, _ = regress(b, _csv(tmp_path / "r2.csv", worse))
     assert not ok and list(bad["verdict"]) == ["worse"]
+
+
+def test_the_gate_is_two_sided(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A cell better than the baseline beyond tolerance (a reference or metric bug that lowers errors, say) is
+    reported, and fails the gate with --fail-on-improvement (exit 3; worse cells keep exit 1)."""
+    from dpmbench.cli import main
+
+    b = _csv(tmp_path / "b.csv", BASE)
+    better = [r.copy() for r in BASE]
+    better[0][6] = 0.05  # rmse halved
+    r = _csv(tmp_path / "r.csv", better)
+    ok, bad, summary = regress(b, r)
+    assert ok and bad.empty and "1 better than the baseline beyond tolerance (not failing" in summary
+    assert "| gmm-2d | ddim | 10 | logsnr | none | rmse_exact | 0.1 | 0.05 | better |" in summary
+    ok, bad, summary = regress(b, r, fail_on_improvement=True)
+    assert not ok and list(bad["verdict"]) == ["better"]
+    assert main(["regress", "--baseline", str(b), "--results", str(r)]) == 0
+    assert main(["regress", "--baseline", str(b), "--results", str(r), "--fail-on-improvement"]) == 3
+    assert "| 0.1 | 0.05 | better |" in capsys.readouterr().out
+    assert main(["regress", "--baseline", str(b), "--results", str(b), "--fail-on-improvement"]) == 0
+    # within tolerance, or for a stochastic metric inside the baseline's CI: not an improvement
+    tol = {"rmse_exact": Tolerance(rtol=0.6), "fd_true": Tolerance(rtol=0.05, stochastic=True)}
+    better[1][6] = 0.012  # 40% lower fd_true, but inside the baseline CI [0.010, 0.030]
+    assert regress(b, _csv(tmp_path / "r2.csv", better), tol, fail_on_improvement=True)[0]
+    better[1][6] = 0.009  # below the CI: a real change
+    ok, bad, _ = regress(b, _csv(tmp_path / "r3.csv", better), tol, fail_on_improvement=True)
+    assert not ok and list(bad["metric"]) == ["fd_true"]
+    # both ways: the worse cell decides the exit code
+    both = [r.copy() for r in better]
+    both[2][6] = 0.5
+    assert main(["regress", "--baseline", str(b), "--results", str(_csv(tmp_path / "r4.csv", both)),
+                 "--fail-on-improvement"]) == 1
+    # higher-is-better metrics: a rise is the improvement
+    base = [["gmm-2d", "ddim", 10, "logsnr", "none", "loglik_true", -1.0, -1.1, -0.9, 100, 1.0]]
+    up = [base[0][:6] + [-0.5] + base[0][7:]]
+    ok, bad, _ = regress(_csv(tmp_path / "b5.csv", base), _csv(tmp_path / "r5.csv", up), fail_on_improvement=True)
+    assert not ok and list(bad["verdict"]) == ["better"]

@@ -6,6 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 from test_workflow import TINY, _env, table
 
@@ -94,3 +95,68 @@ def test_shipped_searched_config_plans_its_searches_once(tmp_path: Path) -> None
     jobs = dict(line.split()[:2] for line in (proc.stdout + proc.stderr).splitlines()
                 if len(line.split()) == 2 and line.split()[1].isdigit())
     assert jobs["search"] == "4" and jobs["prepare"] == "5"  # dpm-solver-v3 on each of the 5 schedules
+
+
+HELD_OUT = {  # a searched grid (AYS's KLUB) and a fitted solver (DPM-Solver-v3's EMS) beside plain solvers
+    "results_dir": "results", "report_dir": "reports", "seed": 0, "t_end": 0.001, "device": "cpu",
+    "metrics": ["rmse_exact", "fd_true"], "nfe": [3, 5], "samples_per_shard": 20,
+    "schedules": ["logsnr", "searched:klub"],
+    "solvers": ["ddim", "dpm-solver++:order=2,method=multistep", "dpm-solver-v3:ems_samples=8,ems_steps=8"],
+    "models": {"gmm-2d": {"num_samples": 40, "guidance": ["none"]}},
+    "searches": {"klub": {"search": "ays", "model": "gmm-2d", "nfe": [3, 5],
+                          "set": "objective=klub,samples=8,iterations=1,candidates=3,levels=1,subdivide=false"}},
+}
+
+
+def test_workflow_fits_are_held_out_and_results_are_recomputed_in_process(tmp_path: Path) -> None:
+    """End to end: the search and the fit of a workflow run drew their sets from samples no sample job drew (their
+    artifacts say so, and regenerating those sets finds no evaluated x_T among them); and a handful of results.csv
+    cells equal an independent in-process computation from the same x_T (dpmbench.sample, RMSE to the exact
+    solution, FD from moments)."""
+    import subprocess
+
+    import numpy as np
+    import scipy.linalg
+    import torch
+    from test_workflow import _cmd
+
+    from dpmbench import load_model, sample
+    from dpmbench.models.base import FIT_START
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(HELD_OUT))
+    proc = subprocess.run(_cmd(tmp_path), capture_output=True, text=True, env=_env(tmp_path), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = load_model("gmm-2d")
+    x_T64 = model.prior(40, seed=0, dtype=torch.float64)
+    # held out: every stored search / fit artifact records a stream from FIT_START on, beyond every sample job
+    metas = [json.loads(p.read_text()).get("meta", {}) for p in (tmp_path / "results").rglob("*.json")
+             if "artifacts" in p.parts]
+    streams = [m["stream"] for m in metas if "stream" in m]
+    assert len(streams) >= 2 and all(s["start"] == FIT_START for s in streams)  # the AYS search, the EMS fit
+    starts = [int(np.load(p)["start"]) + int(np.load(p)["num_samples"])
+              for p in (tmp_path / "results").rglob("*.npz") if "start" in np.load(p).files]
+    assert starts and max(starts) <= 40 < FIT_START
+    for s in streams:
+        fit = model.prior(s.get("samples", 8), seed=s["seed"], dtype=torch.float64, start=s["start"])
+        assert not (torch.cdist(fit, x_T64) == 0).any()
+    # values: recompute cells of results.csv independently
+    rows = {(r["solver"], r["nfe"], r["schedule"], r["metric"]): float(r["value"])
+            for r in table(tmp_path / "reports" / "results.csv")}
+    ref = model.exact_solution(x_T64, t_end=0.001).numpy()
+    mu, cov = (a.numpy() for a in model.data_moments(None, t=0.001))
+    grids = {"logsnr": "logsnr"}
+    klub = json.loads((tmp_path / "results" / "artifacts" / "named" / "klub.json").read_text())["data"]
+    checked = 0
+    for solver in ("ddim", "dpm-solver++:order=2,method=multistep"):
+        for nfe in (3, 5):
+            for sched in ("logsnr", "searched:klub"):
+                kind = grids.get(sched) or torch.tensor(klub["grids"][str(nfe)], dtype=torch.float64)
+                x = sample(model, solver, nfe, model.prior(40, seed=0), schedule=kind, t_end=0.001)
+                x = x.to(torch.float32).numpy().astype(np.float64)
+                rmse = float(np.sqrt(((x - ref) ** 2).mean()))
+                m, c = x.mean(0), np.cov(x, rowvar=False)
+                fd = float(((m - mu) ** 2).sum() + np.trace(c + cov - 2 * scipy.linalg.sqrtm(c @ cov).real))
+                assert rows[(solver, str(nfe), sched, "rmse_exact")] == pytest.approx(rmse, rel=1e-6)
+                assert rows[(solver, str(nfe), sched, "fd_true")] == pytest.approx(fd, rel=1e-6, abs=1e-12)
+                checked += 1
+    assert checked == 8

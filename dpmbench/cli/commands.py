@@ -85,8 +85,13 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
     """The model and the torch device of a sample/reference command, with their input checks."""
     import torch
 
+    from dpmbench.models.base import FIT_START
     from dpmbench.models.registry import load_model
 
+    start, n = getattr(args, "start", 0), getattr(args, "num_samples", 0)
+    if start + n > FIT_START:  # searches and fits draw from there: evaluated x_T never reach them
+        raise DpmbenchError(f"invalid --num-samples {n} / --start {start}: samples {FIT_START} and "
+                            "above of every stream are reserved for searches and fits")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DpmbenchError("invalid --device 'cuda': no CUDA device is available; allowed: cpu")
     model = load_model(args.model, device=args.device)
@@ -227,7 +232,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from dpmbench.report import write_report
 
-    write_report(args.results_dir, args.out, papers_dir=args.papers, site=args.site, jobs=args.jobs)
+    write_report(args.results_dir, args.out, papers_dir=args.papers, site=args.site, jobs=args.jobs,
+                 previous_claims=args.previous_claims)
 
 
 def cmd_pull(args: argparse.Namespace) -> None:
@@ -279,8 +285,10 @@ def cmd_regress(args: argparse.Namespace) -> int:
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise DpmbenchError(f"invalid --config {args.config!r}: not YAML ({exc.__class__.__name__})") from None
         tolerances = load_tolerances(config)
-    passed, _, summary = regress(args.baseline, args.results, tolerances)
+    passed, bad, summary = regress(args.baseline, args.results, tolerances, args.fail_on_improvement)
     print(summary)
-    return 0 if passed else 1
+    if passed:
+        return 0
+    return 3 if set(bad["verdict"]) == {"better"} else 1
 
 

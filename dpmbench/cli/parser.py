@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("results_dir", nargs="+", help="one or more results directories (several: merged; cells that "
                      "differ in protocol are shown apart, identical cells must agree)")
     rep.add_argument("--out", default="reports")
+    rep.add_argument("--previous-claims", default=None, help="the claims.md this report replaces (default: the one in "
+                     "--out, if any): claims.md then closes with every verdict that changed, before -> after, and why")
     rep.add_argument("--site", default=None, help="also write a self-contained static site (index.html and a page "
                      "per model) into this directory")
     rep.add_argument("--papers", default=None,
@@ -217,9 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    reg = sub.add_parser("regress", help="fail (exit 1) when results are worse than a baseline")
+    reg = sub.add_parser("regress", help="fail (exit 1) when results are worse than a baseline; improvements beyond "
+                         "tolerance are listed, and fail (exit 3) with --fail-on-improvement")
     reg.add_argument("--baseline", required=True)
     reg.add_argument("--results", required=True)
+    reg.add_argument("--fail-on-improvement", action="store_true",
+                     help="exit 3 when a cell is better than the baseline beyond tolerance (and none worse): numbers "
+                     "that moved either way are seen until the baseline is refreshed on purpose (make baseline)")
     reg.add_argument("--config", default=None, help="YAML with regression.tolerances: metric -> rtol/atol/stochastic")
     return p
 

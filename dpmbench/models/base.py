@@ -73,6 +73,24 @@ def _block_seed(seed: int, stream: int, block: int) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
+FIT_START = 1 << 32
+"""First sample index of every search's and fit's draws (x_T, data, step noise, probes of a stream). An evaluation run
+draws samples ``0 .. num_samples - 1`` (shards: ``start .. start + K - 1``) of its seed's stream, and the command line
+refuses any run that would reach this index, so no search or fit ever sees an evaluated x_T, whatever the seeds."""
+
+
+def fit_prior(model: Model, n: int, seed: int, dtype: torch.dtype = torch.float64,
+              device: str | torch.device = "cpu") -> torch.Tensor:
+    """The x_T of a search's or fit's own set: samples ``FIT_START .. FIT_START + n - 1`` of stream ``seed``
+    (disjoint from every evaluation run's x_T of any seed: see ``FIT_START``)."""
+    return model.prior(n, seed=seed, dtype=dtype, device=device, start=FIT_START)
+
+
+def fit_stream(seed: int, n: int) -> dict[str, int]:
+    """How a search or fit drew its set, for its artifact: the seed and the sample index range (``FIT_START ..``)."""
+    return {"seed": int(seed), "start": FIT_START, "samples": int(n)}
+
+
 def prior_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0, stream: int = 0,
                 dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Standard normal noise for samples ``start .. start + n - 1`` of (seed, stream), drawn in ``dtype`` (float64 or

@@ -53,13 +53,15 @@ def _figure_pool(jobs: int) -> Iterator[concurrent.futures.ProcessPoolExecutor |
 
 
 def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Path,
-                 papers_dir: str | Path | None = None, site: str | Path | None = None, jobs: int = 1) -> pd.DataFrame:
+                 papers_dir: str | Path | None = None, site: str | Path | None = None, jobs: int = 1,
+                 previous_claims: str | Path | None = None) -> pd.DataFrame:
     """Write ``results.csv``, ``provenance.csv``/``.json``, ``leaderboard.md``, ``leaderboard.html``,
     ``paper_comparison.md``, ``claims.md`` (the seed papers' claims checked on these results,
     ``dpmbench.report.claims``) and ``figures/`` of one or several results directories (merged:
     ``dpmbench.report.merge``), and with ``site`` a static site there (``dpmbench.report.site``). With ``jobs`` > 1
     the figures are drawn by ``jobs`` worker processes after the tables are written (the same files: a figure does
-    not depend on who draws it)."""
+    not depend on who draws it). ``previous_claims`` (default: the ``claims.md`` already in ``out``): the ledger this
+    one replaces; claims.md then closes with every verdict that changed, before -> after, with the reason."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise bad_value("jobs", jobs, "an integer >= 1")
     dirs = [results_dirs] if isinstance(results_dirs, str | Path) else list(results_dirs)
@@ -83,7 +85,9 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
     comparison = paper_comparison_markdown(df, entries)
     atomic_write(out / "paper_comparison.md", lambda tmp: tmp.write_text(comparison))
     produced = named_searches([Path(d) / "artifacts" for d in dirs])  # the workflow's DPMBENCH_ARTIFACTS
-    claims = claims_markdown(df, {f"searched:{n}": s for n, s in produced.items() if s is not None})
+    prev = Path(previous_claims) if previous_claims is not None else out / "claims.md"  # the ledger it replaces
+    claims = claims_markdown(df, {f"searched:{n}": s for n, s in produced.items() if s is not None},
+                             prev.read_text() if prev.is_file() else None)
     atomic_write(out / "claims.md", lambda tmp: tmp.write_text(claims))
     tasks = figure_tasks(df, out) if not df.empty else []
     with _figure_pool(jobs) as pool:

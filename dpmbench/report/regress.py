@@ -5,6 +5,12 @@ its value exceeds ``baseline + |baseline| rtol + atol`` (mirrored for higher-is-
 metric marked stochastic, also lies above the
 baseline's confidence interval (``ci_high``) — so sampling noise alone never fails the gate. A cell that
 diverged (NaN) where the baseline was finite, or that is missing from the results, is worse too.
+
+The gate is two-sided: a cell that moved beyond the same tolerance the other way (and, stochastic, below the
+baseline's ``ci_low``), or that is finite where the baseline diverged, is *better*. Improvements are always
+reported; with ``fail_on_improvement`` (``dpmbench regress --fail-on-improvement``, exit code 3, as ``make regress``
+runs it) they fail the gate too, until the baseline is refreshed on purpose (``make baseline``): a bug in a reference
+or a metric that lowers errors is seen as surely as one that raises them.
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ def _read(path: str | Path, what: str) -> pd.DataFrame:
 
 def compare(baseline: pd.DataFrame, results: pd.DataFrame,
             tolerances: dict[str, Tolerance] | None = None) -> pd.DataFrame:
-    """Every baseline cell with its new value and a verdict (``ok``, ``worse``, ``diverged``, ``missing``)."""
+    """Every baseline cell with its new value and a verdict (``ok``, ``worse``, ``diverged``, ``missing``,
+    ``better``)."""
     tolerances = tolerances or {}
     merged = baseline.merge(results, on=KEY, how="left", suffixes=("_base", "_new"), indicator="found")
     verdicts = []
@@ -73,19 +80,22 @@ def compare(baseline: pd.DataFrame, results: pd.DataFrame,
         elif math.isnan(new):
             verdicts.append("ok" if math.isnan(base) else "diverged")
         elif math.isnan(base):
-            verdicts.append("ok")  # the baseline diverged, the new run does not: an improvement
-        elif higher_is_better(str(r["metric"])):  # log-likelihood, IS, CLIP score: a drop is worse
-            limit = base - abs(base) * tol.rtol - tol.atol
-            ci_low = r.get("ci_low_base")
-            if tol.stochastic and ci_low is not None and not math.isnan(float(ci_low)):
-                limit = min(limit, float(ci_low))
-            verdicts.append("worse" if new < limit else "ok")
+            verdicts.append("better")  # the baseline diverged, the new run does not
         else:
-            limit = base + abs(base) * tol.rtol + tol.atol
-            ci_high = r.get("ci_high_base")
-            if tol.stochastic and ci_high is not None and not math.isnan(float(ci_high)):
-                limit = max(limit, float(ci_high))
-            verdicts.append("worse" if new > limit else "ok")
+            # in "lower is better" units: a drop of a higher-is-better metric (log-likelihood, IS, CLIP) is worse
+            sign = -1.0 if higher_is_better(str(r["metric"])) else 1.0
+            band = abs(base) * tol.rtol + tol.atol
+            up, down = base + band, base - band  # the tolerance band around the baseline
+            ci = [r.get("ci_low_base"), r.get("ci_high_base")]
+            if tol.stochastic and all(c is not None and not math.isnan(float(c)) for c in ci):
+                up, down = max(up, float(ci[1])), min(down, float(ci[0]))
+            worse_limit, better_limit = (up, down) if sign > 0 else (down, up)
+            if sign * (new - worse_limit) > 0:
+                verdicts.append("worse")
+            elif sign * (new - better_limit) < 0:
+                verdicts.append("better")
+            else:
+                verdicts.append("ok")
     out = merged[KEY].copy()
     out["baseline"] = merged["value_base"]
     out["value"] = merged["value_new"]
@@ -93,18 +103,28 @@ def compare(baseline: pd.DataFrame, results: pd.DataFrame,
     return out
 
 
-def regress(baseline_path: str | Path, results_path: str | Path,
-            tolerances: dict[str, Tolerance] | None = None) -> tuple[bool, pd.DataFrame, str]:
-    """Compare the files; return (passed, the table of failing cells, a printable summary)."""
+def _table(rows: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join([*KEY, "baseline", "value", "verdict"]) + " |", "|" + "---|" * (len(KEY) + 3)]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def regress(baseline_path: str | Path, results_path: str | Path, tolerances: dict[str, Tolerance] | None = None,
+            fail_on_improvement: bool = False) -> tuple[bool, pd.DataFrame, str]:
+    """Compare the files; return (passed, the table of failing cells, a printable summary). Cells better than the
+    baseline beyond tolerance are listed in the summary either way, and fail the gate with
+    ``fail_on_improvement``."""
     table = compare(_read(baseline_path, "--baseline"), _read(results_path, "--results"), tolerances)
-    bad = table[table["verdict"] != "ok"]
-    summary = f"{len(table)} cells compared, {len(bad)} worse than the baseline"
-    if len(bad):
-        lines = ["| " + " | ".join([*KEY, "baseline", "value", "verdict"]) + " |",
-                 "|" + "---|" * (len(KEY) + 3)]
-        for r in bad.itertuples(index=False):
-            lines.append("| " + " | ".join(str(v) for v in r) + " |")
-        summary = summary + "\n" + "\n".join(lines)
+    worse = table[~table["verdict"].isin(["ok", "better"])]
+    better = table[table["verdict"] == "better"]
+    bad = pd.concat([worse, better]) if fail_on_improvement and len(better) else worse
+    summary = f"{len(table)} cells compared, {len(worse)} worse than the baseline"
+    if len(worse):
+        summary += "\n" + _table(worse)
+    summary += f"\n{len(better)} better than the baseline beyond tolerance"
+    if len(better):
+        summary += (" (" + ("failing: --fail-on-improvement" if fail_on_improvement else "not failing") + "; refresh "
+                    "the baseline on purpose if the change is meant: make baseline)\n" + _table(better))
     return bad.empty, bad, summary
 
 

@@ -32,17 +32,26 @@ def _finite(v: Any) -> bool:
     return v is not None and isinstance(v, int | float) and math.isfinite(float(v))
 
 
-def _paired(a: Any, b: Any) -> tuple[float, float, float] | None:
-    """(estimate, lo, hi) of a.value - b.value from paired replicates, or None when they are not pairable."""
-    ra, rb = a.boot, b.boot
+def paired_replicates(a: Any, b: Any) -> tuple[float, np.ndarray] | None:
+    """(a.value - b.value, the replicate-wise differences) when a and b carry pairable bootstrap replicates (same
+    count, bootstrap seed and sample count), else None."""
+    ra, rb = getattr(a, "boot", None), getattr(b, "boot", None)
     if not isinstance(ra, list) or not isinstance(rb, list) or len(ra) != len(rb) or len(ra) < 2:
         return None
     if a.boot_seed != b.boot_seed or a.n_samples != b.n_samples:
         return None
     x = np.array([np.nan if v is None else v for v in ra], np.float64)
     y = np.array([np.nan if v is None else v for v in rb], np.float64)
-    est = float(a.value) - float(b.value)
-    lo, hi = percentile_ci(est, x - y)
+    return float(a.value) - float(b.value), x - y
+
+
+def _paired(a: Any, b: Any) -> tuple[float, float, float] | None:
+    """(estimate, lo, hi) of a.value - b.value from paired replicates, or None when they are not pairable."""
+    pr = paired_replicates(a, b)
+    if pr is None:
+        return None
+    est, d = pr
+    lo, hi = percentile_ci(est, d)
     return None if math.isnan(lo) else (est, lo, hi)
 
 
@@ -110,4 +119,4 @@ def mean_ranks(g: pd.DataFrame, higher_is_better: bool = False) -> pd.DataFrame:
         ["mean_rank", "solver"], kind="stable").reset_index(drop=True)
 
 
-__all__ = ["Mark", "column_marks", "mean_ranks", "separated", "table_marks"]
+__all__ = ["Mark", "column_marks", "mean_ranks", "paired_replicates", "separated", "table_marks"]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from dpmbench.errors import DpmbenchError
+from dpmbench.models.base import FIT_START, fit_prior
 from dpmbench.solvers.base import Context
 
 
@@ -30,18 +31,19 @@ def search_cond(ctx: Context, n: int) -> Any:
 
 
 def oracle_set(ctx: Context, n: int, seed: int, what: str) -> tuple[torch.Tensor, Any, torch.Tensor]:
-    """The search's own x_T (``n`` float64 samples of stream ``seed``, independent of any batch being sampled),
-    their labels when guided, and their exact probability-flow ODE solutions (oracle models; cached on disk)."""
+    """The search's own x_T (``n`` float64 samples ``FIT_START ..`` of stream ``seed``: no evaluation run of any seed
+    draws them), their labels when guided, and their exact probability-flow ODE solutions (oracle models; cached on
+    disk)."""
     if not hasattr(ctx.model, "exact_solution"):
         raise DpmbenchError(f"invalid model {ctx.model.name!r} for {what}: it needs exact ODE solutions "
                             "(an oracle model: gmm-2d, gmm-digits, digits-empirical)")
-    x_T = ctx.model.prior(n, seed=seed, dtype=torch.float64)
+    x_T = fit_prior(ctx.model, n, seed)
     cond = search_cond(ctx, n)
     ref = ctx.model.exact_solution(x_T, t_end=ctx.end, t_start=ctx.start, cond=cond)
     return x_T, cond, ref.to(torch.float64)
 
 
-SEARCH_START = 1 << 32  # first sample index of a data-scored search set (no evaluation set reaches it)
+SEARCH_START = FIT_START  # first sample index of every search set (no evaluation set reaches it)
 
 
 def search_prior(ctx: Context, n: int, seed: int) -> tuple[torch.Tensor, Any, int]:

@@ -22,7 +22,8 @@ against the data statistics (official ``get_cand_fid``: Inception features of ``
 distance to ``ref_mu`` / ``ref_sigma``). ``objective`` chooses it:
 
 * ``fd`` (oracle models): the Frechet distance between the solver's samples from the search's own x_T (``samples``,
-  stream = the search seed) and the moments of their exact ODE solutions; ``exact``: the RMSE to those solutions;
+  samples ``2^32 ..`` of the search seed's stream, as every search set) and the moments of their exact ODE
+  solutions; ``exact``: the RMSE to those solutions;
 * ``fdd`` (8x8 digits models: the trained network ``digits-unet``, also the digits oracles): the paper's proxy
   itself, the ``fdd`` metric's digits-CNN features (``evaluators.images.digits_features``, EDM uint8 quantization) of
   the solver's samples, Frechet distance to the moments of the 1,797 digits' features (the ``fdd`` metric's
@@ -46,7 +47,7 @@ from tqdm import tqdm
 
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.models.base import NFECounter, NoiseSource, has_exact_solution
-from dpmbench.search._common import oracle_set, rmse, search_prior, single_thread
+from dpmbench.search._common import SEARCH_START, oracle_set, rmse, search_prior, single_thread
 from dpmbench.search.ays import steps_for
 from dpmbench.search.base import register_search
 from dpmbench.solvers.base import Context, Option, Solver
@@ -64,8 +65,8 @@ OPTIONS = {
     "crossovers": Option(int, 25, "crossover children per epoch (official crossover_num=25)", minimum=0),
     "m_prob": Option(float, 0.1, "probability that a mutation moves a point (official m_prob=0.1)", minimum=0.0),
     "epochs": Option(int, 10, "epochs (official max_epochs=10)", minimum=1),
-    "samples": Option(int, 128, "x_T of the search set (stream = the search seed; fdd: samples 2^32.. of it, never "
-                      "an evaluation x_T); the official search_plms.sh / search_dpm_solver.sh use num_sample=2000 / "
+    "samples": Option(int, 128, "x_T of the search set (samples 2^32.. of the search seed's stream, never an "
+                      "evaluation x_T); the official search_plms.sh / search_dpm_solver.sh use num_sample=2000 / "
                       "1000 on Stable Diffusion, 128 here keeps the proxy few-sample and cheap", minimum=2),
     "grid": Option(int, 1000, "candidate points: a time-uniform grid of this many interior times (official: the "
                    "1000 DDPM steps)", minimum=2),
@@ -187,7 +188,7 @@ def search_autodiffusion(ctx: Context, solver: Solver | None, seed: int, opts: d
         score = _digits_fdd()
     else:
         x_T, cond, ref = oracle_set(ctx, opts["samples"], seed, "search 'autodiffusion'")
-        start = 0
+        start = SEARCH_START  # oracle_set's x_T are these samples too (a stochastic solver's step noise of them)
         flat = ref.reshape(len(ref), -1).numpy()
         mu, cov = flat.mean(axis=0), np.cov(flat, rowvar=False)
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.models.base import prior_noise
+from dpmbench.models.base import FIT_START, prior_noise
 from dpmbench.sampling import sample
 from dpmbench.search._common import oracle_set, rmse, search_cond, single_thread
 from dpmbench.search.base import register_search, run_search
@@ -66,8 +66,8 @@ OPTIONS = {
     "candidates": Option(int, 6, "candidate positions per point and level of the coarse-to-fine search", minimum=2),
     "levels": Option(int, 2, "coarse-to-fine levels per point (each narrows the bracket around the best)",
                      minimum=1),
-    "samples": Option(int, 0, "klub: data samples x_0; exact: x_T (stream = the search seed); 0: 32 for klub, "
-                      "128 for exact", minimum=0),
+    "samples": Option(int, 0, "klub: data samples x_0; exact: x_T (samples 2^32.. of the search seed's stream); "
+                      "0: 32 for klub, 128 for exact", minimum=0),
     "init": Option(str, "best", "starting grid: 'best' (the best of logsnr, time-uniform, time-quadratic, karras and "
                    "the run's --schedule under the objective) or 'schedule' (the run's --schedule)",
                    choices=("best", "schedule")),
@@ -101,8 +101,8 @@ class Klub:
         self.cond = search_cond(ctx, n)
         self.x0 = data_samples(ctx, n, seed, self.cond).reshape(n, -1)
         shape = tuple(self.x0.shape[1:])
-        self.eps = prior_noise(n, shape, seed, stream=101).to(torch.float64)
-        self.z = prior_noise(n, shape, seed, stream=102).to(torch.float64)
+        self.eps = prior_noise(n, shape, seed, FIT_START, stream=101).to(torch.float64)  # the fit's own samples
+        self.z = prior_noise(n, shape, seed, FIT_START, stream=102).to(torch.float64)
         nodes, weights = np.polynomial.legendre.leggauss(quadrature)
         self.nodes, self.weights = (nodes + 1.0) / 2.0, weights / 2.0  # on [0, 1]
         self.n = n

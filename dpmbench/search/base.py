@@ -8,6 +8,11 @@ with the uncounted model; ``solver``: the solver it searches for, or None; ``dat
 ``register_search``. ``run_search`` caches it by everything it depends on. ``dpmbench search KIND ... --name N``
 runs one from the command line; a search producing time grids (``produces="timesteps"``) is then usable as
 ``--schedule searched:N``.
+
+Held out by construction: every search draws its set (x_T, data, noise) from samples ``FIT_START ..`` of its seed's
+streams (``dpmbench.models.base.fit_prior``), an index range no evaluation run reaches (the command line refuses one
+that would), so a searched or fitted solver is never scored on the x_T it was fitted on; the artifact's ``stream``
+records it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 from dpmbench.artifacts import cached, save_named
 from dpmbench.errors import bad_value
+from dpmbench.models.base import FIT_START
 from dpmbench.solvers.base import Context, Option, Solver
 
 
@@ -78,7 +84,7 @@ def run_search(kind: str, ctx: Context, solver: Solver | None = None, seed: int 
     meta: dict[str, Any] = {"search": kind, "model": ctx.model.cache_key(), "nfe": ctx.nfe, "guidance": ctx.guidance,
                             "kind": ctx.kind if isinstance(ctx.kind, str) else "custom", "t_start": ctx.t_start,
                             "t_end": ctx.t_end, "solver": solver.spec if solver else None, "seed": seed,
-                            "options": opts}
+                            "stream": {"seed": seed, "start": FIT_START}, "options": opts}
 
     def compute() -> Any:
         t0 = time.perf_counter()
@@ -86,7 +92,7 @@ def run_search(kind: str, ctx: Context, solver: Solver | None = None, seed: int 
         meta["wall_s"] = round(time.perf_counter() - t0, 3)
         return data
 
-    items = (*ctx.key(), solver.spec if solver else None, seed, sorted(opts.items()))
+    items = (*ctx.key(), solver.spec if solver else None, seed, FIT_START, sorted(opts.items()))
     data = cached(f"search-{kind}", items, compute, meta, code=search.fn)
     if name is not None:
         save_named(name, search.produces, data, meta)

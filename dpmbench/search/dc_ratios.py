@@ -1,11 +1,12 @@
 """The ``dc-ratios`` search: DC-Solver's compensation ratios for one (model, NFE, guidance) cell.
 
-The search data are ``size`` prior samples drawn with the search seed (and balanced class labels when guided),
-never the batch being sampled. Their ground-truth trajectory at the solver's grid times is the exact ODE solution
-for oracle models (chained from grid point to grid point), else a DPM-Solver++(3M) trajectory of about
-``reference_nfe`` NFE chained the same way (the official code uses a 200-step DDIM trajectory). The ratios are
-then searched greedily along the solver's own trajectory (``search_ratios``: official ``search_dc`` /
-``find_optim_ratio``, AdamW on each ratio; the compensation itself is in dpmbench/solvers/dc_solver.py).
+The search data are ``size`` prior samples of the search seed's stream from index ``FIT_START`` on
+(``dpmbench.models.base.fit_prior``; balanced class labels when guided), never an x_T any evaluation run draws.
+Their ground-truth trajectory at the solver's grid times is the exact ODE solution for oracle models (chained from
+grid point to grid point), else a DPM-Solver++(3M) trajectory of about ``reference_nfe`` NFE chained the same way
+(the official code uses a 200-step DDIM trajectory). The ratios are then searched greedily along the solver's own
+trajectory (``search_ratios``: official ``search_dc`` / ``find_optim_ratio``, AdamW on each ratio; the
+compensation itself is in dpmbench/solvers/dc_solver.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.models.base import NFECounter, has_exact_solution
+from dpmbench.models.base import NFECounter, fit_prior, has_exact_solution
 from dpmbench.search.base import register_search
 from dpmbench.solvers.base import Context, History, Option, Plan, Point, Solver
 from dpmbench.solvers.dc_solver import DCSolver, compensated_output
@@ -61,7 +62,7 @@ def dc_ratio_search(ctx: Context, solver: Solver | None, seed: int, opts: dict[s
         raise DpmbenchError(f"invalid --solver {getattr(solver, 'spec', solver)!r} for search 'dc-ratios': "
                             "allowed: dc-solver[:options]")
     model = ctx.model
-    x_T = model.prior(opts["size"], seed=seed, dtype=torch.float64, device=ctx.device)
+    x_T = fit_prior(model, opts["size"], seed, device=ctx.device)
     cond = model.labels(opts["size"]) if ctx.guidance is not None else None
     solver = DCSolver(**{**solver.opts, "ratios": "fixed", "ratio": 1.0})
     plan = solver.make_plan(ctx.nfe, model.schedule, ctx.kind, ctx.t_start, ctx.t_end)

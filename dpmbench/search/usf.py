@@ -4,9 +4,9 @@ scaled down from S^3 (Liu et al., ICLR 2024, arXiv 2312.07243, Sec. 4).
 The paper samples random solver schedules, trains a small performance predictor on their measured quality
 (FID of a few thousand images), and runs an evolutionary search whose candidates are screened by the predictor
 before being evaluated, in several stages. Here, on the oracle models, quality is measured directly and exactly:
-the RMSE of a schedule's samples to the exact ODE solutions from the search's own x_T (``samples``, stream
-``seed``); a candidate costs one solver run (NFE model evaluations of ``samples`` points), so the whole search is a
-few hundred runs:
+the RMSE of a schedule's samples to the exact ODE solutions from the search's own x_T (``samples``, samples
+``2^32 ..`` of stream ``seed``: never an evaluated x_T); a candidate costs one solver run (NFE model evaluations
+of ``samples`` points), so the whole search is a few hundred runs:
 
 1. seeds: the built-in strategies (ddim, DPM-Solver++(2M), UniPC-2, Taylor 3M) on each base time grid (``kinds``);
 2. ``random`` random schedules (per step: prediction type, order, derivative scaling, corrector; a base grid and
@@ -39,7 +39,8 @@ Genome = tuple[str, tuple[float, ...], tuple[tuple[str, int, str, str], ...]]
 JITTER = 0.45  # an interior point moves by at most this fraction of its smaller neighbouring gap (in lambda)
 
 OPTIONS = {
-    "samples": Option(int, 128, "x_T of the search set (stream = the search seed); exact solutions cached", minimum=8),
+    "samples": Option(int, 128, "x_T of the search set (samples 2^32.. of the search seed's stream); exact solutions "
+                      "cached", minimum=8),
     "random": Option(int, 64, "random schedules evaluated after the built-in seeds (S^3's random stage)", minimum=0),
     "generations": Option(int, 6, "evolutionary generations", minimum=0),
     "population": Option(int, 8, "parents: the best schedules evaluated so far", minimum=2),

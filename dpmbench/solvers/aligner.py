@@ -46,7 +46,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from dpmbench.artifacts import cached
-from dpmbench.models.base import Model, NFECounter, prior_noise
+from dpmbench.models.base import FIT_START, Model, NFECounter, fit_stream, prior_noise
 from dpmbench.solvers.base import Context, Option, Plan, Point, SinglestepSolver, register
 from dpmbench.solvers.data import data_samples
 from dpmbench.solvers.ddim import ddim_update
@@ -96,7 +96,8 @@ class TimestepAlignerDDIM(SinglestepSolver):
         def compute() -> dict[str, list[float]]:
             return self.fit_ratios(ctx, plan)
 
-        fitted = cached("ta-ratios", (*ctx.key(), *opts), compute, meta={"solver": self.spec, "nfe": ctx.nfe})
+        meta = {"solver": self.spec, "nfe": ctx.nfe, "stream": fit_stream(self.fit_seed, self.fit_samples)}
+        fitted = cached("ta-ratios", (*ctx.key(), *opts), compute, meta=meta)
         self.ratios = fitted["ratios"]
         return {"aligned_steps": steps, "fitted": True}
 
@@ -107,7 +108,8 @@ class TimestepAlignerDDIM(SinglestepSolver):
         cond = ctx.cond(self.fit_samples)
         net = NFECounter(model, cond)
         x0 = data_samples(ctx, self.fit_samples, self.fit_seed, cond).reshape(self.fit_samples, *model.shape)
-        z = prior_noise(self.fit_samples, tuple(model.shape), self.fit_seed, stream=NOISE_STREAM).to(torch.float64)
+        z = prior_noise(self.fit_samples, tuple(model.shape), self.fit_seed, FIT_START,
+                        stream=NOISE_STREAM).to(torch.float64)  # the fit's own samples, never an evaluated run's
         first = plan.points[0]
         x = first.alpha * x0 + first.sigma * z
         ratios: list[float] = []

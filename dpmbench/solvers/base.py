@@ -113,7 +113,8 @@ class Context:
     DPM-Solver-v3's statistics, searched solver schedules) evaluate the model here, outside the sampling budget,
     and cache their results as artifacts (``dpmbench.artifacts.cached``) keyed by ``key()`` and the solver's
     options. Artifacts must not depend on the batch being sampled (so results do not depend on batching): a
-    search that needs samples draws its own, e.g. ``model.prior(n, seed)`` and ``model.labels(n)`` when guided.
+    search that needs samples draws its own, e.g. ``fit_prior(model, n, seed)`` (samples no evaluation run draws:
+    ``dpmbench.models.base.FIT_START``) and ``model.labels(n)`` when guided.
 
     Solvers never import the searches (they sit above them): whoever builds the Context (``dpmbench.sample``, the
     CLI, ``dpmbench.diffusers``) gives it ``searcher``, a search runner with the signature of the search package's

@@ -135,7 +135,8 @@ class DCSolver(UniPC):
                          "to searches on the cpr_nfes x cpr_guidances grid, cached), fixed (every step uses "
                          "'ratio'; ratio=1 is UniPC)", choices=RATIO_MODES),
         "ratio": Option(float, 1.0, "the ratio of every step with ratios=fixed (1.0: no compensation)"),
-        "search_seed": Option(int, 0, "seed of the search data x_T (model.prior(search_size, seed))", minimum=0),
+        "search_seed": Option(int, 0, "seed of the search data x_T (samples 2^32.. of its stream: never evaluated)",
+                              minimum=0),
         "search_size": Option(int, 10, "number of search samples (official: a batch of 10)", minimum=1),
         "search_iters": Option(int, 40, "AdamW iterations per step (official LDM code: 40; its diffusers "
                                "scheduler: num_iters=20)", minimum=1),

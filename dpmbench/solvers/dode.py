@@ -62,7 +62,7 @@ import torch
 
 from dpmbench.artifacts import cached
 from dpmbench.errors import DpmbenchError
-from dpmbench.models.base import Model, NFECounter
+from dpmbench.models.base import Model, NFECounter, fit_prior, fit_stream
 from dpmbench.schedules import NoiseSchedule
 from dpmbench.solvers.base import Context, History, MultistepSolver, Option, Plan, Point, Solver, make_solver, register
 from dpmbench.solvers.edm import scale_free_sigma
@@ -177,7 +177,8 @@ class DODE(Solver):
             return self.distil(ctx.model, ctx.cond(self.fit_samples), plan)
 
         self.lambdas = cached("d-ode-lambdas", (*ctx.key(), *opts), compute,
-                              meta={"solver": self.spec, "nfe": ctx.nfe})
+                              meta={"solver": self.spec, "nfe": ctx.nfe,
+                                    "stream": fit_stream(self.fit_seed, self.fit_samples)})
         return {"d_ode_steps": len(self.lambdas), "fitted": True}
 
     def _count(self, plan: Plan) -> int:
@@ -194,7 +195,7 @@ class DODE(Solver):
 
     def distil(self, model: Model, cond: Any, plan: Plan) -> list[float]:
         """The per-step lambdas along the student trajectory of the fit batch (D-ODE eq. 7, closed form)."""
-        x = model.prior(self.fit_samples, seed=self.fit_seed, dtype=torch.float64)
+        x = fit_prior(model, self.fit_samples, self.fit_seed)  # never an evaluated x_T (FIT_START ..)
         target = x
         counter = NFECounter(model, cond)
         if self.heun:

@@ -59,7 +59,7 @@ import torch.autograd.forward_ad as fwad
 
 from dpmbench.artifacts import artifact_key, cached, code_version
 from dpmbench.errors import DpmbenchError
-from dpmbench.models.base import Model, NFECounter
+from dpmbench.models.base import Model, NFECounter, fit_prior, fit_stream
 from dpmbench.schedules import NoiseSchedule
 from dpmbench.solvers.base import Context, History, MultistepSolver, Option, Plan, Point, register
 
@@ -148,7 +148,7 @@ def compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples:
 def _compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples: int, seed: int,
                  conditional: bool, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Estimate the EMS l, s, b (paper eqs. (9)-(10)) on ``steps + 1`` points uniform in lambda from t_start to
-    t_end, with ``samples`` trajectories from x_T = model.prior(samples, seed) (labels model.labels() when
+    t_end, with ``samples`` trajectories from x_T = fit_prior(model, samples, seed) (labels model.labels() when
     ``conditional``). Returns JSON-able lists: ``lam`` (increasing), ``l``, ``s``, ``b`` (one flattened data-sized
     row per lambda) and the wall time."""
     start = time.perf_counter()
@@ -156,7 +156,7 @@ def _compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples
     lams = torch.linspace(sch.lambda_(t_start), sch.lambda_(t_end), steps + 1, dtype=torch.float64)
     ts = sch.t_of_lambda(lams)
     dla = _dlog_alpha_dlambda(sch, lams)
-    x = model.prior(samples, seed=seed, dtype=torch.float64, device=device)
+    x = fit_prior(model, samples, seed, device=device)  # samples FIT_START .. of the stream: never evaluated
     cond = model.labels(samples) if conditional else None
     cond2 = None if cond is None else torch.cat([cond, cond])
     dim = x[0].numel()
@@ -397,7 +397,8 @@ class DPMSolverV3(MultistepSolver):
                 ctx.model, ctx.start, ctx.end, self.ems_steps, self.ems_samples, self.ems_seed,
                 ctx.guidance is not None, ctx.device), meta={"model": ctx.model.cache_key(), "guidance": ctx.guidance,
                                                  "t_start": ctx.start, "t_end": ctx.end, "samples": self.ems_samples,
-                                                 "steps": self.ems_steps, "seed": self.ems_seed})
+                                                 "steps": self.ems_steps, "seed": self.ems_seed,
+                                                 "stream": fit_stream(self.ems_seed, self.ems_samples)})
             self._ems, self._ems_for = EMS(data["lam"], data["l"], data["s"], data["b"]), items
             self._ems_wall = data.get("wall_s")
         key = artifact_key(EMS_KIND, *items, code_version(compute_ems))  # as cached() keys it

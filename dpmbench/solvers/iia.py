@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from dpmbench.artifacts import cached
-from dpmbench.models.base import Model
+from dpmbench.models.base import Model, fit_prior, fit_stream
 from dpmbench.solvers.base import Context, MultistepSolver, Option, Plan, Point, expm1, register
 
 RIDGE = 1e-4  # relative Tikhonov weight of the fit (see ridge_lstsq)
@@ -132,12 +132,13 @@ class _IIA(MultistepSolver):
             return self.fit(ctx.model, ctx.cond(self.fit_samples), plan)
 
         self.gammas = cached("iia-coefficients", (*ctx.key(), *opts), compute,
-                             meta={"solver": self.spec, "nfe": ctx.nfe})
+                             meta={"solver": self.spec, "nfe": ctx.nfe,
+                                   "stream": fit_stream(self.fit_seed, self.fit_samples)})
         return {"iia_steps": len(self.gammas)}
 
     def fit(self, model: Model, cond: Any, plan: Plan) -> list[list[float]]:
         """Per-step least-squares coefficients along the IIA trajectory of the fit batch (float64)."""
-        x = model.prior(self.fit_samples, seed=self.fit_seed, dtype=torch.float64)
+        x = fit_prior(model, self.fit_samples, self.fit_seed)  # never an evaluated x_T (FIT_START ..)
         pts: list[Point] = []
         x0s: list[torch.Tensor] = []
         xs: list[torch.Tensor] = []

@@ -5,26 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpmbench.solvers import (  # noqa: F401, I001  # noqa: F401, I001  # noqa: F401, I001  # noqa: F401, I001
-    accelerated,
-    aligner,
-    dc_solver,
-    ddim,
-    ddpm,
-    deis,
-    dode,
-    dpm_solver,
-    dpm_solver_v3,
-    edm,
-    iia,
-    momentum,
-    picard,
-    pndm,
-    sa_solver,
-    time_shift,
-    unipc,
-    usf,
-)
+# Import order is registration order is listing order: the base families first, then the methods built on them.
+# isort: off
+from dpmbench.solvers import ddim, ddpm, deis, dpm_solver, edm, pndm, sa_solver, unipc  # noqa: F401
+from dpmbench.solvers import dpm_solver_v3, usf, dc_solver  # noqa: F401
+from dpmbench.solvers import iia, momentum, time_shift  # noqa: F401
+from dpmbench.solvers import accelerated, aligner, dode, picard  # noqa: F401
+# isort: on
 from dpmbench.solvers.base import SOLVERS, Solver, make_solver
 from dpmbench.solvers.plugins import load_plugins
 
