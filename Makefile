@@ -41,8 +41,8 @@ test-slurm: $(STAMP)
 	DPMBENCH_SLURM_REPORT=$(CURDIR)/reports/slurm-ci/measured.txt timeout 1800 $(BIN)/python -m pytest -q -m slurm \
 		tests/slurm; rc=$$?; cat reports/slurm-ci/measured.txt 2>/dev/null; exit $$rc
 
-# the regression gate: a fast oracle-only grid compared with the committed reports/baseline.csv, two-sided (a cell
-# better beyond tolerance fails too, exit 3, until `make baseline` refreshes the baseline on purpose)
+# the regression gate: a fast grid (the oracle models and digits-unet) compared with the committed reports/baseline.csv,
+# two-sided (a cell better beyond tolerance fails too, exit 3, until `make baseline` refreshes the baseline on purpose)
 regress: regress-run
 	$(BIN)/dpmbench regress --baseline reports/baseline.csv --results reports/regression/results.csv \
 		--config config/regression.yaml --fail-on-improvement

@@ -1,7 +1,7 @@
 # dpmbench workflow: checkpoints -> reference (exact solutions) -> sample (shards) -> metrics -> report.
 #   snakemake --cores all                          (the embedded default, config/default.yaml)
 #   snakemake --cores all --configfile my.yaml     (any grid; validated against config/schema.yaml)
-#   snakemake --profile profiles/slurm             (a SLURM cluster, see README "Running on a cluster")
+#   snakemake --profile profiles/slurm             (a SLURM cluster, see docs/workflow.md "Running on a cluster")
 import os
 import sys
 

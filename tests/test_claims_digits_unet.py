@@ -188,7 +188,7 @@ def test_d_ode_and_timestep_aligner_over_ddim_on_the_network(net, unguided) -> N
     (9%, a quarter of the paper's 37%), and it fails against D-ODE, the strongest solver of the table. Path error to
     the reference: d-ode 0.0323 vs 0.0442 (0.73x), ta-ddim 0.0454. With the fit batches of samples 0.. of the fit
     seed: FDD 122.6 and 188.6, mse_ref 0.0325 and 0.0445; once with the default fit batches: d-ode FDD 122.9 (mse_ref
-    0.0325), ta-ddim 189.4 (0.0448). At 256 samples (README) the same picture: 81.1 and 153.7 vs 166.6."""
+    0.0325), ta-ddim 189.4 (0.0448). At 256 samples (docs/solvers.md) the same picture: 81.1 and 153.7 vs 166.6."""
     d_ode, ta = "d-ode:fit_samples=64", "ta-ddim:fit_samples=64"
     df = _results(net, unguided, ["ddim", d_ode, ta], (5,), ("fdd", "mse_ref"))
     assert _values(df, "ddim", "fdd") + _values(df, d_ode, "fdd") + _values(df, ta, "fdd") == pytest.approx(
@@ -211,7 +211,8 @@ def test_accelerated_ddim_fails_on_the_network(net, unguided) -> None:  # noqa: 
     and vs ``ddim``, unguided, NFE 5 / 10, 64 samples. Both of Li et al.'s updates (eq. 2.5 is a small-step
     approximation) diverge at these step sizes (samples up to |x| ~300 at NFE 5): mse_ref 4276 / 645.4 (accelerated)
     and 2517 / 432.6 (base) vs DDIM's 0.04424 / 0.01542; FDD ~470 vs 201 / 112. The claim **fails** at both NFE (paired
-    differences +1759 and +212.8). As at 256 samples (README: 4313 and 2543 at NFE 5). The diverged values get 1e-2."""
+    differences +1759 and +212.8). As at 256 samples (docs/solvers.md: 4313 and 2543 at NFE 5). The diverged values
+    get 1e-2."""
     acc, base = "accel-ddim", "accel-ddim:accelerated=false"
     df = _results(net, unguided, [acc, base, "ddim"], (5, 10), ("mse_ref", "fdd"))
     assert _values(df, acc) + _values(df, base) == pytest.approx([4275.8, 645.39, 2516.8, 432.59], rel=1e-2)

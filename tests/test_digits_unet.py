@@ -164,7 +164,7 @@ def test_held_out_split_is_fixed_and_disjoint() -> None:
 def test_quality_floor_on_a_small_sample(net) -> None:  # noqa: ANN001
     """The shipped network's quality floor (DPM-Solver++ 2M, NFE 50) on a small sample: digits-CNN accuracy of
     class-conditional samples >= 90% at guidance 1 and >= 97% at guidance 3; unguided FDD to the held-out split
-    within 3x of the training split's (same n). The README gives the full-size numbers."""
+    within 3x of the training split's (same n). docs/models.md gives the full-size numbers."""
     from dpmbench.train import quality_floor
 
     q = quality_floor(net, num_conditional=60, num_unconditional=200)

@@ -63,7 +63,7 @@ COVERED: dict[str, list[tuple[str, str]]] = {
     "dpmbench sample --model digits-unet --solver ddim --nfe 5 --schedule searched:ad-ddim5-unet --num-samples 500 "
     "--seed 0 --out ad.npz": [("tests/test_artifacts.py", '"--schedule", "searched:toy"')],
     "dpmbench report results/ --out reports/ --site reports/site": [
-        ("workflows/report.smk", "dpmbench report {RESULTS} --out {REPORT} --papers {PAPERS:q} --site {output.site}")],
+        ("workflows/report.smk", "dpmbench report {params.results} --out {params.out} --papers {params.papers:q}")],
     "dpmbench report run-a/results run-b/results --out merged/ --site merged/site": [
         ("tests/test_site.py", 'main(["report", str(runs.a), str(runs.b), "--out", str(out), "--site", str(site)])')],
     "pip install -e '.[slurm]'": [("Makefile", "pip install --quiet --disable-pip-version-check -e '.[test,slurm]'"),
@@ -218,7 +218,7 @@ class _Runs:
 def _entry_point_registers_the_class_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/contributing.md: a solver exposed by the documented entry point is registered under its class's `name`
     (`ab2`), not under the entry point's (`my-ab2`)."""
-    from dpmbench.solvers import base, plugins
+    from dpmbench.solvers import base, plugins, registry
 
     (tmp_path / "ab2.py").write_text(_block_with("docs/contributing.md", "python", "class AB2("))
     toml = _block_with("docs/contributing.md", "toml", "dpmbench.solvers")
@@ -236,9 +236,9 @@ def _entry_point_registers_the_class_name(tmp_path: Path, monkeypatch: pytest.Mo
     solvers = dict(base.SOLVERS)
     plugins._entry_points.cache_clear()
     try:
-        names = base.list_solvers()
+        names = registry.list_solvers()
         assert "ab2" in names and name not in names
-        assert base.get_solver("ab2:order=1").spec == "ab2:order=1"
+        assert registry.get_solver("ab2:order=1").spec == "ab2:order=1"
     finally:
         plugins._entry_points.cache_clear()
         base.SOLVERS.clear()

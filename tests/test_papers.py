@@ -59,7 +59,7 @@ REPO_SOURCE = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}:\S+")  # owner/repo@comm
 
 
 def source_problem(e: dict[str, Any]) -> str:
-    """The source rule (papers/README.md): the document and its version, and where in it the number stands: an arXiv
+    """The source rule (docs/papers.md): the document and its version, and where in it the number stands: an arXiv
     version and the table/figure id, or owner/repo@commit:path plus the table's heading. Empty when satisfied."""
     src = e.get("source")
     if not isinstance(src, str) or not src:

@@ -57,7 +57,7 @@ def _paper_entry_problem(e: dict[str, Any]) -> str:
 
 
 def load_papers(papers_dir: str | Path | None) -> list[dict[str, Any]]:
-    """Entries of every ``papers/*.yaml`` (schema: papers/README.md), each with its paper's name, url, version and file.
+    """Entries of every ``papers/*.yaml`` (schema: docs/papers.md), each with its paper's name, url, version and file.
 
     Only ``entries`` are returned (they are compared); a file's ``unpinned`` list (numbers transcribed whose table or
     setting is unclear) is validated but not returned.
@@ -143,7 +143,7 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
     whether ours lies within it), or why a number was not run. Opens with a coverage summary per paper; each
     paper's full table follows in a collapsed section."""
     lines = ["# Published numbers beside ours", "",
-             "From `papers/*.yaml` (schema: papers/README.md). Delta = ours − published. Ours are from this results "
+             "From `papers/*.yaml` (schema: docs/papers.md). Delta = ours − published. Ours are from this results "
              "directory; they match the published setting only as far as model, metric, solver, NFE, schedule and "
              "guidance are listed. Spread: every value published for the same setting (all papers and tables); ours "
              f"is within it when inside [min, max], or within ±{SPREAD_ONE_SOURCE:.0%} of a single published value.",
