@@ -22,9 +22,11 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# -n 2: the suite on two worker processes (most tests are single-threaded; the slowest are whole Snakemake runs)
+# -n 2: the suite on two worker processes (each test process uses one torch thread: tests/conftest.py); --dist loadfile:
+# a module's tests run on one worker (its module fixtures, e.g. a whole Snakemake run, are computed once), modules
+# longest first in the order of tests/conftest.py (--no-loadscope-reorder keeps it)
 test: lint browser
-	$(BIN)/python -m pytest -q --durations=15 -n 2
+	$(BIN)/python -m pytest -q --durations=15 -n 2 --dist loadfile --no-loadscope-reorder
 
 # tests/test_site.py opens the leaderboard site in Debian's chromium: installed here where missing (apt-get, as
 # root on CI); without it that test installs it itself or fails saying why
