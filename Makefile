@@ -22,11 +22,10 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# -n 2: the suite on two worker processes (each test process uses one torch thread: tests/conftest.py); --dist loadfile:
-# a module's tests run on one worker (its module fixtures, e.g. a whole Snakemake run, are computed once), modules
-# longest first in the order of tests/conftest.py (--no-loadscope-reorder keeps it)
+# -n 2: the suite on two worker processes, one torch thread each (tests/conftest.py), a module per worker, modules
+# longest first (pyproject.toml's --dist loadfile, tests/conftest.py's order)
 test: lint browser
-	$(BIN)/python -m pytest -q --durations=15 -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q --durations=15 -n 2
 
 # tests/test_site.py opens the leaderboard site in Debian's chromium: installed here where missing (apt-get, as
 # root on CI); without it that test installs it itself or fails saying why
