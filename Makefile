@@ -22,7 +22,8 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# -n 2: the suite on two worker processes (most tests are single-threaded; the slowest are whole Snakemake runs)
+# -n 2: the suite on two worker processes, one torch thread each (tests/conftest.py), a module per worker, modules
+# longest first (pyproject.toml's --dist loadfile, tests/conftest.py's order)
 test: lint browser
 	$(BIN)/python -m pytest -q --durations=15 -n 2
 

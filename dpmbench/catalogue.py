@@ -27,7 +27,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from dpmbench.optvalues import fmt_value, parse_bool
+from dpmbench.errors import DpmbenchError
+from dpmbench.optvalues import fmt_value, parse_bool, split_spec
 
 PATH = Path(__file__).with_name("catalogue.json")
 SECTIONS = ("solvers", "models", "schedules", "searches")
@@ -136,23 +137,20 @@ def canonical_spec(spec: str) -> str:
     order) read from the catalogue, without importing torch. It converts option values by type but does not check
     their ranges or combinations (``get_solver`` does); a spec it cannot convert (a plugin solver, an unknown option,
     a value of the wrong type) goes through ``get_solver``, so it gets its one-line error."""
-    name, _, rest = str(spec).strip().partition(":")
     fams = {f["name"]: f for f in section("solvers")["families"]}
-    fam = fams.get(name.strip())
     try:
+        name, raw_opts = split_spec(str(spec))
+        fam = fams.get(name)
         if fam is None:
             raise KeyError(name)
         records = {o["key"]: o for o in section("solvers")["common_options"]}
         records.update({o["key"]: o for o in fam["options"]})
         given: dict[str, Any] = {}
-        for item in filter(None, (p.strip() for p in rest.split(","))):
-            key, eq, raw = (v.strip() for v in item.partition("="))
-            if not eq or key in given:
-                raise KeyError(key)
+        for key, raw in raw_opts.items():
             rec = records[key]
             value = _parse(rec["type"], raw)
             given[key] = value if value != _parse(rec["type"], rec["default"]) else None
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, DpmbenchError):
         from dpmbench.solvers.registry import get_solver
 
         return get_solver(spec).spec

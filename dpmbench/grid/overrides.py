@@ -16,26 +16,16 @@ from __future__ import annotations
 from typing import Any
 
 from dpmbench.grid.schema import bad
+from dpmbench.optvalues import fmt_value, split_spec
 
 NFE_SETTINGS = ("t_end",)  # what an nfe_overrides entry may set
 
 
-def _value(v: Any) -> str:
-    return ("true" if v else "false") if isinstance(v, bool) else str(v)
-
-
 def with_options(spec: str, options: dict[str, Any]) -> str:
     """``spec`` with ``options`` set (replacing an option it names, appending the others)."""
-    name, _, rest = spec.partition(":")
-    items = [kv.split("=", 1) for kv in rest.split(",") if kv] if rest else []
-    for k, v in options.items():
-        for item in items:
-            if item[0].strip() == k:
-                item[1:] = [_value(v)]
-                break
-        else:
-            items.append([k, _value(v)])
-    return name if not items else f"{name}:{','.join('='.join(i) for i in items)}"
+    name, opts = split_spec(spec)
+    opts.update({k: fmt_value(v) for k, v in options.items()})
+    return name if not opts else f"{name}:{','.join(f'{k}={v}' for k, v in opts.items())}"
 
 
 def apply_solver_options(specs: list[str], solver_options: dict[str, dict[str, Any]], where: str) -> list[str]:

@@ -138,9 +138,9 @@ class GridPaths:
 
     def solver_search_inputs(self, wc: Any) -> list[str]:
         """Named searches a solver spec refers to by an option value (e.g. ``usf:schedule_name=NAME``)."""
-        from dpmbench.solvers.base import parse_spec
+        from dpmbench.optvalues import split_spec
 
-        _, opts = parse_spec(self.spec(wc.solver))
+        _, opts = split_spec(self.spec(wc.solver))
         return [f"{self.artifacts_dir()}/named/{v}.json" for v in opts.values() if v in self.searches]
 
     def cells(self) -> list[dict[str, Any]]:

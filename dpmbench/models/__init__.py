@@ -1,17 +1,27 @@
-"""Models: the interface, oracle models with exact solutions, guidance and NFE counting."""
+"""Models: the interface, oracle models with exact solutions, guidance and NFE counting, checkpoint adapters and
+the checkpoint manifest (``manifest``, ``store``). The API below is imported lazily, so that reading the manifest
+(``dpmbench list models``, the config check) does not import torch."""
 
-from dpmbench.models.base import (
-    Guided,
-    Model,
-    NFECounter,
-    convert_prediction,
-    guided,
-    has_exact_solution,
-    prior_noise,
-)
-from dpmbench.models.registry import list_models, load_model
+from __future__ import annotations
 
-__all__ = [
-    "Guided", "Model", "NFECounter", "convert_prediction", "guided", "has_exact_solution", "list_models", "load_model",
-    "prior_noise",
-]
+from importlib import import_module
+from typing import Any
+
+_API = {
+    "Guided": "dpmbench.models.base",
+    "Model": "dpmbench.models.base",
+    "NFECounter": "dpmbench.models.base",
+    "convert_prediction": "dpmbench.models.base",
+    "guided": "dpmbench.models.base",
+    "has_exact_solution": "dpmbench.models.base",
+    "prior_noise": "dpmbench.models.base",
+    "list_models": "dpmbench.models.registry",
+    "load_model": "dpmbench.models.registry",
+}
+__all__ = list(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'dpmbench.models' has no attribute {name!r}")

@@ -17,7 +17,7 @@ import torch
 
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.models.base import Model, NFECounter
-from dpmbench.optvalues import fmt_value, parse_bool
+from dpmbench.optvalues import fmt_value, parse_bool, split_spec
 from dpmbench.schedules import NoiseSchedule
 from dpmbench.timesteps import timesteps
 
@@ -447,16 +447,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """Split ``NAME[:key=value,...]`` into the name and the raw options."""
     if not isinstance(spec, str) or not spec.strip():
         raise bad_value("solver", spec, list(SOLVERS))
-    name, _, rest = spec.strip().partition(":")
-    opts: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise DpmbenchError(f"invalid solver spec {spec!r}: options must be key=value, got {item!r}")
-        if key.strip() in opts:
-            raise DpmbenchError(f"invalid solver spec {spec!r}: option {key.strip()!r} given twice")
-        opts[key.strip()] = value.strip()
-    return name.strip(), opts
+    return split_spec(spec)
 
 
 def make_solver(spec: str | Solver, **overrides: Any) -> Solver:

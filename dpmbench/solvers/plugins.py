@@ -21,7 +21,6 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.solvers.base import SOLVERS, Solver, register
 
 ENTRY_POINT_GROUP = "dpmbench.solvers"
 ENV_VAR = "DPMBENCH_PLUGINS"
@@ -42,6 +41,8 @@ def _entry_points() -> tuple[Any, ...]:
 
 def load_plugins() -> None:
     """Import every plugin once; a broken plugin is a one-line error naming it."""
+    from dpmbench.solvers.base import SOLVERS, Solver, register  # torch: only once solvers are looked up
+
     for ep in _entry_points():
         key = f"ep:{ep.value}"
         if key in _loaded:
