@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dpmbench.claims import CLAIMS, RULES, check_claims, claims_markdown, equivalence_verdict, summary_verdict
 from scipy.stats import norm
+
+from dpmbench.report.claims import CLAIMS, RULES, check_claims, claims_markdown, equivalence_verdict, summary_verdict
 
 V3, PP = "dpm-solver-v3", "dpm-solver++:order=2,method=multistep"
 REPS = 200

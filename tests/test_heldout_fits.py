@@ -22,7 +22,8 @@ import dpmbench.models.base as mb
 from dpmbench import load_model
 from dpmbench.models.base import FIT_START, fit_prior
 from dpmbench.search import list_searches, run_search
-from dpmbench.solvers.base import SOLVERS, Context, get_solver
+from dpmbench.solvers.base import SOLVERS, Context
+from dpmbench.solvers.registry import get_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread", "artifacts")
 
@@ -56,10 +57,12 @@ def _held_out(seen: list[tuple[int, int, int, int]]) -> None:
 
 
 def _ctx(model: str, nfe: int, guidance: float | None = None) -> Context:
+    import dpmbench.search as search  # its run_search as of now (a test may have patched it)
     from dpmbench.models.base import guided
 
     m = load_model(model)
-    return Context(m if guidance is None else guided(m, guidance), nfe, "logsnr", None, T_END, guidance)
+    return Context(m if guidance is None else guided(m, guidance), nfe, "logsnr", None, T_END, guidance,
+                   searcher=search.run_search)
 
 
 SEARCH_CASES = {
@@ -69,6 +72,9 @@ SEARCH_CASES = {
                                              "levels": 1, "subdivide": False, "quadrature": 2}),
     "usf": ("gmm-2d", None, None, {"samples": 8, "random": 2, "generations": 0, "kinds": "logsnr"}),
     "dc-ratios": ("gmm-2d", 7.5, "dc-solver", {"size": 4, "iters": 1}),
+    # the CPR fit runs dc-ratios searches on its grid: their draws are the ones recorded
+    "dc-cpr": ("gmm-2d", 7.5, "dc-solver:ratios=cpr,cpr_nfes=4/5/6,cpr_guidances=2/7.5,search_size=4,search_iters=1",
+               {}),
 }
 
 
