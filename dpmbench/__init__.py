@@ -6,9 +6,7 @@ start without importing torch.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
+from dpmbench.lazy import lazy_exports
 from dpmbench.version import __version__ as __version__
 
 _API = {
@@ -23,8 +21,4 @@ _API = {
 }
 __all__ = list(_API)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(import_module(_API[name]), name)
-    raise AttributeError(f"module 'dpmbench' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _API)

@@ -160,6 +160,20 @@ def test_several_schedules_are_judged_separately() -> None:
     assert {r["setting"] for r in check_claims(logsnr)} == {"none"}  # one schedule: not named
 
 
+def _ts_ddim_run(run: Path, metrics: str) -> None:
+    """A run directory as the workflow lays it out: Time-Shift DDIM and DDIM on gmm-2d, NFE 5, 64 samples, seed 0,
+    unguided, evaluated with ``metrics`` by ``dpmbench evaluate`` (bootstrap replicates stored)."""
+    from dpmbench.cli import main
+
+    cell = run / "gmm-2d" / "gnone" / "seed0"
+    for solver in ("ts-ddim", "ddim"):
+        shard = cell / "logsnr" / solver / "nfe5" / "0-64.npz"
+        assert main(["sample", "--model", "gmm-2d", "--num-samples", "64", "--seed", "0", "--solver", solver,
+                     "--nfe", "5", "--out", str(shard)]) == 0
+        assert main(["evaluate", "--samples", str(shard), "--metrics", metrics,
+                     "--out", str(shard.parent.parent / "nfe5.json")]) == 0
+
+
 def test_report_judges_claims_on_the_stored_replicates(tmp_path: Path) -> None:
     """End to end: metric files written by ``dpmbench evaluate`` carry bootstrap replicates, so the claims.md of
     ``dpmbench report`` is decided on the paired CI; the same rows read back from results.csv (no replicates) fall
@@ -167,13 +181,7 @@ def test_report_judges_claims_on_the_stored_replicates(tmp_path: Path) -> None:
     from dpmbench.cli import main
     from dpmbench.report import collect
 
-    cell = tmp_path / "run" / "gmm-2d" / "gnone" / "seed0"
-    for solver in ("ts-ddim", "ddim"):
-        shard = cell / "logsnr" / solver / "nfe5" / "0-64.npz"
-        assert main(["sample", "--model", "gmm-2d", "--num-samples", "64", "--seed", "0", "--solver", solver,
-                     "--nfe", "5", "--out", str(shard)]) == 0
-        assert main(["evaluate", "--samples", str(shard), "--metrics", "sw2_true",
-                     "--out", str(shard.parent.parent / "nfe5.json")]) == 0
+    _ts_ddim_run(tmp_path / "run", "sw2_true")
     out = tmp_path / "report"
     assert main(["report", str(tmp_path / "run"), "--out", str(out), "--papers", str(tmp_path / "none")]) == 0
     md = (out / "claims.md").read_text()
@@ -191,13 +199,7 @@ def test_report_closes_claims_md_with_the_changed_verdicts(tmp_path: Path) -> No
     """``dpmbench report`` compares with the claims.md it replaces (the one in --out, or --previous-claims)."""
     from dpmbench.cli import main
 
-    cell = tmp_path / "run" / "gmm-2d" / "gnone" / "seed0"
-    for solver in ("ts-ddim", "ddim"):
-        shard = cell / "logsnr" / solver / "nfe5" / "0-64.npz"
-        assert main(["sample", "--model", "gmm-2d", "--num-samples", "64", "--seed", "0", "--solver", solver,
-                     "--nfe", "5", "--out", str(shard)]) == 0
-        assert main(["evaluate", "--samples", str(shard), "--metrics", "fd_true,sw2_true",
-                     "--out", str(shard.parent.parent / "nfe5.json")]) == 0
+    _ts_ddim_run(tmp_path / "run", "fd_true,sw2_true")
     out, none = tmp_path / "report", str(tmp_path / "none")
     assert main(["report", str(tmp_path / "run"), "--out", str(out), "--papers", none]) == 0
     assert "Verdicts changed" not in (out / "claims.md").read_text()  # nothing to compare with

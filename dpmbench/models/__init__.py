@@ -4,8 +4,7 @@ the checkpoint manifest (``manifest``, ``store``). The API below is imported laz
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from dpmbench.lazy import lazy_exports
 
 _API = {
     "Guided": "dpmbench.models.base",
@@ -20,8 +19,4 @@ _API = {
 }
 __all__ = list(_API)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(import_module(_API[name]), name)
-    raise AttributeError(f"module 'dpmbench.models' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _API)

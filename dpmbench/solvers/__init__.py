@@ -4,8 +4,7 @@ plugin settings (``dpmbench.solvers.plugins``) are read without importing torch.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from dpmbench.lazy import lazy_exports
 
 _API = {
     "SOLVERS": "dpmbench.solvers.base",
@@ -19,8 +18,4 @@ _API = {
 }
 __all__ = list(_API)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        return getattr(import_module(_API[name]), name)
-    raise AttributeError(f"module 'dpmbench.solvers' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _API)
