@@ -442,7 +442,7 @@ def _diff(d: tuple[float, float, float] | None) -> str:
 
 
 RULES = (
-    "**Rules** (written once, in dpmbench/claims.py; the same for every claim). A row (one NFE) compares the paper's "
+    "**Rules** (written once, in dpmbench/report/claims.py; the same for every claim). A row (one NFE) compares the paper's "
     "solver A with a baseline B on the claim's metric; both start from the same x_T and are resampled with the same "
     "bootstrap indices, so a row is judged on the paired bootstrap of the difference A - B. "
     f"(1) *Several NFE columns*: Holm's step-down correction over the columns of one table (family-wise error "
