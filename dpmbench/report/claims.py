@@ -442,9 +442,9 @@ def _diff(d: tuple[float, float, float] | None) -> str:
 
 
 RULES = (
-    "**Rules** (written once, in dpmbench/report/claims.py; the same for every claim). A row (one NFE) compares the paper's "
-    "solver A with a baseline B on the claim's metric; both start from the same x_T and are resampled with the same "
-    "bootstrap indices, so a row is judged on the paired bootstrap of the difference A - B. "
+    "**Rules** (written once, in dpmbench/report/claims.py; the same for every claim). A row (one NFE) compares "
+    "the paper's solver A with a baseline B on the claim's metric; both start from the same x_T and are resampled "
+    "with the same bootstrap indices, so a row is judged on the paired bootstrap of the difference A - B. "
     f"(1) *Several NFE columns*: Holm's step-down correction over the columns of one table (family-wise error "
     f"{ALPHA:g}): the column with the k-th smallest bootstrap p-value of m counts as separated only when its "
     f"(1 - {ALPHA:g}/(m - k + 1)) paired CI excludes 0 and every column before it did. Rows without stored "
