@@ -4,7 +4,6 @@ worker processes of ``make test`` (``pytest -n 2 --dist loadfile``)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,18 +35,6 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op torch thread for a module of many small evaluations (several times faster on shared cores);
-    modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -39,7 +39,6 @@ from dpmbench.solvers.registry import get_solver
 from dpmbench.timesteps import timesteps
 from evaluators.oracle import frechet_to
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 T_END = 1e-3
 
 

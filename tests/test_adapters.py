@@ -28,8 +28,7 @@ from dpmbench.models.adapters import ADAPTERS, load_adapter, prompts_from_captio
 from dpmbench.models.base import Guided, guided
 from dpmbench.solvers.registry import get_solver
 
-pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning"),
-              pytest.mark.usefixtures("one_thread")]  # tiny networks: one thread is faster on shared cores
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}  # SD 1.x/2.x scheduler
 STEPS = [0, 1, 7, 500, 998, 999]  # discrete training steps checked

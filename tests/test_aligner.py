@@ -38,7 +38,6 @@ from dpmbench.solvers.ddim import ddim_update
 from dpmbench.solvers.registry import get_solver
 from evaluators.oracle import frechet_to
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 T_END = 1e-3
 
 

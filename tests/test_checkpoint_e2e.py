@@ -26,8 +26,7 @@ from test_adapters import _tiny_unet, sd_dir  # noqa: F401  (fixture)
 from test_checkpoints import _Handler, server  # noqa: F401  (fixture)
 from test_workflow import ROOT, _cmd
 
-pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 
 
 def _files(root: Path) -> list[dict[str, Any]]:

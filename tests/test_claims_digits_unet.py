@@ -54,8 +54,6 @@ import torch
 from dpmbench import load_model, sample
 from dpmbench.report.claims import check_claims
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 N = 64
 REFERENCE = ("dpm-solver++:order=3,method=multistep", 200)  # config/digits-unet.yaml's reference_solver
 V3 = "dpm-solver-v3:ems_samples=16"

@@ -22,8 +22,6 @@ from test_claims_digits_unet import (  # noqa: F401  (net: fixture)
     net,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def guided(net) -> dict[str, Any]:  # noqa: ANN001, F811

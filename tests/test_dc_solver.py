@@ -52,14 +52,10 @@ SCALE = 7.5
 
 @pytest.fixture(scope="module", autouse=True)
 def _setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Artifacts in a fresh directory shared by this module; one torch thread (10-sample searches and 100-sample
-    exact solutions are 10x slower with two threads on a busy 2-core machine)."""
+    """Artifacts in a fresh directory shared by this module (one torch thread: tests/conftest.py)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("DPMBENCH_ARTIFACTS", str(tmp_path_factory.mktemp("dc-artifacts")))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
     mp.undo()
 
 

@@ -29,8 +29,7 @@ from dpmbench.solvers.registry import get_solver
 from dpmbench.spacing import KINDS
 from dpmbench.timesteps import timesteps
 
-pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 
 TOL = 1e-5
 ROOT = Path(__file__).resolve().parents[1]

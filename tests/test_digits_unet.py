@@ -20,7 +20,6 @@ from dpmbench.models.manifest import get_entry
 from dpmbench.models.store import checkpoint_dir, verify
 
 schedulers = importlib.import_module("diffusers.schedulers")
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 ID = "digits-unet"
 

@@ -33,7 +33,6 @@ from dpmbench import load_model, sample
 from dpmbench.errors import DpmbenchError
 from dpmbench.solvers.registry import get_solver
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 T_END = 1e-3
 
 

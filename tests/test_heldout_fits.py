@@ -25,7 +25,7 @@ from dpmbench.search import list_searches, run_search
 from dpmbench.solvers.base import SOLVERS, Context
 from dpmbench.solvers.registry import get_solver
 
-pytestmark = pytest.mark.usefixtures("one_thread", "artifacts")
+pytestmark = pytest.mark.usefixtures("artifacts")
 
 
 @contextlib.contextmanager

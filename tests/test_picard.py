@@ -32,7 +32,6 @@ from dpmbench.errors import DpmbenchError
 from dpmbench.solvers.registry import get_solver
 from evaluators.oracle import frechet_to
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 T_END = 1e-3
 BASES = ["ddim", "euler", "dpm-solver++", "dpm-solver,order=3", "ddpm"]  # picard options after base=
 

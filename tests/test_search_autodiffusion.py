@@ -30,7 +30,6 @@ from dpmbench.solvers.base import Context
 from dpmbench.solvers.registry import get_solver
 from evaluators.oracle import frechet_to
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 T_END = 1e-3
 SMALL = {"population": 24, "select": 6, "mutations": 12, "crossovers": 12, "epochs": 4, "samples": 64, "grid": 200}
 

@@ -22,7 +22,6 @@ from dpmbench.solvers.registry import get_solver
 EXACT = {"objective": "exact", "samples": 128, "iterations": 1, "candidates": 5, "levels": 2, "subdivide": False}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from dpmbench.timesteps import timesteps
 SMALL = {"samples": 128, "random": 32, "generations": 4, "population": 6, "children": 12}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
