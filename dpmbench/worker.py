@@ -9,7 +9,8 @@ make bench goes"). The workflow therefore runs its jobs as::
     python -m dpmbench.worker dpmbench metrics-job --cells ...             # = python -m dpmbench metrics-job ...
 
 This client imports nothing heavy. It connects to a server for this machine, this Python and this exact code
-(the socket's name is a digest of the interpreter, ``sys.path``, and the size and mtime of every source file of
+(the socket's name is a digest of the interpreter, ``sys.path`` -- the working directory in it by the modules it
+holds, so that jobs run in different directories share a server -- and the size and mtime of every source file of
 ``dpmbench`` and ``evaluators`` and of the installed packages' directories: an edit starts a fresh server, a
 stale one is never used), starting the server if there is none. The server has imported everything once; for
 each job it forks a child that takes over the client's stdin/stdout/stderr (passed over the socket), working
@@ -62,7 +63,7 @@ PRELOAD = (  # what the jobs import; imported once by the server
 )
 # Checkpoint / image models only; absent on lean installs. "module:name" also resolves a name: diffusers imports its
 # model classes lazily on first access (~500 modules, transformers included: ~3 s per job that loads a network).
-OPTIONAL_PRELOAD = ("torch_fidelity", "diffusers:UNet2DModel", "diffusers:UNet2DConditionModel",
+OPTIONAL_PRELOAD = ("torch_fidelity", "matplotlib.pyplot", "diffusers:UNet2DModel", "diffusers:UNet2DConditionModel",
                     "diffusers:AutoencoderKL", "diffusers:VQModel")
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
@@ -90,11 +91,35 @@ def worker_dir() -> Path:
     return path
 
 
+def _modules_in(directory: str) -> list[str]:
+    """Names of the regular modules and packages a directory offers to ``import`` (``X.py``, extension modules,
+    ``X/__init__.py``): what it can shadow. A directory without ``__init__.py`` shadows nothing (a namespace
+    portion loses to a regular package later on the path)."""
+    names = set()
+    with contextlib.suppress(OSError), os.scandir(directory) as it:
+        for entry in it:
+            if entry.name.endswith((".py", ".so", ".pyd", ".pyc")) and not entry.is_dir():
+                names.add(entry.name.split(".", 1)[0])
+            elif entry.is_dir() and os.path.isfile(os.path.join(entry.path, "__init__.py")):
+                names.add(entry.name)
+    return sorted(names)
+
+
+def _import_path() -> list[str]:
+    """``sys.path`` with the working directory (the entry ``python -m`` puts first) replaced by the modules it
+    offers: jobs started in different directories share a server unless a directory could shadow a module."""
+    path = list(sys.path)
+    if path and path[0] in ("", os.getcwd()):
+        path[0] = "cwd-modules:" + ",".join(_modules_in(path[0] or "."))
+    return path
+
+
 def code_key() -> str:
-    """A digest of everything a server's imports depend on: interpreter, import path, source files, packages."""
+    """A digest of everything a server's imports depend on: interpreter, import path (the working directory by
+    the modules it offers, not by its name), source files, packages."""
     h = hashlib.sha256()
     h.update(f"{sys.executable}\0{sys.version}\0".encode())
-    h.update("\0".join(sys.path).encode())
+    h.update("\0".join(_import_path()).encode())
     for pkg in ("dpmbench", "evaluators"):
         root = PACKAGE_ROOT / pkg
         for path in sorted(root.rglob("*.py")):

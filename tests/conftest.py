@@ -20,7 +20,12 @@ LONG_FIRST = (
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    os.environ["DPMBENCH_CACHE"] = str(tmp_path_factory.mktemp("dpmbench-cache"))
+    """A dpmbench cache for the test process, and its folder for the plugin modules tests write (support.py)."""
+    import support
+
+    support.SESSION_CACHE = tmp_path_factory.mktemp("dpmbench-cache")
+    support.PLUGIN_DIR = tmp_path_factory.mktemp("plugins")
+    os.environ["DPMBENCH_CACHE"] = str(support.SESSION_CACHE)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,11 @@ from dpmbench.cli import main
 from dpmbench.models.base import Model
 
 T_END = 1e-3
+# Set by tests/conftest.py for each test process: its dpmbench cache, and one folder for the plugin modules that tests
+# write (each module under its own name). Workflow tests put that folder on their jobs' PYTHONPATH whether they load a
+# plugin or not: the job server's key includes the import path, so all their jobs share one warm server.
+SESSION_CACHE: Path | None = None
+PLUGIN_DIR: Path | None = None
 
 
 class CountingModel(Model):
@@ -85,3 +92,24 @@ def local_http_server(handler: type[http.server.BaseHTTPRequestHandler], timeout
         httpd.shutdown()
         httpd.server_close()
         t.join(timeout=5)
+
+
+def shared_registry_cache(cache: Path) -> str:
+    """A test's own ``DPMBENCH_CACHE`` whose ``workflow`` folder is the session's: the grid's registry facts (solver
+    and model checks, cached under a key of the sources and solver plugins they depend on) are computed once per
+    test process instead of once per Snakemake start of every test, which would import torch each time. Everything
+    else in the cache (checkpoints, exact solutions, features, artifacts) stays the test's own."""
+    assert SESSION_CACHE is not None, "tests/conftest.py sets the session cache"
+    shared = SESSION_CACHE / "workflow"
+    shared.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    link = cache / "workflow"
+    if not link.is_symlink():
+        link.symlink_to(shared, target_is_directory=True)
+    return str(cache)
+
+
+def workflow_pythonpath(root: Path) -> str:
+    """PYTHONPATH of a test's workflow or job processes: the checkout, then the session's plugin folder."""
+    assert PLUGIN_DIR is not None, "tests/conftest.py sets the plugin folder"
+    return os.pathsep.join([str(root), str(PLUGIN_DIR)])

@@ -21,7 +21,7 @@ import diffusers
 import numpy as np
 import pytest
 import yaml
-from support import run_cli
+from support import run_cli, shared_registry_cache, workflow_pythonpath
 from test_adapters import _tiny_unet, sd_dir  # noqa: F401  (fixture)
 from test_checkpoints import _Handler, server  # noqa: F401  (fixture)
 from test_workflow import ROOT, _cmd
@@ -52,7 +52,8 @@ def test_workflow_pulls_samples_and_scores_a_checkpoint_model(server: str, tmp_p
             "license": "test-only", "schedule": "vp-discrete", "parameterization": "eps", "resolution": 8}},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "DPMBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+    env = {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(tmp_path / "cache"),
+           "PYTHONPATH": workflow_pythonpath(ROOT),
            "DPMBENCH_HF_ENDPOINT": server, "OMP_NUM_THREADS": "1"}
     env.pop("DPMBENCH_OFFLINE", None)
     proc = subprocess.run(_cmd(tmp_path), capture_output=True, text=True, env=env, timeout=600)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import local_http_server
+from support import local_http_server, shared_registry_cache, workflow_pythonpath
 
 from dpmbench.errors import DpmbenchError
 from dpmbench.models import manifest as ck
@@ -450,7 +450,8 @@ def test_pull_checkpoint_rule(server: str, tmp_path: Path) -> None:
               "models": {"toy-ckpt": {"num_samples": 4}, "gmm-2d": {"num_samples": 4}},
               "checkpoints": {"toy-ckpt": ckpt}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "DPMBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+    env = {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(tmp_path / "cache"),
+           "PYTHONPATH": workflow_pythonpath(ROOT),
            "DPMBENCH_HF_ENDPOINT": server}
     env.pop("DPMBENCH_OFFLINE", None)
     dag = _snakemake(tmp_path, env, "-n", "--dag")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import shared_registry_cache
 
 from dpmbench.errors import DpmbenchError
 from dpmbench.grid.cluster import Node, Request, fit_groups, parse_sinfo, parse_time_limit
@@ -68,7 +69,7 @@ def _fake_sinfo(tmp_path: Path, text: str) -> dict[str, str]:
         (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")  # without SLURM): a dry run queries neither
         (bin_dir / tool).chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
-            "DPMBENCH_CACHE": str(tmp_path / "cache")}
+            "DPMBENCH_CACHE": shared_registry_cache(tmp_path / "cache")}
 
 
 def _dry_run(tmp_path: Path, sinfo: str, **extra: object) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,7 @@ is listed by `dpmbench report`, and (for implemented solvers) is reproduced by a
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -21,6 +22,7 @@ from dpmbench.report import load_papers, write_report
 from dpmbench.report.coverage import config_cells
 from dpmbench.solvers.registry import get_solver, list_solvers
 from dpmbench.timesteps import ALL_KINDS
+from dpmbench.yamlfile import read_yaml
 
 ROOT = Path(__file__).parents[1]
 PAPERS = ROOT / "papers"
@@ -31,8 +33,17 @@ PENDING_SOLVERS = {"dpm-solver-v3", "dpm-solver-v3-singlestep", "dc-solver", "us
                    "edm-stochastic"}
 
 
+@functools.lru_cache(maxsize=1)
 def _docs() -> list[tuple[Path, dict[str, Any]]]:
-    return [(p, yaml.safe_load(p.read_text())) for p in sorted(PAPERS.glob("*.yaml"))]
+    """Every papers file, parsed once per test process (by dpmbench's reader, libyaml's parser: the test below
+    checks that it gives yaml.safe_load's documents). Callers must not modify the documents."""
+    return [(p, read_yaml(p)) for p in sorted(PAPERS.glob("*.yaml"))]
+
+
+def test_the_papers_reader_gives_safe_load_s_documents() -> None:
+    """dpmbench.yamlfile (libyaml's parser when PyYAML has it) reads every papers file as yaml.safe_load does."""
+    for path, doc in _docs():
+        assert doc == yaml.safe_load(path.read_text()), path.name
 
 
 def _all_rows() -> list[tuple[str, str, dict[str, Any]]]:

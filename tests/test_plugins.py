@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import support
+from support import shared_registry_cache, workflow_pythonpath
 
 PLUGIN = '''
 import torch
@@ -66,8 +68,8 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
 def _plugin_env(tmp_path: Path, module: str) -> dict[str, str]:
-    return {**os.environ, "DPMBENCH_PLUGINS": module, "DPMBENCH_CACHE": str(tmp_path / "cache"),
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path / "plugins")])}
+    return {**os.environ, "DPMBENCH_PLUGINS": module, "DPMBENCH_CACHE": shared_registry_cache(tmp_path / "cache"),
+            "PYTHONPATH": workflow_pythonpath(ROOT)}
 
 
 def _tiny(tmp_path: Path, solver: str) -> Path:
@@ -87,8 +89,7 @@ def _snakemake(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Co
 
 
 def test_a_config_naming_an_unloadable_plugin_solver_fails_before_anything_runs(tmp_path: Path) -> None:
-    plugin = tmp_path / "plugins" / "my_plugin3.py"
-    plugin.parent.mkdir()
+    plugin = support.PLUGIN_DIR / "my_plugin3.py"
     plugin.write_text(PLUGIN.replace("half-ddim", "half-ddim-3"))
     env = _plugin_env(tmp_path, "my_plugin3")
     cfg = _tiny(tmp_path, "half-ddim-3")
@@ -106,8 +107,7 @@ def test_a_config_naming_an_unloadable_plugin_solver_fails_before_anything_runs(
 
 
 def test_a_plugin_solver_s_jobs_rerun_when_its_code_changes(tmp_path: Path) -> None:
-    plugin = tmp_path / "plugins" / "my_plugin4.py"
-    plugin.parent.mkdir()
+    plugin = support.PLUGIN_DIR / "my_plugin4.py"
     plugin.write_text(PLUGIN.replace("half-ddim", "half-ddim-4"))
     env = _plugin_env(tmp_path, "my_plugin4")
     _tiny(tmp_path, "half-ddim-4")

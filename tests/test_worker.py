@@ -55,10 +55,18 @@ def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     worker.stop_all(d)
 
 
-def _env(tmp: Path, server_dir: Path, **extra: str) -> dict[str, str]:
-    (tmp / "probe_plugin.py").write_text(PROBE)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp)]), "DPMBENCH_PLUGINS": "probe_plugin",
-            "DPMBENCH_CACHE": str(tmp / "cache"), "DPMBENCH_WORKER_DIR": str(server_dir), **extra}
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The probe plugin's directory, one for the module: the same import path, so its tests share one server."""
+    d = tmp_path_factory.mktemp("probe")
+    (d / "probe_plugin.py").write_text(PROBE)
+    return d
+
+
+def _env(tmp: Path, server_dir: Path, probe_dir: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(probe_dir)]),
+            "DPMBENCH_PLUGINS": "probe_plugin", "DPMBENCH_CACHE": str(tmp / "cache"),
+            "DPMBENCH_WORKER_DIR": str(server_dir), **extra}
 
 
 def _sample_cmd(out: Path, solver: str = "ddpm", n: int = 64) -> list[str]:
@@ -66,8 +74,9 @@ def _sample_cmd(out: Path, solver: str = "ddpm", n: int = 64) -> list[str]:
             "--nfe", "5", "--num-samples", str(n), "--seed", "3", "--guidance", "7.5", "--out", str(out)]
 
 
-def test_a_job_through_the_server_equals_the_job_in_a_new_process(tmp_path: Path, server_dir: Path) -> None:
-    env = _env(tmp_path, server_dir)
+def test_a_job_through_the_server_equals_the_job_in_a_new_process(tmp_path: Path, server_dir: Path,
+                                                                   probe_dir: Path) -> None:
+    env = _env(tmp_path, server_dir, probe_dir)
     for name, extra in (("served", {}), ("direct", {"DPMBENCH_WORKER": "0"})):
         proc = subprocess.run(_sample_cmd(tmp_path / f"{name}.npz"), env={**env, **extra}, capture_output=True,
                               text=True, cwd=tmp_path)
@@ -81,8 +90,8 @@ def test_a_job_through_the_server_equals_the_job_in_a_new_process(tmp_path: Path
     assert sum(s["jobs"] for s in info) == 1
 
 
-def test_exit_status_and_error_line_pass_through(tmp_path: Path, server_dir: Path) -> None:
-    env = _env(tmp_path, server_dir)
+def test_exit_status_and_error_line_pass_through(tmp_path: Path, server_dir: Path, probe_dir: Path) -> None:
+    env = _env(tmp_path, server_dir, probe_dir)
     cmd = _sample_cmd(tmp_path / "x.npz")
     cmd[cmd.index("gmm-2d")] = "no-such-model"
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
@@ -98,9 +107,9 @@ def test_exit_status_and_error_line_pass_through(tmp_path: Path, server_dir: Pat
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_job_uses_the_threads_it_is_given(tmp_path: Path, server_dir: Path, threads: int) -> None:
+def test_the_job_uses_the_threads_it_is_given(tmp_path: Path, server_dir: Path, probe_dir: Path, threads: int) -> None:
     report = tmp_path / "probe.json"
-    env = _env(tmp_path, server_dir, OMP_NUM_THREADS=str(threads), PROBE_REPORT=str(report))
+    env = _env(tmp_path, server_dir, probe_dir, OMP_NUM_THREADS=str(threads), PROBE_REPORT=str(report))
     proc = subprocess.run(_sample_cmd(tmp_path / "x.npz", "probe-ddim", 8), env=env, capture_output=True, text=True,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -129,11 +138,11 @@ def _gone(pid: int, timeout: float = 20.0) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_a_killed_client_takes_its_job_with_it(tmp_path: Path, server_dir: Path, sig: int) -> None:
+def test_a_killed_client_takes_its_job_with_it(tmp_path: Path, server_dir: Path, probe_dir: Path, sig: int) -> None:
     """SIGTERM is forwarded (the job unwinds: status 143, no temporary file); SIGKILL closes the connection and the
     orphaned job ends itself."""
     report = tmp_path / "probe.json"
-    env = _env(tmp_path, server_dir, PROBE_REPORT=str(report), PROBE_SLEEP="60")
+    env = _env(tmp_path, server_dir, probe_dir, PROBE_REPORT=str(report), PROBE_SLEEP="60")
     proc = subprocess.Popen(_sample_cmd(tmp_path / "x.npz", "probe-ddim", 8), env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(report)
@@ -158,12 +167,33 @@ def test_a_code_change_gets_a_fresh_server(tmp_path: Path) -> None:
     assert worker.code_key() == before
 
 
-def test_an_idle_server_exits(tmp_path: Path) -> None:
+def test_an_idle_server_exits(tmp_path: Path, probe_dir: Path) -> None:
     d = tmp_path / "idle"
-    env = _env(tmp_path, d, DPMBENCH_WORKER_IDLE="1")
+    env = _env(tmp_path, d, probe_dir, DPMBENCH_WORKER_IDLE="1")
     proc = subprocess.run([sys.executable, "-m", "dpmbench.worker", "dpmbench", "list", "schedules"], env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(next(d.glob("*.stats.json")).read_text())
     assert _gone(stats["pid"], timeout=30), "the idle server did not exit"
     assert list(d.glob("*.sock")) == []
+
+
+def test_jobs_in_different_directories_share_a_server_unless_one_could_shadow_a_module(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The working directory (``python -m`` puts it first on the import path) enters the key by the modules it
+    offers to ``import``: two run directories without modules give one key; one holding ``numpy.py`` (which a new
+    process would import instead of numpy) or a package gets its own server; a folder without ``__init__.py``
+    shadows nothing."""
+    keys = {}
+    for name, entry in (("a", None), ("b", "results/"), ("c", "numpy.py"), ("d", "torch/__init__.py")):
+        d = tmp_path / name
+        d.mkdir()
+        if entry:
+            (d / entry).parent.mkdir(parents=True, exist_ok=True)
+            if not entry.endswith("/"):
+                (d / entry).write_text("")
+        monkeypatch.chdir(d)
+        monkeypatch.setattr(sys, "path", [str(d), *sys.path[1:]])
+        keys[name] = worker.code_key()
+    assert keys["a"] == keys["b"]
+    assert len({keys["a"], keys["c"], keys["d"]}) == 3

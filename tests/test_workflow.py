@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from support import shared_registry_cache, workflow_pythonpath
 
 ROOT = Path(__file__).parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -34,7 +35,8 @@ DDIM, DPMPP = f"{CELL}/ddim", f"{CELL}/dpm-solver++__order-2_method-multistep"
 
 
 def _env(workdir: Path) -> dict[str, str]:
-    return {**os.environ, "DPMBENCH_CACHE": str(workdir / "cache"), "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(workdir / "cache"),
+            "PYTHONPATH": workflow_pythonpath(ROOT)}
 
 
 def _cmd(workdir: Path, *args: str) -> list[str]:

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import support
 import yaml
+from support import shared_registry_cache, workflow_pythonpath
 
 ROOT = Path(__file__).parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -37,8 +39,8 @@ CELL = "results/gmm-2d/gnone/seed0/logsnr"
 
 
 def snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DPMBENCH_CACHE": str(wd / "cache"), "DPMBENCH_PLUGINS": "nan_wf_plugin",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(wd)])}
+    env = {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(wd / "cache"), "DPMBENCH_PLUGINS": "nan_wf_plugin",
+           "PYTHONPATH": workflow_pythonpath(ROOT)}
     return subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(wd),
                            "--configfile", str(wd / "config.yaml"), "--cores", "2", *args],
                           capture_output=True, text=True, env=env, timeout=900)
@@ -52,7 +54,7 @@ def rows(wd: Path) -> list[dict[str, str]]:
 @pytest.mark.timeout(900)
 def test_workflow_records_divergence_and_recomputes_truncated_files(tmp_path: Path) -> None:
     wd = tmp_path
-    (wd / "nan_wf_plugin.py").write_text(PLUGIN)
+    (support.PLUGIN_DIR / "nan_wf_plugin.py").write_text(PLUGIN)  # on the jobs' PYTHONPATH (support.py)
     (wd / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     proc = snakemake(wd)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import shared_registry_cache
 
 ROOT = Path(__file__).parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -51,7 +52,7 @@ def test_snakemake_lint_is_clean_or_answered(tmp_path: Path, configfile: str | N
     cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--lint"]
     if configfile:
         cmd += ["--configfile", str(ROOT / configfile)]
-    env = {**os.environ, "DPMBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     text = proc.stdout + proc.stderr
     lints = parse(text)

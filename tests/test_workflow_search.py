@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import support
 import yaml
 from test_workflow import TINY, _env, table
 
@@ -38,14 +39,13 @@ PLUGIN = textwrap.dedent('''
 
 
 def test_named_search_and_prepare_are_dag_outputs(tmp_path: Path) -> None:
-    (tmp_path / "toy_plugin.py").write_text(PLUGIN)
+    (support.PLUGIN_DIR / "toy_plugin.py").write_text(PLUGIN)  # on the jobs' PYTHONPATH (support.py)
     config = {**TINY, "solvers": ["ddim", "prepared-ddim"], "schedules": ["logsnr", "searched:quad"],
               "samples_per_shard": TINY["models"]["gmm-2d"]["num_samples"],  # one shard (job) per cell
               "searches": {"quad": {"search": "toy-power", "model": "gmm-2d", "nfe": [3, 5], "set": "p=2"}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = _env(tmp_path)
     env["DPMBENCH_PLUGINS"] = "toy_plugin"
-    env["PYTHONPATH"] += f":{tmp_path}"
 
     def run(*args: str):  # noqa: ANN202
         import subprocess

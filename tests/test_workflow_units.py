@@ -95,6 +95,19 @@ def test_bad_config_names_the_key(change: dict, message: str) -> None:
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
+def test_a_refused_config_keeps_the_registry_facts_it_computed(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grid's registry facts computed while checking a config are saved even when the config is refused, so
+    that checking it again (a corrected config, `snakemake -n` after `dpmbench validate`) starts warm."""
+    from dpmbench.grid.registry import Registry
+
+    monkeypatch.setenv("DPMBENCH_CACHE", str(tmp_path))
+    with pytest.raises(DpmbenchError, match="solvers\\[1\\]"):
+        build_grid({**BASE, "solvers": ["ddim", "no-such-solver"]})
+    facts = json.loads(Registry().path.read_text())
+    assert facts["solver:ddim|"] == "" and facts["solver:no-such-solver|"].startswith("invalid solver")
+
+
 def test_default_config_is_valid() -> None:
     root = Path(__file__).parents[1]
     grid = build_grid(yaml.safe_load((root / "config" / "default.yaml").read_text()))

@@ -261,7 +261,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.device not in ("cpu", "cuda") and not str(args.device).startswith("cuda:"):
         raise bad_value("--device", args.device, ("cpu", "cuda"))
-    changes = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+    changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed))
+               if v is not None}
     log = train_digits_unet(args.out, dataclasses.replace(TrainConfig(), **changes), progress=not args.no_progress,
                             device=args.device)
     print(f"{args.model}: {log['config']['steps']} steps in {log['wall_s']:.0f} s, final loss "

@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output folder (written whole, then renamed into place)")
     tr.add_argument("--steps", type=_positive_int("--steps"), default=None,
                     help="optimizer steps (default: those of the shipped weights)")
+    tr.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None,
+                    help="images per step (default: that of the shipped weights, 64)")
     tr.add_argument("--seed", type=_nonneg_int("--seed"), default=None)
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")

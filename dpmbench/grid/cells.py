@@ -62,8 +62,16 @@ class Grid(GridPaths):
     config: dict[str, Any]
 
     def __post_init__(self) -> None:
-        c = self.config
         reg = Registry()
+        try:  # the facts computed are kept even when the config is refused (the next check of it starts warm)
+            self._check(reg)
+        finally:
+            reg.save()
+        self.resources = {s: {**DEFAULT_RESOURCES[s], **self.config.get("resources", {}).get(s, {})} for s in STAGES}
+
+    def _check(self, reg: Registry) -> None:
+        """Validate the config against the registries' facts and build the per-model grids."""
+        c = self.config
         self.results_dir: str = c.get("results_dir", "results")
         self.report_dir: str = c.get("report_dir", "reports")
         self.t_end: float = float(c.get("t_end", 1e-3))
@@ -182,8 +190,6 @@ class Grid(GridPaths):
                 batch_size=None if eff["batch_size"] is None else int(eff["batch_size"]),
                 shards=[(lo, min(lo + per, n)) for lo in range(0, n, per)],
             )
-        reg.save()
-        self.resources = {s: {**DEFAULT_RESOURCES[s], **c.get("resources", {}).get(s, {})} for s in STAGES}
         # the checkpoint models of the grid: their files are pulled and verified before any of their jobs
         oracles = reg.models()
         self.checkpoints: dict[str, Any] = {m: manifest[m] for m in self.models if m in manifest and m not in oracles}

@@ -3,6 +3,7 @@ comparison (ours beside each published number)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,10 @@ def load_papers(papers_dir: str | Path | None) -> list[dict[str, Any]]:
     return entries
 
 
+@functools.cache
 def _canonical(spec: str) -> str:
+    """The solver registry's canonical form of a spec (the spec without blanks if no solver parses it); cached:
+    a comparison asks for the same few specs of hundreds of published numbers."""
     try:
         from dpmbench.solvers.registry import get_solver
 
@@ -151,6 +155,7 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
     if not entries:
         return "\n".join([*lines, "_No papers/*.yaml entries._", ""])
     canon = {s: _canonical(s) for s in df["solver"].unique()} if not df.empty else {}
+    canon_col = df["solver"].map(canon) if not df.empty else None
     models = set(df["model"]) if not df.empty else set()
     spread = published_spread(entries)
     found: dict[int, bool] = {}
@@ -165,8 +170,11 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for i, e in es:
             want = _canonical(e["solver"])
-            sel = df[(df["model"] == e["model"]) & (df["metric"] == e["metric"]) & (df["nfe"] == int(e["nfe"]))
-                     & (df["solver"].map(canon) == want)] if not df.empty else df
+            if e["model"] not in models:  # no row can match (the model was not run)
+                sel = df.iloc[0:0]
+            else:
+                sel = df[(df["model"] == e["model"]) & (df["metric"] == e["metric"]) & (df["nfe"] == int(e["nfe"]))
+                         & (canon_col == want)]
             if "schedule" in e:
                 sel = sel[sel["schedule"] == str(e["schedule"])]
             if "guidance" in e:
