@@ -154,8 +154,7 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
              ""]
     if not entries:
         return "\n".join([*lines, "_No papers/*.yaml entries._", ""])
-    canon = {s: _canonical(s) for s in df["solver"].unique()} if not df.empty else {}
-    canon_col = df["solver"].map(canon) if not df.empty else None
+    canon_col = df["solver"].map(_canonical) if not df.empty else None  # _canonical is cached per spec
     models = set(df["model"]) if not df.empty else set()
     spread = published_spread(entries)
     found: dict[int, bool] = {}
