@@ -176,11 +176,11 @@ def test_quality_floor_on_a_small_sample(net) -> None:  # noqa: ANN001
 def test_the_mse_ref_reference_has_converged() -> None:
     """The default grid's reference (DPM-Solver++(3M), NFE 200, float64 x_T) is within 1% of the smallest mse_ref of
     a 20-NFE solver of the grid from its 2x finer version (measured with 64 samples: 0.18% unguided, 0.31% at 7.5;
-    0.15% on the 8 samples here). Network calls of 8 rows (option ``micro_batch``; the shipped 64 would pad each
-    16-row guided call to 64): the convergence of the reference does not depend on it, the rounding (~1e-7
-    relative) is far below the 1% asserted."""
+    0.15% on the 8 samples here). Network calls of 16 rows, one per guided evaluation (option ``micro_batch``; the
+    shipped 64 would pad each 16-row call to 64): the convergence of the reference does not depend on it, the
+    rounding (~1e-7 relative) is far below the 1% asserted."""
     net = load_model(ID)
-    net.micro_batch = 8
+    net.micro_batch = 16
     spec, n, g = "dpm-solver++:order=3,method=multistep", 8, 7.5
     x_T, labels = net.prior(n, seed=0, dtype=torch.float64), net.labels(n)
     ref = sample(net, spec, 200, x_T, guidance=g, cond=labels)
