@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from dpmbench import flowgrids
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.schedules import NoiseSchedule
 from dpmbench.spacing import KINDS as DIFFUSERS_KINDS
@@ -96,7 +97,9 @@ TIMESTEP_SCHEDULES: dict[str, Callable[[int, NoiseSchedule, float, float], torch
 }
 # diffusers' conventions (dpmbench.spacing) set their own end points, so they are kept apart from the kinds above
 # (which span the run's [t_end, t_start] and which searches start from)
-ALL_KINDS = [*TIMESTEP_SCHEDULES, *DIFFUSERS_KINDS, "custom"]
+ALL_KINDS = [*TIMESTEP_SCHEDULES, *DIFFUSERS_KINDS, *flowgrids.KINDS, "custom"]
+# flow grids with a parameter (dpmbench.flowgrids): flow-shift:S, flux-shift:L, diffusers-flow-flux-dev[-SIGMAS]:L
+PARAMETERIZED_KINDS = list(flowgrids.PARAMETERIZED)
 SEARCHED = "searched:"
 
 
@@ -148,10 +151,13 @@ def timesteps(
         raise DpmbenchError(f"invalid t_end {t1}: must be in (0, t_start={t0})")
     if kind.startswith(SEARCHED):
         return searched_grid(kind[len(SEARCHED):], steps, t0, t1)
+    flow = flowgrids.parse_kind(kind)
+    if flow is not None:
+        return _flow_grid(kind, flow, steps, schedule, t0, t1)
     if kind.startswith(DIFFUSERS):
         return diffusers_grid(kind, steps, schedule, t1)
     if kind not in TIMESTEP_SCHEDULES:
-        raise bad_value("schedule", kind, [*ALL_KINDS, "searched:NAME"])
+        raise bad_value("schedule", kind, [*ALL_KINDS, *PARAMETERIZED_KINDS, "searched:NAME"])
     if steps < 1:
         raise DpmbenchError(f"invalid steps {steps}: must be >= 1")
     if (kind in ("logsnr", "karras") or kind.startswith("ays")) and not math.isfinite(schedule.lambda_(t0)):
@@ -169,3 +175,19 @@ def timesteps(
         t[0], t[-1] = t0, t1
         cache[key] = t
     return t.clone()
+
+
+def _flow_grid(kind: str, flow: tuple[str, object], steps: int, schedule: NoiseSchedule, t0: float,
+               t1: float) -> torch.Tensor:
+    """A grid of ``dpmbench.flowgrids``: times of the ``flow`` schedule (diffusers' sigmas)."""
+    if schedule.kind != "flow":
+        raise DpmbenchError(f"invalid schedule {kind!r} for noise schedule {schedule.kind}: its times are those of "
+                            "the flow schedule (flow-matching models: the -flow oracles, SD3, FLUX)")
+    if steps < 1:
+        raise DpmbenchError(f"invalid steps {steps}: must be >= 1")
+    family, param = flow
+    if family == "diffusers":  # diffusers' own start and end (see dpmbench.flowgrids)
+        return torch.from_numpy(flowgrids.diffusers_flow_grid(param, steps))  # type: ignore[arg-type]
+    t = torch.from_numpy(flowgrids.shifted_grid(steps, float(param), t0, t1))  # type: ignore[arg-type]
+    t[0], t[-1] = t0, t1
+    return t

@@ -255,8 +255,9 @@ def test_cli_pull_offline_and_online(server: str, cache: Path, tmp_path: Path, c
     assert code == 2 and err.startswith("dpmbench: error: invalid checkpoint id 'nope'; allowed: ddpm-cifar10, ")
     code, out, err = run_cli(capsys, "list", "models")
     names = [line.split(":")[0] for line in out.splitlines()]
-    oracles = ["gmm-2d", "gmm-digits", "digits-empirical", "gmm-2d-ddpm", "gmm-digits-ddpm", "digits-empirical-ddpm"]
-    assert code == 0 and names[:6] == oracles and names[6:] == list(ck.load_manifest())
+    base = ["gmm-2d", "gmm-digits", "digits-empirical"]
+    oracles = [*base, *(b + "-ddpm" for b in base), *(b + "-flow" for b in base)]
+    assert code == 0 and names[:9] == oracles and names[9:] == list(ck.load_manifest())
     assert "sd15: checkpoint (stable-diffusion), 512px, text-conditioned, vp-discrete/eps, license " in out
 
 

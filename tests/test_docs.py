@@ -39,6 +39,8 @@ RUN: dict[str, tuple[str, str | None]] = {
     "snakemake -n -s ~/dpmbench/Snakefile -d ~/runs/first --cores all --configfile ~/runs/first/my.yaml":
         ("outside", "snakemake -n -s {repo}/Snakefile -d {cwd}/runs/first --cores all --configfile "
                     "{cwd}/runs/first/my.yaml"),
+    "dpmbench sample --model gmm-2d-flow --solver flow-euler:denoise_to_zero=true --nfe 28 --schedule "
+    "diffusers-flow-sd3 --num-samples 1000 --seed 0 --out flow.npz": ("flow", None),
     'export PYTHONPATH="$PWD:$PYTHONPATH"': ("plugin", None),
     "DPMBENCH_PLUGINS=ab2 dpmbench list solvers": ("plugin", None),
     "DPMBENCH_PLUGINS=ab2 dpmbench sample --model gmm-2d --solver ab2 --nfe 10 --num-samples 1000 --seed 0 --out "
@@ -261,6 +263,12 @@ def test_cheap_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert rc == 0, err
         assert "dpm-solver++:" in out
         assert (runs.cwd["tour"] / "s.npz").is_file()
+
+        # docs/flow.md: SD3's grid on a flow oracle, diffusers' 28 steps in 28 evaluations
+        rc, out, err = runs.result("flow")
+        assert rc == 0, err
+        with np.load(runs.cwd["flow"] / "flow.npz") as f:
+            assert f["x"].shape == (1000, 2) and int(f["nfe"]) == 28 and np.isfinite(f["x"]).all()
 
         # docs/workflow.md: a grid from outside the checkout
         rc, out, err = runs.result("outside")

@@ -73,8 +73,9 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"saved {kind}: {name}")
     else:
         from dpmbench.artifacts import list_named
+        from dpmbench.flowgrids import PARAMETERIZED
 
-        for name in _described("schedules")["kinds"]:
+        for name in [*_described("schedules")["kinds"], *PARAMETERIZED]:
             print(name)
         for name, kind in list_named().items():
             if kind == "timesteps":

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpmbench.errors import DpmbenchError
+from dpmbench.flowgrids import PARAMETERIZED, is_flow_kind, parse_kind
 from dpmbench.grid.manifests import checkpoint_manifest, entry_conditional, load_manifests, manifest_conditional
 from dpmbench.grid.overrides import apply_solver_options, nfe_groups, nfe_settings
 from dpmbench.grid.paths import GridPaths, guidance_key, slug
@@ -117,9 +118,15 @@ class Grid(GridPaths):
             for i, s in enumerate(eff["schedules"]):
                 if s.startswith("searched:"):
                     self._check_searched(s, f"{where['schedules']}[{i}]", name, eff["nfe"])
+                elif is_flow_kind(s):
+                    try:
+                        parse_kind(s)
+                    except DpmbenchError as exc:
+                        raise bad(f"{where['schedules']}[{i}]", str(exc).removeprefix("invalid ")) from None
                 elif s not in schedules_known:
                     raise bad(f"{where['schedules']}[{i}]", f"unknown schedule {s!r}; allowed: "
-                               f"{', '.join(schedules_known)}, or searched:NAME with NAME in searches"
+                               f"{', '.join([*schedules_known, *PARAMETERIZED])}, or searched:NAME with NAME in "
+                               "searches"
                                f"{hint(s, schedules_known)}")
                 self.schedule_specs[slug(s)] = s
             if "solver_options" in mc:

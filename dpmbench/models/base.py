@@ -38,7 +38,8 @@ def _bcast(c: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
 def convert_prediction(
     out: torch.Tensor, src: str, dst: str, x: torch.Tensor, alpha: Any, sigma: Any
 ) -> torch.Tensor:
-    """Convert a model output from parameterization ``src`` to ``dst`` (``eps`` or ``x0``).
+    """Convert a model output from parameterization ``src`` to ``dst`` (``eps``, ``x0``, or the flow velocity
+    ``flow``, which flow samplers step with).
 
     With ``x = alpha x0 + sigma eps``: ``v = alpha eps - sigma x0`` (Salimans & Ho 2022, VP schedules) and
     the flow velocity ``u = eps - x0`` (alpha = 1 - t, sigma = t).
@@ -64,7 +65,9 @@ def convert_prediction(
         return eps
     if dst == "x0":
         return x0
-    raise bad_value("parameterization", dst, ("eps", "x0"))
+    if dst == "flow":
+        return eps - x0
+    raise bad_value("parameterization", dst, ("eps", "x0", "flow"))
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -188,7 +191,7 @@ class Model(ABC):
         """The network's native output at (x, t) given conditioning ``cond``."""
 
     def predict(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any, kind: str) -> torch.Tensor:
-        """The prediction of type ``kind`` (``eps`` or ``x0``) at (x, t)."""
+        """The prediction of type ``kind`` (``eps``, ``x0``, or the velocity ``flow``) at (x, t)."""
         out = self.forward(x, t, cond)
         if self.parameterization == kind:
             return out
@@ -240,7 +243,9 @@ class Guided(Model):
     """Classifier-free guidance: eps = eps(x, t) + w (eps(x, t | c) - eps(x, t)) (Ho & Salimans 2022, eq. 6).
 
     One guided evaluation counts as one NFE (the papers' convention). ``w = 1`` is plain conditional
-    sampling.
+    sampling. A flow model is guided on its velocity, v = v(x, t) + w (v(x, t | c) - v(x, t)), as SD3's and FLUX's
+    pipelines do: the same combination wherever alpha > 0 (eps = x + alpha v is affine in v), and at t = 1 (pure
+    noise, alpha = 0), where eps = x carries nothing of x0, the only one that does.
     """
 
     parameterization = "eps"
@@ -249,10 +254,18 @@ class Guided(Model):
         self.base, self.scale = base, float(scale)
         self.name, self.shape = base.name, base.shape
         self.num_classes, self.schedule = base.num_classes, base.schedule
+        if base.parameterization == "flow":
+            self.parameterization = "flow"
 
     def forward(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
         if cond is None:
             raise DpmbenchError("invalid cond None: guided sampling needs class labels or prompts")
+        if self.parameterization == "flow":
+            v_c = self.base.predict(x, t, cond, "flow")
+            if self.scale == 1.0:
+                return v_c
+            v_u = self.base.predict(x, t, None, "flow")
+            return v_u + self.scale * (v_c - v_u)
         if self.scale == 1.0:
             return self.base.eps(x, t, cond)
         pair = getattr(self.base, "eps_cond_uncond", None)  # checkpoint adapters: one batched [cond; uncond] call

@@ -4,6 +4,9 @@ A mixture ``p_0 = sum_k w_k N(mu_k, S_k)`` diffuses to ``p_t = sum_k w_k N(alpha
 so the posterior mean ``E[x_0 | x_t]`` (the optimal x0-prediction) is exact. A point-mass mixture
 (``S_k = 0``) is the empirical optimal denoiser of a finite data set. Class conditioning restricts the
 mixture to the components of the class. Internals run in float64; outputs come in the input's dtype.
+
+``FlowOracle`` is the same mixture as a flow-matching model (``flow`` schedule, x_t = (1 - t) x_0 + t eps): it
+predicts the velocity v = eps - x_0 of the exact denoiser, as SD3 / FLUX-style networks do.
 """
 
 from __future__ import annotations
@@ -151,3 +154,21 @@ class MixtureOracle(Model):
     def cache_key(self) -> str:
         h = float(self.means.sum()) + (0.0 if self.covs is None else float(self.covs.sum()))
         return f"{self.name}|{self.schedule.key()}|K={len(self.means)}|{h:.15g}"
+
+
+class FlowOracle(MixtureOracle):
+    """A mixture oracle predicting the flow-matching velocity ``v = eps - x0`` (Lipman et al. 2023; Liu et al. 2023):
+    the exact posterior mean x0 and eps = (x - alpha x0) / sigma, in float64. Meant for the ``flow`` schedule, where
+    ``x = x0 + t v`` and, at t = 1 (alpha = 0, pure noise), eps = x exactly."""
+
+    parameterization = "flow"
+
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """v(x, t) = eps - x0 of the exact denoiser (restricted to class ``cond`` if given)."""
+        x64 = x.to(torch.float64)
+        x0 = super().forward(x64, t, cond)
+        n = x.shape[0]
+        a, s = self._alpha_sigma(t, n, x.device)
+        shape = (-1, *([1] * (x.ndim - 1)))
+        eps = (x64 - a.reshape(shape) * x0) / s.reshape(shape)
+        return (eps - x0).to(x.dtype)

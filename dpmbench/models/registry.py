@@ -13,7 +13,7 @@ import torch
 
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.models.base import Model
-from dpmbench.models.oracle import MixtureOracle
+from dpmbench.models.oracle import FlowOracle, MixtureOracle
 from dpmbench.schedules import NoiseSchedule, make_schedule
 
 GMM_DIGITS_EIG_FLOOR = 1e-3  # covariance eigenvalue floor (pixels in [-1, 1]); digits has constant pixels
@@ -29,7 +29,7 @@ def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(d.target, dtype=torch.long)
 
 
-def _gmm_2d(schedule: NoiseSchedule) -> MixtureOracle:
+def _gmm_2d(schedule: NoiseSchedule, cls: type[MixtureOracle] = MixtureOracle) -> MixtureOracle:
     # 8 anisotropic Gaussians on the unit circle, tangential std 0.2, radial std 0.05; class = k mod 4,
     # so every class is bimodal (opposite components) and guidance has something to do.
     k = torch.arange(8, dtype=torch.float64)
@@ -40,11 +40,11 @@ def _gmm_2d(schedule: NoiseSchedule) -> MixtureOracle:
     diag = torch.diag(torch.tensor([0.05**2, 0.2**2], dtype=torch.float64))
     covs = rot @ diag @ rot.transpose(1, 2)
     weights = torch.tensor([1.0, 2.0, 1.0, 2.0, 1.5, 1.0, 1.5, 1.0], dtype=torch.float64)
-    return MixtureOracle("gmm-2d", schedule, means, weights, covs, classes=(k % 4).long(),
+    return cls("gmm-2d", schedule, means, weights, covs, classes=(k % 4).long(),
                          description="8 anisotropic Gaussians on the unit circle, 4 classes (2-D)")
 
 
-def _gmm_digits(schedule: NoiseSchedule) -> MixtureOracle:
+def _gmm_digits(schedule: NoiseSchedule, cls: type[MixtureOracle] = MixtureOracle) -> MixtureOracle:
     x, y = digits_data()
     means, covs, weights = [], [], []
     for c in range(10):
@@ -56,19 +56,19 @@ def _gmm_digits(schedule: NoiseSchedule) -> MixtureOracle:
         means.append(mu)
         covs.append(0.5 * (cov + cov.T))
         weights.append(float(len(xc)))
-    return MixtureOracle("gmm-digits", schedule, torch.stack(means), torch.tensor(weights),
+    return cls("gmm-digits", schedule, torch.stack(means), torch.tensor(weights),
                          torch.stack(covs), classes=torch.arange(10), shape=(1, 8, 8),
                          description="one Gaussian per class fitted to scikit-learn's digits (64-D)")
 
 
-def _digits_empirical(schedule: NoiseSchedule) -> MixtureOracle:
+def _digits_empirical(schedule: NoiseSchedule, cls: type[MixtureOracle] = MixtureOracle) -> MixtureOracle:
     x, y = digits_data()
-    return MixtureOracle("digits-empirical", schedule, x, torch.ones(len(x), dtype=torch.float64),
+    return cls("digits-empirical", schedule, x, torch.ones(len(x), dtype=torch.float64),
                          covs=None, classes=y, shape=(1, 8, 8),
                          description="exact optimal denoiser of the 1,797 digits images (64-D)")
 
 
-ORACLES: dict[str, Callable[[NoiseSchedule], MixtureOracle]] = {
+ORACLES: dict[str, Callable[..., MixtureOracle]] = {
     "gmm-2d": _gmm_2d,
     "gmm-digits": _gmm_digits,
     "digits-empirical": _digits_empirical,
@@ -90,9 +90,28 @@ def _renamed(build: Callable[[NoiseSchedule], MixtureOracle], name: str) -> Call
     return make
 
 
+# The same oracles as flow-matching models (``flow`` schedule: x_t = (1 - t) x0 + t eps, t from 1 to t_end),
+# predicting the velocity v = eps - x0 as SD3 / FLUX do: ``NAME-flow``. Same data, so their exact solutions are the
+# VP oracles' ones mapped through the change of schedule (in x / sigma against log-SNR the two ODEs are one).
+FLOW_SUFFIX = "-flow"
+
+
+def _as_flow(build: Callable[..., MixtureOracle], name: str) -> Callable[[NoiseSchedule], MixtureOracle]:
+    def make(schedule: NoiseSchedule) -> MixtureOracle:
+        model = build(schedule, FlowOracle)
+        model.name = name
+        model.description += "; flow matching, predicts the velocity"
+        return model
+
+    return make
+
+
 for _base in list(ORACLES):
     ORACLES[_base + DISCRETE_SUFFIX] = _renamed(ORACLES[_base], _base + DISCRETE_SUFFIX)
     ORACLE_SCHEDULES[_base + DISCRETE_SUFFIX] = "vp-discrete"
+for _base in [b for b in ORACLES if not b.endswith(DISCRETE_SUFFIX)]:
+    ORACLES[_base + FLOW_SUFFIX] = _as_flow(ORACLES[_base], _base + FLOW_SUFFIX)
+    ORACLE_SCHEDULES[_base + FLOW_SUFFIX] = "flow"
 
 
 def list_models() -> list[str]:
@@ -118,7 +137,7 @@ def load_model(
     name: str, schedule: str | NoiseSchedule | None = None, device: str | torch.device = "cpu", **kw: Any
 ) -> Model:
     """Load a model by name; oracle models accept any noise schedule (default ``vp-linear``; ``vp-discrete`` for
-    the ``-ddpm`` variants).
+    the ``-ddpm`` variants, ``flow`` for the ``-flow`` ones).
 
     A checkpoint id of the manifest is verified (sha256; a missing file is an error naming where to place it, it
     is never downloaded here: ``dpmbench pull ID``) and loaded by its adapter with the schedule it was trained

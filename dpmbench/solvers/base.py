@@ -262,6 +262,10 @@ class Solver:
     # list the evaluation times in advance (scheduler.timesteps) only for solvers with this flag and not adaptive.
     times_known: ClassVar[bool] = True
     parallel: ClassVar[bool] = False  # batched parallel rounds (picard): NFE counter counts rounds (sampling.sample)
+    # May start at pure noise (alpha = 0, log-SNR -inf: a flow model at t = 1), where only a step written with the
+    # model's data prediction is defined (a noise prediction there is x / sigma and says nothing of x0; a step size
+    # in log-SNR is infinite). Families that are set it; the rest refuse such a start in one line (make_plan).
+    pure_noise_start: ClassVar[bool] = False
 
     # the options every solver accepts (COMMON_OPTIONS)
     thresholding: bool
@@ -320,6 +324,12 @@ class Solver:
         self.check_nfe(nfe)
         plan = self.plan(nfe - int(self.denoise_to_zero), schedule, kind, t_start, t_end)
         plan.nfe = nfe
+        if plan.points and plan.points[0].alpha == 0.0 and not self.pure_noise_start:
+            raise DpmbenchError(
+                f"invalid t_start {plan.points[0].t} for solver {self.spec!r}: it is pure noise (alpha = 0, log-SNR "
+                f"-inf; a flow model at t = 1), where its update is undefined; start below it (t_start, e.g. 0.999 "
+                f"as diffusers' flow DPM-Solver does) or use a solver that starts there: "
+                f"{', '.join(n for n, c in SOLVERS.items() if c.pure_noise_start)}")
         return plan
 
     def predict(self, model: NFECounter, x: torch.Tensor, p: Point, kind: str) -> torch.Tensor:
@@ -328,7 +338,10 @@ class Solver:
         if not self.thresholding:
             return model.predict(x, p.t, kind)
         x0 = dynamic_threshold(model.predict(x, p.t, "x0"), self.thresholding_ratio, self.sample_max_value)
-        return x0 if kind == "x0" else (x - p.alpha * x0) / p.sigma
+        if kind == "x0":
+            return x0
+        eps = (x - p.alpha * x0) / p.sigma
+        return eps if kind == "eps" else eps - x0
 
     def noise(self, model: NFECounter, step: int) -> torch.Tensor:
         """The standard normal noise of step ``step`` (0-based), per sample seeded (``model.noise``); only

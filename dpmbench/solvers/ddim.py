@@ -16,8 +16,11 @@ class DDIM(SinglestepSolver):
     summary = "DDIM, deterministic (eta=0); first order"
     source = "Song, Meng & Ermon 2021, 'Denoising Diffusion Implicit Models', eq. (12) with sigma_t = 0"
     options = {}
+    pure_noise_start = True
 
     def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
+        if s.alpha == 0.0:  # pure noise (a flow model at t = 1): eps = x / sigma exactly, x0 only the model knows
+            return t.alpha * self.predict(model, x, s, "x0") + t.sigma * (x / s.sigma)  # eq. (12), eta = 0
         return ddim_update(x, self.predict(model, x, s, "eps"), s, t)
 
 

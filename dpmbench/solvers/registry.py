@@ -7,7 +7,7 @@ from typing import Any
 
 # Import order is registration order is listing order: the base families first, then the methods built on them.
 # isort: off
-from dpmbench.solvers import ddim, ddpm, deis, dpm_solver, edm, pndm, sa_solver, unipc  # noqa: F401
+from dpmbench.solvers import ddim, ddpm, deis, dpm_solver, edm, flow, pndm, sa_solver, unipc  # noqa: F401
 from dpmbench.solvers import dpm_solver_v3, usf, dc_solver  # noqa: F401
 from dpmbench.solvers import iia, momentum, time_shift  # noqa: F401
 from dpmbench.solvers import accelerated, aligner, dode, picard  # noqa: F401
