@@ -1,4 +1,10 @@
-"""A dpmbench solver as a diffusers scheduler: ``pipe.scheduler = scheduler(spec, pipe.scheduler.config)``.
+"""A dpmbench solver as a diffusers scheduler: ``pipe.scheduler = scheduler(spec, pipe.scheduler.config)``, or the
+diffusers way, ``DpmbenchScheduler.from_config(pipe.scheduler.config, solver=spec)``; it is saved and loaded with its
+pipeline (``save_pretrained`` / ``from_pretrained``: the spec and the other dpmbench keys in its config).
+
+Flow-matching configs (``FlowMatchEulerDiscreteScheduler``'s, as SD3 and FLUX ship) give the ``flow`` schedule and a
+velocity-predicting network; ``timesteps`` are then sigma * N, diffusers' flow convention, and the default grid is the
+config's own FlowMatchEuler grid for the pipeline's call (``schedule="pipeline"``, see ``DpmbenchScheduler``).
 
 The scheduler runs the dpmbench solver itself, unchanged, as a coroutine driven by the pipeline: every model
 evaluation the solver asks for becomes one entry of ``scheduler.timesteps`` and one ``scheduler.step`` call.
@@ -38,21 +44,37 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from dpmbench.errors import DpmbenchError
+from dpmbench.flowgrids import pipeline_sigmas
 from dpmbench.models.adapters.diffusers_unet import DIFFUSERS_DEFAULTS, parameterization_of, schedule_from_config
 from dpmbench.models.base import Model, NoiseSource, convert_prediction, guided
-from dpmbench.schedules import VPDiscrete
-from dpmbench.solvers.base import Context, Plan, Solver
+from dpmbench.schedules import Flow, NoiseSchedule
+from dpmbench.solvers.base import Context, Plan, Solver, parse_spec
 from dpmbench.solvers.registry import get_solver
+
+OWN_KEYS = ("solver", "schedule", "t_start", "t_end", "seed")  # the dpmbench part of the scheduler's config
+PIPELINE = "pipeline"  # flow configs' default grid: where the config's FlowMatchEuler scheduler would evaluate
+
+
+def is_flow_config(cfg: Mapping[str, Any]) -> bool:
+    """Whether a scheduler config is a flow-matching one: a FlowMatch* scheduler's (``shift`` and no betas), or any
+    with ``use_flow_sigmas`` or ``prediction_type="flow_prediction"``."""
+    name = str(cfg.get("_class_name", ""))
+    return (name.startswith("FlowMatch") or bool(cfg.get("use_flow_sigmas"))
+            or cfg.get("prediction_type") == "flow_prediction"
+            or ("shift" in cfg and "beta_start" not in cfg and "trained_betas" not in cfg))
 
 
 def scheduler(
     spec: str,
     config: Any,
     *,
-    schedule: Any = "logsnr",
+    schedule: Any = None,
     t_start: float | None = None,
     t_end: float | None = None,
     model: Model | str | None = None,
@@ -63,14 +85,20 @@ def scheduler(
     """A diffusers-compatible scheduler running the dpmbench solver ``spec`` (``NAME[:key=value,...]``).
 
     ``config``: the pipeline's scheduler config (``pipe.scheduler.config``, a mapping or a scheduler): its betas
-    give the ``vp-discrete`` noise schedule and its ``prediction_type`` the network's parameterization.
-    ``schedule``, ``t_start``, ``t_end``: the timestep schedule as in ``dpmbench.sample``. ``model``: the dpmbench
+    give the ``vp-discrete`` noise schedule and its ``prediction_type`` the network's parameterization; a
+    flow-matching config (``FlowMatchEulerDiscreteScheduler``'s, as SD3 and FLUX ship) gives the ``flow`` schedule and
+    a velocity-predicting network. ``schedule``, ``t_start``, ``t_end``: the timestep schedule as in
+    ``dpmbench.sample`` (default ``logsnr``; for a flow config ``"pipeline"``: the config's own FlowMatchEuler grid
+    for the pipeline's call, ``mu`` and FLUX's sigmas included, ended by the jump to sigma = 0 of
+    ``denoise_to_zero=true``, which the scheduler sets there). ``model``: the dpmbench
     model of the same network (object or id), needed by solvers that compute statistics in ``prepare``;
     ``guidance``: the pipeline's guidance scale, for those statistics; ``dtype``: the sample dtype they are
     prepared for (``dpmbench sample``'s default float32). ``seed``: the noise stream of stochastic solvers.
     """
-    return DpmbenchScheduler(spec, config, schedule=schedule, t_start=t_start, t_end=t_end, model=model,
-                             guidance=guidance, seed=seed, dtype=dtype)
+    sch = DpmbenchScheduler.from_config(config, solver=spec, schedule=schedule, t_start=t_start, t_end=t_end,
+                                        seed=seed)
+    sch.attach(model=model, guidance=guidance, dtype=dtype)
+    return sch
 
 
 def refusal(sol: Solver) -> str | None:
@@ -95,7 +123,7 @@ _CANCEL = object()
 class _Recorder:
     """A stand-in NFE counter: records where the solver evaluates and answers zeros (used to list the times)."""
 
-    def __init__(self, schedule: VPDiscrete):
+    def __init__(self, schedule: NoiseSchedule):
         self.schedule, self.count, self.times = schedule, 0, []
         self.noise = lambda step: torch.zeros_like(self._like)
         self._like = torch.zeros(0)
@@ -110,7 +138,7 @@ class _Worker:
     """The solver run as a coroutine: ``predict`` (called by the solver, in the worker thread) hands the point to
     evaluate to the pipeline's thread and waits for the model output."""
 
-    def __init__(self, sol: Solver, plan: Plan, x_T: torch.Tensor, schedule: VPDiscrete, noise: NoiseSource | None,
+    def __init__(self, sol: Solver, plan: Plan, x_T: torch.Tensor, schedule: NoiseSchedule, noise: NoiseSource | None,
                  inference_mode: bool):
         self.sol, self.plan, self.x_T, self.schedule, self.noise = sol, plan, x_T, schedule, noise
         self.count = 0
@@ -155,36 +183,54 @@ class _Worker:
             self._thread.join(timeout=10)
 
 
-class DpmbenchScheduler:
+class DpmbenchScheduler(SchedulerMixin, ConfigMixin):
     """See the module docstring. Attributes a pipeline uses: ``config``, ``timesteps``, ``order``,
     ``init_noise_sigma``, ``num_inference_steps``, ``set_timesteps``, ``scale_model_input``, ``step``,
-    ``add_noise``."""
+    ``add_noise`` (``scale_noise`` on flow configs), ``set_begin_index``.
 
+    As a diffusers scheduler it is built from another scheduler's config, ``DpmbenchScheduler.from_config(
+    pipe.scheduler.config, solver=SPEC)``, and saved with its pipeline: ``save_pretrained`` writes the solver spec,
+    the timestep schedule, ``t_start``, ``t_end``, ``seed`` and the noise schedule's config keys to
+    ``scheduler_config.json``, and ``from_pretrained`` (or the pipeline's) reads them back. The dpmbench model for
+    solvers with a ``prepare`` step, the guidance scale and the dtype are not part of the config (``attach``)."""
+
+    config_name = "scheduler_config.json"
     order = 1
 
-    def __init__(self, spec: str, config: Any, *, schedule: Any = "logsnr", t_start: float | None = None,
-                 t_end: float | None = None, model: Model | str | None = None, guidance: float | None = None,
-                 seed: int = 0, dtype: torch.dtype = torch.float32):
-        from diffusers.configuration_utils import FrozenDict
-
-        cfg = dict(getattr(config, "config", config)) if not isinstance(config, Mapping) else dict(config)
-        cfg = {**DIFFUSERS_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
-        self.config = FrozenDict(cfg)
-        self.schedule: VPDiscrete = schedule_from_config(cfg)
-        self.parameterization = parameterization_of(cfg["prediction_type"])
-        self.solver = get_solver(spec)
+    def __init__(self, solver: str, schedule: Any = None, t_start: float | None = None, t_end: float | None = None,
+                 seed: int = 0, **base: Any):
+        base = {k: v for k, v in base.items() if not k.startswith("_")}
+        self.flow = is_flow_config(base)
+        if not self.flow:
+            base = {**DIFFUSERS_DEFAULTS, **{k: v for k, v in base.items() if v is not None}}
+        if schedule is None:
+            schedule = PIPELINE if self.flow else "logsnr"
+        elif schedule == PIPELINE and not self.flow:
+            raise DpmbenchError(f"invalid schedule {PIPELINE!r} for a scheduler config without flow matching: "
+                                "allowed: a dpmbench timestep schedule (dpmbench list schedules)")
+        self.register_to_config(solver=str(solver), schedule=schedule, t_start=t_start, t_end=t_end, seed=int(seed),
+                                **base)
+        self.schedule: NoiseSchedule
+        if self.flow:
+            if base.get("prediction_type") not in (None, "flow_prediction"):
+                raise DpmbenchError(f"invalid prediction_type {base['prediction_type']!r} for a flow-matching "
+                                    "scheduler config: allowed: flow_prediction")
+            self.schedule, self.parameterization = Flow(), "flow"
+        else:
+            self.schedule = schedule_from_config(base)
+            self.parameterization = parameterization_of(base["prediction_type"])
+        self.solver = get_solver(str(solver))
+        if self.flow and schedule == PIPELINE and not self.solver.denoise_to_zero:
+            name, opts = parse_spec(str(solver))
+            self.solver = get_solver(name, **{k: v for k, v in opts.items() if k != "denoise_to_zero"},
+                                     denoise_to_zero=True)  # diffusers' final step to sigma = 0
         why = refusal(self.solver)
         if why:
             raise DpmbenchError(why)
-        if isinstance(model, str):
-            from dpmbench.models.registry import load_model
-
-            model = load_model(model)
-        if model is not None and model.schedule.key() != self.schedule.key():
-            raise DpmbenchError(f"invalid model {model.name!r} for this scheduler config: its noise schedule "
-                                f"{model.schedule.key()} differs from the config's {self.schedule.key()}")
-        self.model, self.guidance, self.seed, self.dtype = model, guidance, int(seed), dtype
-        self.kind, self.t_start, self.t_end = schedule, t_start, t_end
+        self.kind, self.t_start, self.t_end, self.seed = schedule, t_start, t_end, int(seed)
+        self.model: Model | None = None
+        self.guidance: float | None = None
+        self.dtype = torch.float32
         self.init_noise_sigma = float(self.schedule.prior_std)
         self.num_inference_steps: int | None = None
         self.timesteps = torch.zeros(0)
@@ -193,17 +239,80 @@ class DpmbenchScheduler:
         self._worker: _Worker | None = None
         self._pending: tuple[Any, ...] | None = None
         self._index = 0
+        self._begin_index = 0
+
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """A scheduler from another scheduler's config (``pipe.scheduler.config``, or the scheduler itself) with the
+        dpmbench keys given here (``solver=SPEC`` is required unless the config is a saved DpmbenchScheduler's), or
+        from a saved config as it was; keyword arguments override the config's keys."""
+        if config is None:
+            raise DpmbenchError("invalid config None for DpmbenchScheduler.from_config: pass the scheduler config to "
+                                "run on (pipe.scheduler.config)")
+        cfg = dict(getattr(config, "config", config))
+        own = {k: kwargs.pop(k) for k in OWN_KEYS if k in kwargs}
+        known = {k: kwargs.pop(k) for k in list(kwargs) if k in cfg}
+        cfg = {**{k: v for k, v in cfg.items() if not k.startswith("_")}, **known, **own}
+        if not cfg.get("solver"):
+            raise DpmbenchError("invalid solver None for DpmbenchScheduler.from_config: pass solver=SPEC (a dpmbench "
+                                "solver spec, e.g. 'dpm-solver++:order=2'; dpmbench list solvers)")
+        sch = cls(**cfg)
+        return (sch, kwargs) if return_unused_kwargs else sch
+
+    def attach(self, model: Model | str | None = None, guidance: float | None = None,
+               dtype: torch.dtype = torch.float32) -> DpmbenchScheduler:
+        """Set what is not part of the config: the dpmbench model of the pipeline's network (object or id) for
+        solvers whose ``prepare`` evaluates it, the guidance scale for those statistics, and the sample dtype they
+        are prepared for."""
+        if isinstance(model, str):
+            from dpmbench.models.registry import load_model
+
+            model = load_model(model)
+        if model is not None and model.schedule.key() != self.schedule.key():
+            raise DpmbenchError(f"invalid model {model.name!r} for this scheduler config: its noise schedule "
+                                f"{model.schedule.key()} differs from the config's {self.schedule.key()}")
+        self.model, self.guidance, self.dtype = model, guidance, dtype
+        return self
 
     def __len__(self) -> int:
         return int(self.config["num_train_timesteps"])
 
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """diffusers' img2img hook (where the run starts in ``timesteps``); only 0, the full run, is supported."""
+        if begin_index != 0:
+            raise DpmbenchError(f"invalid begin_index {begin_index} for the dpmbench scheduler: allowed: 0 (a "
+                                "dpmbench solver runs its whole plan)")
+        self._begin_index = 0
+
     # -- planning ---------------------------------------------------------------------------------------
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Plan the solver for an NFE budget of ``num_inference_steps`` and list its evaluation times."""
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      sigmas: Any = None, mu: float | None = None, timesteps: Any = None) -> None:
+        """Plan the solver for an NFE budget of ``num_inference_steps`` and list its evaluation times.
+
+        On a flow config, as ``FlowMatchEulerDiscreteScheduler``: ``mu`` is the pipeline's dynamic shift (FLUX, or
+        SD3 with ``use_dynamic_shifting``); ``sigmas`` may be FLUX's ``linspace(1, 1/n, n)`` (the budget is then
+        ``n``), which the ``pipeline`` grid follows at the solver's own step count. Other custom sigmas or
+        timesteps are refused: a dpmbench solver chooses its evaluations from its budget (``schedule="custom"``
+        lists times)."""
         self.close()
+        if timesteps is not None:
+            raise DpmbenchError("invalid timesteps for the dpmbench scheduler: a solver chooses its own evaluation "
+                                "times from its budget; pass num_inference_steps (custom times: schedule=[...])")
+        flux_sigmas = False
+        if sigmas is not None:
+            n = len(sigmas)
+            flux_sigmas = self.flow and np.allclose(np.asarray(sigmas, np.float64), np.linspace(1.0, 1 / n, n),
+                                                    rtol=0, atol=1e-7)
+            if not flux_sigmas:
+                raise DpmbenchError("invalid sigmas for the dpmbench scheduler: only FLUX's linspace(1, 1/n, n) on a "
+                                    "flow config (custom times: schedule=[...])")
+            num_inference_steps = num_inference_steps or n
+        if num_inference_steps is None:
+            raise DpmbenchError("invalid num_inference_steps None: the NFE budget is needed")
         nfe = num_inference_steps
         sol = self.solver
         sol.check_nfe(nfe)
+        kind = self._grid(mu, flux_sigmas) if self.kind == PIPELINE else self.kind
         if sol.needs_prepare:
             if self.model is None:
                 raise DpmbenchError(f"invalid model None for solver {sol.spec!r}: its prepare step computes "
@@ -213,14 +322,28 @@ class DpmbenchScheduler:
 
             net = guided(self.model, self.guidance)
             with torch.no_grad():
-                sol.prepare(Context(net, nfe, self.kind, self.t_start, self.t_end, self.guidance, self.dtype,
+                sol.prepare(Context(net, nfe, kind, self.t_start, self.t_end, self.guidance, self.dtype,
                                     device or "cpu", run_search))
-        self._plan = sol.make_plan(nfe, self.schedule, self.kind, self.t_start, self.t_end)
+        self._plan = sol.make_plan(nfe, self.schedule, kind, self.t_start, self.t_end)
         self.eval_times = self._record_times(nfe)
-        n = self.schedule.N
-        self.timesteps = torch.tensor([t * n - 1.0 for t in self.eval_times], dtype=torch.float32, device=device)
+        big_n = int(self.config["num_train_timesteps"])
+        # the network's timestep input: diffusers' flow convention sigma * N; dpmbench's discrete VP one N t - 1
+        times = [t * big_n for t in self.eval_times] if self.flow else [t * big_n - 1.0 for t in self.eval_times]
+        self.timesteps = torch.tensor(times, dtype=torch.float32, device=device)
         self.num_inference_steps = nfe
         self._index = 0
+
+    def _grid(self, mu: float | None, flux_sigmas: bool) -> Any:
+        """The ``pipeline`` grid of a flow config: for ``steps`` steps, the ``steps + 1`` nonzero sigmas the config's
+        FlowMatchEuler scheduler gives ``steps + 1`` inference steps in this call (``dpmbench.flowgrids``)."""
+        base = {k: v for k, v in self.config.items() if k not in OWN_KEYS and not k.startswith("_")}
+
+        def grid(steps: int) -> torch.Tensor:
+            m = steps + 1
+            passed = np.linspace(1.0, 1 / m, m) if flux_sigmas else None
+            return torch.from_numpy(pipeline_sigmas(base, m, sigmas=passed, mu=mu))
+
+        return grid
 
     def _record_times(self, nfe: int) -> list[float]:
         """Where the solver evaluates, from a run on a stand-in model (a shallow copy of the prepared solver)."""
@@ -291,13 +414,18 @@ class DpmbenchScheduler:
         return SchedulerOutput(prev_sample=nxt) if return_dict else (nxt,)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x_t = alpha(t) x_0 + sigma(t) eps at the continuous times of the UNet timesteps ((timestep + 1) / N)."""
-        t = (torch.as_tensor(timesteps, device=original_samples.device).to(torch.float64).reshape(-1) + 1.0)
-        t = t / self.schedule.N
+        """x_t = alpha(t) x_0 + sigma(t) eps at the continuous times of the network's timesteps ((timestep + 1) / N;
+        on a flow config timestep / N = sigma)."""
+        t = torch.as_tensor(timesteps, device=original_samples.device).to(torch.float64).reshape(-1)
+        t = (t if self.flow else t + 1.0) / int(self.config["num_train_timesteps"])
         shape = (-1, *([1] * (original_samples.ndim - 1)))
         a = self.schedule.alpha(t).to(original_samples.dtype).reshape(shape)
         s = self.schedule.sigma(t).to(original_samples.dtype).reshape(shape)
         return a * original_samples + s * noise
+
+    def scale_noise(self, sample: torch.Tensor, timestep: Any, noise: torch.Tensor) -> torch.Tensor:
+        """FlowMatchEuler's name of ``add_noise`` (flow configs): (1 - sigma) x0 + sigma noise."""
+        return self.add_noise(sample, noise, torch.as_tensor(timestep))
 
     def close(self) -> None:
         """Abandon an unfinished run (its worker thread ends)."""

@@ -29,6 +29,7 @@ This module is torch-free (numpy; scipy for the beta quantiles).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,12 @@ FLOW_CONFIGS: dict[str, dict[str, Any]] = {
     "flux-schnell": {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False, **_FLUX_KEYS,
                      "pipeline": "flux"},
 }
+# FlowMatchEulerDiscreteScheduler.__init__'s defaults (diffusers 0.42.1): what a config without the key means
+FLOW_MATCH_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False, "base_shift": 0.5, "max_shift": 1.15,
+    "base_image_seq_len": 256, "max_image_seq_len": 4096, "invert_sigmas": False, "shift_terminal": None,
+    "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+    "time_shift_type": "exponential", "stochastic_sampling": False}
 SIGMA_KINDS = ("", "-karras", "-exponential", "-beta")
 DIFFUSERS_FLOW_KINDS = [f"{DIFFUSERS_PREFIX}{m}{s}" for m in FLOW_CONFIGS for s in SIGMA_KINDS]
 KINDS = [*DIFFUSERS_FLOW_KINDS]
@@ -79,11 +86,6 @@ def flux_mu(tokens: float, base_seq: float = 256, max_seq: float = 4096, base_sh
     return tokens * m + (base_shift - m * base_seq)
 
 
-def exponential_time_shift(mu: float, t: Any) -> Any:
-    """diffusers' ``time_shift`` (exponential, sigma = 1): e^mu / (e^mu + (1 / t - 1)), the static shift by e^mu."""
-    return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
-
-
 def _karras(lo: float, hi: float, n: int) -> np.ndarray:
     ramp = np.linspace(0, 1, n)
     inv = 1 / KARRAS_RHO
@@ -101,32 +103,60 @@ def _beta(lo: float, hi: float, n: int) -> np.ndarray:
     return np.array([lo + p * (hi - lo) for p in ppf])
 
 
-def flow_match_sigmas(model: str, n: int, sigma_kind: str = "", tokens: int = FLUX_DEFAULT_TOKENS) -> np.ndarray:
-    """The ``n`` nonzero sigmas of diffusers' FlowMatchEulerDiscreteScheduler for ``n`` inference steps in
-    ``model``'s pipeline under its published config (``FLOW_CONFIGS``), before diffusers appends 0 and casts to
-    float32; float64 (the FLUX path's float32 arithmetic included, as float32 values)."""
-    cfg = FLOW_CONFIGS[model]
-    big_n, shift = cfg["num_train_timesteps"], cfg["shift"]
-    # __init__: the training table sigmas 1 .. 1/N (float32), shifted unless dynamic; its extremes
+def pipeline_sigmas(config: Mapping[str, Any], n: int, sigmas: Any = None, mu: float | None = None) -> np.ndarray:
+    """The ``n`` nonzero sigmas ``FlowMatchEulerDiscreteScheduler(**config).set_timesteps(n, sigmas=sigmas,
+    mu=mu)`` computes (diffusers 0.42.1), before it appends 0 and casts to float32; float64 (float32 values on the
+    path of passed sigmas, which diffusers computes in float32). ``config``: a FlowMatchEuler scheduler config
+    (absent keys take diffusers' defaults)."""
+    cfg = {**FLOW_MATCH_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    for key in ("invert_sigmas", "stochastic_sampling"):
+        if cfg[key]:
+            raise DpmbenchError(f"invalid scheduler {key}=True for dpmbench's flow grids: allowed: false")
+    if sum(bool(cfg[k]) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")) > 1:
+        raise DpmbenchError("invalid scheduler config: at most one of use_karras_sigmas, use_exponential_sigmas, "
+                            "use_beta_sigmas")
+    if cfg["time_shift_type"] not in ("exponential", "linear"):
+        raise bad_value("scheduler time_shift_type", cfg["time_shift_type"], ("exponential", "linear"))
+    big_n, shift, dynamic = int(cfg["num_train_timesteps"]), float(cfg["shift"]), bool(cfg["use_dynamic_shifting"])
+    if dynamic and mu is None:
+        raise DpmbenchError("invalid scheduler call: use_dynamic_shifting needs mu (the pipeline passes it)")
+    # __init__: the training table 1 .. 1/N (float32), shifted unless dynamic: its extremes bound the default grid
     table = np.linspace(1, big_n, big_n, dtype=np.float32)[::-1].copy() / np.float32(big_n)
-    if not cfg["use_dynamic_shifting"]:
+    if not dynamic:
         table = (shift * table / (1 + (shift - 1) * table)).astype(np.float32)
-    sigma_max, sigma_min = float(table[0]), float(table[-1])
-    mu = flux_mu(tokens, cfg["base_image_seq_len"], cfg["max_image_seq_len"], cfg["base_shift"],
-                 cfg["max_shift"]) if cfg["pipeline"] == "flux" else None
-    if cfg["pipeline"] == "flux":  # the pipeline passes sigmas: float32 from here on
-        s = np.linspace(1.0, 1 / n, n).astype(np.float32)
-    else:  # set_timesteps' default path, float64
-        s = np.linspace(sigma_max * big_n, sigma_min * big_n, n) / big_n
-    if cfg["use_dynamic_shifting"]:
-        s = np.float32(math.exp(mu)) / (np.float32(math.exp(mu)) + (1 / s - 1)) if s.dtype == np.float32 \
-            else exponential_time_shift(mu, s)
+    if sigmas is None:  # set_timesteps' default path, float64
+        s = np.linspace(float(table[0]) * big_n, float(table[-1]) * big_n, n) / big_n
+    else:  # passed sigmas: float32 from here on
+        s = np.asarray(sigmas).astype(np.float32)
+        if s.ndim != 1 or len(s) != n:
+            raise DpmbenchError(f"invalid sigmas: need {n} values, got shape {tuple(s.shape)}")
+    if dynamic:
+        e = math.exp(mu) if cfg["time_shift_type"] == "exponential" else float(mu)
+        s = (np.float32(e) if s.dtype == np.float32 else e) / ((np.float32(e) if s.dtype == np.float32 else e)
+                                                            + (1 / s - 1))
     else:
         s = shift * s / (1 + (shift - 1) * s)
-    if sigma_kind:
-        lo, hi = float(s[-1]), float(s[0])
-        s = {"-karras": _karras, "-exponential": _exponential, "-beta": _beta}[sigma_kind](lo, hi, n)
+    if cfg["shift_terminal"]:
+        one_minus = 1 - s
+        s = 1 - one_minus / (one_minus[-1] / (1 - cfg["shift_terminal"]))
+    for key, fn in (("use_karras_sigmas", _karras), ("use_exponential_sigmas", _exponential),
+                    ("use_beta_sigmas", _beta)):
+        if cfg[key]:
+            s = fn(float(s[-1]), float(s[0]), n)
     return np.asarray(s, dtype=np.float64)
+
+
+def flow_match_sigmas(model: str, n: int, sigma_kind: str = "", tokens: int = FLUX_DEFAULT_TOKENS) -> np.ndarray:
+    """The ``n`` nonzero sigmas of diffusers' FlowMatchEulerDiscreteScheduler for ``n`` inference steps in
+    ``model``'s pipeline under its published config (``FLOW_CONFIGS``): SD3 passes nothing, FLUX passes
+    sigmas linspace(1, 1/n, n) and mu from the image's token count (``pipeline_sigmas``)."""
+    cfg = {k: v for k, v in FLOW_CONFIGS[model].items() if k != "pipeline"}
+    if sigma_kind:
+        cfg[f"use_{sigma_kind[1:]}_sigmas"] = True
+    if FLOW_CONFIGS[model]["pipeline"] == "flux":
+        mu = flux_mu(tokens, cfg["base_image_seq_len"], cfg["max_image_seq_len"], cfg["base_shift"], cfg["max_shift"])
+        return pipeline_sigmas(cfg, n, sigmas=np.linspace(1.0, 1 / n, n), mu=mu)
+    return pipeline_sigmas(cfg, n)
 
 
 def parse_kind(kind: str) -> tuple[str, Any] | None:

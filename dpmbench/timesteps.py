@@ -136,8 +136,10 @@ def timesteps(
 
     ``kind`` is a schedule name (``diffusers-*`` kinds start where diffusers does, see ``dpmbench.spacing``), or
     an explicit sequence of times (``custom``), which must hold exactly
-    ``steps + 1`` strictly decreasing values.
+    ``steps + 1`` strictly decreasing values, or a function of ``steps`` returning one.
     """
+    if callable(kind):  # a grid as a function of the step count (dpmbench.diffusers' flow pipeline grids)
+        kind = kind(steps)
     if not isinstance(kind, str):
         t = torch.as_tensor(kind, dtype=torch.float64).flatten()
         if len(t) != steps + 1:
