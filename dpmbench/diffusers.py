@@ -41,7 +41,6 @@ import contextlib
 import copy
 import queue
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -51,7 +50,12 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from dpmbench.errors import DpmbenchError
 from dpmbench.flowgrids import pipeline_sigmas
-from dpmbench.models.adapters.diffusers_unet import DIFFUSERS_DEFAULTS, parameterization_of, schedule_from_config
+from dpmbench.models.adapters.diffusers_unet import (
+    DIFFUSERS_DEFAULTS,
+    is_flow_config,
+    parameterization_of,
+    schedule_from_config,
+)
 from dpmbench.models.base import Model, NoiseSource, convert_prediction, guided
 from dpmbench.schedules import Flow, NoiseSchedule
 from dpmbench.solvers.base import Context, Plan, Solver, parse_spec
@@ -59,15 +63,6 @@ from dpmbench.solvers.registry import get_solver
 
 OWN_KEYS = ("solver", "schedule", "t_start", "t_end", "seed")  # the dpmbench part of the scheduler's config
 PIPELINE = "pipeline"  # flow configs' default grid: where the config's FlowMatchEuler scheduler would evaluate
-
-
-def is_flow_config(cfg: Mapping[str, Any]) -> bool:
-    """Whether a scheduler config is a flow-matching one: a FlowMatch* scheduler's (``shift`` and no betas), or any
-    with ``use_flow_sigmas`` or ``prediction_type="flow_prediction"``."""
-    name = str(cfg.get("_class_name", ""))
-    return (name.startswith("FlowMatch") or bool(cfg.get("use_flow_sigmas"))
-            or cfg.get("prediction_type") == "flow_prediction"
-            or ("shift" in cfg and "beta_start" not in cfg and "trained_betas" not in cfg))
 
 
 def scheduler(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from dpmbench.errors import DpmbenchError, bad_value
 
-TRAINABLE = ("digits-unet",)
+TRAINABLE = ("digits-unet", "digits-flow")
 HELD_OUT_EVERY = 5  # image i is held out when i % 5 == 4 (a fixed ~20% split, no RNG)
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES  # the "no label" embedding used for the unconditional branch of CFG
@@ -87,10 +87,13 @@ def build_unet(cfg: TrainConfig) -> Any:
     )
 
 
-def scheduler_config(cfg: TrainConfig) -> Any:
-    """The ``DDPMScheduler`` saved beside the network (google/ddpm-cifar10-32's betas, epsilon prediction)."""
-    from diffusers import DDPMScheduler
+def scheduler_config(cfg: TrainConfig, model: str = "digits-unet") -> Any:
+    """The scheduler saved beside the network: ``DDPMScheduler`` for ``digits-unet`` (google/ddpm-cifar10-32's betas,
+    epsilon prediction), ``FlowMatchEulerDiscreteScheduler`` (shift 1) for ``digits-flow``."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+    if model == "digits-flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg.num_train_timesteps, shift=1.0)
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start,
                          beta_end=cfg.beta_end, beta_schedule="linear", prediction_type="epsilon",
                          clip_sample=True)
@@ -111,7 +114,7 @@ def _save(unet: Any, cfg: TrainConfig, out: Path, log: dict[str, Any]) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     unet.save_pretrained(tmp, safe_serialization=True)
-    scheduler_config(cfg).save_pretrained(tmp)
+    scheduler_config(cfg, log["model"]).save_pretrained(tmp)
     (tmp / "training.json").write_text(json.dumps(log, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)
@@ -119,13 +122,21 @@ def _save(unet: Any, cfg: TrainConfig, out: Path, log: dict[str, Any]) -> None:
 
 
 def train_digits_unet(out: str | Path, cfg: TrainConfig = TrainConfig(), progress: bool = True,
-                      device: str = "cpu") -> dict[str, Any]:
-    """Train ``digits-unet`` and write its EMA weights to ``out``; returns the training log.
+                      device: str = "cpu", model: str = "digits-unet") -> dict[str, Any]:
+    """Train ``digits-unet`` (or, ``model="digits-flow"``, its flow-matching twin) and write its EMA weights to
+    ``out``; returns the training log.
 
-    Epsilon-prediction loss ``|| eps - eps_theta(sqrt(abar_n) x0 + sqrt(1 - abar_n) eps, n, c) ||^2`` with n
-    uniform in 0..N-1 (Ho et al. 2020, Algorithm 1) and c the label, replaced by the null class with probability
-    ``label_dropout`` (Ho & Salimans 2022, Algorithm 1).
+    ``digits-unet``: epsilon-prediction loss ``|| eps - eps_theta(sqrt(abar_n) x0 + sqrt(1 - abar_n) eps, n, c) ||^2``
+    with n uniform in 0..N-1 (Ho et al. 2020, Algorithm 1). ``digits-flow``: the rectified-flow / conditional
+    flow-matching loss ``|| (eps - x0) - v_theta((1 - t) x0 + t eps, N t, c) ||^2`` (Lipman et al. 2023, eq. 23 with
+    the path x_t = (1 - t) x0 + t eps; Liu et al. 2023), t logit-normal (sigmoid of a standard normal: SD3's
+    ``logit_normal`` sampling with m = 0, s = 1, Esser et al. 2024, Sec. 3.1), the timestep input N t as diffusers'
+    flow schedulers feed it. Both: c is the label, replaced by the null class with probability ``label_dropout``
+    (Ho & Salimans 2022, Algorithm 1); the same network, optimizer, schedule and EMA.
     """
+    if model not in TRAINABLE:
+        raise bad_value("model", model, TRAINABLE)
+    flow = model == "digits-flow"
     from tqdm import tqdm
 
     from dpmbench.schedules import VPDiscrete
@@ -144,17 +155,23 @@ def train_digits_unet(out: str | Path, cfg: TrainConfig = TrainConfig(), progres
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     losses: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="train digits-unet", disable=not progress, mininterval=2.0)
+    bar = tqdm(range(cfg.steps), desc=f"train {model}", disable=not progress, mininterval=2.0)
     for step in bar:
         idx = torch.randint(len(x), (cfg.batch_size,), generator=gen)
         x0, labels = x[idx], y[idx].clone()
         labels[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = NULL_CLASS
-        n = torch.randint(cfg.num_train_timesteps, (cfg.batch_size,), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        a = abar[n].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        pred = unet(xt.to(device), n.to(device), class_labels=labels.to(device)).sample
-        loss = F.mse_loss(pred, eps.to(device))
+        if flow:
+            t = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen))  # logit-normal(0, 1)
+            eps = torch.randn(x0.shape, generator=gen)
+            tt = t.view(-1, 1, 1, 1)
+            xt, target, timestep = (1 - tt) * x0 + tt * eps, eps - x0, t * cfg.num_train_timesteps
+        else:
+            n = torch.randint(cfg.num_train_timesteps, (cfg.batch_size,), generator=gen)
+            eps = torch.randn(x0.shape, generator=gen)
+            a = abar[n].view(-1, 1, 1, 1)
+            xt, target, timestep = a.sqrt() * x0 + (1 - a).sqrt() * eps, eps, n
+        pred = unet(xt.to(device), timestep.to(device), class_labels=labels.to(device)).sample
+        loss = F.mse_loss(pred, target.to(device))
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -171,7 +188,7 @@ def train_digits_unet(out: str | Path, cfg: TrainConfig = TrainConfig(), progres
     if not all(math.isfinite(v) for v in losses):
         raise DpmbenchError("training diverged: a non-finite loss (lower --lr)")
     tail = losses[-min(len(losses), 500):]
-    log = {"model": "digits-unet", "config": asdict(cfg), "device": device, "torch_threads": torch.get_num_threads(),
+    log = {"model": model, "config": asdict(cfg), "device": device, "torch_threads": torch.get_num_threads(),
            "wall_s": round(time.perf_counter() - start, 1), "final_loss": sum(tail) / len(tail),
            "final_loss_window": len(tail), "train_images": len(x),
            "loss_every_100": [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 5)
@@ -184,22 +201,27 @@ CHECKPOINT_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "sched
 
 
 def manifest_entry(folder: str | Path, source: str | None = None) -> dict[str, Any]:
-    """The checkpoint-manifest entry (``config/checkpoints.yaml`` format) of a trained ``digits-unet`` folder:
-    a local source (``source``, default the folder itself) and the sha256 and size of every file it loads."""
+    """The checkpoint-manifest entry (``config/checkpoints.yaml`` format) of a trained ``digits-unet`` or
+    ``digits-flow`` folder (which one: its ``training.json``, else its scheduler config): a local source (``source``,
+    default the folder itself) and the sha256 and size of every file it loads."""
     from dpmbench.download import sha256_file
 
     folder = Path(folder)
     files = [{"path": f, "sha256": sha256_file(folder / f), "size": (folder / f).stat().st_size}
              for f in CHECKPOINT_FILES]
+    flow = "FlowMatch" in (folder / "scheduler_config.json").read_text()
+    model = "digits-flow" if flow else "digits-unet"
     return {"adapter": "diffusers-unet", "source": {"local": source or str(folder.resolve())}, "files": files,
-            "license": "apache-2.0", "schedule": "vp-discrete", "parameterization": "eps", "resolution": 8,
+            "license": "apache-2.0", "schedule": "flow" if flow else "vp-discrete",
+            "parameterization": "flow" if flow else "eps", "resolution": 8,
             "conditioning": "class", "num_classes": NUM_CLASSES, "options": {"subfolder": "", "null_class": NULL_CLASS},
-            "paper": "trained by dpmbench (dpmbench train digits-unet) on scikit-learn's digits, training split"}
+            "paper": f"trained by dpmbench (dpmbench train {model}) on scikit-learn's digits, training split"}
 
 
 # -- quality floor of a trained digits network -------------------------------------------------------------
 QUALITY_SOLVER = "dpm-solver++:order=2,method=multistep"
 QUALITY_NFE = 50
+FLOW_QUALITY_START = 0.999
 
 
 def digits_fdd(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -221,17 +243,19 @@ def quality_floor(model: Any, num_conditional: int = 1000, num_unconditional: in
     from dpmbench.sampling import sample
     from evaluators.images import digits_logits, to_uint8
 
-    out: dict[str, Any] = {"solver": QUALITY_SOLVER, "nfe": QUALITY_NFE, "seed": seed}
+    # a flow model starts at pure noise, where DPM-Solver++ cannot: from 1 - 1/1000, as diffusers' flow DPM-Solver
+    start = FLOW_QUALITY_START if model.schedule.kind == "flow" else None
+    out: dict[str, Any] = {"solver": QUALITY_SOLVER, "nfe": QUALITY_NFE, "seed": seed, "t_start": start}
     for g in guidance:
         x_T = model.prior(num_conditional, seed=seed)
         labels = model.labels(num_conditional)
-        x = sample(model, QUALITY_SOLVER, QUALITY_NFE, x_T, guidance=g, cond=labels)
+        x = sample(model, QUALITY_SOLVER, QUALITY_NFE, x_T, guidance=g, cond=labels, t_start=start)
         pred = torch.from_numpy(digits_logits(to_uint8(x.reshape(-1, 1, 8, 8)))).argmax(1)
         out[f"cond_acc@{g:g}"] = float((pred == labels).double().mean())
     train_x, _ = digits_split("train")
     held_x, _ = digits_split("held-out")
     n = len(train_x) if num_unconditional is None else num_unconditional
-    x = sample(model, QUALITY_SOLVER, QUALITY_NFE, model.prior(n, seed=seed))
+    x = sample(model, QUALITY_SOLVER, QUALITY_NFE, model.prior(n, seed=seed), t_start=start)
     out.update(num_conditional=num_conditional, num_unconditional=n,
                fdd_samples_vs_held_out=digits_fdd(x, held_x),
                fdd_train_vs_held_out=digits_fdd(train_x[:n], held_x))

@@ -383,12 +383,13 @@ def test_shipped_manifest() -> None:
     m = ck.load_manifest()
     assert list(m) == ["ddpm-cifar10", "ddpm-bedroom", "ddpm-celebahq", "ldm-celebahq", "sd15", "sd21-base",
                        "edm-cifar10-uncond-vp", "edm-ffhq64-uncond-vp", "scoresde-cifar10-ddpmpp-deep-continuous",
-                       "digits-unet"]
+                       "digits-unet", "digits-flow"]
     assert m["ddpm-cifar10"].source == {"hf": "google/ddpm-cifar10-32", "revision": "main"}
     assert m["edm-cifar10-uncond-vp"].url(m["edm-cifar10-uncond-vp"].files[0]) == (
         "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl")
     assert m["scoresde-cifar10-ddpmpp-deep-continuous"].kind == "manual"
-    assert m["digits-unet"].kind == "local" and all(f.sha256 for f in m["digits-unet"].files)
+    for cid in ("digits-unet", "digits-flow"):
+        assert m[cid].kind == "local" and all(f.sha256 for f in m[cid].files)
     assert {e.adapter for e in m.values()} == set(ck.ADAPTERS)
     for e in m.values():  # honest nulls: an unpinned pickle is never pulled
         for f in e.files:

@@ -60,6 +60,10 @@ COVERED: dict[str, list[tuple[str, str]]] = {
     "make baseline": [("Makefile", "baseline: regress-run\n\tcp reports/regression/results.csv reports/baseline.csv")],
     "OMP_NUM_THREADS=1 dpmbench train digits-unet --out trained/digits-unet": [
         ("tests/test_digits_unet.py", 'run_cli(capsys, "train", ID, "--steps", "200", "--batch-size", "16", "--out"')],
+    "OMP_NUM_THREADS=1 dpmbench train digits-flow --out trained/digits-flow": [
+        ("tests/test_digits_flow.py", 'train_digits_unet(out, TrainConfig(steps=20, batch_size=8), progress=False, '
+                                      'model=ID)'),
+        ("dpmbench/cli/parser.py", 'tr.add_argument("model", choices=["digits-unet", "digits-flow"])')],
     "dpmbench search autodiffusion --model digits-unet --solver ddim --nfe 5 --name ad-ddim5-unet": [
         ("tests/test_claims_schedules.py", 'main(["search", "autodiffusion", *common, "--solver", "ddim", "--name"')],
     "dpmbench sample --model digits-unet --solver ddim --nfe 5 --schedule searched:ad-ddim5-unet --num-samples 500 "

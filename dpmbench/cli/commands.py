@@ -265,7 +265,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed))
                if v is not None}
     log = train_digits_unet(args.out, dataclasses.replace(TrainConfig(), **changes), progress=not args.no_progress,
-                            device=args.device)
+                            device=args.device, model=args.model)
     print(f"{args.model}: {log['config']['steps']} steps in {log['wall_s']:.0f} s, final loss "
           f"{log['final_loss']:.4f} (mean of the last {log['final_loss_window']} steps); saved to {args.out}")
 

@@ -209,9 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "verify what is there and say which file to place where")
     pl.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    tr = sub.add_parser("train", help="train one of the project's own networks (digits-unet) and save it in "
-                        "diffusers' save_pretrained layout")
-    tr.add_argument("model", choices=["digits-unet"])
+    tr = sub.add_parser("train", help="train one of the project's own networks (digits-unet, or its flow-matching "
+                        "twin digits-flow) and save it in diffusers' save_pretrained layout")
+    tr.add_argument("model", choices=["digits-unet", "digits-flow"])
     tr.add_argument("--out", required=True, help="output folder (written whole, then renamed into place)")
     tr.add_argument("--steps", type=_positive_int("--steps"), default=None,
                     help="optimizer steps (default: those of the shipped weights)")

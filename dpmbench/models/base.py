@@ -261,10 +261,13 @@ class Guided(Model):
         if cond is None:
             raise DpmbenchError("invalid cond None: guided sampling needs class labels or prompts")
         if self.parameterization == "flow":
-            v_c = self.base.predict(x, t, cond, "flow")
             if self.scale == 1.0:
-                return v_c
-            v_u = self.base.predict(x, t, None, "flow")
+                return self.base.predict(x, t, cond, "flow")
+            pair = getattr(self.base, "native_cond_uncond", None)  # checkpoint adapters: one batched call
+            if pair is not None and self.base.parameterization == "flow":
+                v_c, v_u = pair(x, t, cond)
+            else:
+                v_c, v_u = self.base.predict(x, t, cond, "flow"), self.base.predict(x, t, None, "flow")
             return v_u + self.scale * (v_c - v_u)
         if self.scale == 1.0:
             return self.base.eps(x, t, cond)

@@ -8,6 +8,10 @@ feeds ``(t - 1/N) * 1000``, identical for the usual ``N = 1000``; for other N we
 ``0 .. N-1``, which is what diffusers' schedulers feed it. Timesteps are passed as a float tensor (a Python
 number would be truncated to ``long`` by diffusers).
 
+A flow-matching scheduler config (``FlowMatchEulerDiscreteScheduler``'s, as ``digits-flow`` ships; entry
+``schedule: flow``) gives the ``flow`` schedule (x_t = (1 - t) x0 + t eps) and a velocity-predicting network fed the
+timestep ``N * t`` (diffusers' flow convention: its schedulers' timesteps are sigma * N).
+
 Parameterization: the scheduler config's ``prediction_type`` (``epsilon`` -> eps, ``v_prediction`` -> v,
 ``sample`` -> x0). UNets with learned variance (``out_channels == 2 * in_channels``, e.g. improved DDPM) return
 the mean part only (the first half of the channels, as diffusers' pipelines split it).
@@ -40,7 +44,7 @@ from dpmbench.models.adapters.common import (
     time_column,
 )
 from dpmbench.models.base import Model, convert_prediction
-from dpmbench.schedules import VPDiscrete
+from dpmbench.schedules import Flow, NoiseSchedule, VPDiscrete
 
 SCHEDULE_OPTIONS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
 UNET_OPTIONS = ("dtype", "unet", "subfolder", "scheduler", "num_classes", "null_class", "micro_batch",
@@ -54,12 +58,22 @@ DIFFUSERS_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end
                       "prediction_type": "epsilon"}
 
 
+def is_flow_config(cfg: Mapping[str, Any]) -> bool:
+    """Whether a scheduler config is a flow-matching one: a FlowMatch* scheduler's (``shift`` and no betas), or any
+    with ``use_flow_sigmas`` or ``prediction_type="flow_prediction"``."""
+    name = str(cfg.get("_class_name", ""))
+    return (name.startswith("FlowMatch") or bool(cfg.get("use_flow_sigmas"))
+            or cfg.get("prediction_type") == "flow_prediction"
+            or ("shift" in cfg and "beta_start" not in cfg and "trained_betas" not in cfg))
+
+
 def read_scheduler_config(folder: Path) -> dict[str, Any]:
-    """The scheduler's ``scheduler_config.json`` (diffusers' defaults filled in)."""
+    """The scheduler's ``scheduler_config.json`` (diffusers' DDPM defaults filled in, unless a flow config)."""
     path = Path(folder) / "scheduler_config.json"
     if not path.is_file():
         raise DpmbenchError(f"invalid diffusers folder {str(folder)!r}: no scheduler_config.json")
-    return {**DIFFUSERS_DEFAULTS, **{k: v for k, v in json.loads(path.read_text()).items() if v is not None}}
+    cfg = {k: v for k, v in json.loads(path.read_text()).items() if v is not None}
+    return cfg if is_flow_config(cfg) else {**DIFFUSERS_DEFAULTS, **cfg}
 
 
 def schedule_from_config(cfg: Mapping[str, Any]) -> VPDiscrete:
@@ -112,7 +126,7 @@ class DiffusersUNet(Model):
     def __init__(
         self,
         unet: torch.nn.Module,
-        schedule: VPDiscrete,
+        schedule: NoiseSchedule,
         parameterization: str,
         name: str,
         shape: tuple[int, ...],
@@ -120,16 +134,19 @@ class DiffusersUNet(Model):
         num_classes: int | None = None,
         null_class: int | None = None,
         digest: str = "",
+        num_train_timesteps: int | None = None,
     ):
         self.unet, self.schedule, self.parameterization = unet, schedule, parameterization
         self.name, self.shape, self.dtype = name, tuple(shape), dtype
         self.num_classes, self.null_class, self.digest = num_classes, null_class, digest
-        self.N = schedule.N
+        self.N = num_train_timesteps or schedule.N
+        self.flow = schedule.kind == "flow"
 
     # -- time and conditioning --------------------------------------------------------------------
     def timestep(self, t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The UNet's timestep input ``N t - 1`` (float32 vector on x's device; DPM-Solver discrete convention)."""
-        return time_column(t, x, scale=float(self.N), shift=-1.0).to(torch.float32)
+        """The UNet's timestep input ``N t - 1`` (float32 vector on x's device; DPM-Solver discrete convention); on
+        the flow schedule ``N t`` (diffusers' flow schedulers' sigma * N)."""
+        return time_column(t, x, scale=float(self.N), shift=0.0 if self.flow else -1.0).to(torch.float32)
 
     def unet_kwargs(self, cond: Any, n: int, device: torch.device) -> dict[str, Any]:
         """Keyword arguments of the UNet call carrying ``cond`` for a batch of ``n``."""
@@ -188,14 +205,19 @@ class DiffusersUNet(Model):
         kc, ku = self.unet_kwargs(cond, n, device), self.unet_kwargs(None, n, device)
         return {k: torch.cat([kc[k], ku[k]]) for k in kc}
 
-    def eps_cond_uncond(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any) -> tuple[torch.Tensor, ...]:
-        """(eps(x, t | cond), eps(x, t)) from ONE network call on the concatenated batch, as diffusers' pipelines
-        do for classifier-free guidance; used by ``Guided`` (one guided evaluation = 1 NFE either way)."""
+    def native_cond_uncond(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any) -> tuple[torch.Tensor, ...]:
+        """(out(x, t | cond), out(x, t)), the network's native outputs, from ONE network call on the concatenated
+        batch, as diffusers' pipelines do for classifier-free guidance."""
         n = x.shape[0]
         ts = self.timestep(t, x)
-        out = self.net(torch.cat([x, x]), torch.cat([ts, ts]), self.batched_kwargs(cond, n, x.device))
+        return tuple(self.net(torch.cat([x, x]), torch.cat([ts, ts]), self.batched_kwargs(cond, n, x.device)).split(n))
+
+    def eps_cond_uncond(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any) -> tuple[torch.Tensor, ...]:
+        """(eps(x, t | cond), eps(x, t)) from ONE network call (``native_cond_uncond``); used by ``Guided`` (one
+        guided evaluation = 1 NFE either way)."""
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
-        return tuple(convert_prediction(o, self.parameterization, "eps", x, alpha, sigma) for o in out.split(n))
+        return tuple(convert_prediction(o, self.parameterization, "eps", x, alpha, sigma)
+                     for o in self.native_cond_uncond(x, t, cond))
 
     def cache_key(self) -> str:
         return f"{self.name}|{self.digest}|{self.parameterization}|{self.schedule.key()}|{self.dtype}"
@@ -213,12 +235,16 @@ def _unet_folder(root: Path, opts: Mapping[str, Any]) -> tuple[Path, Path | None
 
 def schedule_and_parameterization(
     entry: Mapping[str, Any], sched_dir: Path | None, opts: Mapping[str, Any]
-) -> tuple[VPDiscrete, str]:
-    """The noise schedule and parameterization from the scheduler config (or, without one, the options and the
-    entry), cross-checked against the entry."""
+) -> tuple[NoiseSchedule, str, int]:
+    """The noise schedule, parameterization and training step count from the scheduler config (or, without one, the
+    options and the entry), cross-checked against the entry."""
+    cfg = read_scheduler_config(sched_dir) if sched_dir is not None else None
+    if cfg is not None and is_flow_config(cfg):
+        check_entry_field(entry, "schedule", "flow", "the scheduler config (flow matching)")
+        check_entry_field(entry, "parameterization", "flow", "the scheduler config (flow matching)")
+        return Flow(), "flow", int(cfg.get("num_train_timesteps", 1000))
     check_entry_field(entry, "schedule", "vp-discrete", "the diffusers adapter")
-    if sched_dir is not None:
-        cfg = read_scheduler_config(sched_dir)
+    if cfg is not None:
         param = parameterization_of(cfg["prediction_type"])
         check_entry_field(entry, "parameterization", param, "the scheduler config's prediction_type")
     else:
@@ -226,7 +252,8 @@ def schedule_and_parameterization(
         param = entry.get("parameterization") or "eps"
         if param not in ("eps", "x0", "v"):
             raise bad_value("parameterization", param, ("eps", "x0", "v"))
-    return schedule_from_config(cfg), param
+    sch = schedule_from_config(cfg)
+    return sch, param, sch.N
 
 
 def load_diffusers_unet(entry: Mapping[str, Any], root: Path, device: str | torch.device = "cpu") -> DiffusersUNet:
@@ -236,7 +263,7 @@ def load_diffusers_unet(entry: Mapping[str, Any], root: Path, device: str | torc
     opts = options(entry, UNET_OPTIONS)
     dtype = model_dtype(opts)
     unet_dir, sched_dir = _unet_folder(root, opts)
-    schedule, param = schedule_and_parameterization(entry, sched_dir, opts)
+    schedule, param, big_n = schedule_and_parameterization(entry, sched_dir, opts)
     # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`, said explicitly (no warning per load)
     unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=dtype, low_cpu_mem_usage=False)
     unet = unet.to(device).eval().requires_grad_(False)
@@ -245,7 +272,7 @@ def load_diffusers_unet(entry: Mapping[str, Any], root: Path, device: str | torc
     num_classes = opts.get("num_classes", entry.get("num_classes") or unet.config.num_class_embeds)
     model = DiffusersUNet(unet, schedule, param, str(entry.get("id", unet_dir.name)),
                           (unet.config.in_channels, *size), dtype=dtype, num_classes=num_classes,
-                          null_class=opts.get("null_class"), digest=entry_digest(entry))
+                          null_class=opts.get("null_class"), digest=entry_digest(entry), num_train_timesteps=big_n)
     return set_micro_batch(model, opts)
 
 

@@ -110,7 +110,10 @@ def latent_parts(entry: Mapping[str, Any], root: Path, device: str | torch.devic
     opts = options(entry, allowed)
     dtype = model_dtype(opts)
     unet_dir, sched_dir = _unet_folder(root, opts)
-    schedule, param = schedule_and_parameterization(entry, sched_dir, opts)
+    schedule, param, _ = schedule_and_parameterization(entry, sched_dir, opts)
+    if schedule.kind == "flow":
+        raise DpmbenchError(f"invalid scheduler config for latent model {entry.get('id')!r}: a flow-matching "
+                            "config; allowed: a DDPM-family (betas) config")
     unet, conditional = load_unet_any(unet_dir, dtype, device)
     vae = load_vae(root, opts, dtype, device)
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
