@@ -215,3 +215,25 @@ def test_shift_grids() -> None:
             timesteps(bad, 4, flow)
     with pytest.raises(DpmbenchError, match="times are those of the flow schedule"):
         timesteps("flow-shift:3", 4, load_model("gmm-2d").schedule)
+
+
+def test_first_measurements_on_gmm_2d_flow_as_in_the_docs() -> None:
+    """docs/flow.md "First measurements" (gmm-2d-flow, 256 samples, seed 0, RMSE to the exact solution): the
+    unshifted grid beats SD3's shift 3; UniPC-bh2-2 beats Euler at NFE <= 10; DPM-Solver++(2M) gets worse from NFE 8
+    to 10, where its official lower_order_final stops lowering the last step (without it, NFE 8 is as bad)."""
+    m = load_model("gmm-2d-flow")
+    x_T = m.prior(256, seed=0, dtype=torch.float64)
+    ref = m.exact_solution(x_T)
+
+    def rmse(spec: str, nfe: int, shift: int, start: float | None = None) -> float:
+        x = sample(m, spec, nfe, x_T, schedule=f"flow-shift:{shift}", t_start=start)
+        return float(((x - ref) ** 2).mean().sqrt())
+
+    euler = [rmse("flow-euler", n, 1) for n in (4, 10)]
+    assert euler == pytest.approx([0.0991, 0.0290], rel=5e-3)
+    assert [rmse("flow-euler", n, 3) for n in (4, 10)] == pytest.approx([0.346, 0.0805], rel=5e-3)
+    unipc = [rmse("unipc:variant=bh2,order=2", n, 1, 0.999) for n in (4, 10)]
+    assert unipc == pytest.approx([0.0775, 0.0265], rel=5e-3) and all(u < e for u, e in zip(unipc, euler, strict=True))
+    dpm = "dpm-solver++:order=2,method=multistep"
+    assert [rmse(dpm, n, 1, 0.999) for n in (8, 10)] == pytest.approx([0.0305, 0.0905], rel=5e-3)
+    assert rmse(dpm + ",lower_order_final=false", 8, 1, 0.999) == pytest.approx(0.169, rel=5e-3)
