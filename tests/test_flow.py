@@ -237,3 +237,29 @@ def test_first_measurements_on_gmm_2d_flow_as_in_the_docs() -> None:
     dpm = "dpm-solver++:order=2,method=multistep"
     assert [rmse(dpm, n, 1, 0.999) for n in (8, 10)] == pytest.approx([0.0305, 0.0905], rel=5e-3)
     assert rmse(dpm + ",lower_order_final=false", 8, 1, 0.999) == pytest.approx(0.169, rel=5e-3)
+
+
+def test_every_solver_runs_on_a_flow_model_or_refuses_in_one_line() -> None:
+    """From t_start = 0.999 on the logSNR grid every solver runs (the VP-only accelerated samplers refuse, saying
+    so); from pure noise (t = 1, time-uniform grid) only those that start there run, the others refuse naming them."""
+    from dpmbench.solvers.registry import get_solver, list_solvers
+
+    m = load_model("gmm-2d-flow")
+    x_T = m.prior(8, seed=0, dtype=torch.float64)
+    starts_at_noise = []
+    for name in list_solvers():
+        sol = get_solver(name)
+        nfe = max(sol.min_nfe(), 12)
+        if name.startswith("accel-"):
+            with pytest.raises(DpmbenchError, match="needs a variance-preserving schedule"):
+                sample(m, name, nfe, x_T, t_start=0.999)
+            continue
+        assert torch.isfinite(sample(m, name, nfe, x_T, t_start=0.999)).all(), name
+        if sol.pure_noise_start:
+            starts_at_noise.append(name)
+            assert torch.isfinite(sample(m, name, nfe, x_T, schedule="time-uniform")).all(), name
+        else:
+            with pytest.raises(DpmbenchError, match=r"it is pure noise .*flow-euler") as exc:
+                sample(m, name, nfe, x_T, schedule="time-uniform")
+            assert "\n" not in str(exc.value)
+    assert starts_at_noise == ["ddim", "flow-euler", "flow-heun"]

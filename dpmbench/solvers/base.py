@@ -324,13 +324,19 @@ class Solver:
         self.check_nfe(nfe)
         plan = self.plan(nfe - int(self.denoise_to_zero), schedule, kind, t_start, t_end)
         plan.nfe = nfe
-        if plan.points and plan.points[0].alpha == 0.0 and not self.pure_noise_start:
+        if plan.points:
+            self.check_start(plan.points[0])
+        return plan
+
+    def check_start(self, start: Point) -> None:
+        """Refuse, in one line, a start at pure noise (alpha = 0) unless the family can start there
+        (``pure_noise_start``); ``prepare`` steps that build on the start call it first."""
+        if start.alpha == 0.0 and not self.pure_noise_start:
             raise DpmbenchError(
-                f"invalid t_start {plan.points[0].t} for solver {self.spec!r}: it is pure noise (alpha = 0, log-SNR "
+                f"invalid t_start {start.t} for solver {self.spec!r}: it is pure noise (alpha = 0, log-SNR "
                 f"-inf; a flow model at t = 1), where its update is undefined; start below it (t_start, e.g. 0.999 "
                 f"as diffusers' flow DPM-Solver does) or use a solver that starts there: "
                 f"{', '.join(n for n, c in SOLVERS.items() if c.pure_noise_start)}")
-        return plan
 
     def predict(self, model: NFECounter, x: torch.Tensor, p: Point, kind: str) -> torch.Tensor:
         """One model evaluation (1 NFE) of type ``kind`` at point ``p``, with dynamic thresholding if enabled

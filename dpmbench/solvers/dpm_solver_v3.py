@@ -379,6 +379,7 @@ class DPMSolverV3(MultistepSolver):
 
     def prepare(self, ctx: Context) -> dict[str, Any]:
         """Compute (or load) the EMS for the model, guidance and t range of ``ctx`` (cached artifact)."""
+        self.check_start(Point.at(ctx.model.schedule, ctx.start))  # the EMS grid spans the log-SNR from the start
         items = (ctx.model.cache_key(), ctx.guidance, ctx.start, ctx.end, self.ems_samples, self.ems_steps,
                  self.ems_seed, EMS_VERSION)
         self._guided = ctx.guidance is not None
