@@ -263,3 +263,22 @@ def test_every_solver_runs_on_a_flow_model_or_refuses_in_one_line() -> None:
                 sample(m, name, nfe, x_T, schedule="time-uniform")
             assert "\n" not in str(exc.value)
     assert starts_at_noise == ["ddim", "flow-euler", "flow-heun"]
+
+
+def test_the_command_line_starts_a_solver_below_pure_noise(tmp_path, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
+    """``dpmbench sample --t-start``: DPM-Solver++ on a flow model refuses t = 1 in one line (exit 2, no file) and
+    runs from 0.999, the start recorded in the samples file; the samples equal ``dpmbench.sample``'s."""
+    from support import run_cli
+
+    out = tmp_path / "s.npz"
+    args = ["sample", "--model", "gmm-2d-flow", "--solver", "dpm-solver++", "--nfe", "10", "--num-samples", "16",
+            "--seed", "0", "--schedule", "flow-shift:3", "--out", str(out)]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and "it is pure noise" in err and not out.exists()
+    code, _, err = run_cli(capsys, *args, "--t-start", "0.999")
+    assert code == 0, err
+    with np.load(out) as f:
+        assert float(f["t_start"]) == 0.999
+        m = load_model("gmm-2d-flow")
+        want = sample(m, "dpm-solver++", 10, m.prior(16, seed=0), schedule="flow-shift:3", t_start=0.999)
+        assert np.array_equal(f["x"], want.numpy())

@@ -115,7 +115,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     model, device = _setup(args)
     paths = write_samples(_request(args), model, args.solver, args.nfe, args.out, args.schedule, args.t_end, device,
-                          run_search)
+                          run_search, t_start=args.t_start)
     print(f"wrote {len(paths)} samples file{'s' if len(paths) > 1 else ''}: {', '.join(paths)}")
 
 

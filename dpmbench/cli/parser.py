@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", required=True, help="NAME[:key=value,...]")
     s.add_argument("--nfe", type=_nfe_list, required=True, help="an NFE budget, or a comma list with {nfe} in --out")
     s.add_argument("--schedule", default="logsnr")
+    s.add_argument("--t-start", type=_float("--t-start"), default=None,
+                   help="the time the solver starts from with x_T (default: the schedule's T; a flow model's T = 1 is "
+                   "pure noise, where only ddim, flow-euler and flow-heun start: e.g. 0.999 for the others)")
     s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     s.add_argument("--start", type=_nonneg_int("--start"), default=0,
                    help="index of the first sample (a shard: samples START..START+K-1 of the seed's stream)")

@@ -110,19 +110,22 @@ def remove_stale_temporaries(out: str) -> None:
 
 def write_samples(req: Request, model: Model, solver: str, nfes: list[int], out: str, schedule: Any = "logsnr",
                   t_end: float | None = None, device: torch.device | str = "cpu",
-                  searcher: Callable[..., Any] | None = None) -> list[str]:
+                  searcher: Callable[..., Any] | None = None, t_start: float | None = None) -> list[str]:
     """Sample ``req`` with the solver spec ``solver`` at every NFE of ``nfes`` and write one samples ``.npz`` per NFE
     (``out`` with ``{nfe}`` replaced; each written to a temporary name, then renamed). Everything is validated before
     any work; returns the paths written. ``searcher``: the search runner a solver's prepare may need
-    (``dpmbench.sampling.sample``)."""
+    (``dpmbench.sampling.sample``). ``t_start``: where the solver starts with x_T (default the schedule's T;
+    recorded in the file when given)."""
     if len(nfes) > 1 and "{nfe}" not in out:
         raise DpmbenchError("invalid --out: several --nfe values need '{nfe}' in the output path")
     sol = get_solver(solver)
     t_end = t_end_of(model, t_end)
     for nfe in nfes:  # validate everything before any work or output
-        make_plan(model, sol, nfe, schedule, None, t_end)
+        make_plan(model, sol, nfe, schedule, t_start, t_end)
     dtype = DTYPES[req.dtype]
     meta = run_meta(req, model, t_end)
+    if t_start is not None:
+        meta["t_start"] = t_start
     paths = [out.replace("{nfe}", str(nfe)) for nfe in nfes]
     for path in paths:  # a killed earlier run may have left temporary files of these outputs
         remove_stale_temporaries(path)
@@ -137,7 +140,7 @@ def write_samples(req: Request, model: Model, solver: str, nfes: list[int], out:
             cond = conditioning(req, model, lo - req.start, hi - req.start, device)
             stats: dict[str, Any] = {}
             xb = sample(model, sol, nfe, x_T, schedule=schedule, t_end=t_end, guidance=req.guidance, cond=cond,
-                        seed=req.seed, start=lo, stats=stats, searcher=searcher)
+                        seed=req.seed, start=lo, stats=stats, searcher=searcher, t_start=t_start)
             if decode is not None:
                 d0 = time.perf_counter()
                 images.append(decode(xb).cpu())
