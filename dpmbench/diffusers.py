@@ -41,6 +41,7 @@ import contextlib
 import copy
 import queue
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -176,6 +177,23 @@ class _Worker:
         if self._thread.is_alive():
             self._to_worker.put(_CANCEL)
             self._thread.join(timeout=10)
+
+
+@dataclass(frozen=True)
+class PipelineGrid:
+    """The ``pipeline`` grid of a flow config: for ``steps`` steps, the ``steps + 1`` nonzero sigmas the config's
+    FlowMatchEuler scheduler gives ``steps + 1`` inference steps in the pipeline's call (``mu``; FLUX's passed
+    sigmas ``linspace(1, 1/n, n)`` when ``flux_sigmas``), ``dpmbench.flowgrids.pipeline_sigmas``. A value with a
+    stable repr, so that a prepared solver's cache key does not depend on the object."""
+
+    config: tuple[tuple[str, Any], ...]
+    mu: float | None
+    flux_sigmas: bool
+
+    def __call__(self, steps: int) -> torch.Tensor:
+        m = steps + 1
+        passed = np.linspace(1.0, 1 / m, m) if self.flux_sigmas else None
+        return torch.from_numpy(pipeline_sigmas(dict(self.config), m, sigmas=passed, mu=self.mu))
 
 
 class DpmbenchScheduler(SchedulerMixin, ConfigMixin):
@@ -328,17 +346,10 @@ class DpmbenchScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = nfe
         self._index = 0
 
-    def _grid(self, mu: float | None, flux_sigmas: bool) -> Any:
-        """The ``pipeline`` grid of a flow config: for ``steps`` steps, the ``steps + 1`` nonzero sigmas the config's
-        FlowMatchEuler scheduler gives ``steps + 1`` inference steps in this call (``dpmbench.flowgrids``)."""
-        base = {k: v for k, v in self.config.items() if k not in OWN_KEYS and not k.startswith("_")}
-
-        def grid(steps: int) -> torch.Tensor:
-            m = steps + 1
-            passed = np.linspace(1.0, 1 / m, m) if flux_sigmas else None
-            return torch.from_numpy(pipeline_sigmas(base, m, sigmas=passed, mu=mu))
-
-        return grid
+    def _grid(self, mu: float | None, flux_sigmas: bool) -> PipelineGrid:
+        """The ``pipeline`` grid of a flow config for this call."""
+        base = tuple(sorted((k, v) for k, v in self.config.items() if k not in OWN_KEYS and not k.startswith("_")))
+        return PipelineGrid(base, mu, flux_sigmas)
 
     def _record_times(self, nfe: int) -> list[float]:
         """Where the solver evaluates, from a run on a stand-in model (a shallow copy of the prepared solver)."""
