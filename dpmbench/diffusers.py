@@ -56,6 +56,7 @@ from dpmbench.models.adapters.diffusers_unet import (
     is_flow_config,
     parameterization_of,
     schedule_from_config,
+    timestep_offset,
 )
 from dpmbench.models.base import Model, NoiseSource, convert_prediction, guided
 from dpmbench.schedules import Flow, NoiseSchedule
@@ -252,7 +253,6 @@ class DpmbenchScheduler(SchedulerMixin, ConfigMixin):
         self._worker: _Worker | None = None
         self._pending: tuple[Any, ...] | None = None
         self._index = 0
-        self._begin_index = 0
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
@@ -295,7 +295,6 @@ class DpmbenchScheduler(SchedulerMixin, ConfigMixin):
         if begin_index != 0:
             raise DpmbenchError(f"invalid begin_index {begin_index} for the dpmbench scheduler: allowed: 0 (a "
                                 "dpmbench solver runs its whole plan)")
-        self._begin_index = 0
 
     # -- planning ---------------------------------------------------------------------------------------
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
@@ -339,10 +338,9 @@ class DpmbenchScheduler(SchedulerMixin, ConfigMixin):
                                     device or "cpu", run_search))
         self._plan = sol.make_plan(nfe, self.schedule, kind, self.t_start, self.t_end)
         self.eval_times = self._record_times(nfe)
-        big_n = int(self.config["num_train_timesteps"])
-        # the network's timestep input: diffusers' flow convention sigma * N; dpmbench's discrete VP one N t - 1
-        times = [t * big_n for t in self.eval_times] if self.flow else [t * big_n - 1.0 for t in self.eval_times]
-        self.timesteps = torch.tensor(times, dtype=torch.float32, device=device)
+        big_n, offset = int(self.config["num_train_timesteps"]), timestep_offset(self.flow)  # the network's input
+        self.timesteps = torch.tensor([t * big_n + offset for t in self.eval_times], dtype=torch.float32,
+                                      device=device)
         self.num_inference_steps = nfe
         self._index = 0
 
@@ -423,7 +421,7 @@ class DpmbenchScheduler(SchedulerMixin, ConfigMixin):
         """x_t = alpha(t) x_0 + sigma(t) eps at the continuous times of the network's timesteps ((timestep + 1) / N;
         on a flow config timestep / N = sigma)."""
         t = torch.as_tensor(timesteps, device=original_samples.device).to(torch.float64).reshape(-1)
-        t = (t if self.flow else t + 1.0) / int(self.config["num_train_timesteps"])
+        t = (t - timestep_offset(self.flow)) / int(self.config["num_train_timesteps"])
         shape = (-1, *([1] * (original_samples.ndim - 1)))
         a = self.schedule.alpha(t).to(original_samples.dtype).reshape(shape)
         s = self.schedule.sigma(t).to(original_samples.dtype).reshape(shape)

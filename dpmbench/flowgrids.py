@@ -68,7 +68,6 @@ FLOW_MATCH_DEFAULTS: dict[str, Any] = {
     "time_shift_type": "exponential", "stochastic_sampling": False}
 SIGMA_KINDS = ("", "-karras", "-exponential", "-beta")
 DIFFUSERS_FLOW_KINDS = [f"{DIFFUSERS_PREFIX}{m}{s}" for m in FLOW_CONFIGS for s in SIGMA_KINDS]
-KINDS = [*DIFFUSERS_FLOW_KINDS]
 PARAMETERIZED = (f"{SHIFT_PREFIX}S", f"{FLUX_PREFIX}L", f"{DIFFUSERS_PREFIX}flux-dev[-SIGMAS]:L")
 
 
@@ -86,7 +85,9 @@ def flux_mu(tokens: float, base_seq: float = 256, max_seq: float = 4096, base_sh
     return tokens * m + (base_shift - m * base_seq)
 
 
-def _karras(lo: float, hi: float, n: int) -> np.ndarray:
+def karras_sigmas(lo: float, hi: float, n: int) -> np.ndarray:
+    """``n`` noise levels from ``hi`` down to ``lo``, uniform in sigma^(1/rho), rho = 7 (Karras et al. 2022, eq. 5),
+    in float64 as diffusers' ``_convert_to_karras`` computes them."""
     ramp = np.linspace(0, 1, n)
     inv = 1 / KARRAS_RHO
     return (hi**inv + ramp * (lo**inv - hi**inv)) ** KARRAS_RHO
@@ -130,16 +131,16 @@ def pipeline_sigmas(config: Mapping[str, Any], n: int, sigmas: Any = None, mu: f
         s = np.asarray(sigmas).astype(np.float32)
         if s.ndim != 1 or len(s) != n:
             raise DpmbenchError(f"invalid sigmas: need {n} values, got shape {tuple(s.shape)}")
-    if dynamic:
+    if dynamic:  # time_shift: e / (e + (1 / t - 1)), e = e^mu (exponential) or mu (linear), in the sigmas' dtype
         e = math.exp(mu) if cfg["time_shift_type"] == "exponential" else float(mu)
-        s = (np.float32(e) if s.dtype == np.float32 else e) / ((np.float32(e) if s.dtype == np.float32 else e)
-                                                            + (1 / s - 1))
+        e = np.float32(e) if s.dtype == np.float32 else e
+        s = e / (e + (1 / s - 1))
     else:
         s = shift * s / (1 + (shift - 1) * s)
     if cfg["shift_terminal"]:
         one_minus = 1 - s
         s = 1 - one_minus / (one_minus[-1] / (1 - cfg["shift_terminal"]))
-    for key, fn in (("use_karras_sigmas", _karras), ("use_exponential_sigmas", _exponential),
+    for key, fn in (("use_karras_sigmas", karras_sigmas), ("use_exponential_sigmas", _exponential),
                     ("use_beta_sigmas", _beta)):
         if cfg[key]:
             s = fn(float(s[-1]), float(s[0]), n)

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 
 from dpmbench.errors import DpmbenchError, bad_value
+from dpmbench.flowgrids import karras_sigmas
 from dpmbench.schedules import NoiseSchedule, VPDiscrete
 
 PREFIX = "diffusers-"
 SPACINGS = ("linspace", "leading", "trailing", "karras", "lu")
 KINDS = [f"{PREFIX}{s}{z}" for z in ("", "-zero") for s in SPACINGS]
 LEADING_STEPS_OFFSET = 1  # Stable Diffusion 1.x/2.x scheduler_config.json
-KARRAS_RHO = 7.0  # diffusers _convert_to_karras
 
 
 def diffusers_timesteps(spacing: str, n: int, schedule: VPDiscrete) -> np.ndarray:
@@ -58,12 +58,10 @@ def diffusers_timesteps(spacing: str, n: int, schedule: VPDiscrete) -> np.ndarra
         return np.arange(big_n, 0, -big_n / n).round() - 1
     abar = schedule.alphas_cumprod.numpy()
     log_sigmas = np.log(((1 - abar) / abar) ** 0.5)  # increasing with the index
-    ramp = np.linspace(0, 1, n)
     if spacing == "karras":
-        lo, hi = math.exp(log_sigmas[0]) ** (1 / KARRAS_RHO), math.exp(log_sigmas[-1]) ** (1 / KARRAS_RHO)
-        log_s = np.log((hi + ramp * (lo - hi)) ** KARRAS_RHO)
+        log_s = np.log(karras_sigmas(math.exp(log_sigmas[0]), math.exp(log_sigmas[-1]), n))
     elif spacing == "lu":
-        log_s = log_sigmas[-1] + ramp * (log_sigmas[0] - log_sigmas[-1])
+        log_s = log_sigmas[-1] + np.linspace(0, 1, n) * (log_sigmas[0] - log_sigmas[-1])
     else:
         raise bad_value("diffusers timestep spacing", spacing, SPACINGS)
     idx = np.interp(log_s, log_sigmas, np.arange(big_n, dtype=np.float64))  # diffusers' _sigma_to_t

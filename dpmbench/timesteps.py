@@ -97,7 +97,7 @@ TIMESTEP_SCHEDULES: dict[str, Callable[[int, NoiseSchedule, float, float], torch
 }
 # diffusers' conventions (dpmbench.spacing) set their own end points, so they are kept apart from the kinds above
 # (which span the run's [t_end, t_start] and which searches start from)
-ALL_KINDS = [*TIMESTEP_SCHEDULES, *DIFFUSERS_KINDS, *flowgrids.KINDS, "custom"]
+ALL_KINDS = [*TIMESTEP_SCHEDULES, *DIFFUSERS_KINDS, *flowgrids.DIFFUSERS_FLOW_KINDS, "custom"]
 # flow grids with a parameter (dpmbench.flowgrids): flow-shift:S, flux-shift:L, diffusers-flow-flux-dev[-SIGMAS]:L
 PARAMETERIZED_KINDS = list(flowgrids.PARAMETERIZED)
 SEARCHED = "searched:"

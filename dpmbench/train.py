@@ -202,14 +202,16 @@ CHECKPOINT_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "sched
 
 def manifest_entry(folder: str | Path, source: str | None = None) -> dict[str, Any]:
     """The checkpoint-manifest entry (``config/checkpoints.yaml`` format) of a trained ``digits-unet`` or
-    ``digits-flow`` folder (which one: its ``training.json``, else its scheduler config): a local source (``source``,
+    ``digits-flow`` folder (which one: its scheduler config, as the adapter reads it): a local source (``source``,
     default the folder itself) and the sha256 and size of every file it loads."""
     from dpmbench.download import sha256_file
 
     folder = Path(folder)
     files = [{"path": f, "sha256": sha256_file(folder / f), "size": (folder / f).stat().st_size}
              for f in CHECKPOINT_FILES]
-    flow = "FlowMatch" in (folder / "scheduler_config.json").read_text()
+    from dpmbench.models.adapters.diffusers_unet import is_flow_config
+
+    flow = is_flow_config(json.loads((folder / "scheduler_config.json").read_text()))
     model = "digits-flow" if flow else "digits-unet"
     return {"adapter": "diffusers-unet", "source": {"local": source or str(folder.resolve())}, "files": files,
             "license": "apache-2.0", "schedule": "flow" if flow else "vp-discrete",

@@ -264,7 +264,7 @@ class Guided(Model):
             if self.scale == 1.0:
                 return self.base.predict(x, t, cond, "flow")
             pair = getattr(self.base, "native_cond_uncond", None)  # checkpoint adapters: one batched call
-            if pair is not None and self.base.parameterization == "flow":
+            if pair is not None:
                 v_c, v_u = pair(x, t, cond)
             else:
                 v_c, v_u = self.base.predict(x, t, cond, "flow"), self.base.predict(x, t, None, "flow")

@@ -41,7 +41,7 @@ def _gmm_2d(schedule: NoiseSchedule, cls: type[MixtureOracle] = MixtureOracle) -
     covs = rot @ diag @ rot.transpose(1, 2)
     weights = torch.tensor([1.0, 2.0, 1.0, 2.0, 1.5, 1.0, 1.5, 1.0], dtype=torch.float64)
     return cls("gmm-2d", schedule, means, weights, covs, classes=(k % 4).long(),
-                         description="8 anisotropic Gaussians on the unit circle, 4 classes (2-D)")
+               description="8 anisotropic Gaussians on the unit circle, 4 classes (2-D)")
 
 
 def _gmm_digits(schedule: NoiseSchedule, cls: type[MixtureOracle] = MixtureOracle) -> MixtureOracle:
@@ -57,15 +57,15 @@ def _gmm_digits(schedule: NoiseSchedule, cls: type[MixtureOracle] = MixtureOracl
         covs.append(0.5 * (cov + cov.T))
         weights.append(float(len(xc)))
     return cls("gmm-digits", schedule, torch.stack(means), torch.tensor(weights),
-                         torch.stack(covs), classes=torch.arange(10), shape=(1, 8, 8),
-                         description="one Gaussian per class fitted to scikit-learn's digits (64-D)")
+               torch.stack(covs), classes=torch.arange(10), shape=(1, 8, 8),
+               description="one Gaussian per class fitted to scikit-learn's digits (64-D)")
 
 
 def _digits_empirical(schedule: NoiseSchedule, cls: type[MixtureOracle] = MixtureOracle) -> MixtureOracle:
     x, y = digits_data()
     return cls("digits-empirical", schedule, x, torch.ones(len(x), dtype=torch.float64),
-                         covs=None, classes=y, shape=(1, 8, 8),
-                         description="exact optimal denoiser of the 1,797 digits images (64-D)")
+               covs=None, classes=y, shape=(1, 8, 8),
+               description="exact optimal denoiser of the 1,797 digits images (64-D)")
 
 
 ORACLES: dict[str, Callable[..., MixtureOracle]] = {

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from dpmbench.models.base import NFECounter
-from dpmbench.schedules import NoiseSchedule
-from dpmbench.solvers.base import Plan, Point, SinglestepSolver, register
+from dpmbench.solvers.base import Point, SinglestepSolver, register
+from dpmbench.solvers.edm import Heun
 
 
 def flow_time(p: Point) -> tuple[float, float]:
@@ -44,8 +44,9 @@ class FlowEuler(SinglestepSolver):
 
 
 @register
-class FlowHeun(SinglestepSolver):
-    """Heun's method in flow time; with an odd NFE budget the last step is Euler (as FlowMatchHeun's final step)."""
+class FlowHeun(Heun):
+    """Heun's method in flow time; with an odd NFE budget the last step is Euler (as FlowMatchHeun's final step):
+    EDM Heun's plan, its step in flow time instead of EDM's scale-free noise level."""
 
     name = "flow-heun"
     summary = "Heun on the flow velocity, in flow time (diffusers' FlowMatchHeunDiscreteScheduler); 2nd order"
@@ -53,16 +54,6 @@ class FlowHeun(SinglestepSolver):
               "scheduling_flow_match_heun_discrete.py step(): first- and second-order stages")
     options = {}
     pure_noise_start = True
-
-    def min_nfe(self) -> int:
-        return 2
-
-    def plan(self, nfe: int, schedule: NoiseSchedule, kind: object = "logsnr",
-             t_start: float | None = None, t_end: float | None = None) -> Plan:
-        steps = (nfe + 1) // 2
-        p = self.uniform_plan(nfe, steps, 2, schedule, kind, t_start, t_end)
-        p.orders = [2] * (nfe // 2) + [1] * (nfe % 2)
-        return p
 
     def step(self, model: NFECounter, x: torch.Tensor, s: Point, t: Point, order: int) -> torch.Tensor:
         (tau_s, c_s), (tau_t, c_t) = flow_time(s), flow_time(t)

@@ -67,6 +67,12 @@ def is_flow_config(cfg: Mapping[str, Any]) -> bool:
             or ("shift" in cfg and "beta_start" not in cfg and "trained_betas" not in cfg))
 
 
+def timestep_offset(flow: bool) -> float:
+    """The network's timestep input is ``N t + offset``: -1 on the discrete VP schedule (DPM-Solver's convention, the
+    module docstring), 0 on the flow schedule (diffusers' flow schedulers feed sigma * N)."""
+    return 0.0 if flow else -1.0
+
+
 def read_scheduler_config(folder: Path) -> dict[str, Any]:
     """The scheduler's ``scheduler_config.json`` (diffusers' DDPM defaults filled in, unless a flow config)."""
     path = Path(folder) / "scheduler_config.json"
@@ -146,7 +152,7 @@ class DiffusersUNet(Model):
     def timestep(self, t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The UNet's timestep input ``N t - 1`` (float32 vector on x's device; DPM-Solver discrete convention); on
         the flow schedule ``N t`` (diffusers' flow schedulers' sigma * N)."""
-        return time_column(t, x, scale=float(self.N), shift=0.0 if self.flow else -1.0).to(torch.float32)
+        return time_column(t, x, scale=float(self.N), shift=timestep_offset(self.flow)).to(torch.float32)
 
     def unet_kwargs(self, cond: Any, n: int, device: torch.device) -> dict[str, Any]:
         """Keyword arguments of the UNet call carrying ``cond`` for a batch of ``n``."""
