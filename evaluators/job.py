@@ -116,6 +116,11 @@ def evaluate_files(samples: Sequence[str], outs: Sequence[str], metrics: str, re
         if ref_file is not None and (str(_scalar(ref_file["model"])) != str(_scalar(s["model"]))
                                      or int(_scalar(ref_file["seed"])) != int(_scalar(s["seed"]))):
             raise DpmbenchError(f"invalid --reference for {path!r}: model or seed differs from the samples'")
+        if ref_file is not None:  # the same ODE: from the same start time (a flow model's t_start) to the same end
+            for k in ("t_start", "t_end"):
+                a, b = float(_scalar(ref_file.get(k, math.nan))), float(_scalar(s.get(k, math.nan)))
+                if a != b and not (math.isnan(a) and math.isnan(b)):
+                    raise DpmbenchError(f"invalid --reference for {path!r}: its {k} {a} differs from the samples' {b}")
     for s, out_path in zip(loaded, outs, strict=True):
         meta = {k: _scalar(v) for k, v in s.items() if k != "x"}
         start = time.perf_counter()

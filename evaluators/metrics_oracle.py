@@ -130,5 +130,7 @@ def _oracle_solution(ctx: Context, ref: np.ndarray) -> np.ndarray:
     x_T = oracle.prior(len(ref), seed=int(ctx.meta["seed"]), dtype=torch.float64, start=start)
     labels = labels_of(ctx)
     cond = None if labels is None else torch.as_tensor(labels.reshape(-1), dtype=torch.long)
-    exact = guided(oracle, guidance_of(ctx.meta)).exact_solution(x_T, t_end=t_end_of(ctx), cond=cond)
+    t_start = ctx.meta.get("t_start")  # where the samples' (and their reference run's) x_T started
+    exact = guided(oracle, guidance_of(ctx.meta)).exact_solution(
+        x_T, t_end=t_end_of(ctx), t_start=None if t_start is None else float(t_start), cond=cond)
     return exact.numpy()

@@ -236,7 +236,8 @@ def test_bad_entries_give_one_line_errors(ddpm_dir: tuple[Path, Any, Any], tmp_p
         with pytest.raises(DpmbenchError, match=word) as info:
             load_adapter(entry, where)
         assert "\n" not in str(info.value)
-    assert set(ADAPTERS) == {"diffusers-unet", "latent-diffusion", "stable-diffusion", "edm-pickle", "score-sde"}
+    assert set(ADAPTERS) == {"diffusers-unet", "latent-diffusion", "stable-diffusion", "sd3", "flux", "edm-pickle",
+                             "score-sde"}
 
 
 # -- latent-diffusion ------------------------------------------------------------------------------------------

@@ -343,7 +343,7 @@ GOOD = {"adapter": "diffusers-unet", "source": {"hf": "org/repo", "revision": "m
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"adapter": "diffusers"}, "invalid checkpoints.x.adapter 'diffusers'; allowed: diffusers-unet, "
-                               "latent-diffusion, stable-diffusion, edm-pickle, score-sde"),
+                               "latent-diffusion, stable-diffusion, sd3, flux, edm-pickle, score-sde"),
     ({"schedule": "linear"}, "invalid checkpoints.x.schedule 'linear'; allowed: vp-linear, vp-cosine, vp-discrete"),
     ({"parameterization": "score"}, "invalid checkpoints.x.parameterization 'score'; allowed: eps, x0, v, flow"),
     ({"source": {"hf": "org/repo"}}, "invalid checkpoints.x.source.revision None; allowed: a commit sha"),
@@ -383,7 +383,8 @@ def test_shipped_manifest() -> None:
     m = ck.load_manifest()
     assert list(m) == ["ddpm-cifar10", "ddpm-bedroom", "ddpm-celebahq", "ldm-celebahq", "sd15", "sd21-base",
                        "edm-cifar10-uncond-vp", "edm-ffhq64-uncond-vp", "scoresde-cifar10-ddpmpp-deep-continuous",
-                       "digits-unet", "digits-flow"]
+                       "digits-unet", "digits-flow", "sd3-medium", "sd35-medium", "sd35-large", "flux-schnell",
+                       "flux-dev"]
     assert m["ddpm-cifar10"].source == {"hf": "google/ddpm-cifar10-32", "revision": "main"}
     assert m["edm-cifar10-uncond-vp"].url(m["edm-cifar10-uncond-vp"].files[0]) == (
         "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl")

@@ -5,6 +5,7 @@ under the published scheduler configs."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -282,3 +283,42 @@ def test_the_command_line_starts_a_solver_below_pure_noise(tmp_path, capsys: pyt
         m = load_model("gmm-2d-flow")
         want = sample(m, "dpm-solver++", 10, m.prior(16, seed=0), schedule="flow-shift:3", t_start=0.999)
         assert np.array_equal(f["x"], want.numpy())
+    # the exact reference from the same start; the evaluation refuses a reference from another start
+    ref, ref1, js = tmp_path / "ref.npz", tmp_path / "ref1.npz", tmp_path / "m.json"
+    common = ["--model", "gmm-2d-flow", "--num-samples", "16", "--seed", "0"]
+    assert run_cli(capsys, "reference", *common, "--t-start", "0.999", "--out", str(ref))[0] == 0
+    assert run_cli(capsys, "reference", *common, "--out", str(ref1))[0] == 0
+    with np.load(ref) as f, np.load(ref1) as f1:
+        assert float(f["t_start"]) == 0.999 and "t_start" not in f1
+        exact = m.exact_solution(m.prior(16, seed=0, dtype=torch.float64), t_start=0.999).numpy()
+        assert np.array_equal(f["x"], exact) and not np.array_equal(f1["x"], exact)
+    code, _, err = run_cli(capsys, "evaluate", "--samples", str(out), "--metrics", "rmse_exact", "--reference",
+                           str(ref), "--out", str(js))
+    assert code == 0, err
+    rmse = json.loads(js.read_text())["metrics"]["rmse_exact"]
+    want = float(np.sqrt(np.mean((want.double().numpy() - exact) ** 2)))  # over samples and dimensions
+    assert rmse == pytest.approx(want, rel=1e-6)  # against the exact solution from the samples' own start
+    code, _, err = run_cli(capsys, "evaluate", "--samples", str(out), "--metrics", "rmse_exact", "--reference",
+                           str(ref1), "--out", str(tmp_path / "m1.json"))
+    assert code == 2 and err.count("\n") == 1 and "its t_start nan differs from the samples' 0.999" in err
+
+
+def test_the_grid_starts_a_flow_model_where_its_solvers_can() -> None:
+    """A flow model in a grid: solvers that cannot start at pure noise are refused in one line unless the model sets
+    ``t_start`` below 1; its jobs then receive ``--t-start``."""
+    from dpmbench.grid import build_grid
+
+    base = {"metrics": ["rmse_exact"], "nfe": [6], "solvers": ["flow-euler", "dpm-solver++"], "t_end": 0.001}
+    with pytest.raises(DpmbenchError, match=r"'solvers'.*'gmm-2d-flow' starts at pure noise.*dpm-solver\+\+ cannot "
+                       r"start; allowed: solvers that start there \(ddim, flow-euler, flow-heun\), or set "
+                       r"models.gmm-2d-flow.t_start below 1") as info:
+        build_grid({**base, "models": {"gmm-2d-flow": {"num_samples": 4}}})
+    assert "\n" not in str(info.value)
+    g = build_grid({**base, "models": {"gmm-2d-flow": {"num_samples": 4, "t_start": 0.999}, "gmm-2d": {
+        "num_samples": 4}}})  # a VP model starts anywhere: no t_start needed
+    assert g.t_start_arg("gmm-2d-flow") == "--t-start 0.999" and g.t_start_arg("gmm-2d") == ""
+    only_euler = build_grid({**base, "solvers": ["flow-euler", "flow-heun", "ddim"],
+                             "models": {"gmm-2d-flow": {"num_samples": 4}}})
+    assert only_euler.t_start_arg("gmm-2d-flow") == ""
+    with pytest.raises(DpmbenchError, match=r"'models.gmm-2d-flow.t_start': 0.001 is not above the model's t_end"):
+        build_grid({**base, "models": {"gmm-2d-flow": {"num_samples": 4, "t_start": 0.001}}})

@@ -22,6 +22,12 @@ FIXTURE = Path(__file__).parent / "data" / "grid_cells.json"
 # multistep pairing of DPM-Solver++'s guidance claim. Nothing else may change.
 SW2_GRIDS = ("results", "results/samplers", "results/searched")
 ADDED_SOLVER = ("results", "dpm-solver:order=2,method=multistep")
+# The flow-matching models added to the default grid (issue 25): their cells and job settings are new; every cell of
+# the other models stays as it was.
+ADDED_MODELS = {"results": ("gmm-2d-flow", "gmm-digits-flow", "digits-flow")}
+# Configs added since a0e31b9 (their own results directories; each has its own expansion test): config/flow.yaml
+# (tests/test_flow_adapters.py).
+ADDED_GRIDS = ("results/flow",)
 
 
 def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[str, dict[str, list[str]]]
@@ -37,6 +43,17 @@ def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[
     added = [c for c in now[results_dir]["cells"] if c.split("|")[4] == spec]
     assert added and not any(c.split("|")[4] == spec for c in before[results_dir]["cells"])
     out[results_dir]["cells"] = sorted(out[results_dir]["cells"] + added)
+    for results_dir, models in ADDED_MODELS.items():
+        new = [c for c in now[results_dir]["cells"] if c.split("|")[0] in models]
+        assert new and not any(c.split("|")[0] in models for c in before[results_dir]["cells"])
+        out[results_dir]["cells"] = sorted(out[results_dir]["cells"] + new)
+        for m in models:
+            assert f"model:{m}" not in out[results_dir]
+            out[results_dir][f"model:{m}"] = now[results_dir][f"model:{m}"]
+        out[results_dir] = dict(sorted(out[results_dir].items()))
+    for results_dir in ADDED_GRIDS:
+        assert results_dir not in out and results_dir in now
+        out[results_dir] = now[results_dir]
     return out
 
 

@@ -14,6 +14,7 @@ rule reference:
         n=lambda wc: GRID.num_samples(wc.model),
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
         t_end=lambda wc: GRID.t_end_of(wc.model),
+        t_start=lambda wc: GRID.t_start_arg(wc.model),
     threads: GRID.resource("reference", "threads")
     priority: LONG_FIRST
     resources:
@@ -25,7 +26,7 @@ rule reference:
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.job} dpmbench reference"
         " --model {wildcards.model} --num-samples {params.n} --seed {wildcards.seed} {params.guidance}"
-        " --t-end {params.t_end} --out {output} 2> >(tee {log:q} >&2)"
+        " --t-end {params.t_end} {params.t_start} --out {output} 2> >(tee {log:q} >&2)"
 
 
 # Models with a `reference_solver` (checkpoint models, for mse_ref): a high-NFE solver run from the same x_T, once
@@ -44,6 +45,7 @@ rule reference_run:
         n=lambda wc: GRID.num_samples(wc.model),
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
         t_end=lambda wc: GRID.t_end_of(wc.model),
+        t_start=lambda wc: GRID.t_start_arg(wc.model),
         solver=lambda wc: GRID.reference_args(wc.model),
         batch=lambda wc: GRID.batch_arg(wc.model),
         captions=lambda wc: GRID.captions_arg(wc.model),
@@ -58,5 +60,5 @@ rule reference_run:
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {params.job} dpmbench reference"
         " --model {wildcards.model} --num-samples {params.n} --seed {wildcards.seed} {params.guidance}"
-        " --t-end {params.t_end} {params.solver} {params.batch} {params.captions} --out {output}"
+        " --t-end {params.t_end} {params.t_start} {params.solver} {params.batch} {params.captions} --out {output}"
         " 2> >(tee {log:q} >&2)"

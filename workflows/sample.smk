@@ -32,6 +32,7 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             batch=lambda wc: GRID.batch_arg(wc.model),
             captions=lambda wc: GRID.captions_arg(wc.model),
             t_end=lambda wc, nfes=_nfes: GRID.t_end_of(wc.model, nfes),
+            t_start=lambda wc: GRID.t_start_arg(wc.model),
             pattern=lambda wc: shlex.quote(GRID.shard_pattern(wc)),
         group:
             cluster_group("sample-{model}")
@@ -46,5 +47,5 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} DPMBENCH_ARTIFACTS={params.artifacts:q}"
             " {params.job} dpmbench sample --model {wildcards.model} --solver {params.spec}"
             " --nfe {params.nfe} --num-samples {params.n} --start {params.lo} --seed {wildcards.seed}"
-            " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} --device {params.device}"
+            " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} {params.t_start} --device {params.device}"
             " {params.batch} {params.captions} --out {params.pattern} 2> >(tee {log:q} >&2)"

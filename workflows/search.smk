@@ -47,6 +47,7 @@ rule prepare:
         nfe=lambda wc: ",".join(str(n) for n in GRID.nfe_groups(wc.model)[0]),
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
         t_end=lambda wc: GRID.t_end_of(wc.model, GRID.nfe_groups(wc.model)[0]),
+        t_start=lambda wc: GRID.t_start_arg(wc.model),
     threads: GRID.resource("sample", "threads")
     priority: LONG_FIRST
     resources:
@@ -58,7 +59,8 @@ rule prepare:
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} DPMBENCH_ARTIFACTS={params.artifacts:q}"
         " {params.job} dpmbench prepare --model {wildcards.model} --solver {params.spec} --nfe {params.nfe}"
-        " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} --device {params.device}"
+        " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} {params.t_start}"
+        " --device {params.device}"
         " --out {output} 2> >(tee {log:q} >&2)"
 
 
@@ -82,6 +84,7 @@ rule prepare_group:
         nfe=lambda wc: wc.nfes.replace("_", ","),
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
         t_end=lambda wc: GRID.t_end_of(wc.model, [int(n) for n in wc.nfes.split("_")]),
+        t_start=lambda wc: GRID.t_start_arg(wc.model),
     threads: GRID.resource("sample", "threads")
     priority: LONG_FIRST
     resources:
@@ -93,5 +96,6 @@ rule prepare_group:
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} DPMBENCH_ARTIFACTS={params.artifacts:q}"
         " {params.job} dpmbench prepare --model {wildcards.model} --solver {params.spec} --nfe {params.nfe}"
-        " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} --device {params.device}"
+        " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} {params.t_start}"
+        " --device {params.device}"
         " --out {output} 2> >(tee {log:q} >&2)"

@@ -128,7 +128,8 @@ def _context(args: argparse.Namespace, model: Any, device: Any, nfe: int) -> Any
 
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
     t_end = model.schedule.t_end_default if args.t_end is None else args.t_end
-    return Context(guided(model, args.guidance), nfe, args.schedule, None, t_end, args.guidance, dtype, device,
+    t_start = getattr(args, "t_start", None)  # `dpmbench search` starts at the schedule's T
+    return Context(guided(model, args.guidance), nfe, args.schedule, t_start, t_end, args.guidance, dtype, device,
                    run_search)
 
 
@@ -203,7 +204,7 @@ def cmd_reference(args: argparse.Namespace) -> None:
 
     model, device = _setup(args)
     write_reference(_request(args), model, args.out, args.solver, args.nfe, args.schedule, args.t_end, device,
-                    run_search)
+                    run_search, t_start=args.t_start)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--guidance", type=_float("--guidance"), default=None,
                        help="classifier-free guidance scale (class labels i mod num_classes)")
         q.add_argument("--t-end", type=_float("--t-end"), default=None)
+        q.add_argument("--t-start", type=_float("--t-start"), default=None,
+                       help="the time the solver starts from with x_T (default: the schedule's T; a flow model's T = 1 "
+                       "is pure noise, where only ddim, flow-euler and flow-heun start: e.g. 0.999 for the others)")
         q.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None)
         q.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
         q.add_argument("--captions", default=None, help="text-conditional models: captions file (MS-COCO captions "
@@ -113,9 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", required=True, help="NAME[:key=value,...]")
     s.add_argument("--nfe", type=_nfe_list, required=True, help="an NFE budget, or a comma list with {nfe} in --out")
     s.add_argument("--schedule", default="logsnr")
-    s.add_argument("--t-start", type=_float("--t-start"), default=None,
-                   help="the time the solver starts from with x_T (default: the schedule's T; a flow model's T = 1 is "
-                   "pure noise, where only ddim, flow-euler and flow-heun start: e.g. 0.999 for the others)")
     s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     s.add_argument("--start", type=_nonneg_int("--start"), default=0,
                    help="index of the first sample (a shard: samples START..START+K-1 of the seed's stream)")
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--guidance", type=_float("--guidance"), default=None)
     pr.add_argument("--schedule", default="logsnr")
     pr.add_argument("--t-end", type=_float("--t-end"), default=None)
+    pr.add_argument("--t-start", type=_float("--t-start"), default=None, help="where sampling starts (as sample's)")
     pr.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     pr.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     pr.add_argument("--out", required=True, help="JSON summary of what was prepared")

@@ -168,16 +168,28 @@ class Grid(GridPaths):
                 problem = reg.solver_error(rs["solver"], int(rs["nfe"]))
                 if problem:
                     raise bad(f"models.{name}.reference_solver", problem)
-                if rs.get("schedule", "logsnr") not in schedules_known:
+                rsched = str(rs.get("schedule", "logsnr"))
+                if is_flow_kind(rsched):  # a parametric flow grid (flow-shift:S, diffusers-flow-sd3, ...)
+                    try:
+                        parse_kind(rsched)
+                    except DpmbenchError as exc:
+                        raise bad(f"models.{name}.reference_solver.schedule", str(exc).removeprefix("invalid ")
+                                  ) from None
+                elif rsched not in schedules_known:
                     raise bad(f"models.{name}.reference_solver.schedule",
-                               f"unknown schedule {rs['schedule']!r}; allowed: {', '.join(schedules_known)}")
+                               f"unknown schedule {rs['schedule']!r}; allowed: {', '.join(schedules_known)} or a "
+                               "flow grid (flow-shift:S, flux-shift:L, diffusers-flow-...)")
             if "reference_stats" in mc:
                 stats = str(mc["reference_stats"])
                 names = reference_stats_names()
                 if stats not in names and not stats.endswith(".npz"):
                     raise bad(f"models.{name}.reference_stats",
                                f"unknown reference statistics {stats!r}; allowed: {', '.join(names)} or an .npz path")
-            self.model_extra[name] = {k: mc[k] for k in ("t_end", "reference_solver", "reference_stats") if k in mc}
+            self.model_extra[name] = {k: mc[k] for k in ("t_start", "t_end", "reference_solver", "reference_stats")
+                                      if k in mc}
+            kind = (manifest[name].schedule if name in manifest else named_only[name].get("schedule")
+                    if name in named_only else reg.model(name)["schedule"])
+            self._check_start(reg, name, mc, eff, where, kind)
             nfes = sorted(int(v) for v in eff["nfe"])
             settings = nfe_settings(nfes, eff["nfe_overrides"], {"t_end": self.t_end_of(name)}, where["nfe_overrides"])
             if self._has_reference[name] and any(v["t_end"] != self.t_end_of(name) for v in settings.values()):
@@ -202,6 +214,26 @@ class Grid(GridPaths):
         self.checkpoints: dict[str, Any] = {m: manifest[m] for m in self.models if m in manifest and m not in oracles}
         # ids named by a checkpoints_manifest without a loadable entry (adapter, files): their jobs stop at the pull
         self.unavailable: dict[str, dict[str, Any]] = {m: named_only[m] for m in self.models if m in named_only}
+
+    def _check_start(self, reg: Registry, name: str, mc: dict[str, Any], eff: dict[str, Any], where: dict[str, str],
+                     kind: str | None) -> None:
+        """A model's ``t_start`` lies above its ``t_end``; where sampling starts at pure noise (a flow model's T = 1,
+        no ``t_start`` below it), every solver of the model must be able to start there."""
+        t_start = mc.get("t_start")
+        if t_start is not None:
+            if "searched:" in " ".join(map(str, eff["schedules"])):
+                raise bad(f"models.{name}.t_start", "searched schedules start at the schedule's T; allowed: no "
+                          "t_start for a model with searched schedules")
+            if not float(t_start) > self.t_end_of(name):
+                raise bad(f"models.{name}.t_start", f"{t_start} is not above the model's t_end {self.t_end_of(name)}")
+        if kind != "flow" or (t_start is not None and float(t_start) < 1.0):
+            return
+        refused = [str(s) for s in eff["solvers"] if not reg.solver_pure_noise(str(s))]
+        if refused:
+            raise bad(where["solvers"], f"model {name!r} starts at pure noise (flow schedule, t = 1), where "
+                      f"{', '.join(refused)} cannot start; allowed: solvers that start there "
+                      f"({', '.join(reg.pure_noise_solvers())}), or set models.{name}.t_start below 1 (e.g. 0.999, "
+                      "as diffusers' flow DPM-Solver)")
 
     def _check_searches(self, searches: dict[str, Any], reg: Registry, models_known: list[str]
                         ) -> dict[str, dict[str, Any]]:
@@ -288,6 +320,11 @@ class Grid(GridPaths):
         """CLI flag for the batch size of ``model``, if configured."""
         b = self.models[model].batch_size
         return f"--batch-size {b}" if b else ""
+
+    def t_start_arg(self, model: str) -> str:
+        """CLI flag of the model's ``t_start`` (where its solvers start with x_T), if configured."""
+        t = self.model_extra.get(model, {}).get("t_start")
+        return "" if t is None else f"--t-start {float(t)!r}"
 
     def t_end_of(self, model: str, nfes: list[int] | None = None) -> float:
         """The sampling end time of ``model`` (its ``t_end`` override, else the config's ``t_end``), or of its NFE

@@ -126,7 +126,8 @@ class Registry:
             from dpmbench.models.registry import load_model
 
             m = load_model(name)
-            return {"num_classes": int(m.num_classes or 0), "exact": hasattr(m, "exact_solution")}
+            return {"num_classes": int(m.num_classes or 0), "exact": hasattr(m, "exact_solution"),
+                    "schedule": m.schedule.kind}
 
         return self._get(f"model:{name}", compute)
 
@@ -145,6 +146,26 @@ class Registry:
             return ""
 
         return self._get(f"solver:{spec}|{'' if nfe is None else nfe}", compute)
+
+    def solver_pure_noise(self, spec: str) -> bool:
+        """Whether the solver can start at pure noise (a flow model's t = 1; ``pure_noise_start``)."""
+
+        def compute() -> bool:
+            from dpmbench.solvers.registry import get_solver
+
+            return bool(get_solver(spec).pure_noise_start)
+
+        return self._get(f"pure-noise:{spec}", compute)
+
+    def pure_noise_solvers(self) -> list[str]:
+        """The solver families that start at pure noise."""
+
+        def compute() -> list[str]:
+            from dpmbench.solvers.registry import SOLVERS
+
+            return [n for n, c in SOLVERS.items() if c.pure_noise_start]
+
+        return self._get("list:pure-noise", compute)
 
     def solver_prepares(self, spec: str) -> bool:
         """Whether the solver computes cached artifacts before sampling (``needs_prepare``)."""

@@ -296,9 +296,14 @@ class Guided(Model):
 
 
 def guided(model: Model, scale: float | None) -> Model:
-    """Wrap ``model`` with classifier-free guidance of scale ``scale`` (None: no wrapper)."""
+    """Wrap ``model`` with classifier-free guidance of scale ``scale`` (None: no wrapper). A model whose guidance is
+    an input of its network (guidance-distilled, e.g. FLUX.1 [dev]) has a ``with_guidance(scale)`` method: it gives
+    the guided model itself (or refuses), and no classifier-free guidance is wrapped around it."""
     if scale is None:
         return model
+    own = getattr(model, "with_guidance", None)
+    if own is not None:
+        return own(scale)
     if not model.num_classes and not getattr(model, "text_conditional", False):
         raise DpmbenchError(f"invalid guidance {scale} for model {model.name!r}: it is unconditional")
     return Guided(model, scale)

@@ -46,7 +46,7 @@ from dpmbench.yamlfile import load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MANIFEST = ROOT / "config" / "checkpoints.yaml"
-ADAPTERS = ("diffusers-unet", "latent-diffusion", "stable-diffusion", "edm-pickle", "score-sde")
+ADAPTERS = ("diffusers-unet", "latent-diffusion", "stable-diffusion", "sd3", "flux", "edm-pickle", "score-sde")
 SCHEDULES = ("vp-linear", "vp-cosine", "vp-discrete", "edm", "ve", "flow")  # dpmbench.schedules.NOISE_SCHEDULES
 PARAMETERIZATIONS = ("eps", "x0", "v", "flow")  # dpmbench.models.base.PARAMETERIZATIONS
 CONDITIONING = ("none", "class", "text")

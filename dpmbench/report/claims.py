@@ -51,6 +51,16 @@ D_ODE = "Kim, Tang & Yu, CVPR 2024, arXiv:2309.16421, abstract and experiments (
 AUTODIFFUSION = ("Li et al., ICCV 2023, arXiv:2309.10438v2, abstract (ImageNet 64x64, 4 steps: FID 17.86 "
                  "with the searched steps vs 138.66 with DDIM's uniform ones) and Sec. 3.2-3.3 (the search)")
 PARADIGMS = "Shih et al., NeurIPS 2023, arXiv:2305.16317, abstract ('no measurable degradation of ... FID score')"
+SD3_SHIFT = ("Esser et al., ICML 2024 (Stable Diffusion 3), arXiv:2403.03206v1, Sec. 5.3.2 (resolution-dependent "
+             "shifting of the timestep schedule, t' = s t / (1 + (s - 1) t); s = 3.0 chosen at 1024^2)")
+DIFFUSERS_DPM = ("diffusers documentation v0.35.1, api/schedulers/multistep_dpm_solver, overview ('quite good samples "
+                 "even in 10 steps'; solver_order=2 for guided sampling); the flow form: use_flow_sigmas")
+DIFFUSERS_UNIPC = ("diffusers documentation v0.35.1, api/schedulers/unipc, overview (fast sampling; the UniPC "
+                   "abstract it quotes: better samples where fewer steps, e.g. < 10, are favored); the flow form: "
+                   "use_flow_sigmas")
+RECTIFIED = ("Liu, Gong & Liu, ICLR 2023, arXiv:2209.03003v1, abstract and Sec. 2 (rectified flow's straight paths are "
+             "simulated with few Euler steps); Esser et al. 2024, arXiv:2403.03206v1, Sec. 2 (the same argument)")
+UNIPC_DIFFUSERS = "unipc:variant=bh2"  # diffusers' UniPCMultistepScheduler defaults: bh2, solver_order 2
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,8 @@ class Claim:
     min_gain: float = DEFAULT_MIN_GAIN  # relative gain a column needs to count as "holds"
     gain_basis: str = "default: the source states no gain the claim could be held to"
     margin: float | None = None  # equivalence claims ("matches"): relative margin of the TOST; None: a gain claim
+    model: str | None = None  # None: every model of the results; a cross-model claim names A's model
+    baseline_model: str | None = None  # a cross-model claim: B runs on this model (same guidance, seed and NFE)
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -144,6 +156,27 @@ CLAIMS: tuple[Claim, ...] = (
           "quality over uniform time steps (the paper's baseline)", AUTODIFFUSION,
           "quality", "ddim", "ddim", schedule="searched:autodiffusion", baseline_schedule="time-uniform",
           min_gain=0.22, gain_basis="a quarter of the paper's 87% (FID 138.66 -> 17.86)"),
+    # Flow-matching models (the flow schedule): the shift of SD3's time grid, diffusers' flow solvers against Euler,
+    # and the straight-path argument across models (digits-flow against digits-unet: same architecture and data).
+    Claim("flow-shift-euler", "SD3's timestep shift (s = 3) improves few-step Euler sampling of a flow model over the "
+          "unshifted grid (s = 1)", SD3_SHIFT, "quality", "flow-euler", "flow-euler", schedule="flow-shift:3",
+          baseline_schedule="flow-shift:1"),
+    Claim("flow-shift-dpm-solver++", "SD3's timestep shift (s = 3) improves few-step DPM-Solver++(2M) sampling of a "
+          "flow model over the unshifted grid", SD3_SHIFT, "quality", DPMPP_2M, DPMPP_2M, schedule="flow-shift:3",
+          baseline_schedule="flow-shift:1"),
+    Claim("flow-dpm-solver++-vs-euler", "the flow form of DPM-Solver++(2M) gives better samples than Euler at "
+          "NFE <= 10", DIFFUSERS_DPM, "quality", DPMPP_2M, "flow-euler", nfe=(1, 10)),
+    Claim("flow-unipc-vs-euler", "the flow form of UniPC (diffusers' bh2, order 2) gives better samples than Euler at "
+          "NFE <= 10", DIFFUSERS_UNIPC, "quality", UNIPC_DIFFUSERS, "flow-euler", nfe=(1, 10)),
+    Claim("rectified-flow-fewer-steps", "a flow-matching network needs fewer steps than a diffusion network for the "
+          "same sample quality (straighter paths): digits-flow with Euler (s = 1) has a lower FDD than digits-unet "
+          "with DDIM (its Euler step) at the same NFE; both networks share architecture, data, x_T and labels",
+          RECTIFIED, "quality", "flow-euler", "ddim", schedule="flow-shift:1", baseline_schedule="logsnr",
+          model="digits-flow", baseline_model="digits-unet"),
+    Claim("rectified-flow-straighter-paths", "a flow-matching network's ODE is solved more accurately in few steps "
+          "(straighter paths): digits-flow with Euler is closer to its own 200-NFE solution than digits-unet with DDIM "
+          "is to its own, at the same NFE", RECTIFIED, "path", "flow-euler", "ddim", schedule="flow-shift:1",
+          baseline_schedule="logsnr", model="digits-flow", baseline_model="digits-unet"),
 )
 
 
@@ -367,10 +400,20 @@ def _is_schedule(sched: str, want: str, searches: Mapping[str, str]) -> bool:
     return sched == want
 
 
-def _pairs(claim: Claim, setting: str, g: pd.DataFrame, searches: Mapping[str, str]
+def _pairs(claim: Claim, setting: str, g: pd.DataFrame, searches: Mapping[str, str], other: pd.DataFrame
            ) -> list[tuple[str, tuple[str, str] | None, pd.DataFrame, pd.DataFrame]]:
     """The (label, schedules, A's rows, B's rows) a claim compares in one setting table: the same table for both
-    solvers, or for a schedule claim each claimant schedule of the table against the baseline schedule."""
+    solvers, for a schedule claim each claimant schedule of the table against the baseline schedule, for a
+    cross-model claim A's schedule of the table against the baseline model's rows (``other``) of the same guidance
+    and seed on the baseline schedule."""
+    if claim.baseline_model is not None:
+        same = other["guidance"].astype(str) == str(g["guidance"].iloc[0])
+        if "seed" in g.columns and "seed" in other.columns:
+            same &= other["seed"].astype(str) == str(g["seed"].iloc[0])
+        gb = other[same & (other["schedule"] == claim.baseline_schedule)]
+        ga = g[g["schedule"] == claim.schedule]
+        return [(f"{setting}, {claim.schedule} vs {claim.baseline_model} on {claim.baseline_schedule}",
+                 (str(claim.schedule), f"{claim.baseline_model}, {claim.baseline_schedule}"), ga, gb)]
     if claim.schedule is None:
         return [(setting, None, g, g)]
     base = claim.baseline_schedule
@@ -391,15 +434,16 @@ def check_claims(df: pd.DataFrame, searches: Mapping[str, str] | None = None) ->
     for claim in CLAIMS:
         for model in dict.fromkeys(df["model"]):
             metric = _metric(df, model, claim.kind)
-            if metric is None:
+            if metric is None or claim.model not in (None, model):
                 continue
             d = df[(df["model"] == model) & (df["metric"] == metric)]
             d = d[(d["nfe"] >= claim.nfe[0]) & (d["nfe"] <= claim.nfe[1])]
+            other = df[(df["model"] == claim.baseline_model) & (df["metric"] == metric)]  # cross-model claims' B
             for label, g in _settings(d, by_schedule=claim.schedule is None):
                 guidance = str(g["guidance"].iloc[0])
                 if claim.guidance is not None and guidance not in claim.guidance:
                     continue
-                for setting, schedules, ga, gb in _pairs(claim, label, g, searches or {}):
+                for setting, schedules, ga, gb in _pairs(claim, label, g, searches or {}, other):
                     ran = (_ran_as(ga, claim.solver), _ran_as(gb, claim.baseline))
                     a = {int(r.nfe): r for r in ga[ga["solver"] == ran[0]].itertuples()}
                     b = {int(r.nfe): r for r in gb[gb["solver"] == ran[1]].itertuples()}
@@ -413,7 +457,8 @@ def check_claims(df: pd.DataFrame, searches: Mapping[str, str] | None = None) ->
                     verdict = (equivalence_verdict if claim.margin is not None else summary_verdict)(
                         [r[3] for r in rows])
                     strong: list[tuple[int, Any, str, tuple[float, float, float] | None]] = []
-                    if claim.margin is None:  # the fair baseline: the best other solver of the grid per NFE
+                    if claim.margin is None and claim.baseline_model is None:  # the fair baseline: the best
+                        # other solver of the grid per NFE (a cross-model claim compares models, not solvers)
                         tops = {n: _strongest(g, n, a[n], lower) for n in nfes}
                         have = [n for n in nfes if tops[n] is not None]
                         vs = judge([(a[n], tops[n]) for n in have], lower, claim.min_gain)
@@ -498,6 +543,9 @@ def claims_markdown(df: pd.DataFrame, searches: Mapping[str, str] | None = None,
             pair = (f"`{claim.solver}` on `{claim.schedule}` vs `{claim.baseline}` on `{claim.baseline_schedule}`"
                     + ("" if kind is None else f" (`searched:{kind}`: a `searched:NAME` grid saved by the `{kind}` "
                        "search)"))
+        if claim.baseline_model is not None:
+            pair = (f"`{claim.solver}` on `{claim.schedule}` ({claim.model}) vs `{claim.baseline}` on "
+                    f"`{claim.baseline_schedule}` ({claim.baseline_model}), the same x_T, labels and bootstrap indices")
         rule = (f"Equivalence margin: +-{claim.margin:.0%} of the baseline's value (TOST, 90% CI)."
                 if claim.margin is not None else f"Minimum gain: {claim.min_gain:.0%} ({claim.gain_basis}).")
         lines += [f"## {claim.key}: {claim.text}", "",
@@ -505,17 +553,19 @@ def claims_markdown(df: pd.DataFrame, searches: Mapping[str, str] | None = None,
         for r in mine:
             sa, sb = (f" ({s})" for s in r["schedules"]) if "schedules" in r else ("", "")
             strong = {n: (top, v, d) for n, top, v, d in r["strongest"]}
-            vs = "" if claim.margin is not None else f"; vs the strongest in the grid: **{r['verdict_strongest']}**"
+            vs = ("" if claim.margin is not None or claim.baseline_model is not None
+                  else f"; vs the strongest in the grid: **{r['verdict_strongest']}**")
             lines += [f"**{r['model']}**, guidance {r['setting']}, {r['metric']} (n={r['n_samples']}): "
                       f"**{r['verdict']}**{vs}", ""]
             head = f"| NFE | A: {r['ran'][0]}{sa} | B: {r['ran'][1]}{sb} | A - B (paired 95% CI) | verdict |"
-            if claim.margin is None:
+            fair = claim.margin is None and claim.baseline_model is None  # with the strongest solver's columns
+            if fair:
                 lines += [head + " strongest other S | A - S (paired 95% CI) | vs S |", "|---" * 8 + "|"]
             else:
                 lines += [head, "|---|---|---|---|---|"]
             for n, a, b, v, d in r["rows"]:
                 row = f"| {n} | {_num(a)} | {_num(b)} | {_diff(d)} | {v} |"
-                if claim.margin is None:
+                if fair:
                     top = strong.get(n)
                     row += (" - | - | - |" if top is None else
                             f" {_who(top[0], r)}: {_num(top[0])} | {_diff(top[2])} | {top[1]} |")

@@ -6,8 +6,11 @@
 own code) are imported only when an adapter runs.
 
 Adapters: ``diffusers-unet`` (pixel UNet2DModel + DDPM scheduler), ``latent-diffusion`` (UNet + VAE/VQ, latent
-space, ``decode``), ``stable-diffusion`` (SD 1.x/2.x, text conditioning and classifier-free guidance),
-``edm-pickle`` (NVlabs/edm ``*.pkl``, sha256-gated) and ``score-sde`` (score_sde_pytorch VP ``checkpoint_*.pth``).
+space, ``decode``), ``stable-diffusion`` (SD 1.x/2.x, text conditioning and classifier-free guidance), ``sd3``
+(Stable Diffusion 3 / 3.5: flow-matching transformer, three text encoders, classifier-free guidance), ``flux``
+(FLUX.1 [dev] / [schnell]: flow-matching transformer, packed latents, the guidance embedding of the distilled
+[dev]), ``edm-pickle`` (NVlabs/edm ``*.pkl``, sha256-gated) and ``score-sde`` (score_sde_pytorch VP
+``checkpoint_*.pth``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,18 @@ def _stable_diffusion(entry: Mapping[str, Any], root: Path, device: str | torch.
     return load_stable_diffusion(entry, root, device)
 
 
+def _sd3(entry: Mapping[str, Any], root: Path, device: str | torch.device) -> Model:
+    from dpmbench.models.adapters.sd3 import load_sd3
+
+    return load_sd3(entry, root, device)
+
+
+def _flux(entry: Mapping[str, Any], root: Path, device: str | torch.device) -> Model:
+    from dpmbench.models.adapters.flux import load_flux
+
+    return load_flux(entry, root, device)
+
+
 def _edm(entry: Mapping[str, Any], root: Path, device: str | torch.device) -> Model:
     from dpmbench.models.adapters.edm_pickle import load_edm_pickle
 
@@ -56,6 +71,8 @@ ADAPTERS: dict[str, Callable[[Mapping[str, Any], Path, str | torch.device], Mode
     "diffusers-unet": _diffusers_unet,
     "latent-diffusion": _latent,
     "stable-diffusion": _stable_diffusion,
+    "sd3": _sd3,
+    "flux": _flux,
     "edm-pickle": _edm,
     "score-sde": _score_sde,
 }

@@ -28,9 +28,9 @@ import torch
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.adapters.diffusers_unet import set_micro_batch
 from dpmbench.models.adapters.latent import LATENT_OPTIONS, LatentDiffusion, latent_parts
+from dpmbench.models.adapters.text import EmbeddingCache, expand_rows, prompt_key
 
 SD_OPTIONS = (*LATENT_OPTIONS, "text_encoder", "tokenizer")
-_EMBED_CACHE = 8  # prompt batches kept
 
 
 class StableDiffusion(LatentDiffusion):
@@ -42,39 +42,26 @@ class StableDiffusion(LatentDiffusion):
                  *args: Any, **kwargs: Any):
         super().__init__(unet, vae, *args, **kwargs)
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
-        self._embeddings: dict[tuple[str, ...], torch.Tensor] = {}
+        self._embeddings = EmbeddingCache()
 
     @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        device = next(self.text_encoder.parameters()).device
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        mask = ids.attention_mask.to(device) if getattr(self.text_encoder.config, "use_attention_mask",
+                                                        False) else None
+        return self.text_encoder(ids.input_ids.to(device), attention_mask=mask)[0].to(self.dtype)
+
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """CLIP embeddings (len(prompts), L, D) of the prompts, in the UNet's dtype (cached per prompt batch)."""
-        key = tuple(str(p) for p in prompts)
-        emb = self._embeddings.get(key)
-        if emb is None:
-            device = next(self.text_encoder.parameters()).device
-            ids = self.tokenizer(list(key), padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt")
-            mask = ids.attention_mask.to(device) if getattr(self.text_encoder.config, "use_attention_mask",
-                                                            False) else None
-            emb = self.text_encoder(ids.input_ids.to(device), attention_mask=mask)[0].to(self.dtype)
-            if len(self._embeddings) >= _EMBED_CACHE:
-                self._embeddings.pop(next(iter(self._embeddings)))
-            self._embeddings[key] = emb
-        return emb
+        return self._embeddings.get(tuple(str(p) for p in prompts), self._encode)
 
     def encoder_states(self, cond: Any, n: int, device: torch.device) -> torch.Tensor:
         if isinstance(cond, torch.Tensor):
             return super().encoder_states(cond, n, device)
-        if cond is None:
-            return self.encode_prompts([""]).to(device).expand(n, -1, -1)
-        if isinstance(cond, str):
-            return self.encode_prompts([cond]).to(device).expand(n, -1, -1)
-        prompts = list(cond)
-        if not all(isinstance(p, str) for p in prompts):
-            raise DpmbenchError(f"invalid cond for model {self.name!r}: allowed: prompts (str or list of str) or "
-                                "an embeddings tensor")
-        if len(prompts) != n:
-            raise DpmbenchError(f"invalid cond: {len(prompts)} prompts for a batch of {n} samples")
-        return self.encode_prompts(prompts).to(device)
+        key = prompt_key(cond, n, self.name, allowed="prompts (str or list of str), None or an embeddings tensor")
+        return expand_rows(self.encode_prompts(key).to(device), n)
 
 
 def load_stable_diffusion(entry: Mapping[str, Any], root: Path, device: str | torch.device = "cpu"
