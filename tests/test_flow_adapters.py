@@ -288,23 +288,27 @@ def test_flow_euler_equals_the_pipeline(which: str, request: pytest.FixtureReque
 
 # -- (c) through the workflow ------------------------------------------------------------------------------------
 @pytest.mark.timeout(600)
-def test_workflow_pulls_samples_and_scores_a_tiny_sd3(server: str, sd3: tuple[Path, Any],  # noqa: F811
-                                                      tmp_path: Path) -> None:
-    root = sd3[0]
-    files = _files(root)
-    for f in files:
-        _Handler.files[f"/org/tiny-sd3/resolve/rev1/{f['path']}"] = (root / f["path"]).read_bytes()
+def test_workflow_pulls_samples_and_scores_a_tiny_sd3_and_flux(server: str, sd3: tuple[Path, Any],  # noqa: F811
+                                                               flux_dev: tuple[Path, Any], tmp_path: Path) -> None:
+    """One Snakemake run, two checkpoint models served by the local server: SD3 (classifier-free guidance 4) and a
+    guidance-distilled FLUX (guidance 4 as the transformer's input)."""
+    pulled = {}
+    for name, (root, _) in (("tiny-sd3", sd3), ("tiny-flux", flux_dev)):
+        pulled[name] = _files(root)
+        for f in pulled[name]:
+            _Handler.files[f"/org/{name}/resolve/rev1/{f['path']}"] = (root / f["path"]).read_bytes()
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(f"a photo of {w} {w}" for w in WORDS) + "\n")
     config = {
         "metrics": ["mse_ref"], "nfe": [2, 4], "solvers": ["flow-euler", "flow-heun"], "samples_per_shard": 4,
         "seed": 0, "schedules": ["flow-shift:3"],
-        "models": {"tiny-sd3": {"num_samples": 4, "captions": str(captions), "guidance": [4.0],
-                                "reference_solver": {"solver": "flow-heun", "nfe": 15, "schedule": "time-uniform"}}},
-        "checkpoints": {"tiny-sd3": {
-            "adapter": "sd3", "source": {"hf": "org/tiny-sd3", "revision": "rev1"}, "files": files,
-            "license": "test-only", "schedule": "flow", "parameterization": "flow", "resolution": 16,
-            "conditioning": "text", "options": {"max_sequence_length": T5_TOKENS}}},
+        "models": {name: {"num_samples": 4, "captions": str(captions), "guidance": [4.0],
+                          "reference_solver": {"solver": "flow-heun", "nfe": 15, "schedule": "time-uniform"}}
+                   for name in pulled},
+        "checkpoints": {name: {
+            "adapter": name.removeprefix("tiny-"), "source": {"hf": f"org/{name}", "revision": "rev1"},
+            "files": files, "license": "test-only", "schedule": "flow", "parameterization": "flow", "resolution": 16,
+            "conditioning": "text", "options": {"max_sequence_length": T5_TOKENS}} for name, files in pulled.items()},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(tmp_path / "cache"),
@@ -312,16 +316,18 @@ def test_workflow_pulls_samples_and_scores_a_tiny_sd3(server: str, sd3: tuple[Pa
     env.pop("DPMBENCH_OFFLINE", None)
     proc = subprocess.run(_cmd(tmp_path), capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert len(_Handler.requests) == len(files)  # every file pulled once
+    assert len(_Handler.requests) == sum(map(len, pulled.values()))  # every file pulled once
     rows = list(csv.DictReader((tmp_path / "reports" / "results.csv").open()))
-    mse = {(r["solver"], int(r["nfe"])): float(r["value"]) for r in rows if r["metric"] == "mse_ref"}
-    assert sorted(mse) == [("flow-euler", 2), ("flow-euler", 4), ("flow-heun", 2), ("flow-heun", 4)], rows
-    assert all(np.isfinite(v) and v > 0 for v in mse.values())
-    assert mse[("flow-euler", 4)] < mse[("flow-euler", 2)]  # more steps land closer to the 15-NFE reference
-    shard = np.load(next((tmp_path / "results" / "tiny-sd3").rglob("flow-heun/nfe4/*.npz")))
-    assert shard["x"].shape == (4, 4, 8, 8) and shard["images"].shape == (4, 3, 16, 16)
-    assert shard["images"].dtype == np.uint8 and len(set(shard["prompts"].tolist())) == 4
-    assert set(shard["prompts"].tolist()) <= set(captions.read_text().splitlines())
+    for name, channels in (("tiny-sd3", 4), ("tiny-flux", 4)):
+        mse = {(r["solver"], int(r["nfe"])): float(r["value"]) for r in rows
+               if r["metric"] == "mse_ref" and r["model"] == name}
+        assert sorted(mse) == [("flow-euler", 2), ("flow-euler", 4), ("flow-heun", 2), ("flow-heun", 4)], rows
+        assert all(np.isfinite(v) and v > 0 for v in mse.values())
+        assert mse[("flow-euler", 4)] < mse[("flow-euler", 2)]  # more steps land closer to the 15-NFE reference
+        shard = np.load(next((tmp_path / "results" / name).rglob("flow-heun/nfe4/*.npz")))
+        assert shard["x"].shape == (4, channels, 8, 8) and shard["images"].shape == (4, 3, 16, 16)
+        assert shard["images"].dtype == np.uint8 and len(set(shard["prompts"].tolist())) == 4
+        assert set(shard["prompts"].tolist()) <= set(captions.read_text().splitlines())
 
 
 # -- config/flow.yaml --------------------------------------------------------------------------------------------

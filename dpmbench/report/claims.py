@@ -174,8 +174,9 @@ CLAIMS: tuple[Claim, ...] = (
           RECTIFIED, "quality", "flow-euler", "ddim", schedule="flow-shift:1", baseline_schedule="logsnr",
           model="digits-flow", baseline_model="digits-unet"),
     Claim("rectified-flow-straighter-paths", "a flow-matching network's ODE is solved more accurately in few steps "
-          "(straighter paths): digits-flow with Euler is closer to its own 200-NFE solution than digits-unet with DDIM "
-          "is to its own, at the same NFE", RECTIFIED, "path", "flow-euler", "ddim", schedule="flow-shift:1",
+          "(straighter paths): digits-flow with Euler is closer to its own converged ODE solution (mse_ref: the "
+          "config's high-NFE reference run) than digits-unet with DDIM is to its own, at the same NFE",
+          RECTIFIED, "path", "flow-euler", "ddim", schedule="flow-shift:1",
           baseline_schedule="logsnr", model="digits-flow", baseline_model="digits-unet"),
 )
 
