@@ -114,28 +114,28 @@ def _entry(adapter: str, **kw: Any) -> dict[str, Any]:
             "resolution": 16, "options": {"max_sequence_length": T5_TOKENS, **kw.pop("options", {})}, **kw}
 
 
+def _saved(root: Path, pipe: Any) -> tuple[Path, Any]:
+    """The pipeline saved in diffusers' layout under ``root/pipe``: (folder, pipeline)."""
+    pipe.save_pretrained(root / "pipe")
+    return root / "pipe", pipe
+
+
 @pytest.fixture(scope="module")
 def sd3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     root = tmp_path_factory.mktemp("sd3")
-    pipe = _sd3_pipeline(root)
-    pipe.save_pretrained(root / "pipe")
-    return root / "pipe", pipe
+    return _saved(root, _sd3_pipeline(root))
 
 
 @pytest.fixture(scope="module")
 def flux_dev(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     root = tmp_path_factory.mktemp("flux-dev")
-    pipe = _flux_pipeline(root, distilled=True)
-    pipe.save_pretrained(root / "pipe")
-    return root / "pipe", pipe
+    return _saved(root, _flux_pipeline(root, distilled=True))
 
 
 @pytest.fixture(scope="module")
 def flux_schnell(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     root = tmp_path_factory.mktemp("flux-schnell")
-    pipe = _flux_pipeline(root, distilled=False)
-    pipe.save_pretrained(root / "pipe")
-    return root / "pipe", pipe
+    return _saved(root, _flux_pipeline(root, distilled=False))
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -173,9 +173,8 @@ def test_sd3_velocity_and_cfg_on_the_pipelines_encoded_prompts(sd3: tuple[Path, 
 
 
 def test_sd3_without_t5_uses_zeros_as_the_pipeline(tmp_path: Path) -> None:
-    pipe = _sd3_pipeline(tmp_path, t5=False)
-    pipe.save_pretrained(tmp_path / "pipe")
-    model = load_adapter(_entry("sd3"), tmp_path / "pipe")
+    folder, pipe = _saved(tmp_path, _sd3_pipeline(tmp_path, t5=False))
+    model = load_adapter(_entry("sd3"), folder)
     assert model.t5 is None
     with torch.no_grad():
         pe, _, pp, _ = pipe.encode_prompt(PROMPTS, None, None, do_classifier_free_guidance=False,

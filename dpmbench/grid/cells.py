@@ -56,6 +56,19 @@ class ModelGrid:
         return nfe_groups(self.nfe_settings) if self.nfe_settings else [list(self.nfe)]
 
 
+def _check_schedule(s: str, key: str, known: list[str], more: str = "") -> None:
+    """A time-grid name of the config at ``key``: a known kind, or a parametric flow grid (``flow-shift:S``,
+    ``diffusers-flow-sd3``, ...) whose parameters parse; ``more``: what else the key allows, for the message."""
+    if is_flow_kind(s):
+        try:
+            parse_kind(s)
+        except DpmbenchError as exc:
+            raise bad(key, str(exc).removeprefix("invalid ")) from None
+    elif s not in known:
+        raise bad(key, f"unknown schedule {s!r}; allowed: {', '.join([*known, *PARAMETERIZED])}{more}"
+                       f"{hint(s, known)}")
+
+
 @dataclass
 class Grid(GridPaths):
     """A validated benchmark grid (build it with :func:`build_grid`)."""
@@ -118,16 +131,9 @@ class Grid(GridPaths):
             for i, s in enumerate(eff["schedules"]):
                 if s.startswith("searched:"):
                     self._check_searched(s, f"{where['schedules']}[{i}]", name, eff["nfe"])
-                elif is_flow_kind(s):
-                    try:
-                        parse_kind(s)
-                    except DpmbenchError as exc:
-                        raise bad(f"{where['schedules']}[{i}]", str(exc).removeprefix("invalid ")) from None
-                elif s not in schedules_known:
-                    raise bad(f"{where['schedules']}[{i}]", f"unknown schedule {s!r}; allowed: "
-                               f"{', '.join([*schedules_known, *PARAMETERIZED])}, or searched:NAME with NAME in "
-                               "searches"
-                               f"{hint(s, schedules_known)}")
+                else:
+                    _check_schedule(s, f"{where['schedules']}[{i}]", schedules_known,
+                                    ", or searched:NAME with NAME in searches")
                 self.schedule_specs[slug(s)] = s
             if "solver_options" in mc:
                 eff["solvers"] = apply_solver_options(list(eff["solvers"]), mc["solver_options"],
@@ -168,17 +174,8 @@ class Grid(GridPaths):
                 problem = reg.solver_error(rs["solver"], int(rs["nfe"]))
                 if problem:
                     raise bad(f"models.{name}.reference_solver", problem)
-                rsched = str(rs.get("schedule", "logsnr"))
-                if is_flow_kind(rsched):  # a parametric flow grid (flow-shift:S, diffusers-flow-sd3, ...)
-                    try:
-                        parse_kind(rsched)
-                    except DpmbenchError as exc:
-                        raise bad(f"models.{name}.reference_solver.schedule", str(exc).removeprefix("invalid ")
-                                  ) from None
-                elif rsched not in schedules_known:
-                    raise bad(f"models.{name}.reference_solver.schedule",
-                               f"unknown schedule {rs['schedule']!r}; allowed: {', '.join(schedules_known)} or a "
-                               "flow grid (flow-shift:S, flux-shift:L, diffusers-flow-...)")
+                _check_schedule(str(rs.get("schedule", "logsnr")), f"models.{name}.reference_solver.schedule",
+                                schedules_known)
             if "reference_stats" in mc:
                 stats = str(mc["reference_stats"])
                 names = reference_stats_names()
@@ -221,7 +218,7 @@ class Grid(GridPaths):
         no ``t_start`` below it), every solver of the model must be able to start there."""
         t_start = mc.get("t_start")
         if t_start is not None:
-            if "searched:" in " ".join(map(str, eff["schedules"])):
+            if any(str(s).startswith("searched:") for s in eff["schedules"]):
                 raise bad(f"models.{name}.t_start", "searched schedules start at the schedule's T; allowed: no "
                           "t_start for a model with searched schedules")
             if not float(t_start) > self.t_end_of(name):

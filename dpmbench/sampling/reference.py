@@ -31,9 +31,7 @@ def write_reference(req: Request, model: Model, out: str, solver: str | None = N
         raise DpmbenchError(f"invalid --model {req.model!r} for an exact reference: only oracle models have exact "
                             "solutions; give --solver SPEC --nfe N for a high-NFE reference run")
     t_end = t_end_of(model, t_end)
-    meta = run_meta(req, model, t_end)
-    if t_start is not None:
-        meta["t_start"] = t_start
+    meta = run_meta(req, model, t_end, t_start)
     start = time.perf_counter()
     cond = conditioning(req, model, 0, req.num_samples, "cpu")
     if solver is None:

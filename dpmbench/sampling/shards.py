@@ -54,9 +54,9 @@ def t_end_of(model: Model, t_end: float | None) -> float:
     return model.schedule.t_end_default if t_end is None else t_end
 
 
-def run_meta(req: Request, model: Model, t_end: float) -> dict[str, Any]:
-    """What every samples or reference file of the run records: model, seed, samples, guidance, t_end, the class
-    labels of guided samples (and the prompts of a text-conditional model)."""
+def run_meta(req: Request, model: Model, t_end: float, t_start: float | None = None) -> dict[str, Any]:
+    """What every samples or reference file of the run records: model, seed, samples, guidance, t_end (and t_start
+    where given), the class labels of guided samples (and the prompts of a text-conditional model)."""
     text = getattr(model, "text_conditional", False)
     labels = (model.labels(req.num_samples, start=req.start) if req.guidance is not None and not text
               else torch.zeros(0, dtype=torch.long))
@@ -65,6 +65,8 @@ def run_meta(req: Request, model: Model, t_end: float) -> dict[str, Any]:
         "guidance": math.nan if req.guidance is None else req.guidance,
         "t_end": t_end, "labels": labels.numpy(),
     }
+    if t_start is not None:
+        meta["t_start"] = t_start
     if text:
         import numpy as np
 
@@ -123,9 +125,7 @@ def write_samples(req: Request, model: Model, solver: str, nfes: list[int], out:
     for nfe in nfes:  # validate everything before any work or output
         make_plan(model, sol, nfe, schedule, t_start, t_end)
     dtype = DTYPES[req.dtype]
-    meta = run_meta(req, model, t_end)
-    if t_start is not None:
-        meta["t_start"] = t_start
+    meta = run_meta(req, model, t_end, t_start)
     paths = [out.replace("{nfe}", str(nfe)) for nfe in nfes]
     for path in paths:  # a killed earlier run may have left temporary files of these outputs
         remove_stale_temporaries(path)
