@@ -12,7 +12,7 @@ import pytest
 # started last would leave one of them idle). Modules not listed follow in their usual order.
 LONG_FIRST = (
     "test_claims_digits_unet.py", "test_digits_unet.py", "test_claims_digits_unet_guided.py", "test_workflow.py",
-    "test_dc_solver.py", "test_adapters.py", "test_checkpoint_e2e.py", "test_workflow_hardening.py",
+    "test_dc_solver.py", "test_adapters.py", "test_flow_adapters.py", "test_workflow_hardening.py",
     "test_workflow_search.py", "test_catalogue.py", "test_checkpoints.py", "test_site.py", "test_hardening.py",
     "test_deis_pndm.py", "test_diffusers_scheduler.py", "test_cluster_fit.py", "test_iia.py", "test_convergence.py",
 )

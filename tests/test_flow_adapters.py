@@ -4,8 +4,9 @@ CLIP tokenizers as tests/test_adapters.py writes them, a T5 tokenizer built with
 Checked against diffusers' own ``StableDiffusion3Pipeline`` / ``FluxPipeline`` on the same components: the velocity
 on the pipeline's encoded prompts, classifier-free guidance (SD3) and the guidance embedding (FLUX.1-dev-like),
 ``flow-euler`` sampling against the pipelines' FlowMatchEuler loop (same initial noise, same grid, same number of
-transformer calls) and ``decode`` against their images; the workflow pulls a tiny ``sd3`` checkpoint from a local
-server, samples it with prompts from a captions file and scores it.
+transformer calls) and ``decode`` against their images. One workflow run (one Snakemake start for every checkpoint
+model) pulls tiny ``sd3`` and ``flux`` checkpoints and a tiny DDPM UNet from a local server, samples them (the flow
+models with prompts from a captions file) and scores them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import transformers
 import yaml
 from support import shared_registry_cache, workflow_pythonpath
-from test_adapters import _write_tokenizer
+from test_adapters import _tiny_unet, _write_tokenizer
 from test_checkpoint_e2e import _files
 from test_checkpoints import _Handler, server  # noqa: F401  (fixture)
 from test_workflow import ROOT, _cmd
@@ -287,28 +288,40 @@ def test_flow_euler_equals_the_pipeline(which: str, request: pytest.FixtureReque
 
 # -- (c) through the workflow ------------------------------------------------------------------------------------
 @pytest.mark.timeout(600)
-def test_workflow_pulls_samples_and_scores_a_tiny_sd3_and_flux(server: str, sd3: tuple[Path, Any],  # noqa: F811
-                                                               flux_dev: tuple[Path, Any], tmp_path: Path) -> None:
-    """One Snakemake run, two checkpoint models served by the local server: SD3 (classifier-free guidance 4) and a
-    guidance-distilled FLUX (guidance 4 as the transformer's input)."""
+def test_workflow_pulls_samples_and_scores_checkpoint_models(server: str, sd3: tuple[Path, Any],  # noqa: F811
+                                                             flux_dev: tuple[Path, Any], tmp_path: Path) -> None:
+    """One Snakemake run, three checkpoint models served by the local server: a DDPM UNet (ddim and DPM-Solver++(2M)
+    against the 40-NFE reference run the config names), SD3 (classifier-free guidance 4) and a guidance-distilled FLUX
+    (guidance 4 as the transformer's input), each file pulled once before any job of its model; a second start has
+    nothing to do."""
+    ddpm = tmp_path / "ddpm"
+    diffusers.DDPMPipeline(unet=_tiny_unet(), scheduler=diffusers.DDPMScheduler(num_train_timesteps=1000)
+                           ).save_pretrained(ddpm)
     pulled = {}
-    for name, (root, _) in (("tiny-sd3", sd3), ("tiny-flux", flux_dev)):
+    for name, root in (("tiny-ddpm", ddpm), ("tiny-sd3", sd3[0]), ("tiny-flux", flux_dev[0])):
         pulled[name] = _files(root)
         for f in pulled[name]:
             _Handler.files[f"/org/{name}/resolve/rev1/{f['path']}"] = (root / f["path"]).read_bytes()
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(f"a photo of {w} {w}" for w in WORDS) + "\n")
+    flow = {"num_samples": 4, "captions": str(captions), "guidance": [4.0],
+            "reference_solver": {"solver": "flow-heun", "nfe": 15, "schedule": "time-uniform"}}
     config = {
         "metrics": ["mse_ref"], "nfe": [2, 4], "solvers": ["flow-euler", "flow-heun"], "samples_per_shard": 4,
-        "seed": 0, "schedules": ["flow-shift:3"],
-        "models": {name: {"num_samples": 4, "captions": str(captions), "guidance": [4.0],
-                          "reference_solver": {"solver": "flow-heun", "nfe": 15, "schedule": "time-uniform"}}
-                   for name in pulled},
+        "seed": 0, "schedules": ["flow-shift:3"],  # one shard per cell: fewer jobs (each a process start)
+        "models": {"tiny-sd3": dict(flow), "tiny-flux": dict(flow),
+                   "tiny-ddpm": {"num_samples": 4, "nfe": [3, 6], "schedules": ["logsnr"],
+                                 "solvers": ["ddim", "dpm-solver++:order=2,method=multistep"],
+                                 "reference_solver": {"solver": "dpm-solver++", "nfe": 40}}},
         "checkpoints": {name: {
             "adapter": name.removeprefix("tiny-"), "source": {"hf": f"org/{name}", "revision": "rev1"},
             "files": files, "license": "test-only", "schedule": "flow", "parameterization": "flow", "resolution": 16,
             "conditioning": "text", "options": {"max_sequence_length": T5_TOKENS}} for name, files in pulled.items()},
     }
+    config["checkpoints"]["tiny-ddpm"] = {
+        "adapter": "diffusers-unet", "source": {"hf": "org/tiny-ddpm", "revision": "rev1"},
+        "files": pulled["tiny-ddpm"], "license": "test-only", "schedule": "vp-discrete", "parameterization": "eps",
+        "resolution": 8}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(tmp_path / "cache"),
            "PYTHONPATH": workflow_pythonpath(ROOT), "DPMBENCH_HF_ENDPOINT": server, "OMP_NUM_THREADS": "1"}
@@ -317,6 +330,12 @@ def test_workflow_pulls_samples_and_scores_a_tiny_sd3_and_flux(server: str, sd3:
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert len(_Handler.requests) == sum(map(len, pulled.values()))  # every file pulled once
     rows = list(csv.DictReader((tmp_path / "reports" / "results.csv").open()))
+    mse = {(r["solver"], int(r["nfe"])): float(r["value"]) for r in rows
+           if r["metric"] == "mse_ref" and r["model"] == "tiny-ddpm"}
+    assert len(mse) == 4 and all(np.isfinite(v) and v > 0 for v in mse.values())
+    # more steps land closer to the 40-NFE reference run of the same x_T
+    assert mse[("dpm-solver++:order=2,method=multistep", 6)] < mse[("dpm-solver++:order=2,method=multistep", 3)]
+    assert mse[("ddim", 6)] < mse[("ddim", 3)]
     for name, channels in (("tiny-sd3", 4), ("tiny-flux", 4)):
         mse = {(r["solver"], int(r["nfe"])): float(r["value"]) for r in rows
                if r["metric"] == "mse_ref" and r["model"] == name}
@@ -327,6 +346,8 @@ def test_workflow_pulls_samples_and_scores_a_tiny_sd3_and_flux(server: str, sd3:
         assert shard["x"].shape == (4, channels, 8, 8) and shard["images"].shape == (4, 3, 16, 16)
         assert shard["images"].dtype == np.uint8 and len(set(shard["prompts"].tolist())) == 4
         assert set(shard["prompts"].tolist()) <= set(captions.read_text().splitlines())
+    again = subprocess.run(_cmd(tmp_path, "-n"), capture_output=True, text=True, env=env, timeout=300)
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 # -- config/flow.yaml --------------------------------------------------------------------------------------------
