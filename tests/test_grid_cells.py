@@ -30,8 +30,10 @@ ADDED_MODELS = {"results": ("gmm-2d-flow", "gmm-digits-flow", "digits-flow")}
 ADDED_GRIDS = ("results/flow",)
 # DPM-Solver-v3's rows and the EDM Heun row of config/reproductions/dpm-solver-v3.yaml run the official scripts'
 # protocols (settings per NFE, Heun on the rho = 7 grid; tests/test_papers.py checks them): those cells are replaced;
-# every other cell of that grid stays as it was.
+# every other cell of that grid stays as it was, but the EDM model's, which end at EDM's sigma = 0.002 (in the VP time
+# of its checkpoint) instead of t = 0.002.
 OFFICIAL_PROTOCOLS = {"results/papers/dpm-solver-v3": ("dpm-solver-v3", "heun")}
+SIGMA_RANGE = ("results/papers/dpm-solver-v3", "edm-cifar10-uncond-vp")
 
 
 def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[str, dict[str, list[str]]]
@@ -56,10 +58,14 @@ def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[
             out[results_dir][f"model:{m}"] = now[results_dir][f"model:{m}"]
         out[results_dir] = dict(sorted(out[results_dir].items()))
     for results_dir, names in OFFICIAL_PROTOCOLS.items():
-        def named(cells: list[str], names: tuple[str, ...] = names) -> set[str]:
-            return {c for c in cells if c.split("|")[4].partition(":")[0] in names}
-        old, new = named(out[results_dir]["cells"]), named(now[results_dir]["cells"])
-        assert old and new and not old & new
+        def changed(cells: list[str], names: tuple[str, ...] = names, where: str = results_dir) -> set[str]:
+            return {c for c in cells if c.split("|")[4].partition(":")[0] in names
+                    or (where, c.split("|")[0]) == SIGMA_RANGE}
+        old, new = changed(out[results_dir]["cells"]), changed(now[results_dir]["cells"])
+        assert old and new and not {c.split("|")[4] for c in old if c.split("|")[4].startswith(names)} & {
+            c.split("|")[4] for c in new if c.split("|")[4].startswith(names)}  # every spec of those rows changed
+        assert {c.split("|")[7] for c in old if c.split("|")[0] == SIGMA_RANGE[1]} == {"0.002"}
+        assert "0.002" not in {c.split("|")[7] for c in new if c.split("|")[0] == SIGMA_RANGE[1]}
         out[results_dir]["cells"] = sorted(set(out[results_dir]["cells"]) - old | new)
     for results_dir in ADDED_GRIDS:
         assert results_dir not in out and results_dir in now

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,10 @@ def test_paper_config_settings_match_the_papers() -> None:
     for group in grid.nfe_groups(scoresde):  # eps = 1e-3 for NFE <= 10, 1e-4 above (nfe_overrides)
         assert grid.t_end_of(scoresde, group) == (1e-3 if max(group) <= 10 else 1e-4)
         assert max(group) <= 10 or min(group) > 10
-    assert grid.t_end_of("edm-cifar10-uncond-vp") == 0.002
+    edm = build_manifest_schedule("edm-cifar10-uncond-vp")  # vp-linear: EDM's sigma is sigma / alpha of its time
+    t_start = float(cfg["models"]["edm-cifar10-uncond-vp"]["t_start"])
+    for t, sigma in ((t_start, 80.0), (grid.t_end_of("edm-cifar10-uncond-vp"), 0.002)):  # App. D.2, edm/sample.py:78-79
+        assert math.isclose(edm.sigma(t) / edm.alpha(t), sigma, rel_tol=1e-12)
     assert grid.num_samples("edm-cifar10-uncond-vp") == 50000 and grid.num_samples("sd14") == 10000
     assert grid.reference_args("sd14").startswith("--solver dpm-solver++:order=2,method=multistep --nfe 200 ")
     assert grid.has_reference("sd14") and not grid.has_reference("edm-cifar10-uncond-vp")
@@ -204,6 +208,16 @@ def _protocol(grid: Any, model: str, name: str) -> dict[tuple[str, str, int], di
             sol = get_solver(spec)
             out[(c["guidance"], c["schedule"], c["nfe"], sol.spec)] = dict(sol.opts)
     return out
+
+
+def build_manifest_schedule(model: str) -> Any:
+    """The noise schedule of a checkpoint id of config/checkpoints.yaml (its entry's kind; the edm-pickle VP nets'
+    beta_min = 0.1, beta_d = 19.9, as the adapter reads them from the network)."""
+    from dpmbench.models.manifest import load_manifest
+    from dpmbench.schedules import VPLinear
+
+    assert load_manifest()[model].schedule == "vp-linear"
+    return VPLinear(beta_0=0.1, beta_1=0.1 + 19.9)
 
 
 def test_dpm_solver_v3_rows_run_the_official_scripts_settings() -> None:
@@ -344,7 +358,7 @@ def test_snakemake_dry_run_of_a_paper_config_builds_the_dag() -> None:
     assert re.search(r"reference_run\s+2\b", log)  # sd14 at guidance 1.5 and 7.5
     assert "--model sd14" in log and "--solver dpm-solver++:order=2,method=multistep --nfe 200" in log
     assert "--fid-stats lsun-bedroom-256-adm-ref" in log and "--fid-stats imagenet-256-adm-ref" in log
-    assert re.search(r"--model edm-cifar10-uncond-vp .*--t-end 0\.002", log)
+    assert re.search(r"--model edm-cifar10-uncond-vp .*--t-end 3\.984197539140\d*e-05 --t-start 0\.933511143240", log)
     assert re.search(r"--model scoresde-cifar10-ddpmpp-deep-continuous .*--t-end 0\.001", log)
     # a solver entry's per-NFE options reach the jobs of its NFE groups (sample and prepare), its own schedule too
     edm = "dpmbench (sample|prepare) --model edm-cifar10-uncond-vp --solver"
