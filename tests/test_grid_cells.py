@@ -156,3 +156,16 @@ def test_a_solver_entry_guidance_is_refused_on_an_unconditional_model() -> None:
     with pytest.raises(DpmbenchError, match=r"'solvers\[1\].guidance': model 'edm-cifar10-uncond-vp' is uncond"):
         build_grid({**BASE, "solvers": ["ddim", {"solver": "heun", "guidance": [2.0]}],
                     "models": {"edm-cifar10-uncond-vp": {"num_samples": 4}}})
+
+
+def test_a_named_search_set_at_some_nfe_is_an_input_of_the_cell() -> None:
+    from types import SimpleNamespace
+
+    entry = {"solver": "ddim", "nfe_options": [{"nfe": [10], "options": {"denoise_to_zero": True}}]}
+    cfg = {**BASE, "solvers": [entry], "models": {"gmm-digits": {"num_samples": 4}}}
+    g = build_grid(cfg)
+    g.searches = {"true": {}}  # a search named like the option's value (checked by value, as usf's schedule_name)
+    wc = SimpleNamespace(model="gmm-digits", solver="ddim", schedule="logsnr")
+    assert g.solver_search_inputs(wc) == [f"{g.artifacts_dir()}/named/true.json"]
+    assert g.spec("ddim", "gmm-digits", [10]) == "ddim:denoise_to_zero=true"
+    assert g.spec("ddim", "gmm-digits", [5]) == "ddim"

@@ -140,8 +140,10 @@ class GridPaths:
         """Named searches a solver spec refers to by an option value (e.g. ``usf:schedule_name=NAME``)."""
         from dpmbench.optvalues import split_spec
 
-        _, opts = split_spec(self.spec(wc.solver))
-        return [f"{self.artifacts_dir()}/named/{v}.json" for v in opts.values() if v in self.searches]
+        specs = dict.fromkeys([self.spec(wc.solver), *(self.spec(wc.solver, wc.model, [n])  # nfe_options too
+                                                        for n in self.models[wc.model].nfe)])
+        names = dict.fromkeys(v for spec in specs for v in split_spec(spec)[1].values() if v in self.searches)
+        return [f"{self.artifacts_dir()}/named/{v}.json" for v in names]
 
     def cells(self) -> list[dict[str, Any]]:
         """Every (model, guidance, seed, schedule, solver, nfe) cell of the grid."""
