@@ -32,8 +32,8 @@ def expand(config: dict[str, Any]) -> dict[str, Any]:
     for c in g.cells():
         m = c["model"]
         cells.append("|".join(str(v) for v in (
-            m, c["guidance"], c["seed"], g.schedule(c["schedule"]), g.spec(c["solver"]), c["solver"], c["nfe"],
-            g.t_end_of(m, [c["nfe"]]), c["solver"] in g.prepares)))
+            m, c["guidance"], c["seed"], g.schedule(c["schedule"]), g.spec(c["solver"], m, [c["nfe"]]), c["solver"],
+            c["nfe"], g.t_end_of(m, [c["nfe"]]), c["solver"] in g.prepares)))
         models[m] = json.dumps({
             "num_samples": g.num_samples(m), "shards": g.shards_of(m), "batch": g.batch_arg(m),
             "captions": g.captions_arg(m), "reference": g.reference_args(m), "has_reference": g.has_reference(m),

@@ -264,3 +264,26 @@ def test_finite_difference_jvps_agree_with_forward_mode() -> None:
     fd = x0_jvps_fd(model, x, lam, v, z)
     for a, f in zip(ad, fd, strict=True):
         assert float((a - f).norm() / a.norm()) < 1e-5
+
+
+def test_half_corrector_corrects_only_its_half_of_the_time_range() -> None:
+    """corrector_half: high-noise corrects the points with t > 0.5 (official dpm_solver_v3.py:766), low-noise those
+    with t <= 0.5 (the paper's Sec. 3.3): on a range entirely on one side of 0.5 one variant is the full corrector
+    and the other no corrector; across 0.5 each differs from both (degenerated EMS: no estimate needed)."""
+    model = load_model("gmm-2d")
+    x_T = model.prior(32, seed=2, dtype=torch.float64)
+    base = "dpm-solver-v3:degenerated=true,order=2,ems_steps=8"
+
+    def run(extra: str, **kw: float) -> torch.Tensor:
+        return sample(model, f"{base}{extra}", 8, x_T, schedule="time-uniform", **kw)
+
+    for kw, same_as_full in (({"t_end": 0.6}, "high-noise"), ({"t_start": 0.5, "t_end": T_END}, "low-noise")):
+        full, off = run("", **kw), run(",corrector=false", **kw)
+        assert not torch.equal(full, off)
+        other = "low-noise" if same_as_full == "high-noise" else "high-noise"
+        assert torch.equal(run(f",corrector_half={same_as_full}", **kw), full)
+        assert torch.equal(run(f",corrector_half={other}", **kw), off)
+    full, off = run("", t_end=T_END), run(",corrector=false", t_end=T_END)
+    for half in ("high-noise", "low-noise"):
+        x = run(f",corrector_half={half}", t_end=T_END)
+        assert not torch.equal(x, full) and not torch.equal(x, off)

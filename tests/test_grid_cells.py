@@ -28,6 +28,12 @@ ADDED_MODELS = {"results": ("gmm-2d-flow", "gmm-digits-flow", "digits-flow")}
 # Configs added since a0e31b9 (their own results directories; each has its own expansion test): config/flow.yaml
 # (tests/test_flow_adapters.py).
 ADDED_GRIDS = ("results/flow",)
+# DPM-Solver-v3's rows and the EDM Heun row of config/reproductions/dpm-solver-v3.yaml run the official scripts'
+# protocols (settings per NFE, Heun on the rho = 7 grid; tests/test_papers.py checks them): those cells are replaced;
+# every other cell of that grid stays as it was, but the EDM model's, which end at EDM's sigma = 0.002 (in the VP time
+# of its checkpoint) instead of t = 0.002.
+OFFICIAL_PROTOCOLS = {"results/papers/dpm-solver-v3": ("dpm-solver-v3", "heun")}
+SIGMA_RANGE = ("results/papers/dpm-solver-v3", "edm-cifar10-uncond-vp")
 
 
 def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[str, dict[str, list[str]]]
@@ -51,6 +57,16 @@ def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[
             assert f"model:{m}" not in out[results_dir]
             out[results_dir][f"model:{m}"] = now[results_dir][f"model:{m}"]
         out[results_dir] = dict(sorted(out[results_dir].items()))
+    for results_dir, names in OFFICIAL_PROTOCOLS.items():
+        def changed(cells: list[str], names: tuple[str, ...] = names, where: str = results_dir) -> set[str]:
+            return {c for c in cells if c.split("|")[4].partition(":")[0] in names
+                    or (where, c.split("|")[0]) == SIGMA_RANGE}
+        old, new = changed(out[results_dir]["cells"]), changed(now[results_dir]["cells"])
+        assert old and new and not {c.split("|")[4] for c in old if c.split("|")[4].startswith(names)} & {
+            c.split("|")[4] for c in new if c.split("|")[4].startswith(names)}  # every spec of those rows changed
+        assert {c.split("|")[7] for c in old if c.split("|")[0] == SIGMA_RANGE[1]} == {"0.002"}
+        assert "0.002" not in {c.split("|")[7] for c in new if c.split("|")[0] == SIGMA_RANGE[1]}
+        out[results_dir]["cells"] = sorted(set(out[results_dir]["cells"]) - old | new)
     for results_dir in ADDED_GRIDS:
         assert results_dir not in out and results_dir in now
         out[results_dir] = now[results_dir]
@@ -99,3 +115,57 @@ def test_one_config_expands_like_the_fixture_of_its_results_dir() -> None:
     e = expand(read_yaml(root / "config" / "reproductions" / "dpm-solver.yaml"))
     before = json.loads(FIXTURE.read_text())[e["results_dir"]]
     assert sorted(e["cells"]) == before["cells"]  # NFE 10, 12 at 1e-3 and 15, 20 at 1e-4: once two files
+
+
+def test_a_solver_entry_sets_options_per_nfe_and_its_own_schedules_and_guidance() -> None:
+    entry = {"solver": "dpm-solver-v3:order=2", "nfe_options": [{"nfe": [10], "options": {"corrector": False}}]}
+    g = build_grid({**BASE, "solvers": ["ddim", entry, {"solver": "heun", "schedules": ["karras"], "guidance": [2.0]}],
+                    "models": {"gmm-2d": {"num_samples": 4}}})
+    assert g.nfe_groups("gmm-2d") == [[5, 15], [10]]  # NFEs whose specs differ are run by different jobs
+    specs = {(c["solver"], c["schedule"], c["guidance"], c["nfe"]): g.spec(c["solver"], "gmm-2d", [c["nfe"]])
+             for c in g.cells()}
+    v3 = "dpm-solver-v3__order-2"  # the cell keeps the entry's name
+    assert {n: specs[(v3, "logsnr", "none", n)] for n in (5, 10, 15)} == {
+        5: "dpm-solver-v3:order=2", 10: "dpm-solver-v3:order=2,corrector=false", 15: "dpm-solver-v3:order=2"}
+    assert {k for k in specs if k[0] == "heun"} == {("heun", "karras", "2.0", n) for n in (5, 10, 15)}
+    assert {k[1:3] for k in specs if k[0] != "heun"} == {("logsnr", "none")}
+    assert g.spec(v3) == "dpm-solver-v3:order=2"
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"solver": "heun", "nfe_options": [{"nfe": [7], "options": {"odd_nfe": "to-zero"}}]},
+     r"'solvers\[1\].nfe_options\[0\].nfe': 7 is not an nfe of the model; its nfe: \[5, 10, 15\]"),
+    ({"solver": "heun", "nfe_options": [{"nfe": [5], "options": {"odd": "to-zero"}}]},
+     r"'solvers\[1\].nfe_options': at nfe 5: invalid option of solver 'heun' 'odd'; .*did you mean 'odd_nfe'\?"),
+    ({"solver": "heun", "nfe_options": [{"nfe": [5], "options": {"odd_nfe": "x"}}]},
+     r"'solvers\[1\].nfe_options': at nfe 5: .*allowed: last-step, to-zero"),
+    ({"solver": "heun", "nfe_options": [{"nfe": [5], "options": {"odd_nfe": "to-zero"}},
+                                        {"nfe": [5], "options": {"odd_nfe": "last-step"}}]},
+     r"'solvers\[1\].nfe_options\[1\].nfe': 5 is also in solvers\[1\].nfe_options\[0\]"),
+    ({"solver": "heun", "nfe_options": [{"nfe": [5]}]}, r"'solvers\[1\].nfe_options\[0\]': 'options' is a required"),
+    ({"solver": "heun", "grid": 1}, r"'solvers\[1\].grid': unknown key"),
+    ({"solver": "heun", "schedules": ["karas"]}, r"'solvers\[1\].schedules\[0\]': unknown schedule 'karas'.*karras"),
+    ({"solver": "ddim"}, r"'solvers\[1\]': solver 'ddim' is listed twice"),
+])
+def test_bad_solver_entries_name_the_key(entry: dict, message: str) -> None:
+    with pytest.raises(DpmbenchError, match=message):
+        build_grid({**BASE, "solvers": ["ddim", entry], "models": {"gmm-2d": {"num_samples": 4}}})
+
+
+def test_a_solver_entry_guidance_is_refused_on_an_unconditional_model() -> None:
+    with pytest.raises(DpmbenchError, match=r"'solvers\[1\].guidance': model 'edm-cifar10-uncond-vp' is uncond"):
+        build_grid({**BASE, "solvers": ["ddim", {"solver": "heun", "guidance": [2.0]}],
+                    "models": {"edm-cifar10-uncond-vp": {"num_samples": 4}}})
+
+
+def test_a_named_search_set_at_some_nfe_is_an_input_of_the_cell() -> None:
+    from types import SimpleNamespace
+
+    entry = {"solver": "ddim", "nfe_options": [{"nfe": [10], "options": {"denoise_to_zero": True}}]}
+    cfg = {**BASE, "solvers": [entry], "models": {"gmm-digits": {"num_samples": 4}}}
+    g = build_grid(cfg)
+    g.searches = {"true": {}}  # a search named like the option's value (checked by value, as usf's schedule_name)
+    wc = SimpleNamespace(model="gmm-digits", solver="ddim", schedule="logsnr")
+    assert g.solver_search_inputs(wc) == [f"{g.artifacts_dir()}/named/true.json"]
+    assert g.spec("ddim", "gmm-digits", [10]) == "ddim:denoise_to_zero=true"
+    assert g.spec("ddim", "gmm-digits", [5]) == "ddim"

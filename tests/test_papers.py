@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -184,16 +185,75 @@ def test_paper_config_settings_match_the_papers() -> None:
     cfg = yaml.safe_load((ROOT / "config" / "reproductions" / "dpm-solver-v3.yaml").read_text())
     grid = build_grid(cfg)
     scoresde = "scoresde-cifar10-ddpmpp-deep-continuous"
-    low, high = grid.nfe_groups(scoresde)  # eps = 1e-3 for NFE <= 10, 1e-4 above (nfe_overrides)
-    assert grid.t_end_of(scoresde) == 1e-3 and grid.t_end_of(scoresde, low) == 1e-3
-    assert grid.t_end_of("edm-cifar10-uncond-vp") == 0.002
-    assert max(low) <= 10
-    assert grid.t_end_of(scoresde, high) == 1e-4
-    assert min(high) > 10
+    assert grid.t_end_of(scoresde) == 1e-3
+    for group in grid.nfe_groups(scoresde):  # eps = 1e-3 for NFE <= 10, 1e-4 above (nfe_overrides)
+        assert grid.t_end_of(scoresde, group) == (1e-3 if max(group) <= 10 else 1e-4)
+        assert max(group) <= 10 or min(group) > 10
+    edm = build_manifest_schedule("edm-cifar10-uncond-vp")  # vp-linear: EDM's sigma is sigma / alpha of its time
+    t_start = float(cfg["models"]["edm-cifar10-uncond-vp"]["t_start"])
+    for t, sigma in ((t_start, 80.0), (grid.t_end_of("edm-cifar10-uncond-vp"), 0.002)):  # App. D.2, edm/sample.py:78-79
+        assert math.isclose(edm.sigma(t) / edm.alpha(t), sigma, rel_tol=1e-12)
     assert grid.num_samples("edm-cifar10-uncond-vp") == 50000 and grid.num_samples("sd14") == 10000
     assert grid.reference_args("sd14").startswith("--solver dpm-solver++:order=2,method=multistep --nfe 200 ")
     assert grid.has_reference("sd14") and not grid.has_reference("edm-cifar10-uncond-vp")
     assert grid.fid_stats_arg("ldm-lsun-bedroom256") == "--fid-stats lsun-bedroom-256-adm-ref"
+
+
+def _protocol(grid: Any, model: str, name: str) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """(guidance, schedule, NFE) -> the options of solver ``name`` run there (every option, defaults included)."""
+    out = {}
+    for c in grid.cells():
+        spec = grid.spec(c["solver"], model, [c["nfe"]])
+        if c["model"] == model and spec.partition(":")[0] == name:
+            sol = get_solver(spec)
+            out[(c["guidance"], c["schedule"], c["nfe"], sol.spec)] = dict(sol.opts)
+    return out
+
+
+def build_manifest_schedule(model: str) -> Any:
+    """The noise schedule of a checkpoint id of config/checkpoints.yaml (its entry's kind; the edm-pickle VP nets'
+    beta_min = 0.1, beta_d = 19.9, as the adapter reads them from the network)."""
+    from dpmbench.models.manifest import load_manifest
+    from dpmbench.schedules import VPLinear
+
+    assert load_manifest()[model].schedule == "vp-linear"
+    return VPLinear(beta_0=0.1, beta_1=0.1 + 19.9)
+
+
+def test_dpm_solver_v3_rows_run_the_official_scripts_settings() -> None:
+    """DPM-Solver-v3's rows and the EDM Heun row run what thu-ml/DPM-Solver-v3@ba16871's scripts run at each model and
+    NFE (the settings as read from codebases/{score_sde,edm,guided-diffusion,stable-diffusion}; the citations are in
+    the config)."""
+    grid = build_grid(yaml.safe_load((ROOT / "config" / "reproductions" / "dpm-solver-v3.yaml").read_text()))
+    keys = ("predictor_pseudo", "corrector", "corrector_pseudo", "corrector_half", "lower_order_final", "ems_samples",
+            "ems_steps")
+
+    def settings(model: str) -> dict[tuple[str, int], tuple[Any, ...]]:
+        return {(g, n): tuple(o[k] for k in keys) for (g, _, n, _), o in _protocol(grid, model, "dpm-solver-v3").items()
+                if o["corrector_half"] == "off"}
+
+    # score_sde/sample.sh:5-35: p_pseudo at <= 5 steps (auto), lower_order_final off at 5, corrector off at 9-10
+    sde = settings("scoresde-cifar10-ddpmpp-deep-continuous")
+    assert sde == {("none", n): ("auto", n != 10, False, "off", n != 5, 4096, 1200) for n in (5, 6, 8, 10, 12, 15, 20,
+                                                                                             25)}
+    # edm/sample.py:166-174, edm/sample.sh:5-9: corrector at <= 6 steps; statistics 1200 x 1024 below 10, 120 x 4096
+    edm = settings("edm-cifar10-uncond-vp")
+    assert edm == {("none", n): ("auto", n <= 6, False, "off", True, 1024 if n < 10 else 4096, 1200 if n < 10 else 120)
+                   for n in (5, 6, 8, 10, 12, 15, 20, 25)}
+    nfes = (5, 6, 8, 10, 12, 15, 20)
+    # stable-diffusion sampler.py:84-93 (p_pseudo False, c_pseudo True), txt2img.py:250, sample.sh:11 / 22
+    assert settings("ldm-lsun-bedroom256") == {("none", n): ("false", True, True, "off", True, 1024, 120) for n in nfes}
+    assert settings("sd14") == {(g, n): ("false", True, True, "off", True, 1024, 250) for g in ("1.5", "7.5")
+                                for n in nfes}
+    halves = {(g, n) for (g, _, n, _), o in _protocol(grid, "sd14", "dpm-solver-v3").items()
+              if o["corrector_half"] == "low-noise"}
+    assert halves == {("7.5", n) for n in nfes}  # the paper's half-corrector (Sec. 3.3, 4.1) beside the full one
+    # guided-diffusion runners/diffusion.py:424-432, sample.sh:3
+    assert settings("adm-imagenet256-classifier-guided") == {("2.0", n): ("false", True, True, "off", True, 1024, 500)
+                                                             for n in nfes}
+    heun = _protocol(grid, "edm-cifar10-uncond-vp", "heun")  # edm/sample.sh:11, edm/samplers/heun.py:77-101
+    assert {(s, n, o["odd_nfe"]) for (_, s, n, _), o in heun.items()} == {
+        ("karras", n, "to-zero") for n in (5, 6, 8, 10, 12, 15, 20, 25)}
 
 
 def _comparison_rows(md: str) -> list[str]:
@@ -298,8 +358,14 @@ def test_snakemake_dry_run_of_a_paper_config_builds_the_dag() -> None:
     assert re.search(r"reference_run\s+2\b", log)  # sd14 at guidance 1.5 and 7.5
     assert "--model sd14" in log and "--solver dpm-solver++:order=2,method=multistep --nfe 200" in log
     assert "--fid-stats lsun-bedroom-256-adm-ref" in log and "--fid-stats imagenet-256-adm-ref" in log
-    assert re.search(r"--model edm-cifar10-uncond-vp .*--t-end 0\.002", log)
+    assert re.search(r"--model edm-cifar10-uncond-vp .*--t-end 3\.984197539140\d*e-05 --t-start 0\.933511143240", log)
     assert re.search(r"--model scoresde-cifar10-ddpmpp-deep-continuous .*--t-end 0\.001", log)
+    # a solver entry's per-NFE options reach the jobs of its NFE groups (sample and prepare), its own schedule too
+    edm = "dpmbench (sample|prepare) --model edm-cifar10-uncond-vp --solver"
+    assert re.search(rf"{edm} dpm-solver-v3:ems_samples=1024,ems_steps=1200 --nfe 5,6 ", log)
+    assert re.search(rf"{edm} dpm-solver-v3:ems_samples=1024,ems_steps=1200,corrector=false --nfe 8 ", log)
+    assert re.search(rf"{edm} dpm-solver-v3:ems_samples=4096,ems_steps=120,corrector=false --nfe 10,12,15,20,25 ", log)
+    assert re.search(rf"{edm} heun:odd_nfe=to-zero --nfe 5,6 .*--schedule karras ", log)
 
 
 def test_page_is_optional_and_the_report_opens_with_coverage(tmp_path: Path) -> None:

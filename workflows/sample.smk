@@ -1,6 +1,6 @@
 # One job per (model, guidance, seed, schedule, solver, shard) and NFE group: loads the model once and writes that
 # shard of every NFE of the group (nfe<N>/<lo>-<hi>.npz, samples lo..hi-1). One rule per distinct NFE group
-# (per-model NFE lists, nfe_overrides). On a cluster, the jobs of one model form the group "sample-<model>" (see
+# (per-model NFE lists, nfe_overrides, a solver entry's nfe_options). On a cluster, the jobs of one model form the group "sample-<model>" (see
 # profiles/slurm: many jobs per submission). A plugin solver's jobs re-run when its module's code changes
 # (params.code: module and source digest; dpmbench.grid.registry).
 for _suffix, _nfes, _models in GRID.nfe_sets():
@@ -23,7 +23,7 @@ for _suffix, _nfes, _models in GRID.nfe_sets():
             artifacts=lambda wc: ARTIFACTS,
             device=GRID.device,
             code=lambda wc: GRID.solver_code(wc.solver),
-            spec=lambda wc: shlex.quote(GRID.spec(wc.solver)),
+            spec=lambda wc, nfes=_nfes: shlex.quote(GRID.spec(wc.solver, wc.model, nfes)),
             schedule=lambda wc: shlex.quote(GRID.schedule(wc.schedule)),
             nfe=",".join(str(n) for n in _nfes),
             lo=lambda wc: int(wc.shard.split("-")[0]),

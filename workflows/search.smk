@@ -2,7 +2,8 @@
 # the DAG under <results>/artifacts (DPMBENCH_ARTIFACTS of every job), content-keyed or named.
 #   named searches (config `searches:`), e.g. an optimized time grid used as `schedules: [searched:NAME]`;
 #   prepare: a solver's own cached artifacts (DC-Solver ratios, DPM-Solver-v3 statistics, ...) per cell: one job
-#   per NFE group of the cell (`prepare` for the first, `prepare_group` for the others: models with nfe_overrides).
+#   per NFE group of the cell (`prepare` for the first, `prepare_group` for the others: models with nfe_overrides or
+#   a solver entry with nfe_options).
 rule search:
     input:
         search_checkpoint_input,
@@ -42,7 +43,7 @@ rule prepare:
         job=JOB,
         artifacts=lambda wc: ARTIFACTS,
         device=GRID.device,
-        spec=lambda wc: shlex.quote(GRID.spec(wc.solver)),
+        spec=lambda wc: shlex.quote(GRID.spec(wc.solver, wc.model, GRID.nfe_groups(wc.model)[0])),
         schedule=lambda wc: shlex.quote(GRID.schedule(wc.schedule)),
         nfe=lambda wc: ",".join(str(n) for n in GRID.nfe_groups(wc.model)[0]),
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
@@ -79,7 +80,7 @@ rule prepare_group:
         job=JOB,
         artifacts=lambda wc: ARTIFACTS,
         device=GRID.device,
-        spec=lambda wc: shlex.quote(GRID.spec(wc.solver)),
+        spec=lambda wc: shlex.quote(GRID.spec(wc.solver, wc.model, [int(n) for n in wc.nfes.split("_")])),
         schedule=lambda wc: shlex.quote(GRID.schedule(wc.schedule)),
         nfe=lambda wc: wc.nfes.replace("_", ","),
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),

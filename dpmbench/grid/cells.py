@@ -16,7 +16,7 @@ from typing import Any
 from dpmbench.errors import DpmbenchError
 from dpmbench.flowgrids import PARAMETERIZED, is_flow_kind, parse_kind
 from dpmbench.grid.manifests import checkpoint_manifest, entry_conditional, load_manifests, manifest_conditional
-from dpmbench.grid.overrides import apply_solver_options, nfe_groups, nfe_settings
+from dpmbench.grid.overrides import apply_solver_options, nfe_groups, nfe_settings, nfe_specs, solver_entries
 from dpmbench.grid.paths import GridPaths, guidance_key, slug
 from dpmbench.grid.registry import Registry, reference_stats_names
 from dpmbench.grid.schema import DEFAULT_SCHEMA, bad, check_schema, hint
@@ -48,7 +48,25 @@ class ModelGrid:
     metrics: list[str]
     batch_size: int | None
     shards: list[tuple[int, int]] = field(default_factory=list)
-    nfe_settings: dict[int, dict[str, Any]] = field(default_factory=dict)  # per NFE: t_end (nfe_overrides)
+    nfe_settings: dict[int, dict[str, Any]] = field(default_factory=dict)  # per NFE: t_end, specs (nfe_options)
+    solver_schedules: dict[str, list[str]] = field(default_factory=dict)  # slug -> its own schedules (slugs)
+    solver_guidance: dict[str, list[str]] = field(default_factory=dict)  # slug -> its own guidance scales
+
+    def schedules_of(self, solver: str) -> list[str]:
+        """The schedules (slugs) solver ``solver`` (a slug) runs on: its entry's, else the model's."""
+        return self.solver_schedules.get(solver, self.schedules)
+
+    def guidance_of(self, solver: str) -> list[str]:
+        """The guidance scales solver ``solver`` (a slug) runs at: its entry's, else the model's."""
+        return self.solver_guidance.get(solver, self.guidance)
+
+    def all_schedules(self) -> list[str]:
+        """Every schedule some solver of the model runs on (the model's first)."""
+        return list(dict.fromkeys([*self.schedules, *(s for v in self.solver_schedules.values() for s in v)]))
+
+    def all_guidance(self) -> list[str]:
+        """Every guidance scale some solver of the model runs at (the model's first)."""
+        return list(dict.fromkeys([*self.guidance, *(g for v in self.solver_guidance.values() for g in v)]))
 
     @property
     def nfe_groups(self) -> list[list[int]]:
@@ -135,21 +153,47 @@ class Grid(GridPaths):
                     _check_schedule(s, f"{where['schedules']}[{i}]", schedules_known,
                                     ", or searched:NAME with NAME in searches")
                 self.schedule_specs[slug(s)] = s
+            entries = solver_entries(list(eff["solvers"]))
             if "solver_options" in mc:
-                eff["solvers"] = apply_solver_options(list(eff["solvers"]), mc["solver_options"],
-                                                      f"models.{name}.solver_options")
-            slugs = []
-            for i, spec in enumerate(eff["solvers"]):
+                for e, spec in zip(entries, apply_solver_options([e.spec for e in entries], mc["solver_options"],
+                                                                 f"models.{name}.solver_options"), strict=True):
+                    e.spec = spec
+            eff["solvers"] = [e.spec for e in entries]
+            nfes = sorted(int(v) for v in eff["nfe"])
+            slugs: list[str] = []
+            per_nfe: dict[str, dict[int, str]] = {}  # slug -> the spec at the NFEs its entry's nfe_options name
+            own_schedules: dict[str, list[str]] = {}
+            own_guidance: dict[str, list[str]] = {}
+            for i, e in enumerate(entries):
+                spec, at = e.spec, f"{where['solvers']}[{i}]"
                 problem = reg.solver_error(spec)
                 if problem:
-                    raise bad(f"{where['solvers']}[{i}]", problem)
+                    raise bad(at, problem)
                 for n in eff["nfe"]:
                     problem = reg.solver_error(spec, int(n))
                     if problem:
                         raise bad(where["nfe"], problem)
                 key = slug(spec)
                 if self.specs.get(key, spec) != spec:
-                    raise bad(f"{where['solvers']}[{i}]", f"{spec!r} and {self.specs[key]!r} share a path name")
+                    raise bad(at, f"{spec!r} and {self.specs[key]!r} share a path name")
+                if key in slugs:
+                    raise bad(at, f"solver {spec!r} is listed twice")
+                for n, s in nfe_specs(spec, e.nfe_options, nfes, f"{at}.nfe_options").items():
+                    problem = reg.solver_error(s) or reg.solver_error(s, n)
+                    if problem:
+                        raise bad(f"{at}.nfe_options", f"at nfe {n}: {problem}")
+                    per_nfe.setdefault(key, {})[n] = s
+                if e.schedules is not None:
+                    for j, sc in enumerate(e.schedules):
+                        if sc.startswith("searched:"):
+                            self._check_searched(sc, f"{at}.schedules[{j}]", name, eff["nfe"])
+                        else:
+                            _check_schedule(sc, f"{at}.schedules[{j}]", schedules_known,
+                                            ", or searched:NAME with NAME in searches")
+                        self.schedule_specs[slug(sc)] = sc
+                    own_schedules[key] = [slug(sc) for sc in e.schedules]
+                if e.guidance is not None:
+                    own_guidance[key] = [guidance_key(g) for g in e.guidance]
                 self.specs[key] = spec
                 slugs.append(key)
                 if reg.solver_prepares(spec):
@@ -169,6 +213,9 @@ class Grid(GridPaths):
             self.captions[name] = mc.get("captions")
             if any(g != "none" for g in guidance) and conditional is False:
                 raise bad(where["guidance"], f"model {name!r} is unconditional; allowed: [none]")
+            for i, key in enumerate(slugs):
+                if any(g != "none" for g in own_guidance.get(key, [])) and conditional is False:
+                    raise bad(f"{where['solvers']}[{i}].guidance", f"model {name!r} is unconditional; allowed: [none]")
             if "reference_solver" in mc:
                 rs = mc["reference_solver"]
                 problem = reg.solver_error(rs["solver"], int(rs["nfe"]))
@@ -187,8 +234,10 @@ class Grid(GridPaths):
             kind = (manifest[name].schedule if name in manifest else named_only[name].get("schedule")
                     if name in named_only else reg.model(name)["schedule"])
             self._check_start(reg, name, mc, eff, where, kind)
-            nfes = sorted(int(v) for v in eff["nfe"])
             settings = nfe_settings(nfes, eff["nfe_overrides"], {"t_end": self.t_end_of(name)}, where["nfe_overrides"])
+            if per_nfe:  # NFEs whose specs differ fall in different NFE groups
+                for n in nfes:
+                    settings[n]["specs"] = {k: v[n] for k, v in per_nfe.items() if n in v}
             if self._has_reference[name] and any(v["t_end"] != self.t_end_of(name) for v in settings.values()):
                 raise bad(where["nfe_overrides"], f"model {name!r} has a reference file (at its t_end "
                           f"{self.t_end_of(name)}): its NFEs cannot have another t_end")
@@ -205,6 +254,7 @@ class Grid(GridPaths):
                 seeds=[int(s) for s in eff["seeds"]], metrics=list(eff["metrics"]),
                 batch_size=None if eff["batch_size"] is None else int(eff["batch_size"]),
                 shards=[(lo, min(lo + per, n)) for lo in range(0, n, per)],
+                solver_schedules=own_schedules, solver_guidance=own_guidance,
             )
         # the checkpoint models of the grid: their files are pulled and verified before any of their jobs
         oracles = reg.models()
@@ -291,9 +341,13 @@ class Grid(GridPaths):
         """Samples per cell of ``model``."""
         return self.models[model].num_samples
 
-    def spec(self, solver_slug: str) -> str:
-        """The solver spec behind a slug."""
-        return self.specs[solver_slug]
+    def spec(self, solver_slug: str, model: str | None = None, nfes: list[int] | None = None) -> str:
+        """The solver spec behind a slug; with ``model`` and its NFE group ``nfes``, the spec run there (its
+        entry's ``nfe_options`` set)."""
+        base = self.specs[solver_slug]
+        if model is None or not nfes:
+            return base
+        return str(self.models[model].nfe_settings.get(int(nfes[0]), {}).get("specs", {}).get(solver_slug, base))
 
     def nfes(self, model: str) -> list[int]:
         """NFE budgets of ``model``."""

@@ -9,10 +9,17 @@ sets is replaced in place, others are appended in the order given: ``dpm-solver-
 gives NFE budgets their own settings — the end time a paper uses above some NFE — in one config. The NFEs of a
 model with equal settings form one *NFE group*: one sample job and one metrics job per group (their rules are
 static patterns, one per distinct NFE list).
+
+An entry of a ``solvers`` list is a spec, or a mapping that gives one solver its own protocol: ``{solver: SPEC,
+nfe_options: [{nfe: [9, 10], options: {corrector: false}}], schedules: [karras], guidance: [7.5]}`` — options that
+change with the NFE budget (the official scripts' per-NFE settings), and schedules / guidance scales that replace the
+model's for this solver. The cell keeps the entry's spec as its name (its directory); the spec run at an NFE is the
+entry's with that NFE's options set, and NFEs whose specs differ fall in different NFE groups.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from dpmbench.grid.schema import bad
@@ -60,3 +67,37 @@ def nfe_groups(settings: dict[int, dict[str, Any]]) -> list[list[int]]:
     for n in sorted(settings):
         groups.setdefault(repr(sorted(settings[n].items())), []).append(n)
     return list(groups.values())
+
+
+@dataclass
+class SolverEntry:
+    """One entry of a ``solvers`` list: its spec and, for a mapping entry, its own schedules, guidance scales (None:
+    the model's) and per-NFE options."""
+
+    spec: str
+    schedules: list[str] | None = None
+    guidance: list[Any] | None = None
+    nfe_options: list[dict[str, Any]] = field(default_factory=list)
+
+
+def solver_entries(items: list[Any]) -> list[SolverEntry]:
+    """The entries of a (schema-checked) ``solvers`` list: a spec string or a mapping with ``solver``."""
+    return [SolverEntry(str(i)) if not isinstance(i, dict) else
+            SolverEntry(str(i["solver"]), i.get("schedules"), i.get("guidance"), list(i.get("nfe_options", [])))
+            for i in items]
+
+
+def nfe_specs(spec: str, nfe_options: list[dict[str, Any]], nfes: list[int], where: str) -> dict[int, str]:
+    """The spec run at each NFE that an ``nfe_options`` item names (``spec`` with its options set); an NFE the model
+    does not run, or one named by two items, is an error naming the item."""
+    out: dict[int, str] = {}
+    seen: dict[int, int] = {}
+    for j, item in enumerate(nfe_options):
+        for n in item["nfe"]:
+            if n not in nfes:
+                raise bad(f"{where}[{j}].nfe", f"{n} is not an nfe of the model; its nfe: {sorted(nfes)}")
+            if n in seen:
+                raise bad(f"{where}[{j}].nfe", f"{n} is also in {where}[{seen[n]}]")
+            seen[n] = j
+            out[n] = with_options(spec, item["options"])
+    return out

@@ -55,7 +55,7 @@ class GridPaths:
     prepares: set[str]
     searches: dict[str, dict[str, Any]]
 
-    def spec(self, solver_slug: str) -> str:  # defined by Grid
+    def spec(self, solver_slug: str, model: str | None = None, nfes: list[int] | None = None) -> str:  # by Grid
         raise NotImplementedError
 
     def schedule(self, schedule_slug: str) -> str:  # defined by Grid
@@ -140,15 +140,17 @@ class GridPaths:
         """Named searches a solver spec refers to by an option value (e.g. ``usf:schedule_name=NAME``)."""
         from dpmbench.optvalues import split_spec
 
-        _, opts = split_spec(self.spec(wc.solver))
-        return [f"{self.artifacts_dir()}/named/{v}.json" for v in opts.values() if v in self.searches]
+        specs = dict.fromkeys([self.spec(wc.solver), *(self.spec(wc.solver, wc.model, [n])  # nfe_options too
+                                                        for n in self.models[wc.model].nfe)])
+        names = dict.fromkeys(v for spec in specs for v in split_spec(spec)[1].values() if v in self.searches)
+        return [f"{self.artifacts_dir()}/named/{v}.json" for v in names]
 
     def cells(self) -> list[dict[str, Any]]:
         """Every (model, guidance, seed, schedule, solver, nfe) cell of the grid."""
         return [
             {"model": m, "guidance": g, "seed": sd, "schedule": s, "solver": k, "nfe": n}
-            for m, mg in self.models.items() for g in mg.guidance for sd in mg.seeds for s in mg.schedules
-            for k in mg.solvers for n in mg.nfe
+            for m, mg in self.models.items() for g in mg.all_guidance() for sd in mg.seeds for s in mg.all_schedules()
+            for k in mg.solvers if g in mg.guidance_of(k) and s in mg.schedules_of(k) for n in mg.nfe
         ]
 
     def _cell_path(self, c: dict[str, Any]) -> str:
@@ -165,7 +167,7 @@ class GridPaths:
     def all_reference_files(self) -> list[str]:
         """Every exact-solutions file of the grid (models that have exact solutions)."""
         return [f"{self.results_dir}/{m}/g{g}/seed{sd}/reference.npz"
-                for m, mg in self.models.items() if self.has_reference(m) for g in mg.guidance for sd in mg.seeds]
+                for m, mg in self.models.items() if self.has_reference(m) for g in mg.all_guidance() for sd in mg.seeds]
 
     def remove_corrupt(self, remove: bool = True) -> list[str]:
         """Find the grid's shard, reference and metric files that exist but are incomplete — a truncated ``.npz``

@@ -27,7 +27,7 @@ def config_cells(config_dir: str | Path = ROOT / "config" / "reproductions") -> 
     for path in sorted(Path(config_dir).glob("*.yaml")):
         grid = build_grid(read_yaml(path))
         for c in grid.cells():
-            spec = canonical_spec(grid.spec(c["solver"]))
+            spec = canonical_spec(grid.spec(c["solver"], c["model"], [c["nfe"]]))
             for metric in grid.metrics(c["model"]):
                 key = (c["model"], spec, metric, c["nfe"], c["schedule"], c["guidance"])
                 cells.setdefault(key, set()).add((grid.t_end_of(c["model"], [c["nfe"]]), grid.num_samples(c["model"])))

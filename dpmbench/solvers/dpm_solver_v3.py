@@ -320,6 +320,7 @@ def taylor_weights(lams: list[float], pseudo: bool) -> np.ndarray:
 
 # -- the solver ---------------------------------------------------------------------------------------------------
 TRI = ("auto", "true", "false")
+HALF = ("off", "high-noise", "low-noise")  # corrector_half: where the corrector runs
 
 
 @register
@@ -339,6 +340,7 @@ class DPMSolverV3(MultistepSolver):
     predictor_pseudo: str
     corrector: bool
     corrector_pseudo: bool
+    corrector_half: str
     lower_order_final: bool
     degenerated: bool
     ems_samples: int
@@ -346,23 +348,34 @@ class DPMSolverV3(MultistepSolver):
     ems_seed: int
     options = {
         "order": Option(str, "auto", "predictor order 1, 2, 3; auto: 3 unconditional, 2 with guidance (the official "
-                        "README's recommendation; measured: order 3 is unstable on gmm-digits at guidance 7.5)",
-                        choices=("auto", "1", "2", "3")),
+                        "README's recommendation, thu-ml/DPM-Solver-v3@ba16871:README.md:243; measured: order 3 is "
+                        "unstable on gmm-digits at guidance 7.5)", choices=("auto", "1", "2", "3")),
         "predictor_pseudo": Option(str, "auto", "pseudo-order predictor (divided differences): auto = on at <= 5 "
-                                   "steps (official CIFAR-10 scripts, score_sde/edm sample.sh), true, false",
-                                   choices=TRI),
+                                   "steps (official CIFAR-10 scripts: thu-ml/DPM-Solver-v3@ba16871:codebases/edm/"
+                                   "sample.py:170, codebases/score_sde/sample.sh:9-10), true, false", choices=TRI),
         "corrector": Option(bool, True, "corrector after every predictor step but the last, no extra NFE (official "
-                            "use_corrector=True; its scripts switch it off at some NFEs)"),
+                            "use_corrector=True, thu-ml/DPM-Solver-v3@ba16871:README.md:236; its scripts switch it "
+                            "off at some NFEs, e.g. codebases/edm/sample.py:171)"),
         "corrector_pseudo": Option(bool, False, "pseudo-order corrector of order p + 1 (divided differences over "
                                    "one more point) instead of order p (official c_pseudo; False in the CIFAR-10 "
-                                   "scripts)"),
+                                   "scripts, thu-ml/DPM-Solver-v3@ba16871:codebases/edm/sample.py:172, "
+                                   "codebases/score_sde/sample.sh:35; True in the LSUN / ImageNet / Stable Diffusion "
+                                   "ones)"),
+        "corrector_half": Option(str, "off", "half-corrector: correct only the points with t > 0.5 (high-noise, "
+                                 "what the official code does: thu-ml/DPM-Solver-v3@ba16871:dpm_solver_v3.py:766) or "
+                                 "t <= 0.5 (low-noise, what the paper's Sec. 3.3 and the README:253 say); t in the "
+                                 "model's time variable (VP: [0, 1]); off = official half=False (dpm_solver_v3.py:749)",
+                                 choices=HALF),
         "lower_order_final": Option(bool, True, "order of step i <= steps left, at every step count (official "
-                                    "lower_order_final=True)"),
+                                    "lower_order_final=True, thu-ml/DPM-Solver-v3@ba16871:README.md:238, "
+                                    "dpm_solver_v3.py:781-782)"),
         "degenerated": Option(bool, False, "use l = 1, s = 0, b = 0 instead of the EMS (official 'degenerated'; "
                               "paper App. A.2: then DPM-Solver-v3 is DPM-Solver++ with Taylor coefficients)"),
-        "ems_samples": Option(int, 256, "K, trajectories for the EMS (official 1024-4096; 256 keeps prepare at "
-                              "seconds on CPU for the oracle models)", minimum=2),
-        "ems_steps": Option(int, 64, "intervals of the uniform-lambda EMS grid (official 120-1200)", minimum=2),
+        "ems_samples": Option(int, 256, "K, trajectories for the EMS (official 1024-4096: the statistics "
+                              "directories ..._N_K of thu-ml/DPM-Solver-v3@ba16871:codebases/*/sample.sh, paper "
+                              "Sec. 3.4; 256 keeps prepare at seconds on CPU for the oracle models)", minimum=2),
+        "ems_steps": Option(int, 64, "N, intervals of the uniform-lambda EMS grid (official 120-1200: the "
+                            "statistics directories ..._N_K of codebases/*/sample.sh, paper Sec. 3.4)", minimum=2),
         "ems_seed": Option(int, 0, "seed of the EMS trajectories (x_T) and trace probes"),
     }
 
@@ -453,12 +466,21 @@ class DPMSolverV3(MultistepSolver):
         pseudo = bool(hist.plan.extra.get("predictor_pseudo", False))
         return self.ems_update(x, recs[0].point, t, [r.point for r in recs], [r.out for r in recs], pseudo)
 
+    def corrects_at(self, s: Point) -> bool:
+        """Whether the corrector refines the point ``s`` (``corrector_half``; official dpm_solver_v3.py:766
+        corrects where ``t > 0.5 or not half``)."""
+        if self.corrector_half == "high-noise":
+            return s.t > 0.5
+        if self.corrector_half == "low-noise":
+            return s.t <= 0.5
+        return True
+
     def correct(self, x_prev: torch.Tensor, x: torch.Tensor, hist: History, s: Point, out: torch.Tensor,
                 order: int) -> torch.Tensor:
         """The corrector (official multistep_corrector_update): order p, or pseudo-order p + 1; points (s0, t,
         older ...). f_theta at t (``out``) is kept, as the official code keeps N_theta."""
         c_order = order + int(self.corrector_pseudo)
-        if not self.corrector or c_order <= 1:
+        if not self.corrector or c_order <= 1 or not self.corrects_at(s):
             return x
         recs = [hist[-1]] + [hist[-(k + 1)] for k in range(1, c_order - 1)]
         points = [recs[0].point, s, *[r.point for r in recs[1:]]]
