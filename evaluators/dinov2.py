@@ -100,9 +100,14 @@ def _load(folder: str, device: str) -> tuple[Any, str]:
     hf_logging.disable_progress_bar()
 
     try:
-        model = Dinov2Model.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=torch.float32)
+        model, info = Dinov2Model.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                  dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise DpmbenchError(f"invalid DINOv2 weights folder {folder!r}: {str(exc).splitlines()[0]}") from None
+    bad = {k: sorted(map(str, v))[:3] for k, v in info.items()
+           if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:  # a partly random network would give plausible-looking, wrong features
+        raise DpmbenchError(f"invalid DINOv2 weights folder {folder!r}: {bad}")
     emb = model.embeddings
     emb.interpolate_pos_encoding = types.MethodType(_hub_interpolate_pos_encoding, emb)
     sha = sha256_file(Path(folder) / "model.safetensors")

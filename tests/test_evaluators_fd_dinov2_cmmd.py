@@ -61,16 +61,36 @@ def test_cmmd_formula_matches_a_double_loop(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 # -- fd_dinov2 -------------------------------------------------------------------------------------------
+# facebook/dinov2-large's model.safetensors names the attention weights as transformers 4 did; transformers 5
+# renames them on loading
+OLD_NAMES = {"attention.q_proj.": "attention.attention.query.", "attention.k_proj.": "attention.attention.key.",
+             "attention.v_proj.": "attention.attention.value.", "attention.o_proj.": "attention.output.dense."}
+
+
+def _old_layout(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        for new, old in OLD_NAMES.items():
+            k = k.replace(new, old)
+        out[k] = v.contiguous()
+    return out
+
+
 @pytest.fixture(scope="module")
 def tiny_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random transformers Dinov2Model of the real layout (patch 14, 518 px: 37 x 37 positions), tiny width."""
+    """A random transformers Dinov2Model of the real layout (patch 14, 518 px: 37 x 37 positions), tiny width,
+    saved as the published folder is: config.json and model.safetensors with the published weight names."""
+    from safetensors.torch import save_file
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
     cfg = Dinov2Config(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
                        image_size=518, patch_size=14)
     folder = tmp_path_factory.mktemp("dinov2")
-    Dinov2Model(cfg).save_pretrained(folder)  # config.json + model.safetensors
+    cfg.save_pretrained(folder)
+    sd = _old_layout(Dinov2Model(cfg).state_dict())
+    assert "encoder.layer.0.attention.attention.query.weight" in sd
+    save_file(sd, str(folder / "model.safetensors"))
     return folder
 
 
@@ -101,6 +121,10 @@ def test_fd_dinov2_end_to_end_with_tiny_local_weights(tiny_dinov2: Path, tmp_pat
     np.testing.assert_allclose(px.numpy(), _dgm_eval_input(u).numpy(), atol=1e-6)
     f = dinov2_features(u, str(tiny_dinov2), batch_size=10)
     model, sha = load_dinov2(str(tiny_dinov2))
+    from safetensors.torch import load_file
+
+    ref_sd = load_file(str(tiny_dinov2 / "model.safetensors"))
+    assert all(torch.equal(v, ref_sd[k]) for k, v in _old_layout(model.state_dict()).items())  # every weight loaded
     with torch.no_grad():  # the feature is the class token after the final layer norm
         out = model(pixel_values=px)
         np.testing.assert_allclose(f, out.last_hidden_state[:, 0].double().numpy(), atol=1e-6)
@@ -144,6 +168,22 @@ def test_cli_lists_both_and_evaluates_fd_dinov2(tiny_dinov2: Path, tmp_path: Pat
     code, _, err = run_cli(capsys, "evaluate", "--samples", str(tmp_path / "s.npz"), "--metrics", "cmmd",
                            "--out", str(tmp_path / "c.json"))
     assert code == 2 and "'cmmd' needs reference embeddings" in err and not (tmp_path / "c.json").exists()
+
+
+def test_fd_dinov2_refuses_a_partial_weights_file(tiny_dinov2: Path, tmp_path: Path) -> None:
+    """A folder whose file lacks a weight is an error, not a network with that weight left random."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from evaluators.dinov2 import load_dinov2
+
+    shutil.copy(tiny_dinov2 / "config.json", tmp_path / "config.json")
+    sd = load_file(str(tiny_dinov2 / "model.safetensors"))
+    del sd["encoder.layer.0.attention.attention.key.bias"]
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    with pytest.raises(DpmbenchError, match=r"invalid DINOv2 weights folder .*missing_keys.*k_proj.bias"):
+        load_dinov2(str(tmp_path))
 
 
 def test_fd_dinov2_refuses_unpinned_weights_and_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,6 +318,10 @@ def test_openai_torchscript_weights_are_read_after_their_sha256(tiny_clip: Path,
     assert is_torchscript(jit) and not is_torchscript(tiny_clip)
     with pytest.raises(DpmbenchError, match="checksum mismatch"):
         openai_state_dict_file(jit, "0" * 64)
+    from evaluators.cmmd import load_cmmd_clip
+
+    with pytest.raises(DpmbenchError, match="checksum mismatch.*expected 3035c92b"):  # not OpenAI's pinned file
+        load_cmmd_clip(TINY_CLIP, str(jit))
     out = openai_state_dict_file(jit, hashlib.sha256(jit.read_bytes()).hexdigest())
     from safetensors.torch import load_file
 
