@@ -23,6 +23,7 @@ from dinov2/hub/backbones.py): bicubic with the scale factor ``(16 + 0.1) / 37``
 from __future__ import annotations
 
 import math
+import os
 import types
 from functools import lru_cache
 from pathlib import Path
@@ -45,8 +46,6 @@ PREPROCESSING = "dgm-eval: PIL bicubic resize to 224x224, /255, ImageNet mean/st
 def weights_folder(explicit: str | None = None) -> Path:
     """The folder to load: the override (``explicit`` or ``$DPMBENCH_DINOV2_WEIGHTS``; a folder, or a file inside
     one), else the manifest entry's verified files in the cache."""
-    import os
-
     path = explicit or os.environ.get(ENV) or None
     if path is not None:
         folder = Path(path).expanduser()

@@ -241,6 +241,9 @@ def fd_dinov2(ctx: Context, idx: np.ndarray | None) -> float:
         what = f"images {images}"
     ctx.meta["_fd_dinov2_reference"] = what
     f = ctx.cached("dinov2", lambda: extract(images_of(ctx)))
+    if np.shape(mu2) != f.shape[1:]:
+        raise DpmbenchError(f"invalid fd_dinov2 reference {what}: {np.size(mu2)}-d statistics for {f.shape[1]}-d "
+                            "DINOv2 features (statistics of another feature extractor?)")
     return _frechet_value(ctx, f, mu2, s2, idx, "dinov2_ref_sqrt")
 
 

@@ -123,6 +123,10 @@ def evaluate(
         info["quantization"] = QUANTIZATION
         backend = backend_of(ctx)
         info["fid_backend"] = backend + (f"/{ctx.opt('cleanfid_mode')}" if backend == "clean-fid" else "")
+    if any(nm in ("fd_dinov2", "cmmd") for nm in names):
+        from evaluators.images import QUANTIZATION
+
+        info["quantization"] = QUANTIZATION
     if "clip_score" in names:
         from evaluators.clip import CONVENTION
 

@@ -139,6 +139,11 @@ def test_fd_dinov2_end_to_end_with_tiny_local_weights(tiny_dinov2: Path, tmp_pat
     assert v["fd_dinov2"] == pytest.approx(_scipy_fd(f, mu2, s2), rel=1e-6)
     assert info["bootstraps"]["fd_dinov2"] == 50 and ci["fd_dinov2"][0] < v["fd_dinov2"] < ci["fd_dinov2"][1]
     assert info["protocol"]["extractor_sha256"] == sha and info["fd_dinov2"]["reference"].startswith("file")
+    assert info["quantization"].startswith("edm")
+    np.savez(tmp_path / "inception.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(DpmbenchError, match="2048-d statistics for 8-d DINOv2 features"):
+        evaluate(["fd_dinov2"], x, {"model": "images"}, bootstraps=0,
+                 options={**opts, "fd_dinov2_stats": str(tmp_path / "inception.npz")})
     # reference images: DINOv2 features computed once, cached on disk
     y = rng.uniform(-1, 1, (12, 3, 12, 12)).astype(np.float32)
     np.savez(tmp_path / "ref.npz", x=y)
