@@ -15,6 +15,7 @@ local file of OpenAI weights needs QuickGELU, which is forced here when the tag 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,3 +108,54 @@ def clip_score(image_emb: np.ndarray, text_emb: np.ndarray, idx: np.ndarray | No
     """Mean over samples (``idx``: a bootstrap selection) of the per-sample CLIP score."""
     s = per_sample_clip_score(image_emb, text_emb)
     return float(s.mean() if idx is None else s[idx].mean())
+
+
+@torch.no_grad()
+def clip_image_embeddings(model: Any, preprocess: Any, images: torch.Tensor, batch_size: int = 32,
+                          device: str = "cpu") -> np.ndarray:
+    """L2-normalized image embeddings (float64), one row per uint8 NCHW image (grey repeated to RGB), through
+    open_clip's ``preprocess`` on PIL images."""
+    from PIL import Image
+
+    out = []
+    for lo in range(0, len(images), batch_size):
+        batch = images[lo:lo + batch_size]
+        if batch.shape[1] == 1:
+            batch = batch.expand(-1, 3, -1, -1)
+        px = torch.stack([preprocess(Image.fromarray(b.permute(1, 2, 0).numpy())) for b in batch]).to(device)
+        out.append(model.encode_image(px).double().cpu())
+    return torch.nn.functional.normalize(torch.cat(out), dim=-1).numpy()
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """True when ``path`` is a TorchScript archive (a zip holding compiled ``code/``), as OpenAI's CLIP files are."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any("/code/" in n for n in zf.namelist())
+
+
+# not weights: OpenAI's scalars (open_clip's own OpenAI loader drops them too) and a causal-mask buffer
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+
+def openai_state_dict_file(path: str | Path, sha256: str) -> Path:
+    """A safetensors state dict of OpenAI's TorchScript CLIP file ``path`` (cached under
+    ``$DPMBENCH_CACHE/weights/converted/<sha256>.safetensors``), which open_clip then loads like any local file.
+    The archive is read with ``torch.jit.load`` only after its sha256 matches ``sha256`` (the publisher's checksum:
+    OpenAI's download URLs carry it), never otherwise."""
+    from safetensors.torch import save_file
+
+    from dpmbench.download import verify_sha256
+    from dpmbench.io import atomic_write, cache_dir
+
+    verify_sha256(path, sha256, "OpenAI CLIP weights")
+    out = cache_dir("weights", "converted") / f"{sha256}.safetensors"
+    if out.is_file():
+        return out
+    state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items() if k not in OPENAI_EXTRA_KEYS}
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))
+    return out

@@ -22,6 +22,11 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "clip_model": "ViT-L-14",
     "clip_pretrained": "openai",
     "clip_weights": None,              # local override (else env DPMBENCH_CLIP_WEIGHTS)
+    "fd_dinov2_stats": None,           # fd_dinov2 reference: .npz (mu/sigma of DINOv2 features) or a manifest name
+    "dinov2_weights": None,            # local folder: config.json + model.safetensors (else DPMBENCH_DINOV2_WEIGHTS)
+    "cmmd_reference": None,            # .npz of reference CLIP embeddings (key "feats" or "features") for cmmd
+    "cmmd_clip_model": "ViT-L-14-336",  # open_clip model of cmmd (the paper's CLIP ViT-L/14@336px)
+    "cmmd_weights": None,              # local file (else env DPMBENCH_CMMD_WEIGHTS, else the manifest's pinned file)
     "batch_size": 64,
     "device": "cpu",
     "sw2_projections": 256,

@@ -35,6 +35,10 @@ class EvalOptions:
     clip_model: str = "ViT-L-14"
     clip_pretrained: str = "openai"
     clip_weights: str | None = None
+    fd_dinov2_stats: str | None = None
+    dinov2_weights: str | None = None
+    cmmd_reference: str | None = None
+    cmmd_weights: str | None = None
     eval_batch_size: int = 64
     device: str = "cpu"
 
@@ -44,6 +48,8 @@ class EvalOptions:
                 "kid_reference": self.kid_reference, "reference_images": self.reference_images,
                 "inception_weights": self.inception_weights, "clip_model": self.clip_model,
                 "clip_pretrained": self.clip_pretrained, "clip_weights": self.clip_weights,
+                "fd_dinov2_stats": self.fd_dinov2_stats, "dinov2_weights": self.dinov2_weights,
+                "cmmd_reference": self.cmmd_reference, "cmmd_weights": self.cmmd_weights,
                 "batch_size": self.eval_batch_size, "device": self.device}
 
 

@@ -1,12 +1,18 @@
-"""Metrics on image features: FID, IS and KID (Inception), CLIP score, and their digits-CNN analogues (fdd, kdd,
-is_digits, cond_acc) for the embedded digits models."""
+"""Metrics on image features: FID, IS and KID (Inception), FD_DINOv2, CMMD (CLIP), CLIP score, and the digits-CNN
+analogues (fdd, kdd, is_digits, cond_acc) for the embedded digits models."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dpmbench.errors import DpmbenchError
 from evaluators.context import Context, backend_of, images_of, labels_of, load_input_npz
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _require_digits(ctx: Context, metric: str) -> None:
@@ -188,3 +194,83 @@ def clip_score(ctx: Context, idx: np.ndarray | None) -> float:
                                device=dev)
     im, tx = ctx.cached("clip", compute)
     return clip_score(im, tx, idx)
+
+
+def _reference_image_embeddings(ctx: Context, extractor: str, weights_id: str,
+                                compute: Callable[[torch.Tensor], np.ndarray]) -> np.ndarray:
+    """Features of the reference images (option reference_images) through ``compute``, cached on disk by the file's
+    sha256, the extractor and its weights: computed once for all solvers."""
+    from dpmbench.download import sha256_file
+    from evaluators.images import cached_features, to_uint8
+
+    path = str(ctx.opt("reference_images"))
+
+    def run() -> dict[str, np.ndarray]:
+        f = load_input_npz(path, "reference images")
+        if "x" not in f:
+            raise DpmbenchError(f"invalid reference images {path!r}: need npz key 'x'")
+        return {"f": compute(to_uint8(f["x"]))}
+    key = ("reference-images", sha256_file(path), extractor, weights_id)
+    return ctx.cached(f"ref_images:{extractor}", lambda: cached_features(key, run)["f"])
+
+
+def _dinov2(ctx: Context) -> tuple[Callable[[torch.Tensor], np.ndarray], str]:
+    """The DINOv2 feature function of this evaluation and the sha256 of its weights."""
+    from evaluators.dinov2 import dinov2_features, load_dinov2
+
+    w, dev, bs = ctx.opt("dinov2_weights"), str(ctx.opt("device")), int(ctx.opt("batch_size"))
+    weights_id = ctx.cached("dinov2_sha256", lambda: load_dinov2(w, dev)[1])
+    return (lambda images: dinov2_features(images, w, bs, dev)), weights_id
+
+
+def fd_dinov2(ctx: Context, idx: np.ndarray | None) -> float:
+    from evaluators.images import feature_moments
+    from evaluators.refstats import reference_stats
+
+    spec, images = ctx.opt("fd_dinov2_stats"), ctx.opt("reference_images")
+    if not spec and not images:
+        raise DpmbenchError("invalid metrics: 'fd_dinov2' needs reference statistics (option fd_dinov2_stats: an .npz "
+                            "with mu/sigma of DINOv2 features or a name in reference_stats/manifest.yaml) or "
+                            "reference_images")
+    extract, weights_id = _dinov2(ctx)
+    if spec:
+        mu2, s2, what = ctx.cached("fd_dinov2_stats", lambda: reference_stats(str(spec)))
+    else:
+        ref = _reference_image_embeddings(ctx, "dinov2", weights_id, extract)
+        mu2, s2 = ctx.cached("dinov2_ref_moments", lambda: feature_moments(ref))
+        what = f"images {images}"
+    ctx.meta["_fd_dinov2_reference"] = what
+    f = ctx.cached("dinov2", lambda: extract(images_of(ctx)))
+    if np.shape(mu2) != f.shape[1:]:
+        raise DpmbenchError(f"invalid fd_dinov2 reference {what}: {np.size(mu2)}-d statistics for {f.shape[1]}-d "
+                            "DINOv2 features (statistics of another feature extractor?)")
+    return _frechet_value(ctx, f, mu2, s2, idx, "dinov2_ref_sqrt")
+
+
+def cmmd(ctx: Context, idx: np.ndarray | None) -> float:
+    from evaluators.cmmd import CmmdBlocks, cmmd_distance, cmmd_embeddings, load_cmmd_clip
+
+    path = ctx.opt("cmmd_reference")
+    if not path and not ctx.opt("reference_images"):
+        raise DpmbenchError("invalid metrics: 'cmmd' needs reference embeddings (option cmmd_reference: an .npz with "
+                            "key 'feats' or 'features' of L2-normalized CLIP ViT-L/14@336 embeddings) or "
+                            "reference_images")
+    name, w, dev = str(ctx.opt("cmmd_clip_model")), ctx.opt("cmmd_weights"), str(ctx.opt("device"))
+    bs = int(ctx.opt("batch_size"))
+
+    def embed(images: torch.Tensor) -> np.ndarray:
+        return cmmd_embeddings(images, name, w, bs, dev)
+
+    def load() -> np.ndarray:
+        if not path:
+            weights_id = ctx.cached("cmmd_sha256", lambda: load_cmmd_clip(name, w, dev)[2])
+            return _reference_image_embeddings(ctx, f"cmmd:{name}", weights_id, embed)
+        f = load_input_npz(str(path), "cmmd reference")
+        key = "feats" if "feats" in f else "features"
+        if key not in f:
+            raise DpmbenchError(f"invalid cmmd reference {path!r}: need npz key 'feats' or 'features'")
+        return np.asarray(f[key], np.float64)
+    x, ref = ctx.cached("cmmd_x", lambda: embed(images_of(ctx))), ctx.cached("cmmd_ref", load)
+    if idx is None:
+        return cmmd_distance(x, ref)
+    return ctx.cached("cmmd_blocks", lambda: CmmdBlocks(x, ref)).value(idx)

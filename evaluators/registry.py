@@ -52,6 +52,12 @@ METRICS: dict[str, Metric] = {
     "kid": Metric(im.kid, "kernel Inception distance to reference features (option kid_reference)", max_bootstraps=100),
     "clip_score": Metric(im.clip_score, "CLIP score 100*max(cos,0) (open_clip, default ViT-L-14/openai), mean over "
                          "prompts", lower_is_better=False),
+    "fd_dinov2": Metric(im.fd_dinov2, "Frechet distance on DINOv2 ViT-L/14 features (CLS token, dgm-eval's "
+                        "preprocessing; transformers Dinov2Model) to reference statistics (option fd_dinov2_stats) "
+                        "or reference_images", max_bootstraps=50),
+    "cmmd": Metric(im.cmmd, "CMMD: 1000 x biased MMD^2 (Gaussian RBF, sigma 10) between CLIP ViT-L/14@336 image "
+                   "embeddings (open_clip, OpenAI weights) of the samples and the reference (option cmmd_reference "
+                   "or reference_images)", max_bootstraps=100),
 }
 
 
@@ -117,11 +123,24 @@ def evaluate(
         info["quantization"] = QUANTIZATION
         backend = backend_of(ctx)
         info["fid_backend"] = backend + (f"/{ctx.opt('cleanfid_mode')}" if backend == "clean-fid" else "")
+    if any(nm in ("fd_dinov2", "cmmd") for nm in names):
+        from evaluators.images import QUANTIZATION
+
+        info["quantization"] = QUANTIZATION
     if "clip_score" in names:
         from evaluators.clip import CONVENTION
 
         info["clip"] = {"model": ctx.opt("clip_model"), "pretrained": ctx.opt("clip_pretrained"),
                         "convention": CONVENTION}
+    if "fd_dinov2" in names:
+        from evaluators.dinov2 import PREPROCESSING
+
+        info["fd_dinov2"] = {"reference": ctx.meta.get("_fd_dinov2_reference"), "preprocessing": PREPROCESSING}
+    if "cmmd" in names:
+        from evaluators.cmmd import CONVENTION as CMMD_CONVENTION
+
+        info["cmmd"] = {"model": ctx.opt("cmmd_clip_model"), "convention": CMMD_CONVENTION,
+                        "reference": ctx.opt("cmmd_reference") or f"images {ctx.opt('reference_images')}"}
     info["protocol"] = protocol(names, ctx)
     return values, cis, info
 
@@ -176,6 +195,23 @@ def protocol(names: list[str], ctx: Context) -> dict[str, Any]:
             out["reference_stats"], out["reference_stats_sha256"] = f"images {images}", sha256_file(images)
     if "clip_score" in names:
         out["extractor"] = f"open_clip {ctx.opt('clip_model')}/{ctx.opt('clip_pretrained')}"
+    cache = ctx.meta.get("_cache", {})
+    if "fd_dinov2" in names:
+        out["extractor"] = "dinov2 ViT-L/14 (CLS token) via transformers Dinov2Model"
+        out["extractor_sha256"] = cache.get("dinov2_sha256")
+        spec, images = ctx.opt("fd_dinov2_stats"), ctx.opt("reference_images")
+        if spec:
+            out["reference_stats"], out["reference_stats_sha256"] = _stats_identity(str(spec))
+        elif images:
+            out["reference_stats"], out["reference_stats_sha256"] = f"images {images}", sha256_file(images)
+    if "cmmd" in names:
+        from evaluators.cmmd import load_cmmd_clip
+
+        name, w, dev = str(ctx.opt("cmmd_clip_model")), ctx.opt("cmmd_weights"), str(ctx.opt("device"))
+        out["extractor"] = f"open_clip {name}/openai (CMMD)"
+        out["extractor_sha256"] = ctx.cached("cmmd_sha256", lambda: load_cmmd_clip(name, w, dev)[2])
+        ref = ctx.opt("cmmd_reference") or ctx.opt("reference_images")
+        out["reference_stats"], out["reference_stats_sha256"] = str(ref), sha256_file(ref) if ref else None
     return out
 
 

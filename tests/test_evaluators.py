@@ -62,7 +62,8 @@ def test_evaluate_metrics_and_divergence() -> None:
     with pytest.raises(DpmbenchError, match="invalid metric 'fidd'; allowed: rmse_exact, fd_true, mse_ref"):
         evaluate(["fidd"], ref, meta, None)
     assert list_metrics() == ["rmse_exact", "fd_true", "mse_ref", "sw2_true", "loglik_true", "fdd", "kdd",
-                              "is_digits", "cond_acc", "model_error", "fid", "is", "kid", "clip_score"]
+                              "is_digits", "cond_acc", "model_error", "fid", "is", "kid", "clip_score", "fd_dinov2",
+                              "cmmd"]
 
 
 def test_fd_true_uses_analytic_target_for_oracles() -> None:

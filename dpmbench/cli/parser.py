@@ -167,14 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fid-stats", default=None, help="fid reference statistics: a name in "
                    "reference_stats/manifest.yaml or an .npz with mu/sigma")
     e.add_argument("--kid-reference", default=None, help="kid reference features (.npz, key feats or features)")
-    e.add_argument("--reference-images", default=None, help="reference images (.npz, key x) for fid/kid: their "
-                   "features are computed once and cached under $DPMBENCH_CACHE/features")
+    e.add_argument("--reference-images", default=None, help="reference images (.npz, key x) for fid/kid/fd_dinov2/"
+                   "cmmd: their features are computed once and cached under $DPMBENCH_CACHE/features")
     e.add_argument("--inception-weights", default=None,
                    help="local Inception weights (else env DPMBENCH_INCEPTION_WEIGHTS / DPMBENCH_CLEANFID_INCEPTION, "
                    "else the libraries' caches)")
     e.add_argument("--clip-model", default="ViT-L-14")
     e.add_argument("--clip-pretrained", default="openai")
     e.add_argument("--clip-weights", default=None, help="local CLIP weights (else env DPMBENCH_CLIP_WEIGHTS)")
+    e.add_argument("--fd-dinov2-stats", default=None, help="fd_dinov2 reference statistics: an .npz with mu/sigma of "
+                   "DINOv2 features or a name in reference_stats/manifest.yaml")
+    e.add_argument("--dinov2-weights", default=None, help="local DINOv2 folder (config.json, model.safetensors; else "
+                   "env DPMBENCH_DINOV2_WEIGHTS, else the manifest entry dinov2-vitl14)")
+    e.add_argument("--cmmd-reference", default=None, help="cmmd reference embeddings (.npz, key feats or features)")
+    e.add_argument("--cmmd-weights", default=None, help="local CLIP ViT-L/14@336 weights for cmmd (OpenAI's "
+                   "ViT-L-14-336px.pt or a state dict; else env DPMBENCH_CMMD_WEIGHTS, else the manifest's file)")
     e.add_argument("--eval-batch-size", type=_positive_int("--eval-batch-size"), default=64,
                    help="feature-extraction batch size")
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
