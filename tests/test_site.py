@@ -382,3 +382,24 @@ def test_model_page_puts_top_blocks_first_then_the_ranking(merged: SimpleNamespa
     body = page[page.index("<main>"):]
     assert body.index("id=answer") < body.index("<section id=ranking>") < body.index("table class=\"sortable metric")
     assert "top blocks" in body and "<th>mean rank</th>" not in body
+
+
+def test_a_cell_whose_shards_changed_since_its_metrics_is_left_out_of_the_diagnostics(
+        runs: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dpmbench.report.persample import CellErrors, collect_per_sample
+
+    changed = tmp_path / "run"
+    shutil.copytree(runs.a / "gmm-2d", changed / "gmm-2d")
+    f = next(p for p in _metrics_files(changed) if "/ddim/" in str(p) and p.name == "nfe4.json")
+    rec = json.loads(f.read_text())
+    rec["per_sample"]["rmse_exact"]["median"] *= 1.01
+    f.write_text(json.dumps(rec))
+    ps = collect_per_sample([changed])
+    assert "rmse_exact" not in ps.of("gmm-2d", "none", "logsnr", 0, "ddim")[4].errors
+    assert "rmse_exact" in ps.of("gmm-2d", "none", "logsnr", 0, "ddim")[8].errors
+    err = capsys.readouterr().err
+    assert "not the recorded one" in err and str(f) in err
+    blown = CellErrors("rmse_exact", np.array([0.1, 0.2, 0.3, np.inf, np.inf]), threshold=1.0)
+    q = blown.quantiles()
+    assert q["median"] == 0.3 and q["max"] == np.inf and q["min"] == 0.1 and blown.diverged_share() == 0.4
+    assert list(blown.worst(2)) == [3, 4]

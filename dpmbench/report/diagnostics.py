@@ -80,7 +80,7 @@ def _errors_table(cells: dict[int, Cell], df: pd.DataFrame, metric: str) -> str:
             continue
         q = ce.quantiles()
         value = df[(df["nfe"] == nfe) & (df["metric"] == metric)]["value"]
-        worst = ", ".join(f"#{i} {fmt(ce.errors[i]) if np.isfinite(ce.errors[i]) else 'not finite'}"
+        worst = " · ".join(f"#{i}: {fmt(ce.errors[i]) if np.isfinite(ce.errors[i]) else 'not finite'}"
                           for i in ce.worst(WORST)[:5])
         share = ce.diverged_share()
         rows.append(f"<tr><td>{nfe}</td><td>{cells[nfe].n}</td><td>{esc(fmt(value.iloc[0]) if len(value) else '–')}"

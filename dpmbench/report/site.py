@@ -267,14 +267,19 @@ def ranking_table(rank: pd.DataFrame, metrics: list[str], links: Links = _no_lin
     return f"<div class=scroll><table class=\"sortable ranking\">{head}<tbody>{''.join(body)}</tbody></table></div>"
 
 
-def _ranking_note(metrics: list[str], constant: list[str]) -> str:
-    left = (f" Not ranked: {', '.join(constant)} (equal for every solver: it does not depend on the solver)."
-            if constant else "")
-    return (f"<p class=prov>Each column: the solver's rank by that metric at each NFE (1 = best; a diverged value "
-            f"ranks last), averaged over the NFEs; ranks of different metrics are never averaged. Sorted by "
-            f"{_e(metrics[0])}, then by the other columns in order; solvers without {_e(metrics[0])} (stochastic "
-            f"solvers have no pathwise metric) come last. best / tied: NFE columns where the solver was marked so."
-            f"{_e(left)}</p>" if metrics else f"<p class=prov>Nothing to rank.{_e(left)}</p>")
+RANKING_NOTE = ("Each column: the solver's rank by that metric at each NFE (1 = best; a diverged value ranks last), "
+                "averaged over the NFEs; ranks of different metrics are never averaged. Each table is sorted by the "
+                "column headed <i>sorted by</i> (its primary metric: the solver's own error where measured), then by "
+                "the other columns in order; solvers without it (stochastic solvers have no pathwise metric) come "
+                "last. best / tied: NFE columns where the solver was marked so.")
+
+
+def _not_ranked(metrics: list[str], constant: list[str]) -> str:
+    """The section's line on the metrics left out of its ranking ('' where none was)."""
+    if not metrics:
+        return "<p class=prov>Nothing to rank.</p>"
+    return (f"<p class=prov>Not ranked: {_e(', '.join(constant))} (equal for every solver: it does not depend on "
+            "the solver).</p>" if constant else "")
 
 
 def _sections(df: pd.DataFrame) -> dict[tuple[Any, ...], list[tuple[tuple[Any, ...], pd.DataFrame]]]:
@@ -320,7 +325,7 @@ def model_page(model: str, df: pd.DataFrame, figures: dict[tuple[Any, ...], Path
 
         rank, metrics, constant = rankings[skey] if rankings and skey in rankings else ranking(tables)
         ranks.append(f"<h3 id=\"rank-{anchor}\">{_e(heading)} <a class=diag href=\"#{anchor}\">tables</a></h3>"
-                     + (ranking_table(rank, metrics, links) if metrics else "") + _ranking_note(metrics, constant))
+                     + (ranking_table(rank, metrics, links) if metrics else "") + _not_ranked(metrics, constant))
         toc.append(f"<li><a href=\"#{anchor}\">{_e(heading)}</a></li>")
         body.append(f"<h2 id=\"{anchor}\">{_e(heading)}</h2>")
         for key, g in tables:
@@ -357,7 +362,7 @@ def model_page(model: str, df: pd.DataFrame, figures: dict[tuple[Any, ...], Path
               + "</p>")
     top = ("<!-- top blocks: HTML put first on the page (model_page's top_blocks) -->"
            + (f"<div class=top-blocks>{''.join(top_blocks)}</div>" if top_blocks else ""))
-    first = ("<section id=ranking><h2>Ranking</h2>" + "".join(ranks) + "</section>"
+    first = (f"<section id=ranking><h2>Ranking</h2><p class=prov>{RANKING_NOTE}</p>" + "".join(ranks) + "</section>"
              f"<details class=legend><summary>How to read the tables</summary>{READING}</details>")
     nav = "<details><summary>Sections</summary><ul>" + "".join(toc) + "</ul></details>"
     return _page(f"{model} · dpmbench", header, top + first + nav + "\n".join(body))
