@@ -88,9 +88,10 @@ def _is_image(x: np.ndarray) -> bool:
     return x.ndim == 4 and x.shape[1] in (1, 3)
 
 
-def _load_cell(folder: Path) -> np.ndarray | None:
-    """The samples of one cell: its shards ``LO-HI.npz`` concatenated in order (None when they do not tile
-    0..n-1, or a shard is unreadable: the cell is left out of the diagnostics, with a warning)."""
+def _load_cell(folder: Path, first_only: bool = False) -> np.ndarray | None:
+    """The samples of one cell: its shards ``LO-HI.npz`` concatenated in order, or only its first shard with
+    ``first_only`` (None when they do not tile 0..n-1, or a shard is unreadable: the cell is left out of the
+    diagnostics, with a warning)."""
     parts = sorted((int(m.group(1)), int(m.group(2)), p) for p in folder.glob("*.npz")
                    if (m := SHARD.match(p.name)))
     xs, expect = [], 0
@@ -104,6 +105,8 @@ def _load_cell(folder: Path) -> np.ndarray | None:
             return None
         xs.append(x)
         expect = hi
+        if first_only:
+            break
     return np.concatenate(xs) if xs else None
 
 
@@ -155,6 +158,8 @@ def collect_per_sample(results_dirs: Iterable[str | Path], columns: int = 8, mod
     """The per-sample data of every cell in ``results_dirs`` (a cell found in an earlier directory wins), for the
     models ``models`` (all when None). Needs the workflow's layout: ``nfeN.json`` beside its shards ``nfeN/``, the
     seed's ``reference.npz`` three levels up."""
+    from evaluators.registry import PER_SAMPLE_METRICS  # lazily, like dpmbench.report.tables
+
     out = PerSample()
     refs = _References()
     for root in results_dirs:
@@ -175,14 +180,14 @@ def collect_per_sample(results_dirs: Iterable[str | Path], columns: int = 8, mod
             nfe = int(rec["nfe"])
             if nfe in out.cells.get(key, {}):
                 continue
-            x = _load_cell(folder)
+            x = _load_cell(folder, first_only=not any(m in rec["metrics"] for m in PER_SAMPLE_METRICS))
             if x is None:
                 continue
             sha, reference = refs.get(path.parents[2] / "reference.npz")
             recorded = (rec.get("protocol") or {}).get("reference_sha256")
             if reference is not None and recorded and recorded != sha:
                 reference = None  # another reference than the one the metrics were computed with
-            cell = Cell(nfe, len(x), _errors(rec, x, reference, path))
+            cell = Cell(nfe, int(rec.get("n_samples") or len(x)), _errors(rec, x, reference, path))
             if _is_image(x):
                 cell.first = x[:columns]
                 ref_key = key[:4]
