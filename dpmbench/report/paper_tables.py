@@ -54,19 +54,21 @@ def _ours(sel: pd.DataFrame, e: dict[str, Any], published: list[float]) -> str:
     return "".join(parts)
 
 
-def _table(key: tuple[str, ...], es: list[dict[str, Any]], df: pd.DataFrame, canon: pd.Series | None,
-           models: set[str], spread: dict[tuple[Any, ...], list[float]], found: dict[int, bool],
-           index: dict[int, int]) -> str:
-    """One paper-shaped table (solver x NFE) with its caption and, once, why numbers are missing."""
+def _table(key: tuple[str, ...], numbered: list[tuple[int, dict[str, Any]]], df: pd.DataFrame,
+           canon: pd.Series | None, models: set[str], spread: dict[tuple[Any, ...], list[float]],
+           found: dict[int, bool]) -> str:
+    """One paper-shaped table (solver x NFE) of the entries ``numbered`` (index in the entries, entry) with its
+    caption and, once, why numbers are missing; ``found[index]``: whether the entry has a result of ours."""
+    es = [e for _, e in numbered]
     table, model, metric, schedule, guidance = key
     nfes = sorted({int(e["nfe"]) for e in es})
     solvers = list(dict.fromkeys(str(e["solver"]) for e in es))
     cells: dict[tuple[str, int], str] = {}
     model_run = model in models
     missing = 0
-    for e in es:
+    for i, e in numbered:
         sel, _why = match_entry(df, e, canon, models)
-        found[index[id(e)]] = not sel.empty
+        found[i] = not sel.empty
         pub = f"<div class=pub>{esc(e.get('printed', e['value']))}</div>"
         if sel.empty:
             missing += model_run
@@ -104,7 +106,6 @@ def papers_html(df: pd.DataFrame, entries: list[dict[str, Any]], coverage: bool 
     canon = canonical_solvers(df)
     models = set(df["model"]) if not df.empty else set()
     spread = published_spread(entries)
-    index = {id(e): i for i, e in enumerate(entries)}
     found: dict[int, bool] = {}
     body = []
     for paper in dict.fromkeys(e["paper"] for e in entries):
@@ -112,10 +113,11 @@ def papers_html(df: pd.DataFrame, entries: list[dict[str, Any]], coverage: bool 
         url, version = es[0].get("url"), es[0].get("version")
         cite = f"<p class=prov>Source: {esc(url)}{esc(', ' + str(version)) if version else ''}</p>" if url else ""
         body.append(f"<h2 id=\"{slug('p-' + paper)}\">{esc(paper)}</h2>{cite}")
-        tables: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for e in es:
-            tables.setdefault(_table_key(e), []).append(e)
-        body += [_table(k, t, df, canon, models, spread, found, index) for k, t in tables.items()]
+        tables: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
+        for i, e in enumerate(entries):
+            if e["paper"] == paper:
+                tables.setdefault(_table_key(e), []).append((i, e))
+        body += [_table(k, t, df, canon, models, spread, found) for k, t in tables.items()]
     head = [f"<div class=legend>{LEGEND}</div>"]
     if coverage:
         items = []
