@@ -14,8 +14,8 @@ from evaluators.bootstrap import bootstrap_replicates, percentile_ci
 from evaluators.context import DEFAULT_OPTIONS, Context, Metric, backend_of, labels_of
 from evaluators.oracle import per_sample_mse
 
-__all__ = ["DEFAULT_OPTIONS", "METRICS", "Context", "Metric", "evaluate", "list_metrics", "per_sample_summary",
-           "protocol"]
+__all__ = ["DEFAULT_OPTIONS", "METRICS", "Context", "Metric", "evaluate", "list_metrics", "per_sample_errors",
+           "per_sample_summary", "protocol"]
 
 
 METRICS: dict[str, Metric] = {
@@ -148,13 +148,13 @@ def evaluate(
 PER_SAMPLE_METRICS = ("rmse_exact", "mse_ref")
 
 
-def per_sample_summary(name: str, x: np.ndarray, reference: np.ndarray | None) -> dict[str, Any] | None:
-    """Median over samples of a per-sample metric (``rmse_exact``: each sample's RMSE to its exact solution;
-    ``mse_ref``: its MSE to the reference run) and the share of *diverged* samples: not finite, or an error
-    larger than the reference's own root-mean-square magnitude (``threshold``, in the metric's unit), i.e. a
-    sample that no longer resembles its target. None for other metrics or without a matching reference."""
-    if name not in PER_SAMPLE_METRICS or reference is None or len(reference) != len(x):
-        return None
+def per_sample_errors(name: str, x: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
+    """Every sample's error under the per-sample metric ``name`` (``rmse_exact``: its RMSE to its exact solution;
+    ``mse_ref``: its MSE to the reference run; float64, a non-finite error as inf) and the *divergence threshold*:
+    the reference's own root-mean-square magnitude, in the metric's unit (a sample whose error exceeds it no longer
+    resembles its target)."""
+    if name not in PER_SAMPLE_METRICS:
+        raise bad_value("per-sample metric", name, list(PER_SAMPLE_METRICS))
     with np.errstate(all="ignore"):
         err = per_sample_mse(x, reference)
         ref_ms = float(np.mean(np.asarray(reference, np.float64) ** 2))
@@ -162,7 +162,17 @@ def per_sample_summary(name: str, x: np.ndarray, reference: np.ndarray | None) -
         err, threshold = np.sqrt(err), float(np.sqrt(ref_ms))
     else:
         threshold = ref_ms
-    err = np.where(np.isfinite(err), err, np.inf)
+    return np.where(np.isfinite(err), err, np.inf), threshold
+
+
+def per_sample_summary(name: str, x: np.ndarray, reference: np.ndarray | None) -> dict[str, Any] | None:
+    """Median over samples of a per-sample metric (:func:`per_sample_errors`) and the share of *diverged* samples:
+    not finite, or an error larger than the reference's own root-mean-square magnitude (``threshold``, in the
+    metric's unit), i.e. a sample that no longer resembles its target. None for other metrics or without a
+    matching reference."""
+    if name not in PER_SAMPLE_METRICS or reference is None or len(reference) != len(x):
+        return None
+    err, threshold = per_sample_errors(name, x, reference)
     median = float(np.median(err))
     return {"median": median if np.isfinite(median) else None,
             "diverged_share": float(np.mean(err > threshold)), "threshold": threshold}

@@ -3,7 +3,10 @@
 Two small runs (gmm-2d and gmm-digits, a few solvers, tens of samples) are written through the CLI in the layout of
 the workflow; the site of their merge is opened in Debian's chromium (installed with apt-get where missing), driven
 over the DevTools pipe (tests/browser.py): every page loads without console error, every image decodes with a
-non-zero size, sorting a table reorders it, and a screenshot of the index is written to reports/site_index.png.
+non-zero size, sorting a table reorders it, a model page opens with its ranking, every leaderboard row links to
+its diagnostics, the papers page holds tables and no literal markdown, and a screenshot of the index is written to
+reports/site_index.png. The rankings, the paper-shaped tables and the per-sample errors are also checked on small
+frames, without a browser.
 """
 
 from __future__ import annotations
@@ -236,7 +239,8 @@ def test_merged_site_in_headless_chromium(merged: SimpleNamespace, chromium: str
 
     site = merged.site
     pages = sorted(site.glob("*.html"))
-    assert {p.name for p in pages} == {"index.html", "model-gmm-2d.html", "model-gmm-digits.html", "papers.html"}
+    assert {p.name for p in pages} == {"index.html", "model-gmm-2d.html", "model-gmm-digits.html", "papers.html",
+                                       "diag-gmm-2d.html", "diag-gmm-digits.html"}
     for p in site.rglob("*"):
         if p.is_file():
             assert p.stat().st_mode & 0o044 == 0o044, p  # world-readable
@@ -271,9 +275,131 @@ def test_merged_site_in_headless_chromium(merged: SimpleNamespace, chromium: str
         assert sorted(before) == up and up == sorted(up) and down == sorted(up, reverse=True) and len(up) == 3
         assert browser.evaluate("document.querySelectorAll('td.best, td.tied').length") > 0
         assert browser.evaluate("document.querySelectorAll('table.ranking tbody tr').length") == 3
+        # the page opens with the ranking: the first heading of its body, before any table of values or figure
+        assert browser.evaluate("document.querySelector('main h2').textContent") == "Ranking"
+        assert browser.evaluate("document.querySelector('main section').id") == "ranking"
+        assert browser.evaluate("[...document.querySelectorAll('main > *')].findIndex(e => e.id === 'ranking') < "
+                                "[...document.querySelectorAll('main > *')].findIndex(e => e.querySelector("
+                                "'table.metric, img'))")
+        # every leaderboard row links to its per-sample errors, and the target exists
+        rows = browser.evaluate("[...document.querySelectorAll('table.ranking tbody tr, table.metric tbody tr')].map("
+                                "r => [r.cells[0].textContent, [...r.querySelectorAll('a.diag')].map(a => "
+                                "a.getAttribute('href'))])")
+        assert len(rows) >= 3 + 6 and all(any(h.startswith("diag-gmm-2d.html#") and h.endswith("-errors")
+                                             for h in links) for _, links in rows), rows
+        targets = {h.split("#")[1] for _, links in rows for h in links}
+        browser.open((site / "diag-gmm-2d.html").as_uri())
+        ids = set(browser.evaluate("[...document.querySelectorAll('[id]')].map(e => e.id)"))
+        assert targets <= ids, targets - ids
+        assert browser.evaluate("document.querySelectorAll('table.errors tbody tr').length") == 3 * 2  # solver x NFE
+        browser.open((site / "diag-gmm-digits.html").as_uri())  # image samples: every NFE and the worst
+        assert browser.evaluate("[...document.querySelectorAll('img.pixel')].every(i => i.naturalWidth > 0)")
+        assert browser.evaluate("document.querySelectorAll('img.pixel').length") == 2 * 2
+        # papers: tables, no literal markdown, every reason stated once per table
+        browser.open((site / "papers.html").as_uri())
+        text = browser.evaluate("document.body.innerText")
+        assert "**" not in text and "<details>" not in text and "<summary>" not in text
+        tables = browser.evaluate("document.querySelectorAll('table.paper').length")
+        assert tables > 10 and text.count("needs checkpoint") <= tables  # once per table
+        assert browser.evaluate("getComputedStyle(document.querySelector('td.spec')).overflowWrap") == "anywhere"
         browser.open((site / "index.html").as_uri())
+        assert browser.evaluate("getComputedStyle(document.querySelector('.card li')).overflowWrap") == "anywhere"
         shot = browser.screenshot(SCREENSHOT)
         assert browser.errors() == []
     finally:
         browser.close()
     assert _png_size(shot) == (1400, 1000) and shot.stat().st_size > 10_000
+
+
+# -- rankings, paper tables, per-sample errors, top blocks (no browser) ----------------------------------------
+def _table(metric: str, values: dict[str, list[float]], nfes: tuple[int, ...] = (4, 8)) -> pd.DataFrame:
+    rows = [{"model": "m", "guidance": "none", "schedule": "logsnr", "seed": 0, "metric": metric, "solver": s,
+             "nfe": n, "value": v, "ci_low": np.nan, "ci_high": np.nan, "boot": None, "boot_seed": 0,
+             "n_samples": 10} for s, vs in values.items() for n, v in zip(nfes, vs, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def test_ranking_is_per_metric_sorted_by_the_primary_one_and_leaves_out_solver_independent_metrics() -> None:
+    from dpmbench.report.ranking import ranking
+
+    tables = [(("m", "none", "logsnr", 0, "fd_true"), _table("fd_true", {"a": [1, 1], "b": [2, 2], "c": [3, 3]})),
+              (("m", "none", "logsnr", 0, "rmse_exact"), _table("rmse_exact", {"a": [3, 3], "b": [1, 2], "c": [2, 1]})),
+              (("m", "none", "logsnr", 0, "model_error"), _table("model_error", {s: [0.3, 0.3] for s in "abc"}))]
+    rank, metrics, constant = ranking(tables)
+    assert metrics == ["rmse_exact", "fd_true"] and constant == ["model_error"]  # the solver's own error first
+    assert list(rank.index) == ["b", "c", "a"]  # by rmse_exact (b, c tie at 1.5: then by fd_true), never averaged
+    assert rank.loc["a", "fd_true:mean_rank"] == 1.0 and rank.loc["a", "rmse_exact:mean_rank"] == 3.0
+    assert not [c for c in rank.columns if not c.startswith(("rmse_exact:", "fd_true:"))]  # no overall column
+
+
+def _entry(**kw: object) -> dict[str, object]:
+    return {"paper": "P", "url": "", "version": "", "file": "p.yaml", "table": 2, "metric": "rmse_exact",
+            "schedule": "logsnr", "guidance": "none", **kw}
+
+
+def test_papers_render_as_solver_by_nfe_tables_with_reasons_stated_once() -> None:
+    from dpmbench.report.paper_tables import papers_html
+
+    df = _table("rmse_exact", {"ddim": [0.5, 0.2]}).assign(ci_low=0.4, ci_high=0.6)
+    entries = [_entry(model="m", solver="ddim", nfe=4, value=0.5), _entry(model="m", solver="ddim", nfe=8, value=0.1),
+               _entry(model="m", solver="heun", nfe=8, value=0.3)]
+    entries += [_entry(model="big", solver="ddim", nfe=n, value=1.0, checkpoint="big.ckpt") for n in (4, 8, 16)]
+    page = papers_html(df, entries)
+    assert "**" not in page and "<details" not in page and "not run:" not in page
+    assert page.count("<table class=\"paper\">") == 2 and page.count("needs checkpoint big.ckpt") == 1
+    assert "<th>NFE 4</th><th>NFE 8</th><th>NFE 16</th>" in page  # the big model's table: NFE columns
+    assert "ours 0.5" in page and "Δ +0" in page and "class=\"ours yes\"" in page  # within ±3% of 0.5
+    assert "Δ +0.1" in page and "class=\"ours no\"" in page  # 0.2 beside 0.1: outside
+    assert page.count("1 number(s) without a result of ours") == 1  # heun at NFE 8: one footnote, one dash
+
+
+def test_per_sample_errors_of_the_diagnostics_are_the_metric_files_own(runs: SimpleNamespace) -> None:
+    from dpmbench.report.persample import collect_per_sample
+
+    ps = collect_per_sample([runs.a])
+    files = _metrics_files(runs.a)
+    assert len(files) == 2 * 2 + 2
+    for f in files:
+        rec = json.loads(f.read_text())
+        cell = ps.of(rec["model"], "none", "logsnr", 0, rec["solver"])[rec["nfe"]]
+        errors = cell.errors["rmse_exact"]
+        assert cell.n == rec["n_samples"] == len(errors.errors)
+        assert errors.quantiles()["median"] == pytest.approx(rec["per_sample"]["rmse_exact"]["median"], rel=1e-9)
+        assert errors.diverged_share() == rec["per_sample"]["rmse_exact"]["diverged_share"]
+        assert float(np.sqrt(np.mean(errors.errors ** 2))) == pytest.approx(rec["metrics"]["rmse_exact"], rel=1e-6)
+        worst = errors.worst(3)
+        assert list(errors.errors[worst]) == sorted(errors.errors, reverse=True)[:3]
+        assert (cell.first is not None) == (rec["model"] == "gmm-digits")  # images only
+
+
+def test_model_page_puts_top_blocks_first_then_the_ranking(merged: SimpleNamespace) -> None:
+    from dpmbench.report.merge import merge_runs
+    from dpmbench.report.site import model_page
+    from dpmbench.report.tables import collect
+
+    df = merge_runs([collect(d) for d in sorted({*pd.read_csv(merged.out / "provenance.csv")["run"]})])
+    page = model_page("gmm-2d", df, {}, {}, [], top_blocks=["<div id=answer>use X</div>"])
+    body = page[page.index("<main>"):]
+    assert body.index("id=answer") < body.index("<section id=ranking>") < body.index("table class=\"sortable metric")
+    assert "top blocks" in body and "<th>mean rank</th>" not in body
+
+
+def test_a_cell_whose_shards_changed_since_its_metrics_is_left_out_of_the_diagnostics(
+        runs: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dpmbench.report.persample import CellErrors, collect_per_sample
+
+    changed = tmp_path / "run"
+    shutil.copytree(runs.a / "gmm-2d", changed / "gmm-2d")
+    f = next(p for p in _metrics_files(changed) if "/ddim/" in str(p) and p.name == "nfe4.json")
+    rec = json.loads(f.read_text())
+    rec["per_sample"]["rmse_exact"]["median"] *= 1.01
+    f.write_text(json.dumps(rec))
+    ps = collect_per_sample([changed])
+    assert "rmse_exact" not in ps.of("gmm-2d", "none", "logsnr", 0, "ddim")[4].errors
+    assert "rmse_exact" in ps.of("gmm-2d", "none", "logsnr", 0, "ddim")[8].errors
+    err = capsys.readouterr().err
+    assert "not the recorded one" in err and str(f) in err
+    blown = CellErrors("rmse_exact", np.array([0.1, 0.2, 0.3, np.inf, np.inf]), threshold=1.0)
+    q = blown.quantiles()
+    assert q["median"] == 0.3 and q["max"] == np.inf and q["min"] == 0.1 and blown.diverged_share() == 0.4
+    assert list(blown.worst(2)) == [3, 4]

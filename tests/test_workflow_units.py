@@ -197,12 +197,12 @@ def test_several_seeds_get_a_seed_column_and_their_own_tables(tmp_path: Path) ->
 def test_sample_grid_mosaic_places_every_tile() -> None:
     """The sample grid is one image: tile (i, j) is sample j of row i mapped from [-1, 1] to [0, 1] (grey as RGB),
     white gaps between tiles, short rows padded with white, and each row's label at its centre."""
-    from dpmbench.report.figures import _mosaic
+    from dpmbench.report.figures import tile_mosaic
 
     rng = np.random.default_rng(0)
     grey = rng.uniform(-1, 1, (3, 1, 8, 8))
     short = rng.uniform(-1, 1, (2, 1, 8, 8))
-    mosaic, centers = _mosaic([grey, short], 3)
+    mosaic, centers = tile_mosaic([grey, short], 3)
     assert mosaic.shape == (2 * 9 - 1, 3 * 9 - 1, 3) and centers == [3.5, 12.5]
     for i, xs in enumerate([grey, short]):
         for j in range(3):
@@ -211,7 +211,7 @@ def test_sample_grid_mosaic_places_every_tile() -> None:
             assert np.array_equal(tile, np.repeat(want[:, :, None], 3, axis=2))
     assert (mosaic[8] == 1).all() and (mosaic[:, 8] == 1).all()  # the gaps
     rgb = rng.uniform(-2, 2, (1, 3, 4, 4))  # clipped to [0, 1]
-    m, _ = _mosaic([rgb], 1)
+    m, _ = tile_mosaic([rgb], 1)
     assert np.array_equal(m, np.clip((rgb[0] + 1) / 2, 0, 1).transpose(1, 2, 0))
 
 

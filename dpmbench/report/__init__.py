@@ -58,7 +58,8 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
     """Write ``results.csv``, ``provenance.csv``/``.json``, ``leaderboard.md``, ``leaderboard.html``,
     ``paper_comparison.md``, ``claims.md`` (the seed papers' claims checked on these results,
     ``dpmbench.report.claims``) and ``figures/`` of one or several results directories (merged:
-    ``dpmbench.report.merge``), and with ``site`` a static site there (``dpmbench.report.site``). With ``jobs`` > 1
+    ``dpmbench.report.merge``), and with ``site`` a static site there (``dpmbench.report.site``; its diagnostics
+    pages from the cells' shards: ``dpmbench.report.persample``). With ``jobs`` > 1
     the figures are drawn by ``jobs`` worker processes after the tables are written (the same files: a figure does
     not depend on who draws it). ``previous_claims`` (default: the ``claims.md`` already in ``out``): the ledger this
     one replaces; claims.md then closes with every verdict that changed, before -> after, with the reason."""
@@ -103,10 +104,12 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
     page = leaderboard_html(df, figures, grids)
     atomic_write(out / "leaderboard.html", lambda tmp: tmp.write_text(page))
     if site is not None:
+        from dpmbench.report.persample import collect_per_sample
         from dpmbench.report.site import write_site
 
+        per_sample = collect_per_sample(dirs, models=sorted(set(df["model"])))  # the rows' diagnostics
         write_site(df, Path(site), figures, grids, entries,
-                   data=[out / "results.csv", out / "provenance.csv", out / "provenance.json"])
+                   data=[out / "results.csv", out / "provenance.csv", out / "provenance.json"], per_sample=per_sample)
     return df
 
 

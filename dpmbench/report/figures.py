@@ -159,7 +159,7 @@ def _npz_meta(path: Path) -> dict[str, Any]:
     return {k: f[k].item() for k in ("model", "solver", "schedule", "guidance", "seed", "nfe") if k in f}
 
 
-def _mosaic(rows: list[np.ndarray], ncol: int) -> tuple[np.ndarray, list[float]]:
+def tile_mosaic(rows: list[np.ndarray], ncol: int) -> tuple[np.ndarray, list[float]]:
     """The samples of every row (N x C x H x W in [-1, 1], C in 1, 3) as one RGB image in [0, 1]: ``ncol`` tiles
     per row, white gaps of H / 8 pixels (at least 1) between tiles; and each row's centre (pixels from the top)."""
     c, h, w = rows[0].shape[1:]
@@ -211,7 +211,7 @@ def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> 
             rows.append((solver, load_npz(path)["x"][:columns]))
         ncol = max(len(x) for _, x in rows)
         fig, ax = plt.subplots(figsize=(0.75 * ncol + 2.6, 0.75 * len(rows) + 0.4))
-        mosaic, centers = _mosaic([xs for _, xs in rows], ncol)
+        mosaic, centers = tile_mosaic([xs for _, xs in rows], ncol)
         ax.imshow(mosaic, interpolation="nearest")  # one image of every tile: one axes, not one per sample
         ax.set_xticks([])
         ax.set_yticks(centers, [label for label, _ in rows], fontsize=6)
@@ -227,7 +227,7 @@ def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> 
     return paths
 
 
-__all__ = ["HIGHLIGHT", "metric_figure", "solver_styles", "write_sample_grids"]
+__all__ = ["HIGHLIGHT", "metric_figure", "solver_styles", "tile_mosaic", "write_sample_grids"]
 
 
 def _figure_name(key: tuple[Any, ...], many_seeds: bool, label: str = "") -> str:

@@ -100,7 +100,7 @@ def _canonical(spec: str) -> str:
 SPREAD_ONE_SOURCE = 0.03  # a reproduction of a number published once is "within" at +-3% of it
 
 
-def _setting(e: dict[str, Any]) -> tuple[Any, ...]:
+def setting_key(e: dict[str, Any]) -> tuple[Any, ...]:
     """What a published number measures: the key under which several sources publish the same setting."""
     g = e.get("guidance", "any")
     return (e["model"], e["metric"], _canonical(e["solver"]), int(e["nfe"]), e.get("schedule", "any"),
@@ -108,14 +108,14 @@ def _setting(e: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def published_spread(entries: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[float]]:
-    """Every published value of each setting (over all papers and tables), keyed by ``_setting``."""
+    """Every published value of each setting (over all papers and tables), keyed by ``setting_key``."""
     spread: dict[tuple[Any, ...], list[float]] = {}
     for e in entries:
-        spread.setdefault(_setting(e), []).append(float(e["value"]))
+        spread.setdefault(setting_key(e), []).append(float(e["value"]))
     return spread
 
 
-def _within(value: float, published: list[float]) -> str:
+def within_spread(value: float, published: list[float]) -> str:
     """'yes' when ours lies inside the published spread ([min, max] of several sources; +-3% of a single one)."""
     lo, hi = min(published), max(published)
     if len(set(published)) == 1:
@@ -123,22 +123,53 @@ def _within(value: float, published: list[float]) -> str:
     return "yes" if lo <= value <= hi else "no"
 
 
-def _coverage_lines(df: pd.DataFrame, entries: list[dict[str, Any]], found: dict[int, bool]) -> list[str]:
-    """One line per paper: numbers, how many have a result of ours here, and what is missing to run the others."""
-    lines = ["## Coverage", ""]
+def match_entry(df: pd.DataFrame, e: dict[str, Any], canon_col: pd.Series | None,
+                models: set[str]) -> tuple[pd.DataFrame, str]:
+    """Our rows of the setting of the published number ``e`` (model, metric, NFE, canonical solver, and schedule and
+    guidance where the entry states them) and, where there is none, why: the checkpoint it needs, or the cell
+    missing from the results. ``canon_col``: ``df``'s solvers in canonical form (``canonical_solvers``)."""
+    want = _canonical(e["solver"])
+    if e["model"] not in models or canon_col is None:  # no row can match (the model was not run)
+        return df.iloc[0:0], f"not run: needs checkpoint {e.get('checkpoint', e['model'])}"
+    sel = df[(df["model"] == e["model"]) & (df["metric"] == e["metric"]) & (df["nfe"] == int(e["nfe"]))
+             & (canon_col == want)]
+    if "schedule" in e:
+        sel = sel[sel["schedule"] == str(e["schedule"])]
+    if "guidance" in e:
+        sel = sel[sel["guidance"] == ("none" if e["guidance"] in (None, "none") else str(float(e["guidance"])))]
+    return sel, "" if not sel.empty else f"not run: no {e['metric']} at NFE {e['nfe']} for {want} in the results"
+
+
+def canonical_solvers(df: pd.DataFrame) -> pd.Series | None:
+    """``df``'s solver column in the registry's canonical form (None for an empty frame)."""
+    return df["solver"].map(_canonical) if not df.empty else None
+
+
+def paper_coverage(df: pd.DataFrame, entries: list[dict[str, Any]], found: dict[int, bool]) -> list[dict[str, Any]]:
+    """Per paper: ``paper``, ``numbers``, ``ours`` (how many have a result here), ``need`` (model -> numbers not
+    run for want of its checkpoint) and ``cells`` (numbers whose model ran but not their cell); ``found``: entry
+    index -> whether it has a result."""
     models = set(df["model"]) if not df.empty else set()
+    out = []
     for paper in dict.fromkeys(e["paper"] for e in entries):
         es = [(i, e) for i, e in enumerate(entries) if e["paper"] == paper]
-        ours = sum(found[i] for i, _ in es)
         need: dict[str, int] = {}
         for i, e in es:
             if not found[i] and e["model"] not in models:
                 need[e["model"]] = need.get(e["model"], 0) + 1
-        cells = sum(not found[i] and e["model"] in models for i, e in es)
-        missing = "; ".join(f"{k}: {v}" for k, v in need.items())
-        lines.append(f"- **{paper}**: {len(es)} numbers, {ours} with a result here"
+        out.append({"paper": paper, "numbers": len(es), "ours": sum(found[i] for i, _ in es), "need": need,
+                    "cells": sum(not found[i] and e["model"] in models for i, e in es)})
+    return out
+
+
+def _coverage_lines(df: pd.DataFrame, entries: list[dict[str, Any]], found: dict[int, bool]) -> list[str]:
+    """One line per paper: numbers, how many have a result of ours here, and what is missing to run the others."""
+    lines = ["## Coverage", ""]
+    for c in paper_coverage(df, entries, found):
+        missing = "; ".join(f"{k}: {v}" for k, v in c["need"].items())
+        lines.append(f"- **{c['paper']}**: {c['numbers']} numbers, {c['ours']} with a result here"
                      + (f"; not run, checkpoint needed: {missing}" if missing else "")
-                     + (f"; {cells} with the model run but not that cell" if cells else ""))
+                     + (f"; {c['cells']} with the model run but not that cell" if c["cells"] else ""))
     return [*lines, ""]
 
 
@@ -154,7 +185,7 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
              ""]
     if not entries:
         return "\n".join([*lines, "_No papers/*.yaml entries._", ""])
-    canon_col = df["solver"].map(_canonical) if not df.empty else None  # _canonical is cached per spec
+    canon_col = canonical_solvers(df)
     models = set(df["model"]) if not df.empty else set()
     spread = published_spread(entries)
     found: dict[int, bool] = {}
@@ -168,32 +199,19 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
                  "| published spread | within |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for i, e in es:
-            want = _canonical(e["solver"])
-            if e["model"] not in models:  # no row can match (the model was not run)
-                sel = df.iloc[0:0]
-            else:
-                sel = df[(df["model"] == e["model"]) & (df["metric"] == e["metric"]) & (df["nfe"] == int(e["nfe"]))
-                         & (canon_col == want)]
-            if "schedule" in e:
-                sel = sel[sel["schedule"] == str(e["schedule"])]
-            if "guidance" in e:
-                sel = sel[sel["guidance"] == ("none" if e["guidance"] in (None, "none") else str(float(e["guidance"])))]
+            sel, why = match_entry(df, e, canon_col, models)
             found[i] = not sel.empty
-            pub = spread[_setting(e)]
+            pub = spread[setting_key(e)]
             span = f"{min(pub):g} .. {max(pub):g} ({len(pub)} values)" if len(pub) > 1 else "one source"
             head = (f"| {e['table']} | {e.get('page', '–')} | {e['model']} | {e['metric']} | {e['solver']} | "
                     f"{e['nfe']} | {e.get('schedule', 'any')} | {e.get('guidance', 'any')} | "
                     f"{e.get('printed', e['value'])} |")
             if sel.empty:
-                if e["model"] not in models:
-                    why = f"not run: needs checkpoint {e.get('checkpoint', e['model'])}"
-                else:
-                    why = f"not run: no {e['metric']} at NFE {e['nfe']} for {want} in the results"
                 body.append(f"{head} {why} | | {span} | |")
                 continue
             for r in sel.itertuples():
                 delta = "" if is_nan(r.value) else f"{r.value - float(e['value']):+.3g}"
-                within = "" if is_nan(r.value) else _within(float(r.value), pub)
+                within = "" if is_nan(r.value) else within_spread(float(r.value), pub)
                 where = "" if "schedule" in e and "guidance" in e else f" ({r.schedule}, g {r.guidance})"
                 body.append(f"{head} {fmt(r.value)}{fmt_ci(r.ci_low, r.ci_high)}{where} | {delta} | {span} | "
                             f"{within} |")

@@ -1,33 +1,35 @@
 """A self-contained static leaderboard site: ``dpmbench report DIR... --site SITE``.
 
-``SITE/index.html`` (models with their leading solvers, the runs and their provenance, how to read the tables),
-one page per model (a ranking view, sortable solver x NFE tables per metric with CIs, best/tied marks, per-sample
-median and diverged share, figures, sample grids, the paper comparison and the provenance of every table) and
-``papers.html``. Plain HTML, one CSS and one JS file, PNG figures and the CSV data: it opens from the file system,
-needs no server and names no external URL.
+``SITE/index.html`` (models with their leading solvers per metric, the runs and their provenance, how to read the
+tables), one page per model (opening with any blocks a caller puts on top, then the ranking: one rank per metric,
+never averaged across metrics; then sortable solver x NFE tables per metric with CIs, best/tied marks, per-sample
+median and diverged share, figures, sample grids, the paper comparison and the provenance of every table), one
+diagnostics page per model (``diag-MODEL.html``: per-sample error distributions and worst samples, linked from every
+leaderboard row) and ``papers.html`` (the papers' tables, published numbers beside ours). Plain HTML, one CSS and
+one JS file, PNG figures and the CSV data: it opens from the file system, needs no server and names no external URL.
 """
 
 from __future__ import annotations
 
-import html
 import json
-import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from dpmbench.io import atomic_write
+from dpmbench.report.diagnostics import diagnostics_body, page_name, row_links
+from dpmbench.report.markup import esc, section_anchor, slug
 from dpmbench.report.merge import provenance_summary
-from dpmbench.report.papers import paper_comparison_markdown
-from dpmbench.report.stats import mean_ranks
+from dpmbench.report.paper_tables import papers_html
+from dpmbench.report.persample import PerSample
+from dpmbench.report.ranking import Ranked, ranking
 from dpmbench.report.tables import (
     fmt,
     fmt_ci,
     groups,
-    higher_is_better,
     is_nan,
     protocol_label,
     table_cells,
@@ -78,6 +80,18 @@ details{margin:6px 0}summary{cursor:pointer;color:var(--accent)}
 code{font-size:12px;background:#f2f4f7;padding:0 3px;border-radius:3px}
 .grid2{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:18px;align-items:start}
 @media(max-width:1100px){.grid2{grid-template-columns:1fr}}
+.spec,.card li,.card b{overflow-wrap:anywhere;word-break:break-word}
+td.spec{white-space:normal;max-width:26em;text-align:left}
+.links{white-space:nowrap;font-size:11px}a.diag{margin-left:5px;color:var(--muted)}
+.leaders{font-size:12px;color:#344054;margin:-4px 0 8px}
+.note{color:#344054;font-size:12.5px;background:#fffaeb;border-left:3px solid #f79009;padding:3px 10px;margin:4px 0}
+table.paper td{min-width:5.5em}.pub{font-weight:600}
+.ours{font-size:11px;white-space:nowrap}.ours.yes{color:#05603a}.ours.no{color:var(--bad)}.ours.none{color:#98a2b3}
+td.bad{color:var(--bad);font-weight:600}caption{text-align:left;font-weight:600;padding:2px 0}
+.tiles{display:flex;gap:8px;align-items:flex-start;margin:4px 0 12px}.tiles .labels div{display:flex;
+  align-items:center;justify-content:flex-end;font-size:11px;color:var(--muted);white-space:nowrap}
+img.pixel{image-rendering:pixelated;border:1px solid var(--line)}
+.top-blocks{margin:10px 0 4px}
 """
 
 JS = """'use strict';
@@ -120,16 +134,10 @@ READING = ("Every solver of a table starts from the same initial noise x<sub>T</
            "its difference to every other solver at that NFE excludes zero; otherwise the best and every solver it "
            "cannot be told apart from are marked <i>tied</i> (light green). Red: where samples diverged, the "
            "per-sample median and the share of diverged samples (error larger than the target's own RMS). "
-           "Ranking: mean rank over the NFEs (1 = best). Click a column header to sort.")
+           "Ranking: per metric, the solver's mean rank over the NFEs (1 = best); ranks of different metrics are "
+           "shown side by side, never averaged. Click a column header to sort.")
 
-
-def _e(x: Any) -> str:
-    return html.escape(str(x))
-
-
-def slug(text: str) -> str:
-    """A file- and anchor-safe name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "x"
+_e = esc
 
 
 def _page(title: str, header: str, body: str) -> str:
@@ -205,14 +213,22 @@ def _protocol_line(g: pd.DataFrame) -> str:
 
 
 # -- tables -------------------------------------------------------------------------------------------------
-def metric_table(g: pd.DataFrame) -> str:
-    """A sortable solver x NFE table of one metric: value, CI, best/tied class, median/diverged where any."""
+Links = Callable[[str], str]  # solver -> the HTML links of its row (to its diagnostics)
+
+
+def _no_links(solver: str) -> str:
+    return ""
+
+
+def metric_table(g: pd.DataFrame, links: Links = _no_links) -> str:
+    """A sortable solver x NFE table of one metric: value, CI, best/tied class, median/diverged where any; each
+    row's solver with ``links(solver)`` (its diagnostics)."""
     nfes, rows = table_cells(g)
     by = {(r.solver, int(r.nfe)): r for r in g.itertuples()}
     head = "<thead><tr><th>solver</th>" + "".join(f"<th>NFE {n}</th>" for n in nfes) + "</tr></thead>"
     body = []
     for solver, cells in rows:
-        tds = [f"<td>{_e(solver)}</td>"]
+        tds = [f"<td class=spec>{_e(solver)}{links(solver)}</td>"]
         for n, (_text, mark, spread) in zip(nfes, cells, strict=True):
             r = by.get((solver, n))
             v = "" if r is None or is_nan(r.value) else f" data-v=\"{float(r.value)!r}\""
@@ -229,33 +245,41 @@ def metric_table(g: pd.DataFrame) -> str:
     return f"<div class=scroll><table class=\"sortable metric\">{head}<tbody>{''.join(body)}</tbody></table></div>"
 
 
-def ranking(groups: list[tuple[tuple[Any, ...], pd.DataFrame]]) -> pd.DataFrame:
-    """Mean rank over NFE per solver and metric of one section, and their mean (``overall``), best first."""
-    frames = []
-    for key, g in groups:
-        r = mean_ranks(g, higher_is_better(str(key[4]))).set_index("solver")
-        frames.append(r.rename(columns=lambda c, m=key[4]: f"{m}:{c}"))
-    table = pd.concat(frames, axis=1)
-    metrics = [str(k[4]) for k, _ in groups]
-    table["overall"] = table[[f"{m}:mean_rank" for m in metrics]].mean(axis=1)
-    table["best"] = table[[f"{m}:best" for m in metrics]].sum(axis=1)
-    table["tied"] = table[[f"{m}:tied" for m in metrics]].sum(axis=1)
-    return table.sort_values(["overall"], kind="stable")
-
-
-def ranking_table(rank: pd.DataFrame, metrics: list[str]) -> str:
-    head = ("<thead><tr><th>solver</th><th>mean rank</th>" + "".join(f"<th>{_e(m)}</th>" for m in metrics)
-            + "<th>best</th><th>tied</th></tr></thead>")
+def ranking_table(rank: pd.DataFrame, metrics: list[str], links: Links = _no_links) -> str:
+    """A sortable ranking: per solver, its mean rank over NFE under each metric (a column each, the primary metric
+    first: the rows' order) with how often it was best / tied there; no column averages metrics."""
+    head = ("<thead><tr><th>solver</th>" + "".join(
+        f"<th title=\"mean rank over NFE by {_e(m)}\">{'sorted by ' if i == 0 else ''}{_e(m)}</th>"
+        for i, m in enumerate(metrics)) + "</tr></thead>")
     body = []
     for solver, r in rank.iterrows():
-        cells = [f"<td>{_e(solver)}</td>", f"<td data-v=\"{r['overall']!r}\"><b>{r['overall']:.2f}</b></td>"]
+        cells = [f"<td class=spec>{_e(solver)}{links(str(solver))}</td>"]
         for m in metrics:
             v = r.get(f"{m}:mean_rank")
-            cells.append("<td data-v=NaN>–</td>" if is_nan(v) else f"<td data-v=\"{v!r}\">{v:.2f}</td>")
-        cells.append(f"<td data-v=\"{int(r['best'])}\">{int(r['best'])}</td>")
-        cells.append(f"<td data-v=\"{int(r['tied'])}\">{int(r['tied'])}</td>")
+            if is_nan(v):
+                cells.append("<td data-v=NaN>–</td>")
+                continue
+            best, tied = int(r[f"{m}:best"]), int(r[f"{m}:tied"])
+            marks = (f"<br><span class=ci>best ×{best}</span>" if best else "") + (
+                f"<br><span class=ci>tied ×{tied}</span>" if tied else "")
+            cells.append(f"<td data-v=\"{v!r}\">{v:.2f}{marks}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<div class=scroll><table class=\"sortable ranking\">{head}<tbody>{''.join(body)}</tbody></table></div>"
+
+
+RANKING_NOTE = ("Each column: the solver's rank by that metric at each NFE (1 = best; a diverged value ranks last), "
+                "averaged over the NFEs; ranks of different metrics are never averaged. Each table is sorted by the "
+                "column headed <i>sorted by</i> (its primary metric: the solver's own error where measured), then by "
+                "the other columns in order; solvers without it (stochastic solvers have no pathwise metric) come "
+                "last. best / tied: NFE columns where the solver was marked so.")
+
+
+def _not_ranked(metrics: list[str], constant: list[str]) -> str:
+    """The section's line on the metrics left out of its ranking ('' where none was)."""
+    if not metrics:
+        return "<p class=prov>Nothing to rank.</p>"
+    return (f"<p class=prov>Not ranked: {_e(', '.join(constant))} (equal for every solver: it does not depend on "
+            "the solver).</p>" if constant else "")
 
 
 def _sections(df: pd.DataFrame) -> dict[tuple[Any, ...], list[tuple[tuple[Any, ...], pd.DataFrame]]]:
@@ -266,87 +290,85 @@ def _sections(df: pd.DataFrame) -> dict[tuple[Any, ...], list[tuple[tuple[Any, .
     return out
 
 
-# -- markdown (paper comparison) ------------------------------------------------------------------------------
-def markdown_html(md: str) -> str:
-    """The subset of markdown the report writes (headings, paragraphs, pipe tables, `code`) as HTML."""
-    out: list[str] = []
-    lines = md.splitlines()
-    i = 0
-
-    def inline(t: str) -> str:
-        return re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(t))
-
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("#"):
-            level = min(len(line) - len(line.lstrip("#")) + 1, 4)
-            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].startswith("|"):
-                if not re.fullmatch(r"\|(-+\|)+", lines[i].replace(" ", "")):
-                    rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
-                i += 1
-            head = "".join(f"<th>{inline(c)}</th>" for c in rows[0])
-            body = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-            out.append(f"<div class=scroll><table class=sortable><thead><tr>{head}</tr></thead><tbody>{body}"
-                       "</tbody></table></div>")
-            continue
-        elif line.strip():
-            out.append(f"<p>{inline(line)}</p>")
-        i += 1
-    return "\n".join(out)
+def _heading(skey: tuple[Any, ...], many_seeds: bool) -> str:
+    _, guidance, schedule, seed, label = skey
+    return f"guidance {guidance} · schedule {schedule}" + (f" · seed {seed}" if many_seeds else "") + (
+        f" · {label}" if label else "")
 
 
 # -- pages --------------------------------------------------------------------------------------------------
+def _rankings(df: pd.DataFrame) -> dict[tuple[Any, ...], Ranked]:
+    """The ranking of every section of ``df`` (the cards and the model pages share them: computed once)."""
+    return {skey: ranking(tables) for skey, tables in _sections(df).items()}
+
+
 def model_page(model: str, df: pd.DataFrame, figures: dict[tuple[Any, ...], Path],
-               grids: dict[tuple[str, ...], Path], entries: list[dict[str, Any]]) -> str:
+               grids: dict[tuple[str, ...], Path], entries: list[dict[str, Any]],
+               per_sample: PerSample | None = None, top_blocks: Sequence[str] = (),
+               rankings: dict[tuple[Any, ...], Ranked] | None = None) -> str:
+    """A model's page: ``top_blocks`` (HTML blocks put first, in order, e.g. a recommendation), then the ranking of
+    every section, the sections' tables and figures, the sample grids, the published numbers and the provenance.
+    Each leaderboard row links to the solver's diagnostics (``per_sample``: ``diag-MODEL.html``). ``rankings``:
+    the sections' rankings where already computed (:func:`_rankings`)."""
     many_seeds = df["seed"].nunique() > 1
-    sections = _sections(df[df["model"] == model])
-    toc, body = [], []
-    my_grids = [(k, p) for k, p in grids.items() if k[0] == model]
-    if my_grids:
-        body.append("<h2 id=samples>Samples</h2>")
-        for k, p in my_grids:
-            body.append(f"<figure><img src=\"figures/{_e(p.name)}\" alt=\"samples of {_e(model)}\">"
-                        f"<figcaption>First samples of every solver at the smallest NFE (guidance {_e(k[1])}, seed "
-                        f"{_e(k[2])}, schedule {_e(k[3])}); top row: the reference from the same x_T (the exact ODE "
-                        "solutions, or a trained network's high-NFE solver run, as labelled)."
-                        "</figcaption></figure>")
+    mine = df[df["model"] == model]
+    sections = _sections(mine)
+    toc = ["<li><a href=\"#ranking\">Ranking</a></li>"]
+    ranks, body = [], []
     for skey, tables in sections.items():
-        _, guidance, schedule, seed, label = skey
-        anchor = slug(f"g{guidance}-{schedule}-s{seed}-{label}")
-        heading = f"guidance {guidance} · schedule {schedule}" + (f" · seed {seed}" if many_seeds else "") + (
-            f" · {label}" if label else "")
+        _, guidance, schedule, seed, _label = skey
+        anchor = section_anchor(guidance, schedule, seed, _label)
+        heading = _heading(skey, many_seeds)
+
+        def links(solver: str, g: Any = guidance, s: Any = schedule, sd: Any = seed) -> str:
+            return row_links(per_sample, model, str(g), str(s), int(sd), solver)
+
+        rank, metrics, constant = rankings[skey] if rankings and skey in rankings else ranking(tables)
+        ranks.append(f"<h3 id=\"rank-{anchor}\">{_e(heading)} <a class=diag href=\"#{anchor}\">tables</a></h3>"
+                     + (ranking_table(rank, metrics, links) if metrics else "") + _not_ranked(metrics, constant))
         toc.append(f"<li><a href=\"#{anchor}\">{_e(heading)}</a></li>")
         body.append(f"<h2 id=\"{anchor}\">{_e(heading)}</h2>")
-        metrics = [str(k[4]) for k, _ in tables]
-        body.append("<h3>Ranking (mean rank over NFE)</h3>" + ranking_table(ranking(tables), metrics)
-                    + "<p class=prov>Per metric: the solver's rank at each NFE (1 = best; a diverged value ranks "
-                    "last), averaged over NFE; mean rank: the average over the metrics the solver has (stochastic "
-                    "solvers have no pathwise metric such as rmse_exact). best / tied: columns where it was marked "
-                    "so.</p>")
         for key, g in tables:
-            body.append(f"<h3 id=\"{anchor}-{slug(key[4])}\">{_e(title(key, many_seeds, label))}</h3>")
-            body.append(metric_table(g))
+            body.append(f"<h3 id=\"{anchor}-{slug(key[4])}\">{_e(title(key, many_seeds, _label))}</h3>")
+            body.append(metric_table(g, links))
             body.append(_protocol_line(g))
             if key in figures:
                 body.append(f"<figure><img src=\"figures/{_e(figures[key].name)}\" alt=\"{_e(key[4])} vs NFE\" "
                             f"><figcaption>{_e(key[4])} vs NFE, log-log; the "
                             "5 best by mean rank bold with 95% CI bands; colour = solver family, line style = "
                             "variant.</figcaption></figure>")
-    mine = [e for e in entries if e["model"] == model]
-    if mine:
-        body.append("<h2 id=papers>Published numbers beside ours</h2>")
-        body.append(markdown_html(paper_comparison_markdown(df[df["model"] == model], mine).split("\n", 2)[2]))
-    body.append("<h2 id=provenance>Provenance</h2>" + provenance_table(df[df["model"] == model]))
+    my_grids = [(k, p) for k, p in grids.items() if k[0] == model]
+    if my_grids:
+        toc.append("<li><a href=\"#samples\">Samples</a></li>")
+        body.append("<h2 id=samples>Samples</h2>")
+        for k, p in my_grids:
+            body.append(f"<figure><img src=\"figures/{_e(p.name)}\" alt=\"samples of {_e(model)}\">"
+                        f"<figcaption>First samples of every solver at the smallest NFE (guidance {_e(k[1])}, seed "
+                        f"{_e(k[2])}, schedule {_e(k[3])}); top row: the reference from the same x_T (the exact ODE "
+                        "solutions, or a trained network's high-NFE solver run, as labelled). Every NFE of one "
+                        f"solver: its <i>samples</i> link, on the <a href=\"{page_name(model)}\">diagnostics page"
+                        "</a>.</figcaption></figure>")
+    mine_entries = [e for e in entries if e["model"] == model]
+    if mine_entries:
+        toc.append("<li><a href=\"#papers\">Published numbers</a></li>")
+        body.append("<h2 id=papers>Published numbers beside ours</h2>" + papers_html(mine, mine_entries, False))
+    toc.append("<li><a href=\"#provenance\">Provenance</a></li>")
+    body.append("<h2 id=provenance>Provenance</h2>" + provenance_table(mine))
+    nfes = sorted(int(n) for n in mine["nfe"].unique())
     header = (f"<nav class=crumbs><a href=\"index.html\">dpmbench leaderboard</a> › {_e(model)}</nav>"
-              f"<h1>{_e(model)}</h1><p>{READING}</p>")
-    nav = "<details open><summary>Sections</summary><ul>" + "".join(toc) + "</ul></details>"
-    return _page(f"{model} · dpmbench", header, nav + "\n".join(body))
+              f"<h1>{_e(model)}</h1><p>{mine['solver'].nunique()} solvers · NFE {nfes[0]}–{nfes[-1]} · metrics "
+              f"{_e(', '.join(sorted(set(mine['metric']))))}"
+              + (f" · <a href=\"{page_name(model)}\">per-sample diagnostics</a>" if per_sample is not None else "")
+              + "</p>")
+    top = ("<!-- top blocks: HTML put first on the page (model_page's top_blocks) -->"
+           + (f"<div class=top-blocks>{''.join(top_blocks)}</div>" if top_blocks else ""))
+    first = (f"<section id=ranking><h2>Ranking</h2><p class=prov>{RANKING_NOTE}</p>" + "".join(ranks) + "</section>"
+             f"<details class=legend><summary>How to read the tables</summary>{READING}</details>")
+    nav = "<details><summary>Sections</summary><ul>" + "".join(toc) + "</ul></details>"
+    return _page(f"{model} · dpmbench", header, top + first + nav + "\n".join(body))
 
 
-def _card(model: str, df: pd.DataFrame) -> str:
+def _card(model: str, df: pd.DataFrame, rankings: dict[tuple[Any, ...], Ranked] | None = None) -> str:
     g = df[df["model"] == model]
     nfes = sorted(int(n) for n in g["nfe"].unique())
     meta = (f"{g['solver'].nunique()} solvers · NFE {nfes[0]}–{nfes[-1]} · metrics "
@@ -354,20 +376,36 @@ def _card(model: str, df: pd.DataFrame) -> str:
     parts = [f"<div class=card><h2><a href=\"model-{slug(model)}.html\">{_e(model)}</a></h2>"
              f"<div class=meta>{_e(meta)}</div>"]
     for skey, tables in _sections(g).items():
-        rank = ranking(tables).head(3)
+        rank, metrics, _ = rankings[skey] if rankings and skey in rankings else ranking(tables)
         heading = f"guidance {skey[1]} · {skey[2]}" + (f" · seed {skey[3]}" if g["seed"].nunique() > 1 else "") + (
             f" · {skey[4]}" if skey[4] else "")
+        if not metrics:
+            parts.append(f"<div><b>{_e(heading)}</b>: nothing to rank</div>")
+            continue
+        first = metrics[0]
         items = []
-        for solver, r in rank.iterrows():
-            pill = (f"<span class=\"pill best\">best ×{int(r['best'])}</span>" if r["best"] else "") + (
-                f"<span class=\"pill tied\">tied ×{int(r['tied'])}</span>" if r["tied"] else "")
-            items.append(f"<li><b>{_e(solver)}</b> <span class=ci>mean rank {r['overall']:.2f}</span>{pill}</li>")
-        parts.append(f"<div><b>{_e(heading)}</b><ol>{''.join(items)}</ol></div>")
+        for solver, r in rank[rank[f"{first}:mean_rank"].notna()].head(3).iterrows():
+            best, tied = int(r[f"{first}:best"]), int(r[f"{first}:tied"])
+            pill = (f"<span class=\"pill best\">best ×{best}</span>" if best else "") + (
+                f"<span class=\"pill tied\">tied ×{tied}</span>" if tied else "")
+            items.append(f"<li><b>{_e(solver)}</b> <span class=ci>mean rank {r[f'{first}:mean_rank']:.2f}</span>"
+                         f"{pill}</li>")
+        leaders = []
+        for m in metrics[1:]:
+            top = rank[f"{m}:mean_rank"].dropna()
+            if len(top):
+                leaders.append(f"{_e(m)}: <span class=spec>{_e(top.idxmin())}</span>")
+        parts.append(f"<div><b>{_e(heading)}</b> <span class=ci>· by {_e(first)}, mean rank over NFE</span>"
+                     f"<ol>{''.join(items)}</ol>"
+                     + (f"<div class=leaders>First by {' · '.join(leaders)}</div>" if leaders else "") + "</div>")
     parts.append("</div>")
     return "".join(parts)
 
 
-def index_page(df: pd.DataFrame, models: Iterable[str], data_files: list[str]) -> str:
+def index_page(df: pd.DataFrame, models: Iterable[str], data_files: list[str],
+               rankings: dict[tuple[Any, ...], Ranked] | None = None) -> str:
+    """The site's front page: a card per model (its leading solvers per section, by metric), the runs and their
+    provenance, the data files."""
     runs = sorted(set(df["run"])) if not df.empty else []
     dates = sorted(df["date"].dropna()) if not df.empty else []
     when = f"{dates[0][:10]} – {dates[-1][:10]}" if dates and dates[0][:10] != dates[-1][:10] else (
@@ -376,7 +414,7 @@ def index_page(df: pd.DataFrame, models: Iterable[str], data_files: list[str]) -
               f"network evaluations (NFE)? {df['solver'].nunique() if not df.empty else 0} solvers on "
               f"{len(list(models))} models, merged from {len(runs)} run(s) ({_e(when)}).</p>")
     body = ["<div class=legend>" + READING + "</div>", "<h2>Models</h2><div class=cards>"]
-    body += [_card(m, df) for m in models]
+    body += [_card(m, df, rankings) for m in models]
     body.append("</div>")
     body.append("<h2>Runs and provenance</h2>" + provenance_table(df))
     links = " · ".join(f"<a href=\"{_e(f)}\">{_e(f)}</a>" for f in data_files)
@@ -386,8 +424,11 @@ def index_page(df: pd.DataFrame, models: Iterable[str], data_files: list[str]) -
 
 def write_site(df: pd.DataFrame, site: Path, figures: dict[tuple[Any, ...], Path],
                grids: dict[tuple[str, ...], Path], entries: list[dict[str, Any]],
-               data: Iterable[Path] = ()) -> list[Path]:
-    """Write the static site into ``site`` (figures and data files copied in); returns the HTML pages."""
+               data: Iterable[Path] = (), per_sample: PerSample | None = None,
+               top_blocks: Mapping[str, Sequence[str]] | None = None) -> list[Path]:
+    """Write the static site into ``site`` (figures and data files copied in); returns the HTML pages.
+    ``per_sample`` (``dpmbench.report.persample.collect_per_sample``): the per-sample data of the diagnostics pages
+    (none without it); ``top_blocks``: per model, HTML blocks put first on its page."""
     df = with_protocol(df) if not df.empty else df
     site.mkdir(parents=True, exist_ok=True)
     _write(site / "assets" / "site.css", CSS)
@@ -400,18 +441,24 @@ def write_site(df: pd.DataFrame, site: Path, figures: dict[tuple[Any, ...], Path
         data_files.append(Path(p).name)
     models = list(dict.fromkeys(df["model"])) if not df.empty else []
     pages = []
+    rankings = _rankings(df) if not df.empty else {}
     for m in models:
         pages.append(site / f"model-{slug(m)}.html")
-        _write(pages[-1], model_page(m, df, figures, grids, entries))
-    papers = markdown_html(paper_comparison_markdown(df, entries))
+        _write(pages[-1], model_page(m, df, figures, grids, entries, per_sample, (top_blocks or {}).get(m, ()),
+                                         rankings))
+        if per_sample is not None:
+            pages.append(site / page_name(m))
+            header = (f"<nav class=crumbs><a href=\"index.html\">dpmbench leaderboard</a> › <a href=\"model-{slug(m)}"
+                      f".html\">{_e(m)}</a> › diagnostics</nav><h1>{_e(m)}: per-sample diagnostics</h1>")
+            _write(pages[-1], _page(f"{m} diagnostics · dpmbench", header, diagnostics_body(site, m, df, per_sample)))
     header = ("<nav class=crumbs><a href=\"index.html\">dpmbench leaderboard</a> › papers</nav>"
               "<h1>Published numbers beside ours</h1>")
     pages.append(site / "papers.html")
-    _write(pages[-1], _page("papers · dpmbench", header, papers))
+    _write(pages[-1], _page("papers · dpmbench", header, papers_html(df, entries)))
     pages.insert(0, site / "index.html")
-    _write(pages[0], index_page(df, models, data_files))
+    _write(pages[0], index_page(df, models, data_files, rankings))
     _write(site / "site.json", json.dumps({"pages": [p.name for p in pages]}, indent=1) + "\n")
     return pages
 
 
-__all__ = ["markdown_html", "metric_table", "model_page", "provenance_table", "ranking", "write_site"]
+__all__ = ["index_page", "metric_table", "model_page", "provenance_table", "ranking_table", "write_site"]
