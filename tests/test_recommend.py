@@ -152,7 +152,8 @@ def test_cli_recommend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "best: unipc (logsnr, NFE 10): 1 [0.02, 1.98] · 0.005 s/sample on test CPU" in out
     assert "clear winner: separated from each of the 3 other cells by the paired bootstrap" in out
     assert "use solver `unipc` with the `logsnr` schedule at NFE 10" in out
-    assert "pipe.scheduler = dpmbench.diffusers.scheduler('unipc', pipe.scheduler.config, schedule='logsnr')" in out
+    assert ("in diffusers: `pipe.scheduler = dpmbench.diffusers.scheduler('unipc', pipe.scheduler.config, "
+            "schedule='logsnr'); pipe(..., num_inference_steps=10)`." in out)
     assert load_results(tmp_path / "res")["boot"].notna().all()  # a results directory: paired replicates
     for argv, message in (
             (["--model", "gmm", "--nfe", "10"], "invalid --model 'gmm'; allowed: gmm-2d"),

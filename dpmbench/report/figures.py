@@ -259,7 +259,8 @@ def pareto_figure(g: pd.DataFrame, title: str, path: Path, higher_is_better: boo
     """Two panels of one (model, guidance, seed, protocol, metric), every (solver, schedule, NFE) cell a grey dot: the
     metric vs NFE and vs seconds of sampling per sample, each with its Pareto front (the best within each budget,
     a step line); stars: the NFE-matched winners (best at each NFE), rings: the time-matched winners (best within the
-    same time as that NFE's winner), coloured by solver family. Times from several devices are not comparable: the
+    same time as that NFE's winner; a ring around a star: that winner is also the time-matched one), coloured by
+    winning (solver, schedule). Times from several devices are not comparable: the
     title says so."""
     plt = pyplot()
     g = g.assign(value=pd.to_numeric(g["value"], errors="coerce"),
@@ -285,7 +286,7 @@ def pareto_figure(g: pd.DataFrame, title: str, path: Path, higher_is_better: boo
         ax.step(fx + [max(xs)], fy + [fy[-1]], where="post", color="black", lw=1.3, zorder=2,
                 label="Pareto front: best within the budget" if xcol == "nfe" else None)
         for nfe_win, time_win in winners:
-            for r, marker, size, kind in ((nfe_win, "*", 150, "NFE"), (time_win, "o", 90, "time")):
+            for r, marker, size, kind in ((nfe_win, "*", 150, "NFE"), (time_win, "o", 300, "time")):
                 x = float(getattr(r, xcol)) if r is not None else math.nan
                 if not math.isfinite(x) or (kind == "time" and xcol == "nfe"):
                     continue  # the NFE panel marks the NFE-matched winners only
@@ -307,8 +308,8 @@ def pareto_figure(g: pd.DataFrame, title: str, path: Path, higher_is_better: boo
             ax.set_xticks(nfes, [str(n) for n in nfes])
             ax.minorticks_off()
     axes[0][0].set_title("vs NFE: stars, the best at each NFE", fontsize=8)
-    axes[0][1].set_title("vs time: stars as left (labelled with their NFE); rings, the best within the same time",
-                         fontsize=8)
+    axes[0][1].set_title("vs time: stars as left (labelled with their NFE); rings, the best within the same time "
+                         "(around a star: the same cell)", fontsize=8)
     devices = sorted({str(d) for d in g["device"].dropna()}) if "device" in g else []
     where = f" · timed on {devices[0]}" if len(devices) == 1 else (
         f" · times from {len(devices)} devices: not comparable" if devices else "")

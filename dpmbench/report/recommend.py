@@ -203,11 +203,8 @@ def diffusers_line(spec: str, schedule: str, nfe: int, guidance: str = "none", t
     model = (f", t_start={t_start!r}" if t_start is not None else "") + (
         ", model=MODEL" if sol.needs_prepare else "")  # prepare computes statistics from the network
     scale = "" if guidance in ("none", "", "nan") else f", guidance_scale={guidance}"
-    line = (f"pipe.scheduler = dpmbench.diffusers.scheduler({spec!r}, pipe.scheduler.config, schedule={schedule!r}"
+    return (f"pipe.scheduler = dpmbench.diffusers.scheduler({spec!r}, pipe.scheduler.config, schedule={schedule!r}"
             f"{model}); pipe(..., num_inference_steps={nfe}{scale})")
-    if sol.needs_prepare:
-        line += " (MODEL: the dpmbench model of the pipeline's network, for the solver's prepare step)"
-    return line
 
 
 def _cost(c: Choice) -> str:
@@ -233,10 +230,13 @@ def sentence(a: Answer) -> str:
                 f"{a.smallest_nfe}.")
     b = a.best
     ties = "" if not a.tied else (f", statistically tied with {len(a.tied)} other cell"
-                                  f"{'s' if len(a.tied) > 1 else ''} (listed)")
+                                  f"{'s' if len(a.tied) > 1 else ''}")
+    line = diffusers_line(b.solver, b.schedule, b.nfe, a.guidance, b.t_start)
+    if line.startswith("pipe."):
+        line = f"`{line}`" + (" (MODEL: the dpmbench model of the pipeline's network, for the solver's prepare step)"
+                              if "model=MODEL" in line else "")
     return (f"For {where} with at most {a.budget} NFE, use solver `{b.solver}` with the `{b.schedule}` schedule at "
-            f"NFE {b.nfe} ({a.metric} {fmt(b.value)}{fmt_ci(*b.ci)}{ties}); in diffusers: "
-            f"{diffusers_line(b.solver, b.schedule, b.nfe, a.guidance, b.t_start)}.")
+            f"NFE {b.nfe} ({a.metric} {fmt(b.value)}{fmt_ci(*b.ci)}{ties}); in diffusers: {line}.")
 
 
 def answer_text(a: Answer) -> str:

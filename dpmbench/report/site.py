@@ -343,7 +343,8 @@ def answer_html(model: str, df: pd.DataFrame, pareto: dict[tuple[Any, ...], Path
     answers = [a for n in budgets(df, model, metric) for a in recommend(df, model, n, metric)]
     parts = [f"<h2 id=answer>Which solver? ({_e(metric)})</h2><p class=prov>{_e(RULE)}</p>",
              _answer_table(answers, df["seed"].nunique() > 1), "<ul>"]
-    parts += [f"<li>{_e(sentence(a))}</li>" for a in answers if a.best is not None]
+    code = re.compile(r"`([^`]+)`")  # the sentence's `spans` as code
+    parts += ["<li>" + code.sub(r"<code>\1</code>", _e(sentence(a))) + "</li>" for a in answers if a.best is not None]
     parts.append("</ul>")
     for key, path in (pareto or {}).items():
         if key[0] == model:
