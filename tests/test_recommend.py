@@ -116,6 +116,9 @@ def test_recommendation_markdown_answers_each_present_budget() -> None:
     lines = [x for x in md.splitlines() if x.startswith("| gmm-2d")]
     assert [x.split(" | ")[3] for x in lines] == ["<= 5", "<= 10", "<= 20"]  # the budgets 5 / 10 / 20 present
     assert "`unipc` (logsnr, NFE 20)" in lines[-1] and "none: clear winner" in lines[-1]
+    flow = recommendation_markdown(_df([_cell("ddim", n, 1.0 / n, 0.0) for n in (4, 6, 10)]))  # NFE 4 .. 10
+    assert [x.split(" | ")[3] for x in flow.splitlines() if x.startswith("| gmm-2d")] == ["<= 5", "<= 10"]
+    assert "`ddim` (logsnr, NFE 4)" in flow
     many = _df([_cell(f"s{i}", 10, 1.0 + 0.001 * i, 0.05 * (i > 0)) for i in range(6)])  # five ties: three named
     row = next(x for x in recommendation_markdown(many).splitlines() if x.startswith("| gmm-2d"))
     assert row.endswith("| 5: `s1` (logsnr, NFE 10); `s2` (logsnr, NFE 10); `s3` (logsnr, NFE 10); and 2 more "

@@ -38,7 +38,7 @@ from dpmbench.report.stats import separated
 from dpmbench.report.tables import fmt, fmt_ci, higher_is_better, is_nan
 
 SHOWN_TIES = 3  # ties a table row names (the closest to the best first); `dpmbench recommend` lists every one
-BUDGETS = (5, 10, 20)  # the budgets the leaderboard and the site answer for (those present in a model's results)
+BUDGETS = (5, 10, 20)  # the budgets the leaderboard and the site answer for (those in a model's NFE range)
 SETTING = ["guidance", "seed", "protocol"]
 
 
@@ -267,10 +267,10 @@ def answer_text(a: Answer) -> str:
 
 
 def budgets(df: pd.DataFrame, model: str, metric: str) -> list[int]:
-    """The budgets the reports answer for: those of :data:`BUDGETS` among the model's NFEs on ``metric``, else its
-    smallest and largest NFE."""
+    """The budgets the reports answer for: those of :data:`BUDGETS` within the range of the model's NFEs on
+    ``metric`` (a budget of 5 with NFEs 4, 6, ...: the best at NFE 4), else its smallest and largest NFE."""
     nfes = sorted(int(n) for n in df.loc[(df["model"] == model) & (df["metric"] == metric), "nfe"].unique())
-    present = [b for b in BUDGETS if b in nfes]
+    present = [b for b in BUDGETS if nfes and nfes[0] <= b <= nfes[-1]]
     return (present or sorted({nfes[0], nfes[-1]})) if nfes else []
 
 

@@ -323,7 +323,7 @@ def _answer_table(answers: list[Any], many_seeds: bool) -> str:
 
 
 def recommendation_html(df: pd.DataFrame) -> str:
-    """The index page's "Which solver?" section: per model, setting and NFE budget (5 / 10 / 20 where present), the
+    """The index page's "Which solver?" section: per model, setting and NFE budget (5 / 10 / 20 within its NFEs), the
     solver and schedule to use (``dpmbench.report.recommend``)."""
     from dpmbench.report.recommend import RULE, table_answers
 
@@ -335,7 +335,7 @@ def recommendation_html(df: pd.DataFrame) -> str:
 
 
 def answer_html(model: str, df: pd.DataFrame, pareto: dict[tuple[Any, ...], Path] | None = None) -> str:
-    """A model page's first section: which solver at each NFE budget present (5 / 10 / 20), the sentence to copy
+    """A model page's first section: which solver at each NFE budget (5 / 10 / 20 within its NFEs), the sentence to copy
     (with the diffusers line) and the model's Pareto figures (``pareto``: key (model, ...) -> figure)."""
     from dpmbench.report.recommend import RULE, budgets, default_metric, recommend, sentence
 
