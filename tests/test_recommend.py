@@ -14,6 +14,7 @@ from scipy.stats import norm
 
 from dpmbench.cli import main
 from dpmbench.errors import DpmbenchError
+from dpmbench.report.leaderboard import leaderboard_markdown
 from dpmbench.report.recommend import (
     answer_text,
     diffusers_line,
@@ -22,6 +23,7 @@ from dpmbench.report.recommend import (
     recommendation_markdown,
     sentence,
 )
+from dpmbench.report.tables import COLUMNS, COST, collect
 
 REPS = 200
 Z = norm.ppf((np.arange(REPS) + 0.5) / REPS)  # evenly spread standard normal replicates: exact quantiles
@@ -170,10 +172,12 @@ def test_cli_recommend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_cli_recommend_reads_a_results_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _write_run(tmp_path / "res")
-    assert main(["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep")]) == 0
-    capsys.readouterr()
-    assert main(["recommend", "--model", "gmm-2d", "--nfe", "5", str(tmp_path / "rep" / "results.csv")]) == 0
+    df = collect(tmp_path / "res")
+    (tmp_path / "rep").mkdir()
+    df[[*COLUMNS[:-1], *COST]].to_csv(tmp_path / "rep" / "results.csv", index=False)  # as dpmbench report writes it
+    assert main(["recommend", "--model", "gmm-2d", "--nfe", "5", str(tmp_path / "rep")]) == 0  # reads its results.csv
     out = capsys.readouterr().out
     assert "best: unipc (logsnr, NFE 5): 2.2" in out and "by the marginal 95% CIs" in out  # no replicates in a CSV
-    md = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert "0.0025 s/sample on test CPU" in out  # wall_s 0.25 over 100 samples
+    md = leaderboard_markdown(df)
     assert "## Recommendation" in md and "| gmm-2d | none | sw2_true | <= 10 | `unipc` (logsnr, NFE 10) |" in md
