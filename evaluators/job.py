@@ -18,6 +18,9 @@ from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.io import PARALLEL_COUNTERS
 
 PER_SAMPLE_KEYS = ("images", "prompts")  # besides x and labels: one entry per sample, concatenated over shards
+# what a cell's sampling time was measured under (dpmbench.sampling.shards.cost_meta, plus dtype and device name):
+# recorded in the metrics file's provenance as sample_<key>; shards that differ in one are recorded as "a | b"
+COST_KEYS = ("dtype", "device", "device_name", "batch_size", "torch_threads")
 _SHARD = re.compile(r"^(\d+)-(\d+)\.npz$")
 
 
@@ -77,25 +80,32 @@ def _file_sha256(path: str) -> str:
 
 
 def _run_protocol(meta: dict[str, Any], n: int, reference: str | None, ref_sha: str | None) -> dict[str, Any]:
-    """The protocol fields a metrics file records beside the metric's own: sample count, end time, reference
-    (exact solutions or a solver run, with the file's sha256)."""
+    """The protocol fields a metrics file records beside the metric's own: sample count, end time (and start time
+    where the run gave one), reference (exact solutions or a solver run, with the file's sha256)."""
     t_end = meta.get("t_end")
     ref = None
     if reference:
         solver = meta.get("reference_solver", "exact")
         ref = "exact ODE solutions" if solver == "exact" else f"{solver} at NFE {meta.get('reference_nfe')}"
-    return {"n_samples": int(n), "t_end": None if t_end is None else float(t_end), "reference": ref,
-            "reference_sha256": ref_sha}
+    out = {"n_samples": int(n), "t_end": None if t_end is None else float(t_end), "reference": ref,
+           "reference_sha256": ref_sha}
+    if meta.get("t_start") is not None:  # where the solver started with x_T, where not the schedule's T (flow)
+        out["t_start"] = float(meta["t_start"])
+    return out
 
 
 def _provenance(meta: dict[str, Any], eval_device: str) -> dict[str, Any]:
-    """Where the numbers come from: the evaluating process (code, libraries, device, config hash, date) and the
-    sampling run's dtype and device (recorded in the samples file)."""
+    """Where the numbers come from: the evaluating process (code, libraries, device, config hash, date) and what the
+    sampling run's time was measured under (recorded in the samples file: dtype, device and its name, batch size,
+    torch threads; ``sample_*``)."""
     from dpmbench.provenance import environment
 
     env = environment(eval_device)
     env["sample_dtype"] = str(meta.get("dtype", "float32"))
     env["sample_device_name"] = str(meta["device_name"]) if "device_name" in meta else None
+    for key in ("device", "batch_size", "torch_threads"):  # samples files written before they were recorded: None
+        v = meta.get(key)
+        env[f"sample_{key}"] = v if v is None or isinstance(v, int) else str(v)
     return env
 
 
@@ -172,6 +182,7 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
     xs, labels, wall, used, meta = [], [], 0.0, -1, None
     counters: dict[str, int] = {}
     per_sample: dict[str, list[Any]] = {k: [] for k in PER_SAMPLE_KEYS}
+    cost: dict[str, list[str]] = {}  # COST_KEYS: the distinct values over the shards
     for lo, hi, p in parts:
         try:
             d = load_npz(p, "shard")
@@ -194,6 +205,9 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
                 counters[k] = max(counters.get(k, 0), int(d.pop(k)))
         d.pop("start", None)
         d.pop("num_samples", None)
+        for k in COST_KEYS:
+            if k in d and str(d[k]) not in cost.setdefault(k, []):
+                cost[k].append(str(d[k]))
         if meta is None:
             meta = d
         else:
@@ -204,6 +218,7 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
     if used >= 0:
         meta["nfe_used"] = used
     meta.update(counters)
+    meta.update({k: " | ".join(vs) for k, vs in cost.items() if len(vs) > 1})  # shards that differ: all of them
     for k, arrays in per_sample.items():
         if arrays and len(arrays) != len(parts):
             raise DpmbenchError(f"invalid shards: {k!r} is in some shards of the cell but not in all")

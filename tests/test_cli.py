@@ -67,7 +67,8 @@ def test_sample_reference_evaluate_report(capsys: pytest.CaptureFixture[str], tm
     code, _, _ = run(capsys, "report", str(tmp_path), "--out", str(tmp_path / "rep"))
     assert code == 0
     csv = (tmp_path / "rep" / "results.csv").read_text().splitlines()
-    assert csv[0] == "model,solver,nfe,schedule,guidance,metric,value,ci_low,ci_high,n_samples,wall_s"
+    assert csv[0] == ("model,solver,nfe,schedule,guidance,metric,value,ci_low,ci_high,n_samples,wall_s"
+                      ",s_per_sample,device")  # DESIGN.md's columns, then the cost columns appended
     assert len(csv) == 1 + 4
     assert "| dpm-solver++:order=2 |" in (tmp_path / "rep" / "leaderboard.md").read_text()
 

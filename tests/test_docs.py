@@ -54,6 +54,8 @@ RUN: dict[str, tuple[str, str | None]] = {
 
 # Expensive commands, run elsewhere: command as shown -> [(file, text the file must contain), ...].
 COVERED: dict[str, list[tuple[str, str]]] = {
+    "dpmbench recommend --model gmm-2d --nfe 10 results/": [
+        ("tests/test_recommend.py", 'main(["recommend", "--model", "gmm-2d", "--nfe", "10", str(tmp_path / "res")])')],
     "make bench": [("Makefile", "bench: $(STAMP)\n\t$(BIN)/snakemake --cores all --scheduler greedy")],
     "make test": [(".ci/run", "step make test"), ("Makefile", "test: lint browser")],
     "make regress": [(".ci/run", "step make regress"), ("Makefile", "regress: regress-run")],

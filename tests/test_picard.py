@@ -189,5 +189,5 @@ def test_leaderboard_shows_rounds_beside_nfe(tmp_path: Any) -> None:
     md = (tmp_path / "rep" / "leaderboard.md").read_text()
     assert "| picard | 0.5 (7 rounds) [0.4, 0.6]" in md and "| ddim | 0.5 [0.4, 0.6]" in md
     csv = (tmp_path / "rep" / "results.csv").read_text().splitlines()
-    assert csv[0].endswith(",wall_s,parallel_rounds") and csv[2].endswith(",7.0")
+    assert csv[0].endswith(",wall_s,parallel_rounds,s_per_sample,device") and csv[2].endswith(",7.0,0.125,")
     assert "(7 rounds)" in (tmp_path / "rep" / "leaderboard.html").read_text()

@@ -84,6 +84,9 @@ def test_metrics_files_record_provenance_and_protocol(runs: SimpleNamespace) -> 
     assert prov["dpmbench"] and prov["versions"]["python"] and prov["versions"]["torch"]
     assert {"diffusers", "torch-fidelity", "clean-fid"} <= set(prov["versions"])
     assert prov["device_name"] and prov["sample_device_name"] and prov["sample_dtype"] == "float32"
+    # what the cell's sampling time was measured under: the device, the batch (one batch of all samples) and threads
+    assert prov["sample_device"] == "cpu" and prov["sample_batch_size"] == rec["n_samples"]
+    assert isinstance(prov["sample_torch_threads"], int) and prov["sample_torch_threads"] >= 1
     assert prov["date"].startswith("20") and "config_sha256" in prov
     ref = runs.a / rec["model"] / "gnone" / "seed0" / "reference.npz"
     import hashlib
@@ -98,7 +101,11 @@ def test_every_results_row_traces_to_its_provenance(runs: SimpleNamespace, merge
     side = pd.read_csv(merged.out / "provenance.csv", dtype={"provenance": str})  # a hex digest: all digits at times
     records = json.loads((merged.out / "provenance.json").read_text())
     assert list(results.columns) == ["model", "solver", "nfe", "schedule", "guidance", "metric", "value", "ci_low",
-                                     "ci_high", "n_samples", "wall_s"]  # DESIGN.md's contract unchanged
+                                     "ci_high", "n_samples", "wall_s",  # DESIGN.md's contract unchanged
+                                     "s_per_sample", "device"]  # then the cost columns, last
+    assert np.allclose(results["s_per_sample"], results["wall_s"] / results["n_samples"])
+    assert (results["device"] == json.loads(_metrics_files(runs.a)[0].read_text())["provenance"][
+        "sample_device_name"]).all()
     key = ["model", "solver", "nfe", "schedule", "guidance", "metric"]
     assert len(side) == len(results) and (side[key].astype(str).values == results[key].astype(str).values).all()
     assert side["provenance"].notna().all() and set(side["provenance"]) <= set(records)

@@ -1,5 +1,5 @@
-"""Command line: ``dpmbench list|sample|reference|evaluate|metrics-job|validate|report|regress|search|prepare|pull|
-train``. Bad input: one line, exit code 2. The parser lives in ``parser``, the commands in ``commands``."""
+"""Command line: ``dpmbench list|sample|reference|evaluate|metrics-job|validate|report|recommend|regress|search|
+prepare|pull|train``. Bad input: one line, exit code 2. The parser lives in ``parser``, the commands in ``commands``."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ EXIT_BROKEN_PIPE = 128 + 13  # as a process ended by SIGPIPE
 
 
 COMMANDS = {name: getattr(commands, "cmd_" + name.replace("-", "_")) for name in (
-    "list", "sample", "reference", "evaluate", "metrics-job", "validate", "report", "regress", "search", "prepare",
-    "pull", "train")}
+    "list", "sample", "reference", "evaluate", "metrics-job", "validate", "report", "recommend", "regress", "search",
+    "prepare", "pull", "train")}
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -238,6 +238,13 @@ def cmd_report(args: argparse.Namespace) -> None:
                  previous_claims=args.previous_claims)
 
 
+def cmd_recommend(args: argparse.Namespace) -> None:
+    from dpmbench.report.recommend import answer_text, load_results, recommend
+
+    answers = recommend(load_results(args.results), args.model, args.nfe, args.metric)
+    print("\n\n".join(answer_text(a) for a in answers))
+
+
 def cmd_pull(args: argparse.Namespace) -> None:
     import warnings
 

@@ -212,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--jobs", type=_positive_int("--jobs"), default=1,
                      help="processes drawing the figures (default 1)")
 
+    rc = sub.add_parser("recommend", help="which solver and schedule to use for a model with at most N NFE: the best "
+                        "with its CI, the solvers tied with it, and the line to use it in diffusers")
+    rc.add_argument("results", help="a results directory (paired ties: the metric files' bootstrap replicates), a "
+                    "reports directory or a results.csv (ties by overlapping 95% CIs)")
+    rc.add_argument("--model", required=True)
+    rc.add_argument("--nfe", type=_positive_int("--nfe"), required=True, help="the NFE budget: the best cell at "
+                    "NFE <= N")
+    rc.add_argument("--metric", default=None, help="default: the model's first of sw2_true, fdd, fid, rmse_exact, "
+                    "mse_ref")
+
     pl = sub.add_parser("pull", help="download and verify (sha256) a checkpoint of the manifest")
     pl.add_argument("id", help="a checkpoint id (`dpmbench list models`)")
     pl.add_argument("--manifest", default=None, help="a manifest or run config whose `checkpoints:` entries add to "

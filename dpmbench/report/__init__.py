@@ -5,7 +5,8 @@ Works on any results directory (metric ``*.json`` files, plus shard ``.npz`` fil
 without Snakemake: ``dpmbench report RESULTS_DIR --out reports/ [--papers papers/]``. The modules, each one job:
 ``tables`` (the public table API), ``leaderboard`` (markdown and HTML), ``figures``, ``papers`` (published numbers
 and the comparison), ``claims``, ``merge`` (several runs, provenance), ``stats`` (paired comparisons), ``site``,
-``regress`` (the regression gate) and ``coverage`` (which published numbers a config reproduces).
+``regress`` (the regression gate), ``coverage`` (which published numbers a config reproduces) and ``recommend`` (the
+solver to use per model and NFE budget: ``dpmbench recommend``, the leaderboard's Recommendation).
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ from dpmbench.artifacts import named_searches
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.io import atomic_write
 from dpmbench.report.claims import claims_markdown
-from dpmbench.report.figures import figure_tasks, metric_figure, write_figures, write_sample_grids
+from dpmbench.report.figures import (
+    figure_tasks,
+    metric_figure,
+    pareto_figure,
+    pareto_tasks,
+    write_figures,
+    write_sample_grids,
+)
 from dpmbench.report.leaderboard import leaderboard_html, leaderboard_markdown
 from dpmbench.report.merge import merge_runs, write_provenance
 from dpmbench.report.papers import load_papers, paper_comparison_markdown, published_spread
-from dpmbench.report.tables import COLUMNS, collect, higher_is_better, is_nan
+from dpmbench.report.tables import COLUMNS, COST, collect, higher_is_better, is_nan
 
 
 def _done(fn: Any, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
@@ -57,12 +65,14 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
                  previous_claims: str | Path | None = None) -> pd.DataFrame:
     """Write ``results.csv``, ``provenance.csv``/``.json``, ``leaderboard.md``, ``leaderboard.html``,
     ``paper_comparison.md``, ``claims.md`` (the seed papers' claims checked on these results,
-    ``dpmbench.report.claims``) and ``figures/`` of one or several results directories (merged:
-    ``dpmbench.report.merge``), and with ``site`` a static site there (``dpmbench.report.site``; its diagnostics
-    pages from the cells' shards: ``dpmbench.report.persample``). With ``jobs`` > 1
-    the figures are drawn by ``jobs`` worker processes after the tables are written (the same files: a figure does
-    not depend on who draws it). ``previous_claims`` (default: the ``claims.md`` already in ``out``): the ledger this
-    one replaces; claims.md then closes with every verdict that changed, before -> after, with the reason."""
+    ``dpmbench.report.claims``) and ``figures/`` (metric vs NFE per table; per model a Pareto figure of its
+    recommendation's metric vs NFE and vs seconds per sample, ``pareto_*.png``) of one or several results
+    directories (merged: ``dpmbench.report.merge``), and with ``site`` a static site there
+    (``dpmbench.report.site``; its diagnostics pages from the cells' shards: ``dpmbench.report.persample``). With
+    ``jobs`` > 1 the figures are drawn by ``jobs`` worker processes after the tables are written (the same files: a
+    figure does not depend on who draws it). ``previous_claims`` (default: the ``claims.md`` already in ``out``): the
+    ledger this one replaces; claims.md then closes with every verdict that changed, before -> after, with the
+    reason."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise bad_value("jobs", jobs, "an integer >= 1")
     dirs = [results_dirs] if isinstance(results_dirs, str | Path) else list(results_dirs)
@@ -76,7 +86,7 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     rounds = ["parallel_rounds"] if df["parallel_rounds"].notna().any() else []  # parallel solvers ran
-    table = df[[c for c in COLUMNS if c in df.columns] + rounds]
+    table = df[[c for c in COLUMNS if c in df.columns] + rounds + COST]  # COST: the last columns
     table = table if table["seed"].nunique() > 1 else table.drop(columns="seed")
     table = table.assign(value=table["value"].map(lambda v: "nan" if is_nan(v) else v))  # nan: a diverged run
     atomic_write(out / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
@@ -91,13 +101,16 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
                              prev.read_text() if prev.is_file() else None)
     atomic_write(out / "claims.md", lambda tmp: tmp.write_text(claims))
     tasks = figure_tasks(df, out) if not df.empty else []
+    fronts = pareto_tasks(df, out) if not df.empty else []
     with _figure_pool(jobs) as pool:
         submit = pool.submit if pool is not None else _done
         pending = [submit(write_sample_grids, d, out) for d in dirs]  # the sample grids first: the longest tasks
         pending += [submit(metric_figure, *args, **kwargs) for _, args, kwargs in tasks]
+        pending += [submit(pareto_figure, *args, **kwargs) for _, args, kwargs in fronts]
         done = [f.result() for f in pending]
-    grid_maps, drawn = done[:len(dirs)], done[len(dirs):]
+    grid_maps, drawn = done[:len(dirs)], done[len(dirs):len(dirs) + len(tasks)]
     figures = {key: path for (key, _, _), path in zip(tasks, drawn, strict=True)}
+    pareto = {key: path for (key, _, _), path in zip(fronts, done[len(dirs) + len(tasks):], strict=True)}
     grids: dict[tuple[str, ...], Path] = {}
     for m in grid_maps:
         grids.update(m)
@@ -109,7 +122,8 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
 
         per_sample = collect_per_sample(dirs, models=sorted(set(df["model"])))  # the rows' diagnostics
         write_site(df, Path(site), figures, grids, entries,
-                   data=[out / "results.csv", out / "provenance.csv", out / "provenance.json"], per_sample=per_sample)
+                   data=[out / "results.csv", out / "provenance.csv", out / "provenance.json"], per_sample=per_sample,
+                   pareto=pareto)
     return df
 
 

@@ -227,7 +227,128 @@ def write_sample_grids(results_dir: str | Path, out: Path, columns: int = 8) -> 
     return paths
 
 
-__all__ = ["HIGHLIGHT", "metric_figure", "solver_styles", "tile_mosaic", "write_sample_grids"]
+# -- cost: the Pareto figures ----------------------------------------------------------------------------------
+def running_best(points: list[tuple[float, float, Any]], higher: bool = False) -> list[tuple[float, float, Any]]:
+    """The Pareto front of (cost, value, tag) points: sorted by cost (ties by value), each point better than every
+    cheaper one (the best within each budget: lower value, or higher with ``higher``); non-finite points skipped."""
+    sign = -1.0 if higher else 1.0
+    ok = [p for p in points if math.isfinite(p[0]) and math.isfinite(p[1])]
+    front: list[tuple[float, float, Any]] = []
+    for p in sorted(ok, key=lambda p: (p[0], sign * p[1])):
+        if not front or sign * p[1] < sign * front[-1][1]:
+            front.append(p)
+    return front
+
+
+def matched_winners(g: pd.DataFrame, higher: bool = False) -> list[tuple[Any, Any]]:
+    """Per NFE of ``g`` (ascending): the NFE-matched winner (the best cell at that NFE) and the time-matched winner
+    (the best cell whose seconds per sample are at most the NFE-matched winner's; None without its time)."""
+    sign = -1.0 if higher else 1.0
+    ok = [r for r in g.itertuples() if math.isfinite(float(r.value))]
+    out = []
+    for n in sorted({int(r.nfe) for r in ok}):
+        at = min((r for r in ok if int(r.nfe) == n), key=lambda r: (sign * float(r.value), str(r.solver)))
+        t = float(at.s_per_sample)
+        cheaper = [r for r in ok if math.isfinite(float(r.s_per_sample)) and float(r.s_per_sample) <= t]
+        timed = min(cheaper, key=lambda r: (sign * float(r.value), float(r.s_per_sample))) if cheaper else None
+        out.append((at, timed))
+    return out
+
+
+def pareto_figure(g: pd.DataFrame, title: str, path: Path, higher_is_better: bool = False) -> Path:
+    """Two panels of one (model, guidance, seed, protocol, metric), every (solver, schedule, NFE) cell a grey dot: the
+    metric vs NFE and vs seconds of sampling per sample, each with its Pareto front (the best within each budget,
+    a step line); stars: the NFE-matched winners (best at each NFE), rings: the time-matched winners (best within the
+    same time as that NFE's winner; a ring around a star: that winner is also the time-matched one), coloured by
+    winning (solver, schedule). Times from several devices are not comparable: the
+    title says so."""
+    plt = pyplot()
+    g = g.assign(value=pd.to_numeric(g["value"], errors="coerce"),
+                 s_per_sample=pd.to_numeric(g["s_per_sample"], errors="coerce"))
+    winners = matched_winners(g, higher_is_better)
+    marked = list(dict.fromkeys(f"{r.solver} ({r.schedule})" for pair in winners for r in pair if r is not None))
+    styles = dict(zip(marked, _palette(len(marked)), strict=True))  # one colour per winning (solver, schedule)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.0), squeeze=False)
+    finite = g[g["value"].notna()]
+    positive = bool(len(finite)) and bool((finite["value"] > 0).all())
+    seen: set[str] = set()
+    for ax, xcol, xlabel in ((axes[0][0], "nfe", "NFE"), (axes[0][1], "s_per_sample", "seconds per sample")):
+        pts = [(float(getattr(r, xcol)), float(r.value), r) for r in finite.itertuples()]
+        front = running_best(pts, higher_is_better)
+        if not front:
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"no {xlabel} recorded", ha="center", va="center", transform=ax.transAxes)
+            continue
+        xs = [p[0] for p in pts if math.isfinite(p[0])]
+        ax.scatter(xs, [p[1] for p in pts if math.isfinite(p[0])], s=9, color="0.75", zorder=1,
+                   label="a (solver, schedule, NFE) cell" if xcol == "nfe" else None)
+        fx, fy = [p[0] for p in front], [p[1] for p in front]
+        ax.step(fx + [max(xs)], fy + [fy[-1]], where="post", color="black", lw=1.3, zorder=2,
+                label="Pareto front: best within the budget" if xcol == "nfe" else None)
+        for nfe_win, time_win in winners:
+            for r, marker, size, kind in ((nfe_win, "*", 150, "NFE"), (time_win, "o", 300, "time")):
+                x = float(getattr(r, xcol)) if r is not None else math.nan
+                if not math.isfinite(x) or (kind == "time" and xcol == "nfe"):
+                    continue  # the NFE panel marks the NFE-matched winners only
+                key = f"{r.solver} ({r.schedule})"
+                face = styles[key] if kind == "NFE" else "none"
+                ax.scatter([x], [float(r.value)], marker=marker, s=size, facecolors=face, edgecolors=styles[key],
+                           linewidths=1.6, zorder=4, label=None if key in seen else key)
+                seen.add(key)
+            if xcol == "s_per_sample" and math.isfinite(float(nfe_win.s_per_sample)):
+                ax.annotate(str(int(nfe_win.nfe)), (float(nfe_win.s_per_sample), float(nfe_win.value)), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_yscale("log" if positive else "symlog")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{g['metric'].iloc[0]} ({'higher' if higher_is_better else 'lower'} is better)")
+        ax.grid(True, which="major", alpha=0.3)
+        if xcol == "nfe":
+            nfes = sorted(int(n) for n in finite["nfe"].unique())
+            ax.set_xticks(nfes, [str(n) for n in nfes])
+            ax.minorticks_off()
+    axes[0][0].set_title("vs NFE: stars, the best at each NFE", fontsize=8)
+    axes[0][1].set_title("vs time: stars as left (labelled with their NFE); rings, the best within the same time "
+                         "(around a star: the same cell)", fontsize=8)
+    devices = sorted({str(d) for d in g["device"].dropna()}) if "device" in g else []
+    where = f" · timed on {devices[0]}" if len(devices) == 1 else (
+        f" · times from {len(devices)} devices: not comparable" if devices else "")
+    fig.suptitle(title + where, fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    h2, l2 = axes[0][1].get_legend_handles_labels()
+    handles, labels = handles + h2, labels + l2
+    axes[0][1].legend(handles, labels, fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                      title="winners (filled star: NFE-matched; ring: time-matched)", title_fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pareto_tasks(df: pd.DataFrame, out: Path) -> list[tuple[tuple[Any, ...], tuple[Any, ...], dict[str, Any]]]:
+    """The Pareto figures (:func:`pareto_figure`): one per model, guidance, seed and protocol, on the metric its
+    recommendation uses (``dpmbench.report.recommend.default_metric``); key (model, guidance, seed, protocol label,
+    metric)."""
+    from dpmbench.report.recommend import default_metric
+
+    df = with_protocol(df)
+    many_seeds = df["seed"].nunique() > 1
+    tasks = []
+    for model in dict.fromkeys(df["model"]):
+        metric = default_metric(df, model)
+        d = df[(df["model"] == model) & (df["metric"] == metric)]
+        for (guidance, seed, _), g in d.groupby(["guidance", "seed", "protocol"], sort=False):
+            label = protocol_label(g)
+            key = (model, guidance, seed, label, metric)
+            seed_part = f"_seed{seed}" if many_seeds else ""
+            tag = f"_p{hashlib.sha256(label.encode()).hexdigest()[:8]}" if label else ""
+            name = f"pareto_{model}_g{guidance}{seed_part}_{metric}{tag}.png"
+            head = f"{model} · {metric} · guidance {guidance}" + (f" · seed {seed}" if many_seeds else "") + (
+                f" · {label}" if label else "") + " · every schedule"
+            tasks.append((key, (g, head, out / "figures" / name, higher_is_better(metric)), {}))
+    return tasks
+
+
+__all__ = ["HIGHLIGHT", "matched_winners", "metric_figure", "pareto_figure", "pareto_tasks", "running_best",
+           "solver_styles", "tile_mosaic", "write_sample_grids"]
 
 
 def _figure_name(key: tuple[Any, ...], many_seeds: bool, label: str = "") -> str:

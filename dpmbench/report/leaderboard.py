@@ -10,13 +10,15 @@ from typing import Any
 
 import pandas as pd
 
+from dpmbench.report.recommend import recommendation_markdown
 from dpmbench.report.tables import groups, protocol_label, table_cells, title, with_protocol
 
 
 def leaderboard_markdown(df: pd.DataFrame) -> str:
-    """Per model, per (guidance, schedule, seed, metric, protocol): a solver x NFE table with CIs; **bold**: best
-    at that NFE (the paired CI of its difference to every other solver excludes zero), _(tied)_: statistically
-    tied with the best."""
+    """The Recommendation (``dpmbench.report.recommend``: per model and NFE budget, the solver to use), then per
+    model, per (guidance, schedule, seed, metric, protocol): a solver x NFE table with CIs; **bold**: best at that NFE
+    (the paired CI of its difference to every other solver excludes zero), _(tied)_: statistically tied with the
+    best."""
     lines = ["# dpmbench leaderboard", "",
              "Lower is better, except for the metrics marked (higher is better). "
              "**Bold**: best solver at that NFE (the 95% paired bootstrap CI of its difference to every other solver "
@@ -27,6 +29,7 @@ def leaderboard_markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "\n".join([*lines, "_No results._", ""])
     df = with_protocol(df)
+    lines.append(recommendation_markdown(df))  # the answer first, then the tables it comes from
     many_seeds = df["seed"].nunique() > 1
     current = None
     for key, g in groups(df):

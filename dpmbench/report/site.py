@@ -12,6 +12,7 @@ one JS file, PNG figures and the CSV data: it opens from the file system, needs 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -296,6 +297,63 @@ def _heading(skey: tuple[Any, ...], many_seeds: bool) -> str:
         f" · {label}" if label else "")
 
 
+# -- the answer (dpmbench.report.recommend) ---------------------------------------------------------------------
+def _answer_row(a: Any, many_seeds: bool) -> str:
+    """One row of a recommendation table: setting, budget, the cell to use with its CI and cost, the ties."""
+    setting = a.guidance + (f", seed {a.seed}" if many_seeds else "") + (f", {a.label}" if a.label else "")
+    if a.best is None:
+        return (f"<tr><td>{_e(a.model)}</td><td>{_e(setting)}</td><td>≤ {a.budget}</td><td colspan=4>no "
+                f"{_e(a.metric)} result at NFE ≤ {a.budget}</td></tr>")
+    b = a.best
+    from dpmbench.report.recommend import ties_text
+
+    ties = ties_text(a)
+    per = "" if is_nan(b.s_per_sample) else fmt(b.s_per_sample)
+    return (f"<tr><td>{_e(a.model)}</td><td>{_e(setting)}</td><td>≤ {a.budget}</td><td><b>{_e(b.solver)}</b><br>"
+            f"<span class=ci>{_e(b.schedule)}, NFE {b.nfe}</span></td><td data-v=\"{b.value!r}\">{_e(fmt(b.value))}"
+            f"<br><span class=ci>{_e(fmt_ci(*b.ci).strip())}</span></td><td>{_e(per)}</td><td>{_e(ties)}</td></tr>")
+
+
+def _answer_table(answers: list[Any], many_seeds: bool) -> str:
+    head = ("<thead><tr><th>model</th><th>guidance</th><th>NFE budget</th><th>use</th><th>value [95% CI]</th>"
+            "<th>s/sample</th><th>tied with</th></tr></thead>")
+    rows = "".join(_answer_row(a, many_seeds) for a in answers)
+    return f"<div class=scroll><table class=\"sortable text\">{head}<tbody>{rows}</tbody></table></div>"
+
+
+def recommendation_html(df: pd.DataFrame) -> str:
+    """The index page's "Which solver?" section: per model, setting and NFE budget (5 / 10 / 20 within its NFEs), the
+    solver and schedule to use (``dpmbench.report.recommend``)."""
+    from dpmbench.report.recommend import RULE, table_answers
+
+    answers = table_answers(df) if not df.empty else []
+    if not answers:
+        return ""
+    return (f"<h2 id=answer>Which solver?</h2><p class=prov>{_e(RULE)}</p>"
+            + _answer_table(answers, df["seed"].nunique() > 1))
+
+
+def answer_html(model: str, df: pd.DataFrame, pareto: dict[tuple[Any, ...], Path] | None = None) -> str:
+    """A model page's first section: which solver at each NFE budget (5 / 10 / 20 within its NFEs), the sentence to copy
+    (with the diffusers line) and the model's Pareto figures (``pareto``: key (model, ...) -> figure)."""
+    from dpmbench.report.recommend import RULE, budgets, default_metric, recommend, sentence
+
+    metric = default_metric(df, model)
+    answers = [a for n in budgets(df, model, metric) for a in recommend(df, model, n, metric)]
+    parts = [f"<h2 id=answer>Which solver? ({_e(metric)})</h2><p class=prov>{_e(RULE)}</p>",
+             _answer_table(answers, df["seed"].nunique() > 1), "<ul>"]
+    code = re.compile(r"`([^`]+)`")  # the sentence's `spans` as code
+    parts += ["<li>" + code.sub(r"<code>\1</code>", _e(sentence(a))) + "</li>" for a in answers if a.best is not None]
+    parts.append("</ul>")
+    for key, path in (pareto or {}).items():
+        if key[0] == model:
+            parts.append(f"<figure><img src=\"figures/{_e(path.name)}\" alt=\"{_e(key[4])}: Pareto fronts\">"
+                         f"<figcaption>{_e(key[4])} vs NFE and vs seconds of sampling per sample (guidance "
+                         f"{_e(key[1])}): every (solver, schedule, NFE) cell; the step line is the Pareto front; "
+                         "stars: the best at each NFE; rings: the best within the same time.</figcaption></figure>")
+    return "\n".join(parts)
+
+
 # -- pages --------------------------------------------------------------------------------------------------
 def _rankings(df: pd.DataFrame) -> dict[tuple[Any, ...], Ranked]:
     """The ranking of every section of ``df`` (the cards and the model pages share them: computed once)."""
@@ -305,15 +363,18 @@ def _rankings(df: pd.DataFrame) -> dict[tuple[Any, ...], Ranked]:
 def model_page(model: str, df: pd.DataFrame, figures: dict[tuple[Any, ...], Path],
                grids: dict[tuple[str, ...], Path], entries: list[dict[str, Any]],
                per_sample: PerSample | None = None, top_blocks: Sequence[str] = (),
-               rankings: dict[tuple[Any, ...], Ranked] | None = None) -> str:
-    """A model's page: ``top_blocks`` (HTML blocks put first, in order, e.g. a recommendation), then the ranking of
-    every section, the sections' tables and figures, the sample grids, the published numbers and the provenance.
-    Each leaderboard row links to the solver's diagnostics (``per_sample``: ``diag-MODEL.html``). ``rankings``:
-    the sections' rankings where already computed (:func:`_rankings`)."""
+               rankings: dict[tuple[Any, ...], Ranked] | None = None,
+               pareto: dict[tuple[Any, ...], Path] | None = None) -> str:
+    """A model's page: its answer (which solver at each NFE budget, the sentence to copy, the Pareto figures:
+    :func:`answer_html`) and ``top_blocks`` (HTML blocks put first, in order), then the ranking of every section, the
+    sections' tables and figures, the sample grids, the published numbers and the provenance. Each leaderboard row
+    links to the solver's diagnostics (``per_sample``: ``diag-MODEL.html``). ``rankings``: the sections' rankings
+    where already computed (:func:`_rankings`)."""
     many_seeds = df["seed"].nunique() > 1
     mine = df[df["model"] == model]
     sections = _sections(mine)
-    toc = ["<li><a href=\"#ranking\">Ranking</a></li>"]
+    top_blocks = [answer_html(model, df, pareto), *top_blocks]
+    toc = ["<li><a href=\"#answer\">Which solver?</a></li>", "<li><a href=\"#ranking\">Ranking</a></li>"]
     ranks, body = [], []
     for skey, tables in sections.items():
         _, guidance, schedule, seed, _label = skey
@@ -413,7 +474,7 @@ def index_page(df: pd.DataFrame, models: Iterable[str], data_files: list[str],
     header = ("<h1>dpmbench leaderboard</h1><p>Which diffusion sampler gives the best samples at a given budget of "
               f"network evaluations (NFE)? {df['solver'].nunique() if not df.empty else 0} solvers on "
               f"{len(list(models))} models, merged from {len(runs)} run(s) ({_e(when)}).</p>")
-    body = ["<div class=legend>" + READING + "</div>", "<h2>Models</h2><div class=cards>"]
+    body = ["<div class=legend>" + READING + "</div>", recommendation_html(df), "<h2>Models</h2><div class=cards>"]
     body += [_card(m, df, rankings) for m in models]
     body.append("</div>")
     body.append("<h2>Runs and provenance</h2>" + provenance_table(df))
@@ -425,15 +486,16 @@ def index_page(df: pd.DataFrame, models: Iterable[str], data_files: list[str],
 def write_site(df: pd.DataFrame, site: Path, figures: dict[tuple[Any, ...], Path],
                grids: dict[tuple[str, ...], Path], entries: list[dict[str, Any]],
                data: Iterable[Path] = (), per_sample: PerSample | None = None,
-               top_blocks: Mapping[str, Sequence[str]] | None = None) -> list[Path]:
-    """Write the static site into ``site`` (figures and data files copied in); returns the HTML pages.
-    ``per_sample`` (``dpmbench.report.persample.collect_per_sample``): the per-sample data of the diagnostics pages
-    (none without it); ``top_blocks``: per model, HTML blocks put first on its page."""
+               top_blocks: Mapping[str, Sequence[str]] | None = None,
+               pareto: dict[tuple[Any, ...], Path] | None = None) -> list[Path]:
+    """Write the static site into ``site`` (figures, ``pareto`` figures and data files copied in); returns the HTML
+    pages. ``per_sample`` (``dpmbench.report.persample.collect_per_sample``): the per-sample data of the diagnostics
+    pages (none without it); ``top_blocks``: per model, HTML blocks put first on its page (after its answer)."""
     df = with_protocol(df) if not df.empty else df
     site.mkdir(parents=True, exist_ok=True)
     _write(site / "assets" / "site.css", CSS)
     _write(site / "assets" / "site.js", JS)
-    for p in [*figures.values(), *grids.values()]:
+    for p in [*figures.values(), *grids.values(), *(pareto or {}).values()]:
         _copy(p, site / "figures" / p.name)
     data_files = []
     for p in data:
@@ -445,7 +507,7 @@ def write_site(df: pd.DataFrame, site: Path, figures: dict[tuple[Any, ...], Path
     for m in models:
         pages.append(site / f"model-{slug(m)}.html")
         _write(pages[-1], model_page(m, df, figures, grids, entries, per_sample, (top_blocks or {}).get(m, ()),
-                                         rankings))
+                                     rankings, pareto))
         if per_sample is not None:
             pages.append(site / page_name(m))
             header = (f"<nav class=crumbs><a href=\"index.html\">dpmbench leaderboard</a> › <a href=\"model-{slug(m)}"
@@ -461,4 +523,5 @@ def write_site(df: pd.DataFrame, site: Path, figures: dict[tuple[Any, ...], Path
     return pages
 
 
-__all__ = ["index_page", "metric_table", "model_page", "provenance_table", "ranking_table", "write_site"]
+__all__ = ["answer_html", "index_page", "metric_table", "model_page", "provenance_table", "ranking_table",
+           "recommendation_html", "write_site"]

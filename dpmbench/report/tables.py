@@ -22,7 +22,12 @@ COLUMNS = ["model", "solver", "nfe", "schedule", "guidance", "metric", "value", 
 # sidecar): the run it comes from, the per-sample summary, the protocol, the provenance and the bootstrap replicates
 EXTRA = ["run", "median", "diverged_share", "t_end", "reference", "reference_sha256", "extractor",
          "extractor_sha256", "reference_stats", "reference_stats_sha256", "provenance", "date", "boot", "boot_seed",
-         "parallel_rounds"]  # parallel_rounds: a parallel solver's sequential rounds (a last results.csv column)
+         "parallel_rounds", "t_start"]  # parallel_rounds: a parallel solver's sequential rounds (a results.csv
+# column after seed); t_start: where the solver started, where not at the schedule's T (the protocol's t_start)
+# the last columns of results.csv, after every other: a cell's cost, seconds of sampling per sample (its sample jobs'
+# wall_s summed over shards, divided by n_samples; model loading and a latent model's decoding excluded) and the
+# device it was measured on (its name; dtype, batch size and torch threads are in the provenance, sample_*)
+COST = ["s_per_sample", "device"]
 GROUP = ["model", "guidance", "schedule", "seed", "metric", "protocol"]  # protocol: see dpmbench.report.merge
 
 
@@ -45,7 +50,7 @@ def collect(results_dir: str | Path) -> pd.DataFrame:
         rows.extend({**r, "run": str(results_dir)} for r in _rows(path, rec))
         if isinstance(rec.get("provenance"), dict):
             records[provenance_id(rec["provenance"])] = {k: v for k, v in rec["provenance"].items() if k != "date"}
-    df = pd.DataFrame(rows, columns=COLUMNS + EXTRA)
+    df = pd.DataFrame(rows, columns=COLUMNS + EXTRA + COST)
     if not df.empty:
         df["guidance"] = df["guidance"].astype(object).where(df["guidance"].notna(), "none")
         df["guidance"] = df["guidance"].map(str)
@@ -77,6 +82,7 @@ def _rows(path: Path, rec: dict[str, Any]) -> list[dict[str, Any]]:
     per_sample = rec.get("per_sample") if isinstance(rec.get("per_sample"), dict) else {}
     diverged = next((v.get("diverged_share") for v in per_sample.values() if isinstance(v, dict)), None)
     boots = rec.get("bootstrap_values") if isinstance(rec.get("bootstrap_values"), dict) else {}
+    cost = _cost(rec)
     rows = []
     for metric, value in rec["metrics"].items():
         ci = cis.get(metric)
@@ -92,8 +98,20 @@ def _rows(path: Path, rec: dict[str, Any]) -> list[dict[str, Any]]:
             "diverged_share": (per_sample.get(metric) or {}).get("diverged_share", diverged),
             "boot": boots.get(metric), "boot_seed": rec.get("bootstrap_seed"),
             "parallel_rounds": _number(path, "parallel_rounds", rec.get("parallel_rounds")),  # parallel solvers
+            **cost,
         })
     return rows
+
+
+def _cost(rec: dict[str, Any]) -> dict[str, Any]:
+    """:data:`COST` of a metrics record: ``wall_s / n_samples`` (NaN where either is missing) and the name of the
+    device that sampled (the provenance's ``sample_device_name``, else ``sample_device``; None if unrecorded)."""
+    wall, n = rec.get("wall_s"), rec.get("n_samples")
+    ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (wall, n)) and n > 0
+    per = float(wall) / n if ok else math.nan
+    prov = rec.get("provenance") if isinstance(rec.get("provenance"), dict) else {}
+    device = prov.get("sample_device_name") or prov.get("sample_device")
+    return {"s_per_sample": per, "device": None if device is None else str(device)}
 
 
 def _record_extras(rec: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +121,7 @@ def _record_extras(rec: dict[str, Any]) -> dict[str, Any]:
     out = {k: proto.get(k) for k in ("t_end", "reference", "reference_sha256", "extractor", "extractor_sha256",
                                      "reference_stats", "reference_stats_sha256")}
     out["provenance"] = None if prov is None else provenance_id(prov)
+    out["t_start"] = proto.get("t_start")  # where the solver started (a flow model's start below pure noise)
 
     out["date"] = None if prov is None else prov.get("date")
     return out

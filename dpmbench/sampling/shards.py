@@ -102,6 +102,15 @@ def conditioning(req: Request, model: Model, lo: int, hi: int, device: Any) -> A
     return model.labels(hi - lo, start=req.start + lo).to(device)
 
 
+def cost_meta(req: Request, device: torch.device | str) -> dict[str, Any]:
+    """What the cost of a samples file (its ``wall_s``) was measured under, recorded beside it: the torch device
+    (``cpu``, ``cuda``, ``cuda:1``), the batch size actually used (the samples of one batch) and the CPU threads torch
+    used (``torch.get_num_threads()``: the job's ``OMP_NUM_THREADS``). The dtype and the device's name are recorded
+    beside them (``dtype``, ``device_name``)."""
+    return {"device": str(device), "batch_size": int(min(req.batch_size or req.num_samples, req.num_samples)),
+            "torch_threads": int(torch.get_num_threads())}
+
+
 def remove_stale_temporaries(out: str) -> None:
     """Remove ``.NAME.*.tmp`` files that an atomic write of ``out`` left behind when its process was killed."""
     p = Path(out)
@@ -157,5 +166,5 @@ def write_samples(req: Request, model: Model, solver: str, nfes: list[int], out:
                  solver_canonical=sol.spec,
                  schedule=str(schedule), wall_s=wall, nfe_used=max(used), stochastic=sol.stochastic,
                  dtype=req.dtype, device_name=device_name(str(device)), **counters, **extra,
-                 **meta)  # nfe_used < nfe: adaptive and parallel only
+                 **cost_meta(req, device), **meta)  # nfe_used < nfe: adaptive and parallel only
     return paths
