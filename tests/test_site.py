@@ -282,12 +282,15 @@ def test_merged_site_in_headless_chromium(merged: SimpleNamespace, chromium: str
         assert sorted(before) == up and up == sorted(up) and down == sorted(up, reverse=True) and len(up) == 3
         assert browser.evaluate("document.querySelectorAll('td.best, td.tied').length") > 0
         assert browser.evaluate("document.querySelectorAll('table.ranking tbody tr').length") == 3
-        # the page opens with the ranking: the first heading of its body, before any table of values or figure
-        assert browser.evaluate("document.querySelector('main h2').textContent") == "Ranking"
+        # the page opens with its answer (which solver at each NFE budget), then the ranking: both before any
+        # table of values or figure of the sections
+        assert browser.evaluate("document.querySelector('main h2').textContent").startswith("Which solver? (")
         assert browser.evaluate("document.querySelector('main section').id") == "ranking"
+        assert browser.evaluate("[...document.querySelectorAll('main h2')].map(e => e.textContent).slice(1, 2)") == [
+            "Ranking"]
         assert browser.evaluate("[...document.querySelectorAll('main > *')].findIndex(e => e.id === 'ranking') < "
-                                "[...document.querySelectorAll('main > *')].findIndex(e => e.querySelector("
-                                "'table.metric, img'))")
+                                "[...document.querySelectorAll('main > *')].findIndex(e => !e.matches('.top-blocks')"
+                                " && e.querySelector('table.metric, img'))")
         # every leaderboard row links to its per-sample errors, and the target exists
         rows = browser.evaluate("[...document.querySelectorAll('table.ranking tbody tr, table.metric tbody tr')].map("
                                 "r => [r.cells[0].textContent, [...r.querySelectorAll('a.diag')].map(a => "
@@ -379,15 +382,16 @@ def test_per_sample_errors_of_the_diagnostics_are_the_metric_files_own(runs: Sim
         assert (cell.first is not None) == (rec["model"] == "gmm-digits")  # images only
 
 
-def test_model_page_puts_top_blocks_first_then_the_ranking(merged: SimpleNamespace) -> None:
+def test_model_page_puts_its_answer_and_top_blocks_first_then_the_ranking(merged: SimpleNamespace) -> None:
     from dpmbench.report.merge import merge_runs
     from dpmbench.report.site import model_page
     from dpmbench.report.tables import collect
 
     df = merge_runs([collect(d) for d in sorted({*pd.read_csv(merged.out / "provenance.csv")["run"]})])
-    page = model_page("gmm-2d", df, {}, {}, [], top_blocks=["<div id=answer>use X</div>"])
+    page = model_page("gmm-2d", df, {}, {}, [], top_blocks=["<div id=extra>use X</div>"])
     body = page[page.index("<main>"):]
-    assert body.index("id=answer") < body.index("<section id=ranking>") < body.index("table class=\"sortable metric")
+    assert body.index("<h2 id=answer>Which solver?") < body.index("id=extra") < body.index("<section id=ranking>") \
+        < body.index("table class=\"sortable metric")
     assert "top blocks" in body and "<th>mean rank</th>" not in body
 
 
