@@ -1,7 +1,7 @@
 """k-nearest-neighbour manifold metrics on features: improved precision and recall (Kynkäänniemi et al. 2019,
-"Improved Precision and Recall Metric for Assessing Generative Models", NeurIPS, Sec. 2, Eq. 1-2) through
-torch-fidelity's ``prc``, and density and coverage (Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics for
-Generative Models", ICML, Sec. 3, Eq. 3-4 / Eq. 5) through the authors' ``prdc`` package.
+"Improved Precision and Recall Metric for Assessing Generative Models", NeurIPS, Sec. 2) through torch-fidelity's
+``prc``, and density and coverage (Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics for Generative Models",
+ICML, Sec. 3) through the authors' ``prdc`` package.
 
 Every sample's k-NN ball is the ball around it whose radius is the distance to its k-th nearest neighbour in its
 own set (itself excluded). With generated features Y (M rows) and real features X (N rows):
@@ -12,13 +12,13 @@ own set (itself excluded). With generated features Y (M rows) and real features 
   divided by k (k = 5); 1 in expectation for identical distributions, above 1 where samples crowd;
 - coverage: share of real balls holding at least one generated sample (k = 5).
 
-Defaults, from the sources: k = 3 for precision/recall (Kynkäänniemi et al. 2019, Sec. 2 "we use k = 3";
-torch-fidelity 0.4.0 ``torch_fidelity/defaults.py:35`` ``"prc_neighborhood": 3``); k = 5 for density/coverage
-(Naeem et al. 2020, Sec. 4 "k = 5"; clovaai/generative-evaluation-prdc@e320c1d:README.md:102 ``nearest_k = 5``,
-``compute_prdc`` itself has no default). Conventions of the libraries, kept: torch-fidelity counts a point on a
-ball's boundary as inside (``<=``, ``torch_fidelity/metric_prc.py:63-66``), prdc does not (``<``,
-clovaai/generative-evaluation-prdc@e320c1d:prdc/prdc.py:76-94); the k-th neighbour excludes the point itself in both
-(``kthvalue(k + 1)`` / ``get_kth_value(k + 1)``).
+Defaults, from the sources: k = 3 for precision/recall (the value Kynkäänniemi et al. 2019 use; torch-fidelity
+0.4.0 ``torch_fidelity/defaults.py:35`` ``"prc_neighborhood": 3``); k = 5 for density/coverage (the value Naeem et al.
+2020 recommend; clovaai/generative-evaluation-prdc@e320c1d:README.md:93,102 "Set the nearest neighbour k=5",
+``nearest_k = 5``; ``compute_prdc`` itself has no default). Conventions of the libraries, kept: torch-fidelity counts
+a point on a ball's boundary as inside (``<=``, ``torch_fidelity/metric_prc.py:32,42``, the batched path used here),
+prdc does not (``<``, clovaai/generative-evaluation-prdc@e320c1d:prdc/prdc.py:76-94, identical to PyPI's prdc 0.2);
+the k-th neighbour excludes the point itself in both (``kthvalue(k + 1)`` / ``get_kth_value(k + 1)``).
 
 Precision and density are means over the generated samples of a term that depends on that sample and the fixed
 real set only (:class:`ManifoldTerms`), so their bootstrap replicates are plain resamples of those terms. Recall
@@ -36,8 +36,8 @@ import numpy as np
 
 from dpmbench.errors import DpmbenchError
 
-PRC_K = 3  # Kynkäänniemi et al. 2019 Sec. 2; torch_fidelity/defaults.py:35 (prc_neighborhood)
-DC_K = 5  # Naeem et al. 2020 Sec. 4; clovaai/generative-evaluation-prdc@e320c1d:README.md:102 (nearest_k)
+PRC_K = 3  # Kynkäänniemi et al. 2019; torch_fidelity/defaults.py:35 (prc_neighborhood)
+DC_K = 5  # Naeem et al. 2020; clovaai/generative-evaluation-prdc@e320c1d:README.md:102 (nearest_k)
 CHUNK = 1024  # rows of a distance block (memory: CHUNK x N float64)
 
 
