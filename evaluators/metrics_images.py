@@ -133,6 +133,15 @@ def _reference_image_features(ctx: Context) -> np.ndarray:
     return ctx.cached("ref_images", lambda: cached_features(key, compute)["2048"])
 
 
+def _reference_feature_file(path: str, what: str) -> np.ndarray:
+    """Reference features from an .npz (key 'feats' or 'features', e.g. clean-fid's *kid.npz), float64."""
+    f = load_input_npz(path, what)
+    key = "feats" if "feats" in f else "features"
+    if key not in f:
+        raise DpmbenchError(f"invalid {what} {path!r}: need npz key 'feats' or 'features'")
+    return np.asarray(f[key], np.float64)
+
+
 def fid(ctx: Context, idx: np.ndarray | None) -> float:
     from evaluators.images import feature_moments
     from evaluators.refstats import reference_stats
@@ -167,13 +176,7 @@ def kid(ctx: Context, idx: np.ndarray | None) -> float:
                             "key 'feats' or 'features', e.g. clean-fid's *kid.npz) or reference_images")
 
     def load() -> np.ndarray:
-        if not path:
-            return _reference_image_features(ctx)
-        f = load_input_npz(path, "kid reference")
-        key = "feats" if "feats" in f else "features"
-        if key not in f:
-            raise DpmbenchError(f"invalid kid reference {path!r}: need npz key 'feats' or 'features'")
-        return np.asarray(f[key], np.float64)
+        return _reference_feature_file(str(path), "kid reference") if path else _reference_image_features(ctx)
     f, ref = _inception(ctx)["2048"], ctx.cached("kid_ref", load)
     if idx is None:
         return kernel_distance(f, ref)
@@ -211,14 +214,9 @@ def _manifold_features(ctx: Context, metric: str) -> tuple[np.ndarray, np.ndarra
                             "with key 'feats' or 'features') or reference_images (8x8 digits samples need neither)")
 
     def load() -> np.ndarray:
-        if not path:
-            return _reference_image_features(ctx)
-        f = load_input_npz(path, "prdc reference")
-        key = "feats" if "feats" in f else "features"
-        if key not in f:
-            raise DpmbenchError(f"invalid prdc reference {path!r}: need npz key 'feats' or 'features'")
-        return np.asarray(f[key], np.float64)
-    return _inception(ctx)["2048"], ctx.cached("prdc_ref", load)
+        return _reference_feature_file(str(path), "prdc reference") if path else _reference_image_features(ctx)
+    ref = ctx.cached("prdc_ref", load)  # first: a bad reference file is refused before any Inception pass
+    return _inception(ctx)["2048"], ref
 
 
 def _manifold(ctx: Context, metric: str, which: str) -> tuple[float, float]:

@@ -102,9 +102,13 @@ def test_digits_samples_use_the_digits_cnn_and_set_level_metrics_have_no_bootstr
     assert v["coverage"] == pytest.approx(1 - comb(1796, 5) / comb(1860, 5), abs=0.06)
 
 
-def test_too_few_samples_or_no_reference_is_one_line() -> None:
+def test_too_few_samples_or_no_reference_is_one_line(tmp_path) -> None:
     fake, real = _features(m=6)
     with pytest.raises(DpmbenchError, match=r"density/coverage \(k = 5\) needs at least 7 samples .* not 6 and 110"):
         density_coverage(fake, real)
     with pytest.raises(DpmbenchError, match=r"'precision' needs reference features \(option prdc_reference"):
         evaluate(["precision"], np.zeros((8, 3, 16, 16), np.float32), {"model": "images"}, bootstraps=0)
+    np.savez(tmp_path / "ref.npz", x=real)
+    with pytest.raises(DpmbenchError, match=r"invalid prdc reference .*ref.npz': need npz key 'feats' or 'features'"):
+        evaluate(["coverage"], np.zeros((8, 3, 16, 16), np.float32), {"model": "images"}, bootstraps=0,
+                 options={"prdc_reference": str(tmp_path / "ref.npz")})
