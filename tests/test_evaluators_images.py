@@ -139,9 +139,9 @@ def test_the_low_rank_identity_equals_our_frechet_distance() -> None:
 def test_fid_through_inception_with_local_weights_matches_ours(tmp_path) -> None:
     weights = _random_inception(tmp_path / "inception-random.pth")
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, size=(7, 1, 16, 16)).astype(np.float32)  # grey: repeated to RGB; 7: density's minimum
-    f = fidelity_features(to_uint8(x), features=("2048", "logits_unbiased"), batch_size=4, weights=weights)
-    assert f["2048"].shape == (7, 2048) and f["logits_unbiased"].shape == (7, 1008)
+    x = rng.uniform(-1, 1, size=(4, 1, 16, 16)).astype(np.float32)  # grey: repeated to RGB
+    f = fidelity_features(to_uint8(x), features=("2048", "logits_unbiased"), batch_size=3, weights=weights)
+    assert f["2048"].shape == (4, 2048) and f["logits_unbiased"].shape == (4, 1008)
     assert np.isfinite(f["2048"]).all() and f["2048"].std() > 0
     mu, sigma = f["2048"][:2].mean(0) + 0.01, np.cov(f["2048"][1:], rowvar=False)
     np.savez(tmp_path / "stats.npz", mu=mu, sigma=sigma)
@@ -149,29 +149,37 @@ def test_fid_through_inception_with_local_weights_matches_ours(tmp_path) -> None
                           options={"fid_stats": str(tmp_path / "stats.npz"), "inception_weights": weights})
     assert v["fid"] == pytest.approx(_low_rank_fd(f["2048"], mu, f["2048"][1:]), rel=1e-5)
     assert info["fid_reference"].startswith("file")
-    # reference images: features computed once (cached on disk), then FID, KID and the k-NN metrics against them
-    y = rng.uniform(-1, 1, (7, 3, 8, 8)).astype(np.float32)
+    # reference images: features computed once (cached on disk), then FID and KID against them
+    y = rng.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "refimg.npz", x=y)
     fy = fidelity_features(to_uint8(y), batch_size=4, weights=weights)["2048"]
     opts = {"reference_images": str(tmp_path / "refimg.npz"), "inception_weights": weights}
     import evaluators.images as im
-    from evaluators.knn import density_coverage, precision_recall
 
-    knn = ["precision", "recall", "density", "coverage"]
     with mock.patch.object(im, "fidelity_features", wraps=im.fidelity_features) as spy:
-        v, _, info = evaluate(["fid", "kid", *knn], x, {"model": "images"}, bootstraps=0, options=opts)
-        assert spy.call_count == 2  # samples + reference, shared by every metric
-    assert [v[m] for m in knn] == pytest.approx([*precision_recall(f["2048"], fy), *density_coverage(f["2048"], fy)])
-    assert info["protocol"]["extractor"].startswith("inception-v3")
-    np.savez(tmp_path / "feats.npz", feats=fy)  # the same reference as a feature set (option prdc_reference)
-    w, _, _ = evaluate(knn, x, {"model": "images"}, bootstraps=0,
-                       options={"prdc_reference": str(tmp_path / "feats.npz"), "inception_weights": weights})
-    assert w == pytest.approx({m: v[m] for m in knn})
-    with mock.patch.object(im, "fidelity_features", wraps=im.fidelity_features) as spy:
+        v, _, _ = evaluate(["fid", "kid"], x, {"model": "images"}, bootstraps=0, options=opts)
+        assert spy.call_count == 2  # samples + reference
         evaluate(["kid"], x, {"model": "images"}, bootstraps=0, options=opts)  # KID: no 2048-d eigenproblem
-        assert spy.call_count == 1  # the samples; the reference features came from the cache
+        assert spy.call_count == 3  # reference features came from the cache
     assert v["fid"] == pytest.approx(_low_rank_fd(f["2048"], fy.mean(0), fy), rel=1e-5)
     assert np.isfinite(v["kid"])
+    # the k-NN metrics on Inception features against a reference feature file (option prdc_reference): 7 samples
+    # (density's minimum at k = 5), their features captured on the way, the libraries' values on them
+    from evaluators.knn import density_coverage, precision_recall
+
+    x7 = rng.uniform(-1, 1, size=(7, 3, 16, 16)).astype(np.float32)
+    ref = np.concatenate([f["2048"] + 0.01 * rng.standard_normal(f["2048"].shape) for _ in range(2)])
+    np.savez(tmp_path / "feats.npz", feats=ref)
+    seen: list[dict[str, np.ndarray]] = []
+    real_features = im.fidelity_features
+    knn = ["precision", "recall", "density", "coverage"]
+    with mock.patch.object(im, "fidelity_features", lambda *a, **k: seen.append(real_features(*a, **k)) or seen[-1]):
+        v, _, info = evaluate(knn, x7, {"model": "images"}, bootstraps=0,
+                              options={"prdc_reference": str(tmp_path / "feats.npz"), "inception_weights": weights})
+    assert len(seen) == 1 and info["protocol"]["extractor"].startswith("inception-v3")
+    assert info["protocol"]["reference_stats"] == f"features {tmp_path / 'feats.npz'}"
+    f7 = seen[0]["2048"]
+    assert [v[m] for m in knn] == pytest.approx([*precision_recall(f7, ref), *density_coverage(f7, ref)])
 
 
 def test_offline_without_weights_says_where_to_put_them(tmp_path, monkeypatch) -> None:
