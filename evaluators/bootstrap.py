@@ -27,13 +27,25 @@ def bootstrap_replicates(stat: Callable[[np.ndarray | None], float], n: int, rep
     return np.array([stat(idx) for idx in bootstrap_indices(n, reps, seed)], dtype=np.float64)
 
 
-def percentile_ci(estimate: float, replicates: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
+Bounds = tuple[float | None, float | None]
+UNBOUNDED: Bounds = (None, None)
+NONNEGATIVE: Bounds = (0.0, None)  # a distance, an error: its value and its true value are >= 0
+UNIT: Bounds = (0.0, 1.0)  # a share
+
+
+def percentile_ci(estimate: float, replicates: np.ndarray, level: float = DEFAULT_LEVEL,
+                  bounds: Bounds = UNBOUNDED) -> tuple[float, float]:
     """Bias-shifted percentile interval around ``estimate`` from bootstrap ``replicates`` (non-finite ones
-    dropped); NaN when nothing finite is left.
+    dropped), clipped to ``bounds``; NaN when nothing finite is left.
 
     Plug-in statistics such as the Frechet distance are biased upwards under resampling (duplicated
     samples shrink the covariance); the percentile interval is shifted by the bootstrap bias
     ``mean(stat*) - stat`` so that it is centred on the estimate (Efron & Tibshirani 1993, Sec. 10.6).
+    Near a distance of 0 the shift can carry the lower end below 0: the data then cannot tell the distance from
+    0. ``bounds`` is the range of the statistic's true value (``NONNEGATIVE`` for a distance); clipping the interval
+    to it leaves its coverage unchanged (the true value always lies inside the range), so a distance's interval
+    reads ``[0, hi]`` there instead of a negative bound. Differences of two statistics (paired replicates) are
+    not bounded.
     """
     vals = np.asarray(replicates, np.float64)
     vals = vals[np.isfinite(vals)]
@@ -41,16 +53,17 @@ def percentile_ci(estimate: float, replicates: np.ndarray, level: float = DEFAUL
         return float("nan"), float("nan")
     bias = vals.mean() - estimate
     lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2]) - bias
-    return float(lo), float(hi)
+    low, high = (-np.inf if bounds[0] is None else bounds[0]), (np.inf if bounds[1] is None else bounds[1])
+    return float(np.clip(lo, low, high)), float(np.clip(hi, low, high))
 
 
 def bootstrap_ci(
     stat: Callable[[np.ndarray | None], float], n: int, reps: int = DEFAULT_BOOTSTRAPS,
-    level: float = DEFAULT_LEVEL, seed: int = 0, estimate: float | None = None,
+    level: float = DEFAULT_LEVEL, seed: int = 0, estimate: float | None = None, bounds: Bounds = UNBOUNDED,
 ) -> tuple[float, float]:
-    """Bias-shifted percentile interval (:func:`percentile_ci`) of ``stat(indices)`` over bootstrap resamples of
-    ``n`` items."""
+    """Bias-shifted percentile interval (:func:`percentile_ci`, clipped to ``bounds``) of ``stat(indices)`` over
+    bootstrap resamples of ``n`` items."""
     if reps == 0 or n < 2:
         return float("nan"), float("nan")
     theta = stat(None) if estimate is None else estimate
-    return percentile_ci(theta, bootstrap_replicates(stat, n, reps, seed), level)
+    return percentile_ci(theta, bootstrap_replicates(stat, n, reps, seed), level, bounds)

@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 
 from dpmbench.errors import DpmbenchError, bad_value
+from evaluators.bootstrap import UNBOUNDED, Bounds
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "fid_backend": "torch-fidelity",   # or "clean-fid"
     "cleanfid_mode": "clean",          # or "legacy_tensorflow" (clean-fid backend)
     "fid_stats": None,                 # reference stats: a reference_stats/manifest.yaml name or an .npz path
     "kid_reference": None,             # .npz of reference features (key "feats" or "features") for kid
+    "prdc_reference": None,            # .npz of reference features (same keys) for precision/recall/density/coverage
     "reference_images": None,          # .npz of reference images (key "x"): features computed once, cached
     "inception_weights": None,         # local override (else env DPMBENCH_INCEPTION_WEIGHTS / _CLEANFID_INCEPTION)
     "clip_model": "ViT-L-14",
@@ -81,6 +83,7 @@ class Metric:
     max_bootstraps: int | None = None  # cap for costly statistics (2048-D FID, KID)
     deterministic_only: bool = False  # meaningless for samples of stochastic solvers (skipped for them)
     needs_labels: bool = False  # class-conditional samples only (skipped for unconditional ones)
+    bounds: Bounds = UNBOUNDED  # the range of the true value; the CI is clipped to it (evaluators.bootstrap)
 
 
 def guidance_of(meta: dict[str, Any]) -> float | None:

@@ -33,6 +33,7 @@ class EvalOptions:
     cleanfid_mode: str = "clean"
     fid_stats: str | None = None
     kid_reference: str | None = None
+    prdc_reference: str | None = None
     reference_images: str | None = None
     inception_weights: str | None = None
     clip_model: str = "ViT-L-14"
@@ -48,7 +49,8 @@ class EvalOptions:
     def metric_options(self) -> dict[str, Any]:
         """The options the metrics receive (``evaluators.registry.evaluate``)."""
         return {"fid_backend": self.fid_backend, "cleanfid_mode": self.cleanfid_mode, "fid_stats": self.fid_stats,
-                "kid_reference": self.kid_reference, "reference_images": self.reference_images,
+                "kid_reference": self.kid_reference, "prdc_reference": self.prdc_reference,
+                "reference_images": self.reference_images,
                 "inception_weights": self.inception_weights, "clip_model": self.clip_model,
                 "clip_pretrained": self.clip_pretrained, "clip_weights": self.clip_weights,
                 "fd_dinov2_stats": self.fd_dinov2_stats, "dinov2_weights": self.dinov2_weights,

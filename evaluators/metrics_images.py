@@ -1,5 +1,6 @@
-"""Metrics on image features: FID, IS and KID (Inception), FD_DINOv2, CMMD (CLIP), CLIP score, and the digits-CNN
-analogues (fdd, kdd, is_digits, cond_acc) for the embedded digits models."""
+"""Metrics on image features: FID, IS and KID (Inception), FD_DINOv2, CMMD (CLIP), CLIP score, their digits-CNN
+analogues (fdd, kdd, is_digits, cond_acc) for the embedded digits models, and the k-NN manifold metrics (precision,
+recall, density, coverage) on either extractor's features."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from evaluators.context import Context, backend_of, images_of, labels_of, load_i
 
 if TYPE_CHECKING:
     import torch
+
+    from evaluators.knn import ManifoldTerms
 
 
 def _require_digits(ctx: Context, metric: str) -> None:
@@ -133,6 +136,15 @@ def _reference_image_features(ctx: Context) -> np.ndarray:
     return ctx.cached("ref_images", lambda: cached_features(key, compute)["2048"])
 
 
+def _reference_feature_file(path: str, what: str) -> np.ndarray:
+    """Reference features from an .npz (key 'feats' or 'features', e.g. clean-fid's *kid.npz), float64."""
+    f = load_input_npz(path, what)
+    key = "feats" if "feats" in f else "features"
+    if key not in f:
+        raise DpmbenchError(f"invalid {what} {path!r}: need npz key 'feats' or 'features'")
+    return np.asarray(f[key], np.float64)
+
+
 def fid(ctx: Context, idx: np.ndarray | None) -> float:
     from evaluators.images import feature_moments
     from evaluators.refstats import reference_stats
@@ -167,13 +179,7 @@ def kid(ctx: Context, idx: np.ndarray | None) -> float:
                             "key 'feats' or 'features', e.g. clean-fid's *kid.npz) or reference_images")
 
     def load() -> np.ndarray:
-        if not path:
-            return _reference_image_features(ctx)
-        f = load_input_npz(path, "kid reference")
-        key = "feats" if "feats" in f else "features"
-        if key not in f:
-            raise DpmbenchError(f"invalid kid reference {path!r}: need npz key 'feats' or 'features'")
-        return np.asarray(f[key], np.float64)
+        return _reference_feature_file(str(path), "kid reference") if path else _reference_image_features(ctx)
     f, ref = _inception(ctx)["2048"], ctx.cached("kid_ref", load)
     if idx is None:
         return kernel_distance(f, ref)
@@ -274,3 +280,67 @@ def cmmd(ctx: Context, idx: np.ndarray | None) -> float:
     if idx is None:
         return cmmd_distance(x, ref)
     return ctx.cached("cmmd_blocks", lambda: CmmdBlocks(x, ref)).value(idx)
+
+
+# -- k-NN manifold metrics (precision, recall, density, coverage: evaluators.knn) ---------------------------------
+def _manifold_features(ctx: Context, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sample features, reference features) of a k-NN metric: the digits CNN's 64-D features against the 1,797
+    digits for 8x8 digits samples (as ``fdd``), else Inception's 2048-D pool features (as ``fid``/``kid``) against
+    option ``prdc_reference`` (an .npz of features, key 'feats' or 'features') or ``reference_images``."""
+    from evaluators.images import DIGITS_SHAPE
+
+    if tuple(ctx.x.shape[1:]) == DIGITS_SHAPE and "images" not in ctx.meta:
+        return _digits_feats(ctx, metric)
+    path = ctx.opt("prdc_reference")
+    if not path and not ctx.opt("reference_images"):
+        raise DpmbenchError(f"invalid metrics: {metric!r} needs reference features (option prdc_reference: an .npz "
+                            "with key 'feats' or 'features') or reference_images (8x8 digits samples need neither)")
+
+    def load() -> np.ndarray:
+        return _reference_feature_file(str(path), "prdc reference") if path else _reference_image_features(ctx)
+    ref = ctx.cached("prdc_ref", load)  # first: a bad reference file is refused before any Inception pass
+    return _inception(ctx)["2048"], ref
+
+
+def _manifold(ctx: Context, metric: str, which: str) -> tuple[float, float]:
+    """The libraries' (precision, recall) (``which`` 'pr') or (density, coverage) ('dc') of all samples, once."""
+    from evaluators.knn import density_coverage, precision_recall
+
+    f, ref = _manifold_features(ctx, metric)
+    return ctx.cached(f"knn_{which}", lambda: (precision_recall if which == "pr" else density_coverage)(f, ref))
+
+
+def _manifold_terms(ctx: Context, metric: str) -> ManifoldTerms:
+    from evaluators.knn import ManifoldTerms
+
+    return ctx.cached("knn_terms", lambda: ManifoldTerms(*_manifold_features(ctx, metric)))
+
+
+def precision(ctx: Context, idx: np.ndarray | None) -> float:
+    """Improved precision (k = 3; torch-fidelity's ``prc``); replicates resample the per-sample terms."""
+    return _manifold(ctx, "precision", "pr")[0] if idx is None else _manifold_terms(ctx, "precision").precision(idx)
+
+
+def recall(ctx: Context, idx: np.ndarray | None) -> float:
+    """Improved recall (k = 3; torch-fidelity's ``prc``) of the samples ``idx`` (duplicates kept, as given)."""
+    if idx is None:
+        return _manifold(ctx, "recall", "pr")[1]
+    from evaluators.knn import precision_recall
+
+    f, ref = _manifold_features(ctx, "recall")
+    return precision_recall(f[idx], ref)[1]
+
+
+def density(ctx: Context, idx: np.ndarray | None) -> float:
+    """Density (k = 5; the ``prdc`` package); replicates resample the per-sample terms."""
+    return _manifold(ctx, "density", "dc")[0] if idx is None else _manifold_terms(ctx, "density").density(idx)
+
+
+def coverage(ctx: Context, idx: np.ndarray | None) -> float:
+    """Coverage (k = 5; the ``prdc`` package) of the samples ``idx`` (duplicates kept, as given)."""
+    if idx is None:
+        return _manifold(ctx, "coverage", "dc")[1]
+    from evaluators.knn import density_coverage
+
+    f, ref = _manifold_features(ctx, "coverage")
+    return density_coverage(f[idx], ref)[1]

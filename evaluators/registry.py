@@ -10,7 +10,7 @@ import numpy as np
 from dpmbench.errors import bad_value
 from evaluators import metrics_images as im
 from evaluators import metrics_oracle as orc
-from evaluators.bootstrap import bootstrap_replicates, percentile_ci
+from evaluators.bootstrap import NONNEGATIVE, UNIT, bootstrap_replicates, percentile_ci
 from evaluators.context import DEFAULT_OPTIONS, Context, Metric, backend_of, labels_of
 from evaluators.oracle import per_sample_mse
 
@@ -18,21 +18,26 @@ __all__ = ["DEFAULT_OPTIONS", "METRICS", "Context", "Metric", "evaluate", "list_
            "per_sample_summary", "protocol"]
 
 
+# bounds: the range of a metric's true value, to which its CI is clipped (evaluators.bootstrap.percentile_ci); kid and
+# kdd are unbiased MMD^2 estimates: they, and their CIs, may go below 0 (docs/metrics.md)
 METRICS: dict[str, Metric] = {
     "rmse_exact": Metric(orc.rmse_exact, "RMSE to the exact probability-flow ODE solution from the same x_T "
                          "(oracle models; needs the reference file; not computed for stochastic solvers, whose "
-                         "samples do not follow the ODE)", deterministic_only=True),
+                         "samples do not follow the ODE)", deterministic_only=True, bounds=NONNEGATIVE),
     "fd_true": Metric(orc.fd_true, "Frechet distance of the samples' moments to the true target distribution "
-                      "(the data distribution; under guidance != 1 the exact guided ODE solutions)"),
+                      "(the data distribution; under guidance != 1 the exact guided ODE solutions)",
+                      bounds=NONNEGATIVE),
     "mse_ref": Metric(orc.mse_ref, "mean squared error (over samples and dimensions, pixel or latent) to a high-NFE "
                       "reference run from the same x_T (`dpmbench reference --solver SPEC --nfe N`); not computed for "
-                      "stochastic solvers", deterministic_only=True),
+                      "stochastic solvers", deterministic_only=True, bounds=NONNEGATIVE),
     "sw2_true": Metric(orc.sw2_true, "sliced 2-Wasserstein distance (256 random directions) to the true distribution "
-                       "p_{t_end} (a large sample of it; under guidance != 1 the exact guided ODE solutions)"),
+                       "p_{t_end} (a large sample of it; under guidance != 1 the exact guided ODE solutions)",
+                       bounds=NONNEGATIVE),
     "loglik_true": Metric(orc.loglik_true, "mean log-density (nats per sample) of the samples under the true "
                           "p_{t_end} (class-conditional mixture when labels are used)", lower_is_better=False),
     "fdd": Metric(im.fdd, "Frechet digits distance: FID's formula on the 64-D features of the shipped digits CNN, "
-                  "against the 1,797 digits (digits models; torch-fidelity custom extractor 'digits-cnn')"),
+                  "against the 1,797 digits (digits models; torch-fidelity custom extractor 'digits-cnn')",
+                  bounds=NONNEGATIVE),
     "kdd": Metric(im.kdd, "kernel digits distance: torch-fidelity's KID on the digits-CNN features",
                   max_bootstraps=100),
     "is_digits": Metric(im.is_digits, "Inception score's formula exp(E_x KL(p(y|x) || p(y))) on the shipped digits "
@@ -41,12 +46,27 @@ METRICS: dict[str, Metric] = {
     "cond_acc": Metric(im.cond_acc, "share of class-conditional samples the digits CNN assigns to their label "
                        "(the CLIP-score analogue: does the sample follow its condition?); guided samples only",
                        lower_is_better=False, needs_labels=True),
+    "precision": Metric(im.precision, "improved precision (Kynkaanniemi et al. 2019, k = 3, torch-fidelity's prc): "
+                        "share of samples inside the reference's k-NN balls; digits-CNN features against the 1,797 "
+                        "digits for digits samples, else Inception features (option prdc_reference or "
+                        "reference_images)", lower_is_better=False, bounds=UNIT),
+    "recall": Metric(im.recall, "improved recall (Kynkaanniemi et al. 2019, k = 3, torch-fidelity's prc): share of "
+                     "reference samples inside the samples' k-NN balls (features as precision's); no bootstrap CI: a "
+                     "statistic of the sample set, see docs/metrics.md", lower_is_better=False, max_bootstraps=0,
+                     bounds=UNIT),
+    "density": Metric(im.density, "density (Naeem et al. 2020, k = 5, the prdc package): mean number of reference "
+                      "k-NN balls holding a sample, over k; about 1 when samples follow the reference (features as "
+                      "precision's)", lower_is_better=False, bounds=NONNEGATIVE),
+    "coverage": Metric(im.coverage, "coverage (Naeem et al. 2020, k = 5, the prdc package): share of reference k-NN "
+                       "balls holding at least one sample (features as precision's); no bootstrap CI: a statistic of "
+                       "the sample set, see docs/metrics.md", lower_is_better=False, max_bootstraps=0, bounds=UNIT),
     "model_error": Metric(orc.model_error, "RMSE between the network's converged ODE solution (its high-NFE reference "
                           "run) and the exact ODE solution of the data's optimal denoiser (option "
                           "model_error_oracle, default digits-empirical) from the same x_T: the floor under which a "
-                          "better solver no longer shows in sample quality (trained networks of the digits data)"),
+                          "better solver no longer shows in sample quality (trained networks of the digits data)",
+                          bounds=NONNEGATIVE),
     "fid": Metric(im.fid, "Frechet Inception distance to reference statistics (option fid_stats) through "
-                  "torch-fidelity or clean-fid (clean / legacy_tensorflow)", max_bootstraps=50),
+                  "torch-fidelity or clean-fid (clean / legacy_tensorflow)", max_bootstraps=50, bounds=NONNEGATIVE),
     "is": Metric(im.inception_score_stat, "Inception score (torch-fidelity, 10 splits)", lower_is_better=False,
                  max_bootstraps=50),
     "kid": Metric(im.kid, "kernel Inception distance to reference features (option kid_reference)", max_bootstraps=100),
@@ -54,10 +74,10 @@ METRICS: dict[str, Metric] = {
                          "prompts", lower_is_better=False),
     "fd_dinov2": Metric(im.fd_dinov2, "Frechet distance on DINOv2 ViT-L/14 features (CLS token, dgm-eval's "
                         "preprocessing; transformers Dinov2Model) to reference statistics (option fd_dinov2_stats) "
-                        "or reference_images", max_bootstraps=50),
+                        "or reference_images", max_bootstraps=50, bounds=NONNEGATIVE),
     "cmmd": Metric(im.cmmd, "CMMD: 1000 x biased MMD^2 (Gaussian RBF, sigma 10) between CLIP ViT-L/14@336 image "
                    "embeddings (open_clip, OpenAI weights) of the samples and the reference (option cmmd_reference "
-                   "or reference_images)", max_bootstraps=100),
+                   "or reference_images)", max_bootstraps=100, bounds=NONNEGATIVE),
 }
 
 
@@ -106,7 +126,8 @@ def evaluate(
         values[name] = metric.stat(ctx, None)
         reps = bootstraps if metric.max_bootstraps is None else min(bootstraps, metric.max_bootstraps)
         replicates = bootstrap_replicates(lambda idx, m=metric: m.stat(ctx, idx), n, reps, seed=seed)
-        lo, hi = percentile_ci(values[name], replicates) if len(replicates) else (float("nan"), float("nan"))
+        lo, hi = (percentile_ci(values[name], replicates, bounds=metric.bounds) if len(replicates)
+                  else (float("nan"), float("nan")))
         cis[name] = [lo, hi]
         info.setdefault("bootstraps", {})[name] = reps
         # kept so that a report can compute paired CIs of differences between solvers (same indices: same n,
@@ -117,7 +138,7 @@ def evaluate(
         info["fd_target"] = ctx.meta["_cache"]["fd_target"][2]
     if "_fid_reference" in ctx.meta:
         info["fid_reference"] = ctx.meta["_fid_reference"]
-    if any(nm in ("fid", "is", "kid", "fdd", "kdd", "is_digits", "cond_acc") for nm in names):
+    if any(nm in ("fid", "is", "kid", "fdd", "kdd", "is_digits", "cond_acc", *KNN_METRICS) for nm in names):
         from evaluators.images import QUANTIZATION
 
         info["quantization"] = QUANTIZATION
@@ -179,21 +200,24 @@ def per_sample_summary(name: str, x: np.ndarray, reference: np.ndarray | None) -
 
 
 IMAGE_METRICS = ("fid", "is", "kid")
+KNN_METRICS = ("precision", "recall", "density", "coverage")  # digits-CNN or Inception features (by the samples)
 
 
 def protocol(names: list[str], ctx: Context) -> dict[str, Any]:
     """The metric protocol of one evaluation: feature extractor (with its weights' sha256 where the weights are
     local) and reference statistics (name or file, with sha256). Fields absent when no metric uses them."""
     from dpmbench.download import sha256_file
+    from evaluators.images import DIGITS_SHAPE
 
     out: dict[str, Any] = {}
-    if any(n in ("fdd", "kdd") for n in names):
+    digits = tuple(ctx.x.shape[1:]) == DIGITS_SHAPE and "images" not in ctx.meta
+    if any(n in ("fdd", "kdd") for n in names) or (digits and any(n in KNN_METRICS for n in names)):
         from evaluators.digits_cnn import WEIGHTS, weights_sha256
 
         out["extractor"] = f"dpmbench/digits-cnn ({WEIGHTS.name}) via {backend_of(ctx)}"
         out["extractor_sha256"] = weights_sha256()
         out["reference_stats"] = "sklearn digits (1,797 images)"
-    if any(n in IMAGE_METRICS for n in names):
+    if any(n in IMAGE_METRICS for n in names) or (not digits and any(n in KNN_METRICS for n in names)):
         weights = ctx.opt("inception_weights")
         mode = f"/{ctx.opt('cleanfid_mode')}" if backend_of(ctx) == "clean-fid" else ""
         out["extractor"] = f"inception-v3 via {backend_of(ctx)}{mode}"
@@ -203,6 +227,9 @@ def protocol(names: list[str], ctx: Context) -> dict[str, Any]:
             out["reference_stats"], out["reference_stats_sha256"] = _stats_identity(str(spec))
         elif images:
             out["reference_stats"], out["reference_stats_sha256"] = f"images {images}", sha256_file(images)
+        elif ctx.opt("prdc_reference") and any(n in KNN_METRICS for n in names):
+            path = str(ctx.opt("prdc_reference"))
+            out["reference_stats"], out["reference_stats_sha256"] = f"features {path}", sha256_file(path)
     if "clip_score" in names:
         out["extractor"] = f"open_clip {ctx.opt('clip_model')}/{ctx.opt('clip_pretrained')}"
     cache = ctx.meta.get("_cache", {})

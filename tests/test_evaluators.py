@@ -7,7 +7,7 @@ import pytest
 
 from dpmbench.errors import DpmbenchError
 from evaluators import evaluate, list_metrics
-from evaluators.bootstrap import bootstrap_ci, bootstrap_indices
+from evaluators.bootstrap import NONNEGATIVE, bootstrap_ci, bootstrap_indices, percentile_ci
 from evaluators.frechet import frechet_distance, moments
 
 
@@ -62,8 +62,39 @@ def test_evaluate_metrics_and_divergence() -> None:
     with pytest.raises(DpmbenchError, match="invalid metric 'fidd'; allowed: rmse_exact, fd_true, mse_ref"):
         evaluate(["fidd"], ref, meta, None)
     assert list_metrics() == ["rmse_exact", "fd_true", "mse_ref", "sw2_true", "loglik_true", "fdd", "kdd",
-                              "is_digits", "cond_acc", "model_error", "fid", "is", "kid", "clip_score", "fd_dinov2",
-                              "cmmd"]
+                              "is_digits", "cond_acc", "precision", "recall", "density", "coverage", "model_error",
+                              "fid", "is", "kid", "clip_score", "fd_dinov2", "cmmd"]
+
+
+def test_a_distance_ci_has_no_negative_bound_and_still_covers() -> None:
+    """Samples of the target itself: the true Frechet distance is 0, the plug-in estimate is its small positive bias,
+    and the bias-shifted percentile interval reaches below 0 (the data cannot tell the distance from 0); clipped to
+    the distance's range it reads [0, hi]. Clipping keeps the interval's coverage (the truth is never below 0): in a
+    simulation it covers the truth near 0 and away from it, where the plain percentile interval of the replicates
+    (centred on estimate + bias) misses a true 0 every time."""
+    from dpmbench import load_model
+
+    mu, cov = (t.numpy() for t in load_model("gmm-2d").data_moments())
+    x = np.random.default_rng(5).multivariate_normal(mu, cov, size=300)
+    values, ci, info = evaluate(["fd_true"], x, {"model": "gmm-2d", "guidance": None}, bootstraps=200)
+    raw = percentile_ci(values["fd_true"], np.array(info["bootstrap_values"]["fd_true"]))
+    assert raw[0] < 0 and ci["fd_true"] == [0.0, raw[1]] and values["fd_true"] <= raw[1]
+    # the simulation in 1-D, where the Frechet distance to N(0, 1) is m^2 + (s - 1)^2 (all replicates at once)
+    rng, n, trials, reps = np.random.default_rng(6), 100, 200, 200
+    for shift in (0.0, 0.1, 0.3):
+        truth, hits, misses_plain = shift**2, 0, 0
+        for _ in range(trials):
+            y = rng.standard_normal(n) + shift
+            boot = y[rng.integers(0, n, (reps, n))]
+            est = y.mean() ** 2 + (y.std(ddof=1) - 1) ** 2
+            lo, hi = percentile_ci(est, boot.mean(1) ** 2 + (boot.std(1, ddof=1) - 1) ** 2, bounds=NONNEGATIVE)
+            assert 0 <= lo <= est <= hi
+            hits += lo <= truth <= hi
+            q = np.quantile(boot.mean(1) ** 2 + (boot.std(1, ddof=1) - 1) ** 2, [0.025, 0.975])
+            misses_plain += not q[0] <= truth <= q[1]
+        assert hits / trials >= 0.9, (shift, hits)
+        if shift == 0.0:
+            assert misses_plain == trials
 
 
 def test_fd_true_uses_analytic_target_for_oracles() -> None:

@@ -163,6 +163,23 @@ def test_fid_through_inception_with_local_weights_matches_ours(tmp_path) -> None
         assert spy.call_count == 3  # reference features came from the cache
     assert v["fid"] == pytest.approx(_low_rank_fd(f["2048"], fy.mean(0), fy), rel=1e-5)
     assert np.isfinite(v["kid"])
+    # the k-NN metrics on Inception features against a reference feature file (option prdc_reference): 7 samples
+    # (density's minimum at k = 5), their features captured on the way, the libraries' values on them
+    from evaluators.knn import density_coverage, precision_recall
+
+    x7 = rng.uniform(-1, 1, size=(7, 3, 16, 16)).astype(np.float32)
+    ref = np.concatenate([f["2048"] + 0.01 * rng.standard_normal(f["2048"].shape) for _ in range(2)])
+    np.savez(tmp_path / "feats.npz", feats=ref)
+    seen: list[dict[str, np.ndarray]] = []
+    real_features = im.fidelity_features
+    knn = ["precision", "recall", "density", "coverage"]
+    with mock.patch.object(im, "fidelity_features", lambda *a, **k: seen.append(real_features(*a, **k)) or seen[-1]):
+        v, _, info = evaluate(knn, x7, {"model": "images"}, bootstraps=0,
+                              options={"prdc_reference": str(tmp_path / "feats.npz"), "inception_weights": weights})
+    assert len(seen) == 1 and info["protocol"]["extractor"].startswith("inception-v3")
+    assert info["protocol"]["reference_stats"] == f"features {tmp_path / 'feats.npz'}"
+    f7 = seen[0]["2048"]
+    assert [v[m] for m in knn] == pytest.approx([*precision_recall(f7, ref), *density_coverage(f7, ref)])
 
 
 def test_offline_without_weights_says_where_to_put_them(tmp_path, monkeypatch) -> None:

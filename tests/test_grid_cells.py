@@ -25,6 +25,10 @@ ADDED_SOLVER = ("results", "dpm-solver:order=2,method=multistep")
 # The flow-matching models added to the default grid (issue 25): their cells and job settings are new; every cell of
 # the other models stays as it was.
 ADDED_MODELS = {"results": ("gmm-2d-flow", "gmm-digits-flow", "digits-flow")}
+# The k-NN manifold metrics added to digits-unet's metric list in the default grid (digits-flow, added above, lists
+# them too); every other setting of its jobs stays as it was.
+KNN_METRICS = ("results", "digits-unet", '"metrics": ["fdd", "kdd", "is_digits", "cond_acc", ',
+               '"precision", "recall", "density", "coverage", ')
 # Configs added since a0e31b9 (their own results directories; each has its own expansion test): config/flow.yaml
 # (tests/test_flow_adapters.py).
 ADDED_GRIDS = ("results/flow",)
@@ -67,6 +71,10 @@ def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[
         assert {c.split("|")[7] for c in old if c.split("|")[0] == SIGMA_RANGE[1]} == {"0.002"}
         assert "0.002" not in {c.split("|")[7] for c in new if c.split("|")[0] == SIGMA_RANGE[1]}
         out[results_dir]["cells"] = sorted(set(out[results_dir]["cells"]) - old | new)
+    results_dir, model, head, added_metrics = KNN_METRICS
+    records = out[results_dir][f"model:{model}"]
+    assert records and all(head in r for r in records)
+    out[results_dir][f"model:{model}"] = [r.replace(head, head + added_metrics) for r in records]
     for results_dir in ADDED_GRIDS:
         assert results_dir not in out and results_dir in now
         out[results_dir] = now[results_dir]

@@ -35,7 +35,7 @@ from evaluators.registry import evaluate
 config = read_yaml("config/default.yaml")
 for name, spec in config["models"].items():
     m = dpmbench.load_model(name)
-    x = dpmbench.sample(m, "ddim", nfe=2, x_T=m.prior(4, seed=0), t_start=spec.get("t_start"))
+    x = dpmbench.sample(m, "ddim", nfe=2, x_T=m.prior(8, seed=0), t_start=spec.get("t_start"))  # density (k = 5): >= 7
     names = [n for n in spec.get("metrics", config.get("metrics", [])) if n not in ("rmse_exact", "mse_ref",
              "model_error", "fd_true", "sw2_true", "loglik_true", "cond_acc")]
     evaluate(names, x.numpy(), {"model": name, "seed": 0, "t_end": 1e-3}, bootstraps=2)

@@ -167,8 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fid-stats", default=None, help="fid reference statistics: a name in "
                    "reference_stats/manifest.yaml or an .npz with mu/sigma")
     e.add_argument("--kid-reference", default=None, help="kid reference features (.npz, key feats or features)")
-    e.add_argument("--reference-images", default=None, help="reference images (.npz, key x) for fid/kid/fd_dinov2/"
-                   "cmmd: their features are computed once and cached under $DPMBENCH_CACHE/features")
+    e.add_argument("--prdc-reference", default=None, help="reference features of precision/recall/density/coverage "
+                   "on Inception features (.npz, key feats or features; digits samples use the 1,797 digits)")
+    e.add_argument("--reference-images", default=None, help="reference images (.npz, key x) for fid/kid/"
+                   "fd_dinov2/cmmd/the k-NN metrics: their features are computed once and cached under "
+                   "$DPMBENCH_CACHE/features")
     e.add_argument("--inception-weights", default=None,
                    help="local Inception weights (else env DPMBENCH_INCEPTION_WEIGHTS / DPMBENCH_CLEANFID_INCEPTION, "
                    "else the libraries' caches)")
