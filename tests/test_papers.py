@@ -251,10 +251,16 @@ def test_diff_sampler_s_data_prediction_solvers_threshold_as_its_code_does() -> 
     grid = build_grid(yaml.safe_load((ROOT / "config" / "reproductions" / "diff-sampler-logsnr.yaml").read_text()))
     specs = {grid.spec(c["solver"], c["model"], [c["nfe"]]) for c in grid.cells()}
     assert {_solver_name(s) for s in specs} == {"dpm-solver++", "unipc"}
+    from dpmbench.schedules import VPLinear
+
     for spec in specs:
-        opts = get_solver(spec).opts
+        sol = get_solver(spec)
+        opts = sol.opts
         assert (opts["thresholding"], opts["thresholding_ratio"], opts["sample_max_value"]) == (True, 0.995, math.inf)
         assert opts["lower_order_final"] and opts["order"] == 3
+        for nfe in range(3, 13):  # solvers.py:687-688 (num_steps = steps + 1 time points), UniPC's :800 likewise
+            official = [i + 1 if i + 1 < 3 else min(3, (nfe + 1) - (i + 1)) for i in range(nfe)]
+            assert sol.plan(nfe, VPLinear(), "logsnr", None, 1e-3).orders == official, (spec, nfe)
     for name in ("diff-sampler-polynomial", "diff-sampler-polynomial-even"):
         grid = build_grid(yaml.safe_load((ROOT / "config" / "reproductions" / f"{name}.yaml").read_text()))
         assert not any(get_solver(grid.spec(c["solver"], c["model"], [c["nfe"]])).opts["thresholding"]
