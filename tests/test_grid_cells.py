@@ -32,12 +32,17 @@ KNN_METRICS = ("results", "digits-unet", '"metrics": ["fdd", "kdd", "is_digits",
 # Configs added since a0e31b9 (their own results directories; each has its own expansion test): config/flow.yaml
 # (tests/test_flow_adapters.py).
 ADDED_GRIDS = ("results/flow",)
-# DPM-Solver-v3's rows and the EDM Heun row of config/reproductions/dpm-solver-v3.yaml run the official scripts'
-# protocols (settings per NFE, Heun on the rho = 7 grid; tests/test_papers.py checks them): those cells are replaced;
-# every other cell of that grid stays as it was, but the EDM model's, which end at EDM's sigma = 0.002 (in the VP time
-# of its checkpoint) instead of t = 0.002.
-OFFICIAL_PROTOCOLS = {"results/papers/dpm-solver-v3": ("dpm-solver-v3", "heun")}
-SIGMA_RANGE = ("results/papers/dpm-solver-v3", "edm-cifar10-uncond-vp")
+# The paper reproductions run the official scripts' protocols (tests/test_papers.py checks them): DPM-Solver-v3's rows
+# and the EDM Heun row of config/reproductions/dpm-solver-v3.yaml (settings per NFE, Heun on the rho = 7 grid), and
+# diff-sampler's DPM-Solver++ / UniPC rows (data predictions thresholded): those cells are replaced. The EDM VP
+# networks' cells end at EDM's sigma = 0.002 in the vp-linear time of their checkpoints (t = 3.98e-5) instead of
+# t = 0.002. Every other cell of those grids stays as it was.
+OFFICIAL_PROTOCOLS = {"results/papers/dpm-solver-v3": ("dpm-solver-v3", "heun"),
+                      "results/papers/diff-sampler": ("dpm-solver++", "unipc")}
+VP_EDM = ("edm-cifar10-uncond-vp", "edm-ffhq64-uncond-vp")
+SIGMA_RANGE = {"results/papers/dpm-solver-v3": VP_EDM[:1], "results/papers/edm": VP_EDM,
+               "results/papers/diff-sampler": VP_EDM}
+SIGMA_MIN_VP_TIME = "3.9841975391405537e-05"  # t_end of the VP networks: sigma = 0.002 in their vp-linear time
 
 
 def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[str, dict[str, list[str]]]
@@ -61,15 +66,22 @@ def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[
             assert f"model:{m}" not in out[results_dir]
             out[results_dir][f"model:{m}"] = now[results_dir][f"model:{m}"]
         out[results_dir] = dict(sorted(out[results_dir].items()))
-    for results_dir, names in OFFICIAL_PROTOCOLS.items():
-        def changed(cells: list[str], names: tuple[str, ...] = names, where: str = results_dir) -> set[str]:
-            return {c for c in cells if c.split("|")[4].partition(":")[0] in names
-                    or (where, c.split("|")[0]) == SIGMA_RANGE}
+    for results_dir in sorted(set(OFFICIAL_PROTOCOLS) | set(SIGMA_RANGE)):
+        names, models = OFFICIAL_PROTOCOLS.get(results_dir, ()), SIGMA_RANGE.get(results_dir, ())
+
+        def changed(cells: list[str], names: tuple[str, ...] = names, models: tuple[str, ...] = models) -> set[str]:
+            return {c for c in cells if c.split("|")[4].partition(":")[0] in names or c.split("|")[0] in models}
+
+        def specs(cells: set[str], names: tuple[str, ...] = names) -> set[str]:
+            return {c.split("|")[4] for c in cells if c.split("|")[4].partition(":")[0] in names}
+
+        def t_ends(cells: set[str], models: tuple[str, ...] = models) -> set[str]:
+            return {c.split("|")[7] for c in cells if c.split("|")[0] in models}
+
         old, new = changed(out[results_dir]["cells"]), changed(now[results_dir]["cells"])
-        assert old and new and not {c.split("|")[4] for c in old if c.split("|")[4].startswith(names)} & {
-            c.split("|")[4] for c in new if c.split("|")[4].startswith(names)}  # every spec of those rows changed
-        assert {c.split("|")[7] for c in old if c.split("|")[0] == SIGMA_RANGE[1]} == {"0.002"}
-        assert "0.002" not in {c.split("|")[7] for c in new if c.split("|")[0] == SIGMA_RANGE[1]}
+        assert old and new and not specs(old) & specs(new)  # every spec of those rows changed
+        assert {c.split("|")[0] for c in new} >= set(models)
+        assert not models or (t_ends(old) == {"0.002"} and t_ends(new) == {SIGMA_MIN_VP_TIME})
         out[results_dir]["cells"] = sorted(set(out[results_dir]["cells"]) - old | new)
     results_dir, model, head, added_metrics = KNN_METRICS
     records = out[results_dir][f"model:{model}"]

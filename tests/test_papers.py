@@ -210,14 +210,61 @@ def _protocol(grid: Any, model: str, name: str) -> dict[tuple[str, str, int], di
     return out
 
 
-def build_manifest_schedule(model: str) -> Any:
-    """The noise schedule of a checkpoint id of config/checkpoints.yaml (its entry's kind; the edm-pickle VP nets'
-    beta_min = 0.1, beta_d = 19.9, as the adapter reads them from the network)."""
-    from dpmbench.models.manifest import load_manifest
+def build_manifest_schedule(model: str, kinds: tuple[str, ...] = ("vp-linear",)) -> Any:
+    """The noise schedule of an EDM network of config/checkpoints.yaml (its entry's kind, one of ``kinds``): the
+    edm-pickle VP nets' vp-linear with beta_min = 0.1, beta_d = 19.9 (as the adapter reads them from the network), or
+    ``edm`` (t = sigma, T = 80)."""
+    from dpmbench.schedules import EDM, VPLinear
+
+    kind = load_manifests({})[model]["schedule"]  # pinned and named-only entries alike
+    assert kind in kinds, (model, kind)
+    return VPLinear(beta_0=0.1, beta_1=0.1 + 19.9) if kind == "vp-linear" else EDM()
+
+
+def test_edm_networks_sample_edm_s_sigma_range_in_their_own_time() -> None:
+    """Every reproduction cell of an EDM network (edm-* checkpoints) samples sigma 80 -> 0.002, the range of the
+    official scripts (NVlabs/edm@008a4e5:generate.py:27, zju-pi/diff-sampler@68d5ce4:diff-solvers-main/sample.py:83-84,
+    thu-ml/DPM-Solver-v3@ba16871:codebases/edm/sample.py:78-79), in the time of its checkpoint's schedule: t = sigma on
+    `edm`, t = 0.9335 .. 3.98e-5 on the VP networks' vp-linear (t = 1 .. 0.002 there is sigma 152 .. 0.0155)."""
+    seen = set()
+    for path in PAPER_CONFIGS:
+        cfg = yaml.safe_load(path.read_text())
+        grid = build_grid(cfg)
+        for model, mc in cfg["models"].items():
+            if not model.startswith("edm-"):
+                continue
+            sch = build_manifest_schedule(model, ("vp-linear", "edm"))
+            t_start = float((mc or {}).get("t_start", sch.T))
+            for group in grid.nfe_groups(model):
+                for t, sigma in ((t_start, 80.0), (grid.t_end_of(model, group), 0.002)):
+                    assert math.isclose(sch.sigma(t) / sch.alpha(t), sigma, rel_tol=1e-12), (path.name, model, t)
+            seen.add((path.stem, sch.kind))
+    assert {k for _, k in seen} == {"vp-linear", "edm"}
+    assert {n for n, _ in seen} >= {"dpm-solver-v3", "edm", "diff-sampler-logsnr", "diff-sampler-polynomial",
+                                    "diff-sampler-polynomial-even"}
+
+
+def test_diff_sampler_s_data_prediction_solvers_threshold_as_its_code_does() -> None:
+    """diff-sampler's DPM-Solver++ and UniPC threshold every data prediction (zju-pi/diff-sampler@68d5ce4:
+    diff-solvers-main/solver_utils.py:77-86, p = 0.995, s >= 1, no upper cap; applied at solvers.py:685, 786 and
+    solver_utils.py:261); its Euler / Heun / DPM-Solver-2 / iPNDM rows do not."""
+    grid = build_grid(yaml.safe_load((ROOT / "config" / "reproductions" / "diff-sampler-logsnr.yaml").read_text()))
+    specs = {grid.spec(c["solver"], c["model"], [c["nfe"]]) for c in grid.cells()}
+    assert {_solver_name(s) for s in specs} == {"dpm-solver++", "unipc"}
     from dpmbench.schedules import VPLinear
 
-    assert load_manifest()[model].schedule == "vp-linear"
-    return VPLinear(beta_0=0.1, beta_1=0.1 + 19.9)
+    for spec in specs:
+        sol = get_solver(spec)
+        opts = sol.opts
+        assert (opts["thresholding"], opts["thresholding_ratio"], opts["sample_max_value"]) == (True, 0.995, math.inf)
+        assert opts["lower_order_final"] and opts["order"] == 3
+        for nfe in range(3, 13):  # solvers.py:687-688 (num_steps = steps + 1 time points), UniPC's :800 likewise
+            official = [i + 1 if i + 1 < 3 else min(3, (nfe + 1) - (i + 1)) for i in range(nfe)]
+            assert sol.plan(nfe, VPLinear(), "logsnr", None, 1e-3).orders == official, (spec, nfe)
+    for name in ("diff-sampler-polynomial", "diff-sampler-polynomial-even"):
+        grid = build_grid(yaml.safe_load((ROOT / "config" / "reproductions" / f"{name}.yaml").read_text()))
+        assert not any(get_solver(grid.spec(c["solver"], c["model"], [c["nfe"]])).opts["thresholding"]
+                       for c in grid.cells())
 
 
 def test_dpm_solver_v3_rows_run_the_official_scripts_settings() -> None:
@@ -420,3 +467,17 @@ def test_list_papers_prints_coverage_per_paper(capsys: pytest.CaptureFixture[str
                f"{len(implemented)} of implemented solvers, {with_cell} with a config cell; checkpoints: " in line
         for model in {e["model"] for e in rows}:
             assert f"{model} (" in line
+
+
+def test_the_docs_name_only_reproduction_configs_that_exist() -> None:
+    """Every `config/reproductions/NAME.yaml` named in README.md, docs/*.md or a papers file exists (a config merged
+    into another must not stay named), and the brace form `diff-sampler-{a,b}.yaml` names existing files too."""
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(PAPERS.glob("*.yaml"))]
+    named = set()
+    for path in texts:
+        for stem in re.findall(r"config/reproductions/([A-Za-z0-9_{},.-]+?)\.yaml", path.read_text()):
+            m = re.fullmatch(r"(.*)\{(.*)\}(.*)", stem)
+            parts = m.group(2).split(",") if m else [""]
+            named.update(f"{m.group(1)}{part}{m.group(3)}" if m else stem for part in parts)
+    assert "dpm-solver-v3" in named and "diff-sampler-logsnr" in named
+    assert sorted(n for n in named if not (ROOT / "config" / "reproductions" / f"{n}.yaml").is_file()) == []

@@ -8,7 +8,8 @@ log-SNR), h = lambda_t - lambda_s:
 
 Defaults follow the official implementation (github.com/LuChengTHU/dpm-solver @ 52bc3fb,
 ``dpm_solver_pytorch.py``): DPM-Solver order 3 singlestep, DPM-Solver++ order 2 multistep, solver_type
-``dpmsolver``, ``lower_order_final`` below 10 steps.
+``dpmsolver``, ``lower_order_final`` below 10 steps (``final_orders=every``: at every step count, as
+zju-pi/diff-sampler@68d5ce4:diff-solvers-main/solvers.py:687-688 and UniPC's official code).
 
 Singlestep intermediate points (option ``intermediate``). The official ``sample(method='singlestep')`` (lines
 1215-1228) takes the outer points of the NFE-step grid (``get_orders_and_timesteps_for_singlestep_solver``, lines
@@ -26,6 +27,7 @@ puts the intermediate points at those lambda fractions of every step whatever th
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -73,6 +75,10 @@ def _options(order: int, method: str) -> dict[str, Option]:
                               choices=("dpmsolver", "taylor")),
         "lower_order_final": Option(bool, True, "lower the order of the final multistep steps when there are "
                                     "fewer than 10 steps (official code)"),
+        "final_orders": Option(str, "below-10", "with lower_order_final and method=multistep, at which step counts "
+                               "the final orders are lowered (order <= steps left): below-10 (official code: fewer "
+                               "than 10 steps) or every (zju-pi/diff-sampler@68d5ce4:diff-solvers-main/solvers.py:"
+                               "687-688, as UniPC's official code)", choices=("below-10", "every")),
         "intermediate": Option(str, "grid", "singlestep intermediate evaluations: 'grid' (official code: at the "
                                "NFE-step grid's points, r from their lambda; on logsnr r = 1/2 and 1/3, 2/3) or "
                                "'lambda' (r = 1/2 and 1/3, 2/3 of the step in lambda on every grid; k-diffusion)",
@@ -100,6 +106,7 @@ class _ExponentialIntegrator(MultistepSolver):
     method: str
     solver_type: str
     lower_order_final: bool
+    final_orders: str
     intermediate: str
     order3_rule: str
     corrector: str
@@ -117,6 +124,12 @@ class _ExponentialIntegrator(MultistepSolver):
         return self.order
 
     def validate(self) -> None:
+        if self.final_orders == "every":
+            if self.method != "multistep" or not self.lower_order_final:
+                raise DpmbenchError(f"invalid option 'final_orders' of solver {self.name!r} 'every' with method="
+                                    f"{self.method}, lower_order_final={str(self.lower_order_final).lower()}; "
+                                    "allowed there: below-10 (every needs method=multistep, lower_order_final=true)")
+            self.lower_order_final_below = sys.maxsize  # the order of step i <= steps left, whatever the steps
         if self.corrector == "unic" and self.method != "multistep":
             raise DpmbenchError(f"invalid option 'corrector' of solver {self.name!r} 'unic' with method="
                                 f"{self.method}; UniC needs method=multistep (allowed with singlestep: none)")
