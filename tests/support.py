@@ -18,6 +18,8 @@ from dpmbench.cli import main
 from dpmbench.models.base import Model
 
 T_END = 1e-3
+# results.csv columns that are measured times: they differ from run to run (everything else must not)
+TIMINGS = ("wall_s", "s_per_sample")
 # Set by tests/conftest.py for each test process: its dpmbench cache, and one folder for the plugin modules that tests
 # write (each module under its own name). Workflow tests put that folder on their jobs' PYTHONPATH whether they load a
 # plugin or not: the job server's key includes the import path, so all their jobs share one warm server.

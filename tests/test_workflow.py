@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from support import shared_registry_cache, workflow_pythonpath
+from support import TIMINGS, shared_registry_cache, workflow_pythonpath
 
 ROOT = Path(__file__).parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -76,7 +76,7 @@ def leftovers(workdir: Path) -> list[Path]:
 
 def table(path: Path) -> list[dict[str, str]]:
     """results.csv rows without the wall times (which differ between runs)."""
-    return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(path.open())]
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in csv.DictReader(path.open())]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_full_run_produces_reports(workdir: Path) -> None:
     assert "data:image/png;base64," in page and "<td class=best>" in page
     assert "src=\"http" not in page and "<link" not in page  # self-contained
     assert sorted(p.name for p in (rep / "figures").glob("*.png")) == [
-        "gmm-2d_g2.0_logsnr_fd_true.png", "gmm-2d_g2.0_logsnr_rmse_exact.png"]
+        "gmm-2d_g2.0_logsnr_fd_true.png", "gmm-2d_g2.0_logsnr_rmse_exact.png", "pareto_gmm-2d_g2.0_rmse_exact.png"]
     # provenance: the config's hash reaches every metrics file; the site is written beside the reports
     recs = [json.loads(p.read_text()) for p in (workdir / "results").rglob("nfe*.json")]
     assert len({r["provenance"]["config_sha256"] for r in recs}) == 1

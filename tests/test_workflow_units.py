@@ -155,8 +155,8 @@ def test_report_renders_any_results_dir_with_papers(tmp_path: Path) -> None:
     assert "not run: no fd_true at NFE 10 for heun in the results" in cmp
     assert (out / "figures" / "samples_gmm-digits_gnone_seed0_logsnr_nfe5.png").is_file()
     assert (out / "figures" / "gmm-digits_gnone_logsnr_fd_true.png").is_file()
-    assert (out / "results.csv").read_text().startswith(
-        "model,solver,nfe,schedule,guidance,metric,value,ci_low,ci_high,n_samples,wall_s\n")  # one seed
+    assert (out / "results.csv").read_text().startswith(  # one seed: no seed column
+        "model,solver,nfe,schedule,guidance,metric,value,ci_low,ci_high,n_samples,wall_s,s_per_sample,device\n")
     two = tmp_path / "reports-2"  # the figures drawn by two worker processes: the same files, byte for byte
     assert main(["report", str(res), "--out", str(two), "--papers", str(papers), "--jobs", "2"]) == 0
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
@@ -189,7 +189,7 @@ def test_several_seeds_get_a_seed_column_and_their_own_tables(tmp_path: Path) ->
     _metric_file(d, "gmm-2d", "ddim", 5, 0.4, seed=1)  # a different path, another seed
     write_report(res, tmp_path / "out")
     lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
-    assert lines[0].endswith(",wall_s,seed") and len(lines) == 3
+    assert lines[0].endswith(",wall_s,seed,s_per_sample,device") and len(lines) == 3
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "### fd_true · guidance none · schedule logsnr · seed 1 (n=10)" in md
 
