@@ -122,6 +122,19 @@ def _metric_file(root: Path, model: str, solver: str, nfe: int, value: float, **
         "metrics": {"fd_true": value}, "ci": {"fd_true": [value * 0.9, value * 1.1]}, "wall_s": 0.1, **extra}))
 
 
+def test_a_metrics_file_s_ci_is_read_within_its_metric_s_range(tmp_path: Path) -> None:
+    """A metrics file written before the metrics job clipped CIs (a distance's lower bound below 0, a share's upper
+    bound above 1) reads as a new one: clipped to the metric's range; a metric of unbounded range is left alone."""
+    from dpmbench.report.tables import collect
+
+    _metric_file(tmp_path, "gmm-digits", "ddim", 5, 0.01, metrics={"fd_true": 0.01, "precision": 0.9, "kdd": -0.1},
+                 ci={"fd_true": [-0.02, 0.05], "precision": [0.8, 1.03], "kdd": [-0.3, 0.2]})
+    df = collect(tmp_path).set_index("metric")
+    assert df.loc["fd_true", ["ci_low", "ci_high"]].tolist() == [0.0, 0.05]
+    assert df.loc["precision", ["ci_low", "ci_high"]].tolist() == [0.8, 1.0]
+    assert df.loc["kdd", ["ci_low", "ci_high"]].tolist() == [-0.3, 0.2]  # unbiased MMD^2: negative is an estimate
+
+
 def test_report_renders_any_results_dir_with_papers(tmp_path: Path) -> None:
     res = tmp_path / "results"
     for nfe, (a, b) in {5: (0.5, 0.2), 10: (0.1, 0.15)}.items():

@@ -23,7 +23,9 @@ def leaderboard_markdown(df: pd.DataFrame) -> str:
              "Lower is better, except for the metrics marked (higher is better). "
              "**Bold**: best solver at that NFE (the 95% paired bootstrap CI of its difference to every other solver "
              "excludes zero); _(tied)_: the best and the solvers it cannot be told apart from. Brackets: 95% paired "
-             "bootstrap CI. All solvers of a table start from the same x_T (common random numbers). Where samples "
+             "bootstrap CI, bias-shifted and clipped to the metric's range (a distance's at 0: its true value is never "
+             "negative; kid / kdd are unbiased and may read below 0; recall and coverage have none: docs/metrics.md). "
+             "All solvers of a table start from the same x_T (common random numbers). Where samples "
              "diverged, the per-sample median and the share of diverged samples follow the mean. "
              "(R rounds): a parallel sampler's sequential batched model calls (NFE: its base solver's steps).", ""]
     if df.empty:
@@ -71,7 +73,8 @@ def leaderboard_html(df: pd.DataFrame, figures: dict[tuple[Any, ...], Path],
              "<p>Lower is better, except for the metrics marked (higher is better). "
              "<b>Bold</b>: best solver at that NFE (the 95% paired bootstrap CI of its difference to every other "
              "solver excludes zero); light green: tied with the best. Grey: 95% paired bootstrap "
-             "CI. All solvers of a table start from the same x<sub>T</sub>. Red: per-sample median and share of "
+             "CI, clipped to the metric's range (a distance's at 0; kid / kdd are unbiased and may read below 0). "
+             "All solvers of a table start from the same x<sub>T</sub>. Red: per-sample median and share of "
              "diverged samples, where some diverged.</p>"]
     if df.empty:
         parts.append("<p><i>No results.</i></p>")

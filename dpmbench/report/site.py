@@ -131,7 +131,9 @@ JS = """'use strict';
 """
 
 READING = ("Every solver of a table starts from the same initial noise x<sub>T</sub> (common random numbers). "
-           "Brackets: 95% bootstrap CI. <b>Best</b> (green, bold) is marked only where the 95% paired bootstrap CI of "
+           "Brackets: 95% bootstrap CI, bias-shifted and clipped to the metric's range (a distance's at 0: its true "
+           "value is never negative; kid / kdd are unbiased and may read below 0; recall and coverage have none). "
+           "<b>Best</b> (green, bold) is marked only where the 95% paired bootstrap CI of "
            "its difference to every other solver at that NFE excludes zero; otherwise the best and every solver it "
            "cannot be told apart from are marked <i>tied</i> (light green). Red: where samples diverged, the "
            "per-sample median and the share of diverged samples (error larger than the target's own RMS). "

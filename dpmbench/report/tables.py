@@ -69,6 +69,19 @@ def _number(path: Path, field: str, v: Any, integer: bool = False) -> Any:
     return int(v) if integer else float(v)
 
 
+def _bounded(metric: str, lo: Any, hi: Any) -> tuple[Any, Any]:
+    """A CI clipped to the range of its metric's true value (``evaluators.registry``: a distance is never below 0),
+    as the metrics job clips it: metrics files written before it did read the same as new ones."""
+    from evaluators.registry import METRICS
+
+    bounds = METRICS[metric].bounds if metric in METRICS else (None, None)
+    if isinstance(lo, int | float) and bounds[0] is not None:
+        lo = max(float(lo), bounds[0])
+    if isinstance(hi, int | float) and bounds[1] is not None:
+        hi = min(float(hi), bounds[1])
+    return lo, hi
+
+
 def _rows(path: Path, rec: dict[str, Any]) -> list[dict[str, Any]]:
     """The tidy rows of one metrics record; a record lacking a field, or with a non-numeric value, is a one-line
     error naming the file and the field. A value of None (JSON null) is a diverged run: NaN."""
@@ -86,7 +99,7 @@ def _rows(path: Path, rec: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for metric, value in rec["metrics"].items():
         ci = cis.get(metric)
-        lo, hi = (ci[:2] if isinstance(ci, list) and len(ci) >= 2 else [None, None])
+        lo, hi = _bounded(metric, *(ci[:2] if isinstance(ci, list) and len(ci) >= 2 else [None, None]))
         rows.append({
             "model": str(rec["model"]), "solver": str(rec["solver"]), "nfe": _number(path, "nfe", rec["nfe"], True),
             "schedule": str(rec["schedule"]), "guidance": guidance, "metric": str(metric),

@@ -101,11 +101,11 @@ def wait_queue_empty(timeout: float = 180) -> None:
 
 
 def results_without_wall_times(wd: Path, report: str = "reports") -> bytes:
-    """results.csv as bytes, without its wall_s column (a timing, not a result)."""
+    """results.csv as bytes, without its timing columns (wall_s, s_per_sample: measured times, not results)."""
     rows = list(csv.reader((wd / report / "results.csv").open()))
-    drop = rows[0].index("wall_s")
+    keep = [i for i, name in enumerate(rows[0]) if name not in ("wall_s", "s_per_sample")]
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([r[:drop] + r[drop + 1:] for r in rows])
+    csv.writer(buf, lineterminator="\n").writerows([[r[i] for i in keep] for r in rows])
     return buf.getvalue().encode()
 
 
