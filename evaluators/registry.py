@@ -42,10 +42,10 @@ METRICS: dict[str, Metric] = {
                   max_bootstraps=100),
     "is_digits": Metric(im.is_digits, "Inception score's formula exp(E_x KL(p(y|x) || p(y))) on the shipped digits "
                         "CNN's class probabilities, one split over all samples (torch-fidelity's isc); 1..10",
-                        lower_is_better=False),
+                        lower_is_better=False, bounds=(1.0, 10.0)),
     "cond_acc": Metric(im.cond_acc, "share of class-conditional samples the digits CNN assigns to their label "
                        "(the CLIP-score analogue: does the sample follow its condition?); guided samples only",
-                       lower_is_better=False, needs_labels=True),
+                       lower_is_better=False, needs_labels=True, bounds=UNIT),
     "precision": Metric(im.precision, "improved precision (Kynkaanniemi et al. 2019, k = 3, torch-fidelity's prc): "
                         "share of samples inside the reference's k-NN balls; digits-CNN features against the 1,797 "
                         "digits for digits samples, else Inception features (option prdc_reference or "
