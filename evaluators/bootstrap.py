@@ -53,8 +53,13 @@ def percentile_ci(estimate: float, replicates: np.ndarray, level: float = DEFAUL
         return float("nan"), float("nan")
     bias = vals.mean() - estimate
     lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2]) - bias
+    return clip_to(lo, bounds), clip_to(hi, bounds)
+
+
+def clip_to(value: float, bounds: Bounds) -> float:
+    """``value`` clipped to ``bounds`` (None: no bound on that side; NaN stays NaN)."""
     low, high = (-np.inf if bounds[0] is None else bounds[0]), (np.inf if bounds[1] is None else bounds[1])
-    return float(np.clip(lo, low, high)), float(np.clip(hi, low, high))
+    return float(np.clip(value, low, high))
 
 
 def bootstrap_ci(

@@ -302,12 +302,14 @@ def _manifold_features(ctx: Context, metric: str) -> tuple[np.ndarray, np.ndarra
     return _inception(ctx)["2048"], ref
 
 
-def _manifold(ctx: Context, metric: str, which: str) -> tuple[float, float]:
-    """The libraries' (precision, recall) (``which`` 'pr') or (density, coverage) ('dc') of all samples, once."""
+def _manifold(ctx: Context, metric: str, which: str, idx: np.ndarray | None = None) -> tuple[float, float]:
+    """The libraries' (precision, recall) (``which`` 'pr') or (density, coverage) ('dc') of all samples (computed
+    once), or of the samples ``idx`` (duplicates kept, as given)."""
     from evaluators.knn import density_coverage, precision_recall
 
     f, ref = _manifold_features(ctx, metric)
-    return ctx.cached(f"knn_{which}", lambda: (precision_recall if which == "pr" else density_coverage)(f, ref))
+    compute = precision_recall if which == "pr" else density_coverage
+    return ctx.cached(f"knn_{which}", lambda: compute(f, ref)) if idx is None else compute(f[idx], ref)
 
 
 def _manifold_terms(ctx: Context, metric: str) -> ManifoldTerms:
@@ -323,12 +325,7 @@ def precision(ctx: Context, idx: np.ndarray | None) -> float:
 
 def recall(ctx: Context, idx: np.ndarray | None) -> float:
     """Improved recall (k = 3; torch-fidelity's ``prc``) of the samples ``idx`` (duplicates kept, as given)."""
-    if idx is None:
-        return _manifold(ctx, "recall", "pr")[1]
-    from evaluators.knn import precision_recall
-
-    f, ref = _manifold_features(ctx, "recall")
-    return precision_recall(f[idx], ref)[1]
+    return _manifold(ctx, "recall", "pr", idx)[1]
 
 
 def density(ctx: Context, idx: np.ndarray | None) -> float:
@@ -338,9 +335,4 @@ def density(ctx: Context, idx: np.ndarray | None) -> float:
 
 def coverage(ctx: Context, idx: np.ndarray | None) -> float:
     """Coverage (k = 5; the ``prdc`` package) of the samples ``idx`` (duplicates kept, as given)."""
-    if idx is None:
-        return _manifold(ctx, "coverage", "dc")[1]
-    from evaluators.knn import density_coverage
-
-    f, ref = _manifold_features(ctx, "coverage")
-    return density_coverage(f[idx], ref)[1]
+    return _manifold(ctx, "coverage", "dc", idx)[1]

@@ -147,12 +147,7 @@ class Grid(GridPaths):
                     raise bad(f"{where['metrics']}[{i}]", f"unknown metric {m!r}; allowed: "
                                f"{', '.join(metrics_known)}{hint(m, metrics_known)}")
             for i, s in enumerate(eff["schedules"]):
-                if s.startswith("searched:"):
-                    self._check_searched(s, f"{where['schedules']}[{i}]", name, eff["nfe"])
-                else:
-                    _check_schedule(s, f"{where['schedules']}[{i}]", schedules_known,
-                                    ", or searched:NAME with NAME in searches")
-                self.schedule_specs[slug(s)] = s
+                self._add_schedule(s, f"{where['schedules']}[{i}]", name, eff["nfe"], schedules_known)
             entries = solver_entries(list(eff["solvers"]))
             if "solver_options" in mc:
                 for e, spec in zip(entries, apply_solver_options([e.spec for e in entries], mc["solver_options"],
@@ -185,12 +180,7 @@ class Grid(GridPaths):
                     per_nfe.setdefault(key, {})[n] = s
                 if e.schedules is not None:
                     for j, sc in enumerate(e.schedules):
-                        if sc.startswith("searched:"):
-                            self._check_searched(sc, f"{at}.schedules[{j}]", name, eff["nfe"])
-                        else:
-                            _check_schedule(sc, f"{at}.schedules[{j}]", schedules_known,
-                                            ", or searched:NAME with NAME in searches")
-                        self.schedule_specs[slug(sc)] = sc
+                        self._add_schedule(sc, f"{at}.schedules[{j}]", name, eff["nfe"], schedules_known)
                     own_schedules[key] = [slug(sc) for sc in e.schedules]
                 if e.guidance is not None:
                     own_guidance[key] = [guidance_key(g) for g in e.guidance]
@@ -305,6 +295,14 @@ class Grid(GridPaths):
                     if problem:
                         raise bad(f"searches.{name}.solver", problem)
         return dict(searches)
+
+    def _add_schedule(self, schedule: str, where: str, model: str, nfes: list[Any], known: list[str]) -> None:
+        """Check one schedule of a model (a searched one against the config's searches) and record its spec."""
+        if schedule.startswith("searched:"):
+            self._check_searched(schedule, where, model, nfes)
+        else:
+            _check_schedule(schedule, where, known, ", or searched:NAME with NAME in searches")
+        self.schedule_specs[slug(schedule)] = schedule
 
     def _check_searched(self, schedule: str, key: str, model: str, nfes: list[int]) -> None:
         name = schedule.split(":", 1)[1]

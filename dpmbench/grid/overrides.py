@@ -45,19 +45,28 @@ def apply_solver_options(specs: list[str], solver_options: dict[str, dict[str, A
     return [with_options(s, solver_options[n]) if n in solver_options else s for s, n in zip(specs, names, strict=True)]
 
 
+def _by_nfe(entries: list[dict[str, Any]], nfes: list[int], where: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(nfe, entry)`` for every NFE an entry's ``nfe`` list names; an NFE the model does not run, or one named by
+    two entries, is an error naming the entry."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    seen: dict[int, int] = {}
+    for i, entry in enumerate(entries):
+        for n in entry["nfe"]:
+            if n not in nfes:
+                raise bad(f"{where}[{i}].nfe", f"{n} is not an nfe of the model; its nfe: {sorted(nfes)}")
+            if n in seen:
+                raise bad(f"{where}[{i}].nfe", f"{n} is also in {where}[{seen[n]}]")
+            seen[n] = i
+            out.append((n, entry))
+    return out
+
+
 def nfe_settings(nfes: list[int], overrides: list[dict[str, Any]], base: dict[str, Any], where: str
                  ) -> dict[int, dict[str, Any]]:
     """The settings of every NFE: ``base`` updated by the ``nfe_overrides`` entry naming it (at most one)."""
     out = {n: dict(base) for n in nfes}
-    seen: dict[int, int] = {}
-    for i, entry in enumerate(overrides):
-        for n in entry["nfe"]:
-            if n not in out:
-                raise bad(f"{where}[{i}].nfe", f"{n} is not an nfe of the model; its nfe: {sorted(out)}")
-            if n in seen:
-                raise bad(f"{where}[{i}].nfe", f"{n} is also in {where}[{seen[n]}]")
-            seen[n] = i
-            out[n].update({k: entry[k] for k in NFE_SETTINGS if k in entry})
+    for n, entry in _by_nfe(overrides, nfes, where):
+        out[n].update({k: entry[k] for k in NFE_SETTINGS if k in entry})
     return out
 
 
@@ -90,14 +99,4 @@ def solver_entries(items: list[Any]) -> list[SolverEntry]:
 def nfe_specs(spec: str, nfe_options: list[dict[str, Any]], nfes: list[int], where: str) -> dict[int, str]:
     """The spec run at each NFE that an ``nfe_options`` item names (``spec`` with its options set); an NFE the model
     does not run, or one named by two items, is an error naming the item."""
-    out: dict[int, str] = {}
-    seen: dict[int, int] = {}
-    for j, item in enumerate(nfe_options):
-        for n in item["nfe"]:
-            if n not in nfes:
-                raise bad(f"{where}[{j}].nfe", f"{n} is not an nfe of the model; its nfe: {sorted(nfes)}")
-            if n in seen:
-                raise bad(f"{where}[{j}].nfe", f"{n} is also in {where}[{seen[n]}]")
-            seen[n] = j
-            out[n] = with_options(spec, item["options"])
-    return out
+    return {n: with_options(spec, item["options"]) for n, item in _by_nfe(nfe_options, nfes, where)}

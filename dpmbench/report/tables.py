@@ -72,14 +72,14 @@ def _number(path: Path, field: str, v: Any, integer: bool = False) -> Any:
 def _bounded(metric: str, lo: Any, hi: Any) -> tuple[Any, Any]:
     """A CI clipped to the range of its metric's true value (``evaluators.registry``: a distance is never below 0),
     as the metrics job clips it: metrics files written before it did read the same as new ones."""
+    from evaluators.bootstrap import UNBOUNDED, clip_to
     from evaluators.registry import METRICS
 
-    bounds = METRICS[metric].bounds if metric in METRICS else (None, None)
-    if isinstance(lo, int | float) and bounds[0] is not None:
-        lo = max(float(lo), bounds[0])
-    if isinstance(hi, int | float) and bounds[1] is not None:
-        hi = min(float(hi), bounds[1])
-    return lo, hi
+    bounds = METRICS[metric].bounds if metric in METRICS else UNBOUNDED
+
+    def clip(v: Any) -> Any:
+        return clip_to(v, bounds) if isinstance(v, int | float) else v
+    return clip(lo), clip(hi)
 
 
 def _rows(path: Path, rec: dict[str, Any]) -> list[dict[str, Any]]:
