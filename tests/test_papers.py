@@ -105,6 +105,22 @@ def test_paper_file_fields_and_types(path: Path, doc: dict[str, Any]) -> None:
                 assert isinstance(e["n_samples"], int) and e["n_samples"] > 0, where
 
 
+def test_known_differences_cite_their_source_and_cover_the_stated_statistics() -> None:
+    """Every `known_differences` item of this repository's files cites where the source states its setting (an arXiv
+    version, or owner/repo@commit:path), and every FID entry whose note says the source used other reference
+    statistics (ScoreSDE's cifar10_stats, pytorch-fid's CIFAR-10 file) carries a reference-statistics difference."""
+    declared = 0
+    for path, doc in _docs():
+        for j, d in enumerate(doc.get("known_differences") or []):
+            declared += 1
+            assert REPO_SOURCE.search(d["source"]) or ARXIV_VERSION.search(d["source"]), f"{path.name} [{j}]"
+    assert declared
+    stated = re.compile(r"ScoreSDE's statistic|cifar10_stats|fid_stats_cifar10_train_pytorch")
+    for e in load_papers(PAPERS):
+        if e["metric"] == "fid" and stated.search(e.get("note", "")):
+            assert "reference-statistics" in {d["kind"] for d in e["differences"]}, (e["file"], e["table"], e["nfe"])
+
+
 def test_names_are_dpmbench_names() -> None:
     from evaluators.registry import list_metrics
 
@@ -419,10 +435,11 @@ def test_page_is_optional_and_the_report_opens_with_coverage(tmp_path: Path) -> 
     base = {"model": "gmm-2d", "metric": "fd_true", "solver": "ddim", "nfe": 5, "schedule": "logsnr",
             "guidance": "none", "source": "x"}
     (tmp_path / "a.yaml").write_text(yaml.safe_dump({"paper": "A", "entries": [
-        {**base, "table": 1, "value": 0.10}, {**base, "table": 2, "page": 4, "value": 0.12},
+        {**base, "table": 1, "value": 0.10, "printed": "0.10"}, {**base, "table": 2, "page": 4, "value": 0.12},
         {**base, "table": 2, "page": 4, "nfe": 10, "value": 0.05},
         {**base, "table": 3, "model": "sd14", "checkpoint": "CompVis/sd-v1-4", "value": 1.0}]}))
-    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"paper": "B", "entries": [{**base, "table": 7, "value": 0.20}]}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"paper": "B", "entries": [
+        {**base, "table": 7, "value": 0.20, "printed": "0.20"}]}))
     entries = load_papers(tmp_path)
     assert len(entries) == 5 and "page" not in entries[0]
     res = tmp_path / "results"
@@ -439,10 +456,11 @@ def test_page_is_optional_and_the_report_opens_with_coverage(tmp_path: Path) -> 
     assert "- **A**: 4 numbers, 3 with a result here; not run, checkpoint needed: sd14: 1" in head
     assert "- **B**: 1 numbers, 1 with a result here" in head
     rows = _comparison_rows(md)
-    # NFE 5 is published three times (0.10, 0.12, 0.20): 0.15 lies inside [0.10, 0.20]
-    assert sum(r.startswith("| 1 | – |") and "| 0.1 .. 0.2 (3 values) | yes |" in r for r in rows) == 1
-    # NFE 10 is published once (0.05): within means +-3%, and 0.06 is not
-    assert sum("| 0.06 | +0.01 | one source | no |" in r for r in rows) == 1
+    # NFE 5 is published three times (0.10, 0.12, 0.20, printed to 2 decimals): 0.15 lies in [0.095, 0.205]
+    assert sum(r.startswith("| 1 | – |") and "| 0.1 .. 0.2 (3 values); band 0.095 .. 0.205 | within |" in r
+               for r in rows) == 1
+    # NFE 10 is published once (0.05): its band is its rounding, [0.045, 0.055], and 0.06 (no CI) lies outside
+    assert sum("| 0.06 | +0.01 | one source; band 0.045 .. 0.055 | outside |" in r for r in rows) == 1
 
 
 def test_list_papers_prints_coverage_per_paper(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,9 +4,10 @@ claims.md, provenance, and the static site.
 Works on any results directory (metric ``*.json`` files, plus shard ``.npz`` files for sample grids), with or
 without Snakemake: ``dpmbench report RESULTS_DIR --out reports/ [--papers papers/]``. The modules, each one job:
 ``tables`` (the public table API), ``leaderboard`` (markdown and HTML), ``figures``, ``papers`` (published numbers
-and the comparison), ``claims``, ``merge`` (several runs, provenance), ``stats`` (paired comparisons), ``site``,
-``regress`` (the regression gate), ``coverage`` (which published numbers a config reproduces) and ``recommend`` (the
-solver to use per model and NFE budget: ``dpmbench recommend``, the leaderboard's Recommendation).
+and the comparison; ``paper_agreement``: the agreement rule and the known differences), ``claims``, ``merge``
+(several runs, provenance), ``stats`` (paired comparisons), ``site``, ``regress`` (the regression gate),
+``coverage`` (which published numbers a config reproduces) and ``recommend`` (the solver to use per model and NFE
+budget: ``dpmbench recommend``, the leaderboard's Recommendation).
 """
 
 from __future__ import annotations

@@ -13,22 +13,35 @@ from typing import Any
 import pandas as pd
 
 from dpmbench.report.markup import esc, slug
+from dpmbench.report.paper_agreement import (
+    AGREEMENT_RULE,
+    DIVERGED,
+    OUTSIDE,
+    OVERLAPS,
+    WITHIN,
+    agreement,
+    differences_legend,
+    differences_text,
+    spread_text,
+)
 from dpmbench.report.papers import (
-    SPREAD_ONE_SOURCE,
     canonical_solvers,
     match_entry,
     paper_coverage,
+    published_bands,
     published_spread,
     setting_key,
-    within_spread,
 )
 from dpmbench.report.tables import fmt, fmt_ci, is_nan
 
 LEGEND = ("Published numbers from <code>papers/*.yaml</code> (schema: docs/papers.md), laid out like the paper's "
-          "table: solvers as rows, NFE as columns. Under each published number: ours (95% bootstrap CI) and "
-          "Δ = ours − published; green where ours lies within the published spread of the setting ([min, max] of "
-          f"every value published for it, or ±{SPREAD_ONE_SOURCE:.0%} of a single one), red where it does not. Ours "
-          "match the published setting only as far as model, metric, solver, NFE, schedule and guidance are listed.")
+          "table: solvers as rows, NFE as columns. Under each published number: ours (95% bootstrap CI), "
+          "Δ = ours − published, and the known differences between the source's protocol and ours (D1, D2, ... "
+          "listed under the paper's heading; sample-count where ours ran another sample count than the published "
+          "number states). Colour: green within the published band, amber where only our CI meets it, red outside. "
+          + esc(AGREEMENT_RULE.replace("**", "")) + " Ours match the published setting only as far as model, "
+          "metric, solver, NFE, schedule and guidance are listed.")
+VERDICT_CLASS = {WITHIN: "yes", OVERLAPS: "near", OUTSIDE: "no", DIVERGED: "no"}
 
 
 def _table_key(e: dict[str, Any]) -> tuple[str, ...]:
@@ -37,26 +50,28 @@ def _table_key(e: dict[str, Any]) -> tuple[str, ...]:
             str(e.get("guidance", "any")))
 
 
-def _ours(sel: pd.DataFrame, e: dict[str, Any], published: list[float]) -> str:
-    """Our value(s) of one published number: value, CI, delta, within-spread class."""
+def _ours(sel: pd.DataFrame, e: dict[str, Any], published: list[float], band: tuple[float, float]) -> str:
+    """Our value(s) of one published number: value, CI, delta, the agreement verdict (class and tooltip) and the
+    known differences that apply."""
     parts = []
+    span = esc(spread_text(published, band))
     for r in sel.itertuples():
+        verdict = agreement(float(r.value), r.ci_low, r.ci_high, band)
+        kd = differences_text(e, r.n_samples)
+        kd_div = f"<div class=kd>{esc(kd)}</div>" if kd else ""
         if is_nan(r.value):
-            parts.append("<div class=\"ours no\">ours: diverged</div>")
+            parts.append(f"<div class=\"ours no\" title=\"{span}\">ours: diverged</div>{kd_div}")
             continue
-        inside = within_spread(float(r.value), published) == "yes"
         where = "" if "schedule" in e and "guidance" in e else f" ({r.schedule}, g {r.guidance})"
-        span = (f"published {min(published):g} .. {max(published):g} ({len(published)} values)"
-                if len(published) > 1 else "one published value")
-        parts.append(f"<div class=\"ours {'yes' if inside else 'no'}\" title=\"{esc(span)}\">ours {esc(fmt(r.value))}"
-                     f"<span class=ci>{esc(fmt_ci(r.ci_low, r.ci_high))}</span> "
-                     f"Δ {float(r.value) - float(e['value']):+.3g}{esc(where)}</div>")
+        parts.append(f"<div class=\"ours {VERDICT_CLASS[verdict]}\" title=\"{esc(verdict)}; {span}\">ours "
+                     f"{esc(fmt(r.value))}<span class=ci>{esc(fmt_ci(r.ci_low, r.ci_high))}</span> "
+                     f"Δ {float(r.value) - float(e['value']):+.3g}{esc(where)}</div>{kd_div}")
     return "".join(parts)
 
 
 def _table(key: tuple[str, ...], numbered: list[tuple[int, dict[str, Any]]], df: pd.DataFrame,
            canon: pd.Series | None, models: set[str], spread: dict[tuple[Any, ...], list[float]],
-           found: dict[int, bool]) -> str:
+           bands: dict[tuple[Any, ...], tuple[float, float]], found: dict[int, bool]) -> str:
     """One paper-shaped table (solver x NFE) of the entries ``numbered`` (index in the entries, entry) with its
     caption and, once, why numbers are missing; ``found[index]``: whether the entry has a result of ours."""
     es = [e for _, e in numbered]
@@ -72,9 +87,11 @@ def _table(key: tuple[str, ...], numbered: list[tuple[int, dict[str, Any]]], df:
         pub = f"<div class=pub>{esc(e.get('printed', e['value']))}</div>"
         if sel.empty:
             missing += model_run
-            ours = "<div class=\"ours none\">–</div>" if model_run else ""
+            kd = differences_text(e)
+            ours = ("<div class=\"ours none\">–</div>" if model_run else "") + (
+                f"<div class=kd>{esc(kd)}</div>" if kd else "")
         else:
-            ours = _ours(sel, e, spread[setting_key(e)])
+            ours = _ours(sel, e, spread[setting_key(e)], bands[setting_key(e)])
         cells[(str(e["solver"]), int(e["nfe"]))] = pub + ours
     pages = sorted({str(e["page"]) for e in es if "page" in e})
     caption = (f"Table {table}" if str(table)[:1].isdigit() else str(table)) + (
@@ -106,18 +123,23 @@ def papers_html(df: pd.DataFrame, entries: list[dict[str, Any]], coverage: bool 
     canon = canonical_solvers(df)
     models = set(df["model"]) if not df.empty else set()
     spread = published_spread(entries)
+    bands = published_bands(entries)
     found: dict[int, bool] = {}
     body = []
     for paper in dict.fromkeys(e["paper"] for e in entries):
         es = [e for e in entries if e["paper"] == paper]
         url, version = es[0].get("url"), es[0].get("version")
         cite = f"<p class=prov>Source: {esc(url)}{esc(', ' + str(version)) if version else ''}</p>" if url else ""
-        body.append(f"<h2 id=\"{slug('p-' + paper)}\">{esc(paper)}</h2>{cite}")
+        legend = differences_legend(es)
+        kds = ("<ul class=kd>" + "".join(f"<li><b>{esc(d['label'])}</b> {esc(d['kind'])}: {esc(d['detail'])} "
+                                         f"<span class=prov>({esc(d['source'])})</span></li>" for d in legend)
+               + "</ul>") if legend else ""
+        body.append(f"<h2 id=\"{slug('p-' + paper)}\">{esc(paper)}</h2>{cite}{kds}")
         tables: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
         for i, e in enumerate(entries):
             if e["paper"] == paper:
                 tables.setdefault(_table_key(e), []).append((i, e))
-        body += [_table(k, t, df, canon, models, spread, found) for k, t in tables.items()]
+        body += [_table(k, t, df, canon, models, spread, bands, found) for k, t in tables.items()]
     head = [f"<div class=legend>{LEGEND}</div>"]
     if coverage:
         items = []

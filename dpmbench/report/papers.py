@@ -11,6 +11,16 @@ from typing import Any
 import pandas as pd
 
 from dpmbench.errors import DpmbenchError
+from dpmbench.report.paper_agreement import (
+    AGREEMENT_RULE,
+    agreement,
+    applies,
+    differences_legend,
+    differences_text,
+    known_differences,
+    published_band,
+    spread_text,
+)
 from dpmbench.report.tables import fmt, fmt_ci, is_nan
 from dpmbench.yamlfile import read_yaml
 
@@ -61,7 +71,9 @@ def load_papers(papers_dir: str | Path | None) -> list[dict[str, Any]]:
     """Entries of every ``papers/*.yaml`` (schema: docs/papers.md), each with its paper's name, url, version and file.
 
     Only ``entries`` are returned (they are compared); a file's ``unpinned`` list (numbers transcribed whose table or
-    setting is unclear) is validated but not returned.
+    setting is unclear) is validated but not returned. A file's ``known_differences`` (``paper_agreement``) are
+    validated, labelled D1, D2, ... in file order, and each entry carries those that apply to it as ``differences``
+    (a list of ``{label, kind, detail, source}``); one that applies to no entry is refused (a ``where`` typo).
     """
     if papers_dir is None or not Path(papers_dir).is_dir():
         return []
@@ -70,12 +82,20 @@ def load_papers(papers_dir: str | Path | None) -> list[dict[str, Any]]:
         doc = read_yaml(path) or {}
         if not isinstance(doc, dict) or "paper" not in doc or not isinstance(doc.get("entries"), list):
             raise DpmbenchError(f"invalid papers file {str(path)!r}: needs 'paper' and a list 'entries'")
+        diffs = known_differences(doc, f"invalid papers file {str(path)!r}: ")
+        used: set[str] = set()
         for i, e in enumerate(doc["entries"]):
             problem = _paper_entry_problem(e if isinstance(e, dict) else {})
             if problem:
                 raise DpmbenchError(f"invalid papers file {str(path)!r}: entries[{i}] {problem}")
+            mine = [{k: d[k] for k in ("label", "kind", "detail", "source")} for d in diffs if applies(d, e)]
+            used |= {d["label"] for d in mine}
             entries.append({**e, "paper": doc["paper"], "url": doc.get("url", ""), "version": doc.get("version", ""),
-                            "file": path.name})
+                            "file": path.name, "differences": mine})
+        for j, d in enumerate(diffs):
+            if d["label"] not in used:
+                raise DpmbenchError(f"invalid papers file {str(path)!r}: known_differences[{j}] applies to no entry "
+                                    f"(where: {d.get('where')!r})")
         for i, e in enumerate(doc.get("unpinned") or []):
             problem = _paper_entry_problem(e if isinstance(e, dict) else {})
             if not problem and not isinstance((e or {}).get("why"), str):
@@ -97,9 +117,6 @@ def _canonical(spec: str) -> str:
         return str(spec).replace(" ", "")
 
 
-SPREAD_ONE_SOURCE = 0.03  # a reproduction of a number published once is "within" at +-3% of it
-
-
 def setting_key(e: dict[str, Any]) -> tuple[Any, ...]:
     """What a published number measures: the key under which several sources publish the same setting."""
     g = e.get("guidance", "any")
@@ -115,12 +132,13 @@ def published_spread(entries: list[dict[str, Any]]) -> dict[tuple[Any, ...], lis
     return spread
 
 
-def within_spread(value: float, published: list[float]) -> str:
-    """'yes' when ours lies inside the published spread ([min, max] of several sources; +-3% of a single one)."""
-    lo, hi = min(published), max(published)
-    if len(set(published)) == 1:
-        lo, hi = lo - SPREAD_ONE_SOURCE * abs(lo), hi + SPREAD_ONE_SOURCE * abs(hi)
-    return "yes" if lo <= value <= hi else "no"
+def published_bands(entries: list[dict[str, Any]]) -> dict[tuple[Any, ...], tuple[float, float]]:
+    """The published band of each setting (``paper_agreement.published_band``: the cross-source [min, max], each
+    value widened by its printed rounding), keyed by ``setting_key``."""
+    pairs: dict[tuple[Any, ...], list[tuple[float, str | float]]] = {}
+    for e in entries:
+        pairs.setdefault(setting_key(e), []).append((float(e["value"]), e.get("printed", e["value"])))
+    return {k: published_band(v) for k, v in pairs.items()}
 
 
 def match_entry(df: pd.DataFrame, e: dict[str, Any], canon_col: pd.Series | None,
@@ -174,47 +192,52 @@ def _coverage_lines(df: pd.DataFrame, entries: list[dict[str, Any]], found: dict
 
 
 def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -> str:
-    """Published numbers beside ours (value, CI, delta = ours - published, the published spread of the setting and
-    whether ours lies within it), or why a number was not run. Opens with a coverage summary per paper; each
-    paper's full table follows in a collapsed section."""
+    """Published numbers beside ours (value, CI, delta = ours - published, the published spread and band of the
+    setting, ours' agreement with it, and the known differences between the source's protocol and ours), or why a
+    number was not run. Opens with a coverage summary per paper; each paper's known differences and its full table
+    (collapsed) follow."""
     lines = ["# Published numbers beside ours", "",
              "From `papers/*.yaml` (schema: docs/papers.md). Delta = ours − published. Ours are from this results "
              "directory; they match the published setting only as far as model, metric, solver, NFE, schedule and "
-             "guidance are listed. Spread: every value published for the same setting (all papers and tables); ours "
-             f"is within it when inside [min, max], or within ±{SPREAD_ONE_SOURCE:.0%} of a single published value.",
-             ""]
+             f"guidance are listed. {AGREEMENT_RULE} Known differences: the paper file's `known_differences` (D1, "
+             "D2, ..., listed above each table with their source), and `sample-count` where our row's sample count "
+             "is not the one the published number states.", ""]
     if not entries:
         return "\n".join([*lines, "_No papers/*.yaml entries._", ""])
     canon_col = canonical_solvers(df)
     models = set(df["model"]) if not df.empty else set()
     spread = published_spread(entries)
+    bands = published_bands(entries)
     found: dict[int, bool] = {}
     body: list[str] = []
     for paper in dict.fromkeys(e["paper"] for e in entries):
         es = [(i, e) for i, e in enumerate(entries) if e["paper"] == paper]
         url, version = es[0][1].get("url"), es[0][1].get("version")
-        body += [f"## {paper}" + (f" ({url}{', ' + str(version) if version else ''})" if url else ""), "",
-                 f"<details><summary>all {len(es)} numbers</summary>", "",
+        body += [f"## {paper}" + (f" ({url}{', ' + str(version) if version else ''})" if url else ""), ""]
+        legend = differences_legend([e for _, e in es])
+        if legend:
+            body += ["Known differences:", "",
+                     *[f"- **{d['label']}** {d['kind']}: {d['detail']} ({d['source']})" for d in legend], ""]
+        body += [f"<details><summary>all {len(es)} numbers</summary>", "",
                  "| table | page | model | metric | solver | NFE | schedule | guidance | published | ours | delta "
-                 "| published spread | within |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "| published spread | agreement | known differences |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for i, e in es:
             sel, why = match_entry(df, e, canon_col, models)
             found[i] = not sel.empty
-            pub = spread[setting_key(e)]
-            span = f"{min(pub):g} .. {max(pub):g} ({len(pub)} values)" if len(pub) > 1 else "one source"
+            key = setting_key(e)
+            span = spread_text(spread[key], bands[key])
             head = (f"| {e['table']} | {e.get('page', '–')} | {e['model']} | {e['metric']} | {e['solver']} | "
                     f"{e['nfe']} | {e.get('schedule', 'any')} | {e.get('guidance', 'any')} | "
                     f"{e.get('printed', e['value'])} |")
             if sel.empty:
-                body.append(f"{head} {why} | | {span} | |")
+                body.append(f"{head} {why} | | {span} | | {differences_text(e)} |")
                 continue
             for r in sel.itertuples():
                 delta = "" if is_nan(r.value) else f"{r.value - float(e['value']):+.3g}"
-                within = "" if is_nan(r.value) else within_spread(float(r.value), pub)
+                verdict = agreement(float(r.value), r.ci_low, r.ci_high, bands[key])
                 where = "" if "schedule" in e and "guidance" in e else f" ({r.schedule}, g {r.guidance})"
                 body.append(f"{head} {fmt(r.value)}{fmt_ci(r.ci_low, r.ci_high)}{where} | {delta} | {span} | "
-                            f"{within} |")
+                            f"{verdict} | {differences_text(e, r.n_samples)} |")
         body += ["", "</details>", ""]
     return "\n".join([*lines, *_coverage_lines(df, entries, found), *body])
-

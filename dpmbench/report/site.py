@@ -88,6 +88,7 @@ td.spec{white-space:normal;max-width:26em;text-align:left}
 .note{color:#344054;font-size:12.5px;background:#fffaeb;border-left:3px solid #f79009;padding:3px 10px;margin:4px 0}
 table.paper td{min-width:5.5em}.pub{font-weight:600}
 .ours{font-size:11px;white-space:nowrap}.ours.yes{color:#05603a}.ours.no{color:var(--bad)}.ours.none{color:#98a2b3}
+.ours.near{color:#b54708}.kd{font-size:10.5px;color:var(--muted)}ul.kd{font-size:12px;margin:2px 0 10px}
 td.bad{color:var(--bad);font-weight:600}caption{text-align:left;font-weight:600;padding:2px 0}
 .tiles{display:flex;gap:8px;align-items:flex-start;margin:4px 0 12px}.tiles .labels div{display:flex;
   align-items:center;justify-content:flex-end;font-size:11px;color:var(--muted);white-space:nowrap}
