@@ -463,6 +463,23 @@ def test_page_is_optional_and_the_report_opens_with_coverage(tmp_path: Path) -> 
     assert sum("| 0.06 | +0.01 | one source; band 0.045 .. 0.055 | outside |" in r for r in rows) == 1
 
 
+def test_numbers_at_other_end_times_are_other_settings() -> None:
+    """The published band pools the sources of one setting only: DPM-Solver's Sec. 5.1 at NFE 12 (t_end 1e-3, 3.75)
+    and DPM-Solver-v3's Table 12 (t_end 1e-4, 4.97) are two settings, not a spread of 3.75 .. 4.97; a number whose
+    end time is unstated stays apart from both."""
+    from dpmbench.report.papers import published_spread, setting_key
+
+    entries = load_papers(PAPERS)
+    twelve = [e for e in entries if e["model"] == "scoresde-cifar10-ddpmpp-deep-continuous" and e["nfe"] == 12
+              and e["metric"] == "fid" and e["solver"] == "dpm-solver:order=3,method=singlestep"]
+    by_end = {e["t_end"]: setting_key(e) for e in twelve}
+    assert set(by_end) >= {0.001, 0.0001} and by_end[0.001] != by_end[0.0001]
+    spread = published_spread(entries)
+    assert 3.75 in spread[by_end[0.001]] and 4.97 not in spread[by_end[0.001]]
+    base = {"model": "m", "metric": "fid", "solver": "ddim", "nfe": 5}
+    assert setting_key(base) != setting_key({**base, "t_end": 1e-3}) == setting_key({**base, "t_end": 0.001})
+
+
 def test_list_papers_prints_coverage_per_paper(capsys: pytest.CaptureFixture[str]) -> None:
     """`dpmbench list papers`: per file, its numbers, those of implemented solvers, those with a config cell of the same
     protocol (the protocol match counted here independently of paper_coverage.cell_for) and the checkpoints they

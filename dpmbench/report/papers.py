@@ -118,10 +118,14 @@ def _canonical(spec: str) -> str:
 
 
 def setting_key(e: dict[str, Any]) -> tuple[Any, ...]:
-    """What a published number measures: the key under which several sources publish the same setting."""
+    """What a published number measures: the key under which several sources publish the same setting. The end
+    time is part of it: DPM-Solver's Sec. 5.1 (t_end 1e-3) and DPM-Solver-v3's Table 12 (1e-4) print different
+    numbers for the same solver and NFE, two settings rather than one cross-source spread."""
     g = e.get("guidance", "any")
+    t_end = e.get("t_end")
     return (e["model"], e["metric"], _canonical(e["solver"]), int(e["nfe"]), e.get("schedule", "any"),
-            "none" if g in (None, "none") else str(float(g)) if g != "any" else "any")
+            "none" if g in (None, "none") else str(float(g)) if g != "any" else "any",
+            "any" if t_end is None else f"{float(t_end):.6g}")
 
 
 def published_spread(entries: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[float]]:
