@@ -272,10 +272,14 @@ def test_hf_source_through_the_endpoint_and_unpinned_lock(server: str, cache: Pa
                {"path": "unet/diffusion_pytorch_model.safetensors", "sha256": SHA_BIG, "size": len(BIG)},
                {"path": "tokenizer/vocab.txt", "sha256": None}])
     _Handler.files["/org/repo/resolve/abc123/tokenizer/vocab.txt"] = b"a\nb\n"
+    with pytest.raises(DpmbenchError, match=r"refusing checkpoint 'toy' file 'unet/config.json': no sha256 pinned; "
+                                            r"pin its sha256 .* or opt in for this run with --trust-unpinned"):
+        store.pull(e, progress=False)  # without the per-run opt-in: nothing is downloaded
+    assert _Handler.requests == []
     unpinned = (r"checkpoint 'toy': 2 file\(s\) have no sha256 in the manifest "
-                r"\('unet/config.json', 'tokenizer/vocab.txt'\)")
+                r"\('unet/config.json', 'tokenizer/vocab.txt'\) and are used because of --trust-unpinned; the sha256")
     with pytest.warns(store.UnpinnedChecksumWarning, match=unpinned) as rec:
-        root = store.pull(e, progress=False)
+        root = store.pull(e, progress=False, trust_unpinned=True)
     assert len(rec) == 1  # one warning for the checkpoint
     assert sorted(p for p, _ in _Handler.requests) == ["/org/repo/resolve/abc123/tokenizer/vocab.txt",
                                                        "/org/repo/resolve/abc123/unet/config.json",
@@ -286,11 +290,14 @@ def test_hf_source_through_the_endpoint_and_unpinned_lock(server: str, cache: Pa
         "unet/config.json": SHA_SMALL, "tokenizer/vocab.txt": hashlib.sha256(b"a\nb\n").hexdigest()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the recorded hash is used: no second warning, no new request
-        assert store.pull(e, progress=False) == root and store.verify(e) == root
+        assert store.pull(e, progress=False, trust_unpinned=True) == root
+        assert store.verify(e, trust_unpinned=True) == root
     assert len(_Handler.requests) == 3
+    with pytest.raises(DpmbenchError, match="opt in for this run with --trust-unpinned"):
+        store.verify(e)  # the opt-in is per run: a later run without it is refused again
     (root / "unet" / "config.json").write_bytes(SMALL.replace(b"8", b"9"))
     with pytest.raises(DpmbenchError, match=r"checksum mismatch .*config.json.* \(from the lock file\)"):
-        store.verify(e)
+        store.verify(e, trust_unpinned=True)
 
 
 def test_verification_is_cached_by_size_and_mtime(cache: Path, monkeypatch) -> None:
@@ -316,8 +323,7 @@ def test_verification_is_cached_by_size_and_mtime(cache: Path, monkeypatch) -> N
     ("url", "edm.pkl", "it is a pickle"),
     ("hf", "unet/diffusion_pytorch_model.bin", "it is a pickle"),
     ("manual", "checkpoint_8.pth", "it is a pickle"),
-    ("url", "net.safetensors", "no sha256 pinned, which is allowed only for .safetensors, .json, .txt files of a "
-                                "Hugging Face revision"),
+    ("url", "net.safetensors", "no sha256 pinned"),
 ])
 def test_unpinned_pickles_and_non_hf_files_are_refused(server: str, cache: Path, monkeypatch, source: str,
                                                        path: str, why: str) -> None:
@@ -329,7 +335,7 @@ def test_unpinned_pickles_and_non_hf_files_are_refused(server: str, cache: Path,
     for fn in (store.pull, store.verify):
         with pytest.raises(DpmbenchError, match=rf"refusing checkpoint 'toy' file '{path}': {why}.* pin its sha256 "
                                                 rf"in the manifest \(test manifest\) at checkpoints.toy.files\[0\]"
-                                                rf".sha256") as err:
+                                                rf".sha256, or opt in for this run with --trust-unpinned") as err:
             fn(e)
         assert "\n" not in str(err.value)
     assert _Handler.requests == [] and leftovers(store.checkpoint_dir(e)) == []
