@@ -452,12 +452,13 @@ def _snakemake(wd: Path, env: dict[str, str], *args: str) -> subprocess.Complete
 @pytest.mark.timeout(300)
 def test_pull_checkpoint_rule(server: str, tmp_path: Path) -> None:
     _Handler.files["/org/repo/resolve/rev1/unet/config.json"] = SMALL
+    _Handler.files["/org/repo/resolve/rev1/vocab.txt"] = b"a\nb\n"
     ckpt = {"adapter": "diffusers-unet", "source": {"hf": "org/repo", "revision": "rev1"},
-            "files": [{"path": "unet/config.json", "sha256": SHA_SMALL}], "license": "test-only",
-            "schedule": "vp-discrete", "parameterization": "eps", "resolution": 8}
+            "files": [{"path": "unet/config.json", "sha256": SHA_SMALL}, {"path": "vocab.txt", "sha256": None}],
+            "license": "test-only", "schedule": "vp-discrete", "parameterization": "eps", "resolution": 8}
     config = {"metrics": ["fd_true"], "nfe": [3], "solvers": ["ddim"], "samples_per_shard": 2,
               "models": {"toy-ckpt": {"num_samples": 4}, "gmm-2d": {"num_samples": 4}},
-              "checkpoints": {"toy-ckpt": ckpt}}
+              "checkpoints": {"toy-ckpt": ckpt}, "trust_unpinned": True}  # the run's opt-in: vocab.txt is unpinned
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(tmp_path / "cache"),
            "PYTHONPATH": workflow_pythonpath(ROOT),
@@ -481,8 +482,11 @@ def test_pull_checkpoint_rule(server: str, tmp_path: Path) -> None:
     # online: the rule pulls through the (local) HF endpoint and writes the stamp
     on = _snakemake(tmp_path, env, str(stamp.relative_to(tmp_path)))
     assert on.returncode == 0, on.stderr[-3000:]
-    assert stamp.read_text() == f"{SHA_SMALL}  unet/config.json\n" and where.read_bytes() == SMALL
-    assert _Handler.requests == [("/org/repo/resolve/rev1/unet/config.json", None)]
+    sha_vocab = hashlib.sha256(b"a\nb\n").hexdigest()  # the unpinned file: its hash recorded under the opt-in
+    assert stamp.read_text() == f"{SHA_SMALL}  unet/config.json\n{sha_vocab}  vocab.txt\n"
+    assert where.read_bytes() == SMALL
+    assert sorted(_Handler.requests) == [("/org/repo/resolve/rev1/unet/config.json", None),
+                                         ("/org/repo/resolve/rev1/vocab.txt", None)]
 
 
 def test_config_checkpoints_section_is_validated(tmp_path: Path) -> None:
