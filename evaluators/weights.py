@@ -5,8 +5,9 @@ from a local override.
 An entry: ``name``, ``source`` (``hf:owner/repo`` or ``url``), ``revision`` (the Hugging Face commit; files are
 fetched from ``https://huggingface.co/<repo>/resolve/<revision>/<file>``), ``used_by`` (the metrics reading it),
 ``files`` (each ``name``, ``sha256``, ``size``; with ``source: url`` also its ``url``), ``note``. A file whose
-``sha256`` is ``null`` has no published checksum pinned yet: it is never downloaded (dpmbench does not trust a
-file it cannot verify); place a copy you checked yourself and name it with the metric's weights option instead.
+``sha256`` is ``null`` has no published checksum pinned yet: it is not downloaded unless the run opts in with
+``--trust-unpinned`` (the sha256 it has is then noted for the metrics' provenance, which marks them unpinned);
+otherwise place a copy you checked yourself and name it with the metric's weights option.
 """
 
 from __future__ import annotations
