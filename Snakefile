@@ -49,10 +49,18 @@ os.environ["DPMBENCH_MANIFESTS"] = os.pathsep.join(
     p for p in (os.environ.get("DPMBENCH_MANIFESTS"), *_manifests) if p)
 
 
+# the run's opt-in to files without a pinned sha256 (config trust_unpinned, or DPMBENCH_TRUST_UNPINNED=1 already set):
+# the pull rule and every job's `dpmbench` command read it (dpmbench.download.trust_unpinned)
+from dpmbench.download import TRUST_ENV
+
+os.environ[TRUST_ENV] = "1" if GRID.trust_unpinned else os.environ.get(TRUST_ENV, "0")
+
+
 # what the jobs need from this process's environment (also passed on to jobs run elsewhere, e.g. on a cluster)
 envvars:
     "PYTHONPATH",
     "DPMBENCH_MANIFESTS",
+    TRUST_ENV,
     CONFIG_ENV,
 
 

@@ -6,6 +6,11 @@ to place and where. A partial download is kept as ``NAME.part`` and resumed with
 within one call, after a cut connection); the final file is renamed into place only after its sha256 matches,
 and a download whose sha256 differs leaves nothing behind. :func:`download` is the one implementation, shared
 by :func:`fetch` (metric weights, reference statistics) and ``dpmbench.models.store`` (model checkpoints).
+
+Unpinned files (no sha256 in their manifest) are used only under an explicit per-run opt-in: ``--trust-unpinned``
+(:func:`trusting`), the workflow's ``trust_unpinned: true`` or ``DPMBENCH_TRUST_UNPINNED=1`` (:func:`trust_unpinned`).
+Every unpinned file a process uses is noted with the sha256 it had (:func:`note_unpinned`), so that what the process
+writes can record it in its provenance and be marked unpinned in the tables (:func:`unpinned_used`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import re
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from dpmbench.errors import DpmbenchError
@@ -25,11 +33,41 @@ from dpmbench.io import cache_dir, file_lock
 CHUNK = 1 << 20
 PROGRESS_MIN_BYTES = 8 << 20  # a progress bar only for files at least this big
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+TRUST_ENV = "DPMBENCH_TRUST_UNPINNED"
+OPT_IN = f"--trust-unpinned (workflow config trust_unpinned: true, or {TRUST_ENV}=1)"
+_TRUST: ContextVar[bool] = ContextVar("dpmbench_trust_unpinned", default=False)
+_UNPINNED: dict[str, str] = {}  # label ("checkpoint:ID/PATH", "reference_stats:NAME", ...) -> sha256 seen
 
 
 def offline() -> bool:
     """True when ``DPMBENCH_OFFLINE`` is set to a true value (1/true/yes)."""
     return os.environ.get("DPMBENCH_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+
+
+def trust_unpinned() -> bool:
+    """Whether this run opted in to files without a pinned sha256: ``--trust-unpinned`` (:func:`trusting`) or
+    ``DPMBENCH_TRUST_UNPINNED`` set to a true value (the workflow sets it from its config's ``trust_unpinned``)."""
+    return _TRUST.get() or os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+@contextmanager
+def trusting(flag: bool = True) -> Iterator[None]:
+    """Within the block (and this thread's context only), unpinned files are trusted when ``flag`` is true."""
+    token = _TRUST.set(bool(flag) or _TRUST.get())
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
+
+
+def note_unpinned(label: str, sha256: str) -> None:
+    """Record that this process used the unpinned file ``label`` (e.g. ``checkpoint:ID/PATH``) with ``sha256``."""
+    _UNPINNED[label] = sha256
+
+
+def unpinned_used(prefix: str = "") -> dict[str, str]:
+    """The unpinned files this process used whose label starts with ``prefix``: ``{label: sha256}``."""
+    return {k: v for k, v in sorted(_UNPINNED.items()) if k.startswith(prefix)}
 
 
 def sha256_file(path: str | Path) -> str:

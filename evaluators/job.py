@@ -115,6 +115,7 @@ def evaluate_files(samples: Sequence[str], outs: Sequence[str], metrics: str, re
                    options: EvalOptions | None = None) -> None:
     """Metrics of samples files: ``samples[i]``'s metrics json is written to ``outs[i]`` (every input is validated
     before any output is written)."""
+    from dpmbench.download import unpinned_used
     from dpmbench.io import save_json
     from evaluators.registry import evaluate, list_metrics
 
@@ -141,6 +142,7 @@ def evaluate_files(samples: Sequence[str], outs: Sequence[str], metrics: str, re
                     raise DpmbenchError(f"invalid --reference for {path!r}: its {k} {a} differs from the samples' {b}")
     for s, out_path in zip(loaded, outs, strict=True):
         meta = {k: _scalar(v) for k, v in s.items() if k != "x"}
+        unpinned = json.loads(str(meta.pop("unpinned", "{}")))  # checkpoint files the samples were computed from
         start = time.perf_counter()
         ref = None if ref_file is None else ref_file["x"]
         if ref_file is not None:
@@ -152,6 +154,10 @@ def evaluate_files(samples: Sequence[str], outs: Sequence[str], metrics: str, re
                                      options=opts.metric_options())
         info["protocol"] = {**info.get("protocol", {}), **_run_protocol(meta, len(s["x"]), reference, ref_sha)}
         info["provenance"] = _provenance(meta, opts.device)
+        unpinned.update(unpinned_used("reference_stats:"))  # statistics and weights this process used unpinned
+        unpinned.update(unpinned_used("weights:"))
+        info["provenance"]["unpinned_files"] = dict(sorted(unpinned.items()))
+        info["unpinned"] = bool(unpinned)
         g = meta.get("guidance")
         save_json(out_path, {
             "model": str(meta["model"]), "solver": str(meta.get("solver")), "nfe": int(meta.get("nfe", -1)),
@@ -185,6 +191,7 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
     counters: dict[str, int] = {}
     per_sample: dict[str, list[Any]] = {k: [] for k in PER_SAMPLE_KEYS}
     cost: dict[str, list[str]] = {}  # COST_KEYS: the distinct values over the shards
+    unpinned: dict[str, str] = {}
     for lo, hi, p in parts:
         try:
             d = load_npz(p, "shard")
@@ -207,6 +214,8 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
                 counters[k] = max(counters.get(k, 0), int(d.pop(k)))
         d.pop("start", None)
         d.pop("num_samples", None)
+        if "unpinned" in d:  # the unpinned checkpoint files any shard was computed from
+            unpinned.update(json.loads(str(_scalar(d.pop("unpinned")))))
         for k in COST_KEYS:
             if k in d and str(d[k]) not in cost.setdefault(k, []):
                 cost[k].append(str(d[k]))
@@ -220,6 +229,8 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
     if used >= 0:
         meta["nfe_used"] = used
     meta.update(counters)
+    if unpinned:
+        meta["unpinned"] = json.dumps(unpinned, sort_keys=True)
     meta.update({k: " | ".join(vs) for k, vs in cost.items() if len(vs) > 1})  # shards that differ: all of them
     for k, arrays in per_sample.items():
         if arrays and len(arrays) != len(parts):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpmbench.download import fetch, verify_sha256
+from dpmbench.download import OPT_IN, fetch, note_unpinned, sha256_file, trust_unpinned, verify_sha256
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.yamlfile import read_yaml
 
@@ -55,15 +55,22 @@ def load_manifest(path: str | Path = MANIFEST) -> dict[str, StatsEntry]:
 
 
 def stats_file(name: str, manifest: str | Path = MANIFEST) -> tuple[Path, StatsEntry]:
-    """The verified local file of manifest entry ``name`` (downloaded into the cache if needed)."""
+    """The verified local file of manifest entry ``name`` (downloaded into the cache if needed). An entry without a
+    pinned sha256 is refused unless this run opted in (``--trust-unpinned``): the file is then downloaded unchecked
+    and the sha256 it has is noted for the provenance of the metrics computed from it."""
     entries = load_manifest(manifest)
     if name not in entries:
         raise bad_value("reference stats", name, list(entries))
     e = entries[name]
+    if not e.sha256 and e.url and trust_unpinned():
+        path = fetch(str(e.url), None, subdir="reference_stats")
+        note_unpinned(f"reference_stats:{name}", sha256_file(path))
+        return path, e
     if not e.sha256:
         raise DpmbenchError(
             f"reference stats {name!r} have no sha256 pinned in {manifest}: download {e.url}, check it against "
-            "its publisher, and record `sha256sum FILE` in the manifest (unverified files are never used)")
+            f"its publisher and record `sha256sum FILE` in the manifest, or opt in for this run with {OPT_IN} "
+            "(the sha256 it has is recorded and every metric computed from it is marked unpinned)")
     if e.path:
         p = (Path(manifest).parent / e.path).resolve()
         if not p.is_file():

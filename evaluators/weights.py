@@ -5,8 +5,9 @@ from a local override.
 An entry: ``name``, ``source`` (``hf:owner/repo`` or ``url``), ``revision`` (the Hugging Face commit; files are
 fetched from ``https://huggingface.co/<repo>/resolve/<revision>/<file>``), ``used_by`` (the metrics reading it),
 ``files`` (each ``name``, ``sha256``, ``size``; with ``source: url`` also its ``url``), ``note``. A file whose
-``sha256`` is ``null`` has no published checksum pinned yet: it is never downloaded (dpmbench does not trust a
-file it cannot verify); place a copy you checked yourself and name it with the metric's weights option instead.
+``sha256`` is ``null`` has no published checksum pinned yet: it is not downloaded unless the run opts in with
+``--trust-unpinned`` (the sha256 it has is then noted for the metrics' provenance, which marks them unpinned);
+otherwise place a copy you checked yourself and name it with the metric's weights option.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpmbench.download import fetch
+from dpmbench.download import OPT_IN, fetch, note_unpinned, sha256_file, trust_unpinned
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.yamlfile import read_yaml
 from evaluators.refstats import MANIFEST
@@ -81,13 +82,17 @@ def weights_files(name: str, override_hint: str, manifest: str | Path = MANIFEST
         raise bad_value("weights", name, list(entries))
     entry = entries[name]
     unpinned = [f.name for f in entry.files if not f.sha256]
-    if unpinned:
+    if unpinned and not trust_unpinned():
         raise DpmbenchError(
             f"weights {name!r} have no sha256 pinned in {manifest} for {unpinned}: download {entry.files[0].url} "
             f"(and the entry's other files), check them against their publisher and record `sha256sum FILE` in the "
-            f"manifest, or pass a local copy with {override_hint} (unverified files are never downloaded)")
+            f"manifest, pass a local copy with {override_hint}, or opt in for this run with {OPT_IN} (the sha256 "
+            "they have is recorded and every metric computed from them is marked unpinned)")
     folder = Path("weights") / name
     paths = [fetch(f.url, f.sha256, filename=f.name, subdir=str(folder)) for f in entry.files]
+    for f, p in zip(entry.files, paths, strict=True):
+        if not f.sha256:  # used under the per-run opt-in: the hash it has goes into the provenance
+            note_unpinned(f"weights:{name}/{f.name}", sha256_file(p))
     for f, p in zip(entry.files, paths, strict=True):
         if f.size is not None and p.stat().st_size != f.size:
             raise DpmbenchError(f"invalid weights file {str(p)!r}: {p.stat().st_size} bytes, expected {f.size}")

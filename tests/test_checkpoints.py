@@ -272,10 +272,14 @@ def test_hf_source_through_the_endpoint_and_unpinned_lock(server: str, cache: Pa
                {"path": "unet/diffusion_pytorch_model.safetensors", "sha256": SHA_BIG, "size": len(BIG)},
                {"path": "tokenizer/vocab.txt", "sha256": None}])
     _Handler.files["/org/repo/resolve/abc123/tokenizer/vocab.txt"] = b"a\nb\n"
+    with pytest.raises(DpmbenchError, match=r"refusing checkpoint 'toy' file 'unet/config.json': no sha256 pinned; "
+                                            r"pin its sha256 .* or opt in for this run with --trust-unpinned"):
+        store.pull(e, progress=False)  # without the per-run opt-in: nothing is downloaded
+    assert _Handler.requests == []
     unpinned = (r"checkpoint 'toy': 2 file\(s\) have no sha256 in the manifest "
-                r"\('unet/config.json', 'tokenizer/vocab.txt'\)")
+                r"\('unet/config.json', 'tokenizer/vocab.txt'\) and are used because of --trust-unpinned; the sha256")
     with pytest.warns(store.UnpinnedChecksumWarning, match=unpinned) as rec:
-        root = store.pull(e, progress=False)
+        root = store.pull(e, progress=False, trust_unpinned=True)
     assert len(rec) == 1  # one warning for the checkpoint
     assert sorted(p for p, _ in _Handler.requests) == ["/org/repo/resolve/abc123/tokenizer/vocab.txt",
                                                        "/org/repo/resolve/abc123/unet/config.json",
@@ -286,11 +290,14 @@ def test_hf_source_through_the_endpoint_and_unpinned_lock(server: str, cache: Pa
         "unet/config.json": SHA_SMALL, "tokenizer/vocab.txt": hashlib.sha256(b"a\nb\n").hexdigest()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the recorded hash is used: no second warning, no new request
-        assert store.pull(e, progress=False) == root and store.verify(e) == root
+        assert store.pull(e, progress=False, trust_unpinned=True) == root
+        assert store.verify(e, trust_unpinned=True) == root
     assert len(_Handler.requests) == 3
+    with pytest.raises(DpmbenchError, match="opt in for this run with --trust-unpinned"):
+        store.verify(e)  # the opt-in is per run: a later run without it is refused again
     (root / "unet" / "config.json").write_bytes(SMALL.replace(b"8", b"9"))
     with pytest.raises(DpmbenchError, match=r"checksum mismatch .*config.json.* \(from the lock file\)"):
-        store.verify(e)
+        store.verify(e, trust_unpinned=True)
 
 
 def test_verification_is_cached_by_size_and_mtime(cache: Path, monkeypatch) -> None:
@@ -316,8 +323,7 @@ def test_verification_is_cached_by_size_and_mtime(cache: Path, monkeypatch) -> N
     ("url", "edm.pkl", "it is a pickle"),
     ("hf", "unet/diffusion_pytorch_model.bin", "it is a pickle"),
     ("manual", "checkpoint_8.pth", "it is a pickle"),
-    ("url", "net.safetensors", "no sha256 pinned, which is allowed only for .safetensors, .json, .txt files of a "
-                                "Hugging Face revision"),
+    ("url", "net.safetensors", "no sha256 pinned"),
 ])
 def test_unpinned_pickles_and_non_hf_files_are_refused(server: str, cache: Path, monkeypatch, source: str,
                                                        path: str, why: str) -> None:
@@ -329,7 +335,7 @@ def test_unpinned_pickles_and_non_hf_files_are_refused(server: str, cache: Path,
     for fn in (store.pull, store.verify):
         with pytest.raises(DpmbenchError, match=rf"refusing checkpoint 'toy' file '{path}': {why}.* pin its sha256 "
                                                 rf"in the manifest \(test manifest\) at checkpoints.toy.files\[0\]"
-                                                rf".sha256") as err:
+                                                rf".sha256, or opt in for this run with --trust-unpinned") as err:
             fn(e)
         assert "\n" not in str(err.value)
     assert _Handler.requests == [] and leftovers(store.checkpoint_dir(e)) == []
@@ -446,12 +452,13 @@ def _snakemake(wd: Path, env: dict[str, str], *args: str) -> subprocess.Complete
 @pytest.mark.timeout(300)
 def test_pull_checkpoint_rule(server: str, tmp_path: Path) -> None:
     _Handler.files["/org/repo/resolve/rev1/unet/config.json"] = SMALL
+    _Handler.files["/org/repo/resolve/rev1/vocab.txt"] = b"a\nb\n"
     ckpt = {"adapter": "diffusers-unet", "source": {"hf": "org/repo", "revision": "rev1"},
-            "files": [{"path": "unet/config.json", "sha256": SHA_SMALL}], "license": "test-only",
-            "schedule": "vp-discrete", "parameterization": "eps", "resolution": 8}
+            "files": [{"path": "unet/config.json", "sha256": SHA_SMALL}, {"path": "vocab.txt", "sha256": None}],
+            "license": "test-only", "schedule": "vp-discrete", "parameterization": "eps", "resolution": 8}
     config = {"metrics": ["fd_true"], "nfe": [3], "solvers": ["ddim"], "samples_per_shard": 2,
               "models": {"toy-ckpt": {"num_samples": 4}, "gmm-2d": {"num_samples": 4}},
-              "checkpoints": {"toy-ckpt": ckpt}}
+              "checkpoints": {"toy-ckpt": ckpt}, "trust_unpinned": True}  # the run's opt-in: vocab.txt is unpinned
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(tmp_path / "cache"),
            "PYTHONPATH": workflow_pythonpath(ROOT),
@@ -475,8 +482,11 @@ def test_pull_checkpoint_rule(server: str, tmp_path: Path) -> None:
     # online: the rule pulls through the (local) HF endpoint and writes the stamp
     on = _snakemake(tmp_path, env, str(stamp.relative_to(tmp_path)))
     assert on.returncode == 0, on.stderr[-3000:]
-    assert stamp.read_text() == f"{SHA_SMALL}  unet/config.json\n" and where.read_bytes() == SMALL
-    assert _Handler.requests == [("/org/repo/resolve/rev1/unet/config.json", None)]
+    sha_vocab = hashlib.sha256(b"a\nb\n").hexdigest()  # the unpinned file: its hash recorded under the opt-in
+    assert stamp.read_text() == f"{SHA_SMALL}  unet/config.json\n{sha_vocab}  vocab.txt\n"
+    assert where.read_bytes() == SMALL
+    assert sorted(_Handler.requests) == [("/org/repo/resolve/rev1/unet/config.json", None),
+                                         ("/org/repo/resolve/rev1/vocab.txt", None)]
 
 
 def test_config_checkpoints_section_is_validated(tmp_path: Path) -> None:

@@ -31,8 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     args = build_parser().parse_args(argv)
+    from dpmbench.download import trusting
+
     try:
-        code = COMMANDS[args.command](args)
+        with trusting(getattr(args, "trust_unpinned", False)):  # the per-run opt-in to unpinned files
+            code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, while it can still be handled
     except DpmbenchError as exc:
         print(f"dpmbench: error: {exc}", file=sys.stderr)

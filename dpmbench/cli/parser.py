@@ -86,6 +86,12 @@ def _float(name: str) -> Any:
     return _number(name, float, math.isfinite, "a finite number")
 
 
+TRUST_HELP = ("use files of the manifests that have no pinned sha256 (checkpoints, reference statistics, metric "
+              "weights) for this run only (also DPMBENCH_TRUST_UNPINNED=1): their sha256 is recorded in the provenance "
+              "and every result computed from them is marked unpinned; a pickle among them is unpickled, which runs "
+              "whatever code it holds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dpmbench`` command."""
     p = _Parser(prog="dpmbench", description="Benchmark of fast diffusion-model samplers.")
@@ -110,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--captions", default=None, help="text-conditional models: captions file (MS-COCO captions "
                        "JSON or one per line); sample i gets caption i of a subset chosen with --seed")
         q.add_argument("--out", required=True)
+        q.add_argument("--trust-unpinned", action="store_true", help=TRUST_HELP)
 
     s = sub.add_parser("sample", help="sample with one solver and one (or several) NFE budgets")
     common(s)
@@ -135,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--name", default=None, help="save the result as this named artifact (e.g. for "
                     "--schedule searched:NAME)")
     se.add_argument("--out", default=None, help="also write the result to this JSON file")
+    se.add_argument("--trust-unpinned", action="store_true", help=TRUST_HELP)
 
     pr = sub.add_parser("prepare", help="compute a solver's cached artifacts (searches, model statistics) once")
     pr.add_argument("--model", required=True)
@@ -147,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     pr.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     pr.add_argument("--out", required=True, help="JSON summary of what was prepared")
+    pr.add_argument("--trust-unpinned", action="store_true", help=TRUST_HELP)
 
     r = sub.add_parser("reference", help="exact ODE solutions of an oracle model (or a high-NFE solver run) "
                        "from the same x_T")
@@ -189,11 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature-extraction batch size")
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     e.add_argument("--out", required=True, nargs="+", help="one metrics file per samples file")
+    e.add_argument("--trust-unpinned", action="store_true", help=TRUST_HELP)
 
     mj = sub.add_parser("metrics-job", help="the workflow's metrics job: concatenate each cell's shards, evaluate")
     mj.add_argument("--cells", nargs="+", required=True, help="one comma list of shard files per cell")
     mj.add_argument("--out", nargs="+", required=True, help="one metrics file per cell")
     mj.add_argument("--metrics", required=True)
+    mj.add_argument("--trust-unpinned", action="store_true", help=TRUST_HELP)
     mj.add_argument("--reference", default=None)
     mj.add_argument("--seed", type=int, default=None)
     mj.add_argument("--fid-stats", default=None, help="fid reference statistics (as dpmbench evaluate's)")
@@ -232,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--offline", action="store_true", help="never open a connection (also DPMBENCH_OFFLINE=1): "
                     "verify what is there and say which file to place where")
     pl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pl.add_argument("--trust-unpinned", action="store_true", help=TRUST_HELP)
 
     tr = sub.add_parser("train", help="train one of the project's own networks (digits-unet, or its flow-matching "
                         "twin digits-flow) and save it in diffusers' save_pretrained layout")

@@ -112,6 +112,7 @@ class Grid(GridPaths):
         metrics_known = reg.metrics()
         schedules_known = reg.schedules()
         self.offline: bool = str(c.get("offline", False)).strip().lower() in ("true", "1", "yes")
+        self.trust_unpinned: bool = str(c.get("trust_unpinned", False)).strip().lower() in ("true", "1", "yes")
         manifest = checkpoint_manifest(c)  # loadable entries: config/checkpoints.yaml + the config's checkpoints
         named_only = {k: v for k, v in load_manifests(c).items() if k not in manifest}  # named, not loadable
         models_known = reg.models()

@@ -21,11 +21,14 @@ Files (except local ones) land in ``$DPMBENCH_CACHE/checkpoints/<id>/<path>`` an
 after their sha256 matches (``dpmbench.download.download``). With ``DPMBENCH_OFFLINE=1`` (or ``offline=True``)
 no connection is ever opened: the error lists every missing file, its URL, where to place it and its sha256.
 
-A ``sha256: null`` file (a hash that could not be pinned yet) is accepted only when it is not a pickle and comes
-from a Hugging Face revision: ``pull`` records the hash it got in ``<id>/.sha256.json`` (a lock file) and warns
-once; later verifications use the recorded hash. Pickle-based files (``.pt``, ``.pth``, ``.pkl``, ``.bin``, ...)
-are unpickled when loaded, so a null sha256 for them is refused. ``verify`` caches its result per file, keyed by
-size and modification time (``<id>/.verified.json``), so multi-GB files are hashed once, not once per job.
+A ``sha256: null`` file (no public source of its hash found yet) is refused, with one line naming the field to pin
+and the opt-in, unless the run opts in with ``--trust-unpinned`` (``DPMBENCH_TRUST_UNPINNED=1``, the workflow's
+``trust_unpinned: true``; ``dpmbench.download.trust_unpinned``): ``pull`` then records the hash it got in
+``<id>/.sha256.json`` (a lock file; later opted-in runs check the file against it), warns once (saying so for
+pickles, which are unpickled when loaded), and notes the hash for the provenance of every result computed from the
+file, which the tables mark unpinned. A shipped (``local``) file always needs its sha256 pinned. ``verify`` caches
+its result per file, keyed by size and modification time (``<id>/.verified.json``), so multi-GB files are hashed
+once, not once per job.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def load_model(
         sch = make_schedule(schedule, **kw) if isinstance(schedule, str) else schedule
         return ORACLES[name](sch)
     from dpmbench.models.manifest import load_manifest
-    from dpmbench.models.store import verify
+    from dpmbench.models.store import seen_hashes, verify
 
     manifest = load_manifest()
     if name not in manifest:
@@ -158,5 +158,7 @@ def load_model(
         raise DpmbenchError(f"invalid schedule for checkpoint model {name!r}: it uses the schedule it was trained "
                             f"with ({manifest[name].schedule}); allowed: none")
     entry = manifest[name]
-    root = verify(entry)
-    return _load_adapter(entry.as_dict(), root, device)
+    root = verify(entry)  # unpinned files only under the per-run opt-in (--trust-unpinned); their hashes recorded
+    data, seen = entry.as_dict(), seen_hashes(entry)
+    data["files"] = [{**f, "sha256": f["sha256"] or seen.get(f["path"])} for f in data["files"]]
+    return _load_adapter(data, root, device)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from dpmbench.errors import DpmbenchError
@@ -18,8 +18,8 @@ _WARNED: set[tuple[str, str]] = set()
 
 
 class UnpinnedChecksumWarning(UserWarning):
-    """A checkpoint file had no sha256 in the manifest; the hash of the downloaded file was recorded instead."""
-UNPINNED_OK_SUFFIXES = (".safetensors", ".json", ".txt")
+    """A checkpoint file had no sha256 in the manifest and was used under ``--trust-unpinned``; the sha256 it had
+    was recorded (lock file, provenance) instead."""
 
 
 # -- local state: directory, lock file (hashes recorded for unpinned files), verification cache -----------
@@ -65,13 +65,18 @@ def _record_lock(entry: CheckpointEntry, root: Path, path: str, sha: str) -> Non
 
 
 def _warn_unpinned(entry: CheckpointEntry, root: Path, recorded: list[str]) -> None:
-    """One warning per checkpoint (and process) for the files whose hash was just recorded in the lock file."""
+    """One warning per checkpoint (and process) for the unpinned files used under ``--trust-unpinned``."""
     new = [p for p in recorded if (entry.id, p) not in _WARNED]
     if new:
         _WARNED.update((entry.id, p) for p in new)
+        pickles = [p for p in new if CheckpointFile(p).is_pickle]
+        danger = (f"; {len(pickles)} of them ({', '.join(repr(p) for p in pickles)}) are pickles: loading them "
+                  "runs whatever code they contain, so use them only if you trust their source" if pickles else "")
         warnings.warn(f"checkpoint {entry.id!r}: {len(new)} file(s) have no sha256 in the manifest "
-                      f"({', '.join(repr(p) for p in new)}); recorded the sha256 of the files obtained in "
-                      f"{root / LOCK_FILE}: pin them in the manifest", UnpinnedChecksumWarning, stacklevel=3)
+                      f"({', '.join(repr(p) for p in new)}) and are used because of --trust-unpinned{danger}; the "
+                      f"sha256 they had is recorded in {root / LOCK_FILE} and in the provenance of every result "
+                      "computed from them (marked unpinned in the tables): pin them in the manifest",
+                      UnpinnedChecksumWarning, stacklevel=3)
 
 
 def _expected(entry: CheckpointEntry, f: CheckpointFile, lock: Mapping[str, str]) -> tuple[str | None, str]:
@@ -80,28 +85,29 @@ def _expected(entry: CheckpointEntry, f: CheckpointFile, lock: Mapping[str, str]
     return lock.get(f.path), "the lock file"
 
 
-def _check_pinnable(entry: CheckpointEntry) -> None:
-    """Refuse files whose sha256 is null where that is unsafe (pickles) or unverifiable (not an HF revision)."""
+def _check_pinnable(entry: CheckpointEntry, trust: bool) -> None:
+    """Refuse files whose sha256 is null, unless this run opted in (``trust``); a shipped (local) file always needs
+    its sha256 pinned."""
+    from dpmbench.download import OPT_IN
+
     for i, f in enumerate(entry.files):
         if f.sha256:
             continue
         field_ = f"checkpoints.{entry.id}.files[{i}].sha256"
         where = f" ({entry.manifest})" if entry.manifest else ""
-        origin = entry.url(f) or " ".join(str(entry.source.get("manual") or entry.source.get("local")).split())
-        goes = f" (the file: {origin}, placed at {checkpoint_dir(entry) / f.path})"
-        if f.is_pickle:
-            raise DpmbenchError(
-                f"refusing checkpoint {entry.id!r} file {f.path!r}: it is a pickle (unpickled when loaded) and has "
-                f"no sha256 pinned; pin its sha256 in the manifest{where} at {field_}{goes}")
         if entry.kind == "local":
             raise DpmbenchError(
                 f"refusing checkpoint {entry.id!r} file {f.path!r}: a local (shipped) file needs its sha256 pinned "
                 f"in the manifest{where} at {field_} (`sha256sum {checkpoint_dir(entry) / f.path}`)")
-        if entry.kind != "hf" or PurePosixPath(f.path).suffix.lower() not in UNPINNED_OK_SUFFIXES:
-            raise DpmbenchError(
-                f"refusing checkpoint {entry.id!r} file {f.path!r}: no sha256 pinned, which is allowed only for "
-                f"{', '.join(UNPINNED_OK_SUFFIXES)} files of a Hugging Face revision; pin its sha256 in the "
-                f"manifest{where} at {field_}{goes}")
+        if trust:
+            continue
+        origin = entry.url(f) or " ".join(str(entry.source.get("manual")).split())
+        goes = f" (the file: {origin}, placed at {checkpoint_dir(entry) / f.path})"
+        what = "it is a pickle (unpickled when loaded) and has no sha256 pinned" if f.is_pickle else "no sha256 pinned"
+        raise DpmbenchError(
+            f"refusing checkpoint {entry.id!r} file {f.path!r}: {what}; pin its sha256 in the manifest{where} at "
+            f"{field_}, or opt in for this run with {OPT_IN}: the sha256 it has is then recorded and every result "
+            f"computed from it is marked unpinned{goes}")
 
 
 def _sha_text(sha: str | None) -> str:
@@ -129,7 +135,7 @@ def _missing_error(entry: CheckpointEntry, root: Path, missing: list[CheckpointF
 def _verify_file(entry: CheckpointEntry, root: Path, f: CheckpointFile, lock: Mapping[str, str],
                  cache: dict[str, Any]) -> tuple[str, bool]:
     """sha256 of a present file, checked against the manifest / lock file; uses and updates ``cache`` (keyed by
-    size and mtime). Returns (sha256, whether it was recorded from an unpinned file)."""
+    size and mtime). Returns (sha256, whether the manifest pins no sha256 for it)."""
     from dpmbench.download import sha256_file
 
     path = root / f.path
@@ -153,16 +159,45 @@ def _verify_file(entry: CheckpointEntry, root: Path, f: CheckpointFile, lock: Ma
                else f"delete it and run `dpmbench pull {entry.id}`")
         raise DpmbenchError(f"checksum mismatch for checkpoint {entry.id!r} file {str(path)!r}: sha256 {got} but "
                             f"expected {expected} (from {origin}); {fix}")
-    return got, expected is None
+    return got, f.sha256 is None
 
 
-def verify(entry: CheckpointEntry) -> Path:
+def _note(entry: CheckpointEntry, root: Path, f: CheckpointFile, sha: str, lock: dict[str, str],
+          recorded: list[str]) -> dict[str, str]:
+    """An unpinned file used under the opt-in: its sha256 recorded in the lock file (where it is new) and noted for
+    the provenance of what this process computes from it (``dpmbench.download.unpinned_used``)."""
+    from dpmbench.download import note_unpinned
+
+    if lock.get(f.path) != sha:
+        _record_lock(entry, root, f.path, sha)
+        lock = _lock(entry, root)
+    note_unpinned(unpinned_label(entry.id, f.path), sha)
+    recorded.append(f.path)
+    return lock
+
+
+def unpinned_label(cid: str, path: str) -> str:
+    """The label under which an unpinned checkpoint file is noted and recorded in provenance."""
+    return f"checkpoint:{cid}/{path}"
+
+
+def seen_hashes(entry: CheckpointEntry) -> dict[str, str]:
+    """The sha256 recorded (lock file) for the files of ``entry`` that the manifest does not pin."""
+    lock = _lock(entry, state_dir(entry))
+    return {f.path: lock[f.path] for f in entry.files if f.sha256 is None and f.path in lock}
+
+
+def verify(entry: CheckpointEntry, trust_unpinned: bool | None = None) -> Path:
     """Check that every file of ``entry`` is in its checkpoint directory with its sha256; return the directory.
 
     Never downloads: a missing file is a one-line error naming each missing file, its URL and where to place it.
-    Hashes are cached by (size, mtime), so an unchanged file is hashed once.
+    Hashes are cached by (size, mtime), so an unchanged file is hashed once. A file without a pinned sha256 is
+    refused unless ``trust_unpinned`` (default: :func:`dpmbench.download.trust_unpinned`, the per-run opt-in); under
+    the opt-in it is checked against the hash recorded when it was first used, and that hash is noted.
     """
-    _check_pinnable(entry)
+    from dpmbench.download import trust_unpinned as opted_in
+
+    _check_pinnable(entry, opted_in() if trust_unpinned is None else bool(trust_unpinned))
     root = checkpoint_dir(entry)
     missing = [f for f in entry.files if not (root / f.path).is_file()]
     if missing:
@@ -178,9 +213,7 @@ def verify(entry: CheckpointEntry) -> Path:
         for f in entry.files:
             got, unpinned = _verify_file(entry, root, f, lock, cache)
             if unpinned:
-                _record_lock(entry, state, f.path, got)
-                recorded.append(f.path)
-                lock = _lock(entry, state)
+                lock = _note(entry, state, f, got, lock, recorded)
     finally:
         if json.dumps(cache, sort_keys=True) != before:
             save_json(state / VERIFIED_FILE, cache)
@@ -188,21 +221,25 @@ def verify(entry: CheckpointEntry) -> Path:
     return root
 
 
-def pull(entry: CheckpointEntry, offline: bool | None = None, progress: bool = True, timeout: float = 60.0) -> Path:
+def pull(entry: CheckpointEntry, offline: bool | None = None, progress: bool = True, timeout: float = 60.0,
+         trust_unpinned: bool | None = None) -> Path:
     """Download the missing files of ``entry`` (resuming ``.part`` files, sha256 checked before the rename),
     then :func:`verify` it; return the checkpoint directory.
 
     ``offline`` (default: ``DPMBENCH_OFFLINE``) never opens a connection. A present file whose hash is wrong is
-    downloaded again (online) or reported (offline / manual source). A ``local`` source is only verified.
+    downloaded again (online) or reported (offline / manual source). A ``local`` source is only verified. Files
+    without a pinned sha256 are refused unless ``trust_unpinned`` (default: the per-run opt-in, as :func:`verify`).
     """
     from filelock import FileLock
 
     from dpmbench.download import download
     from dpmbench.download import offline as env_offline
+    from dpmbench.download import trust_unpinned as opted_in
 
-    _check_pinnable(entry)
+    trust = opted_in() if trust_unpinned is None else bool(trust_unpinned)
+    _check_pinnable(entry, trust)
     if entry.kind == "local":
-        return verify(entry)
+        return verify(entry, trust)
     offline = env_offline() if offline is None else bool(offline)
     root = checkpoint_dir(entry)
     with FileLock(str(root / ".lock")):
@@ -235,18 +272,16 @@ def pull(entry: CheckpointEntry, offline: bool | None = None, progress: bool = T
             st = dest.stat()
             cache[f.path] = [st.st_size, st.st_mtime_ns, sha]
             save_json(root / VERIFIED_FILE, cache)
-            if expected is None:
-                _record_lock(entry, root, f.path, sha)
-                recorded.append(f.path)
-                lock = _lock(entry, root)
+            if f.sha256 is None:
+                lock = _note(entry, root, f, sha, lock, recorded)
         _warn_unpinned(entry, root, recorded)
-    return verify(entry)
+    return verify(entry, trust)
 
 
-def stamp_text(entry: CheckpointEntry) -> str:
+def stamp_text(entry: CheckpointEntry, trust_unpinned: bool | None = None) -> str:
     """``sha256  path`` lines (``sha256sum -c`` format, relative to the checkpoint directory) of a verified
     checkpoint: the workflow's verification stamp."""
-    verify(entry)
+    verify(entry, trust_unpinned)
     lock = _lock(entry, state_dir(entry))
     cache = _read_json(state_dir(entry) / VERIFIED_FILE)
     lines = []

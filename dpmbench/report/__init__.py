@@ -35,7 +35,7 @@ from dpmbench.report.figures import (
 from dpmbench.report.leaderboard import leaderboard_html, leaderboard_markdown
 from dpmbench.report.merge import merge_runs, write_provenance
 from dpmbench.report.papers import load_papers, paper_comparison_markdown, published_spread
-from dpmbench.report.tables import COLUMNS, COST, collect, higher_is_better, is_nan
+from dpmbench.report.tables import COLUMNS, COST, UNPINNED, any_unpinned, collect, higher_is_better, is_nan
 
 
 def _done(fn: Any, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
@@ -59,6 +59,17 @@ def _figure_pool(jobs: int) -> Iterator[concurrent.futures.ProcessPoolExecutor |
     pyplot()
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
         yield pool
+
+
+def results_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``results.csv``: DESIGN.md's columns (``seed`` only when there are several seeds), then
+    ``parallel_rounds`` where a parallel solver ran, the cost columns, and last ``unpinned`` where some cell was
+    computed from a file without a pinned sha256 (``--trust-unpinned``)."""
+    rounds = ["parallel_rounds"] if df["parallel_rounds"].notna().any() else []  # parallel solvers ran
+    marked = [UNPINNED] if any_unpinned(df) else []  # a cell computed from an unpinned file: the last column
+    table = df[[c for c in COLUMNS if c in df.columns] + rounds + COST + marked]
+    table = table if table["seed"].nunique() > 1 else table.drop(columns="seed")
+    return table.assign(value=table["value"].map(lambda v: "nan" if is_nan(v) else v))  # nan: a diverged run
 
 
 def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Path,
@@ -86,10 +97,7 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
     entries = load_papers(papers_dir)  # validate before writing anything
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
-    rounds = ["parallel_rounds"] if df["parallel_rounds"].notna().any() else []  # parallel solvers ran
-    table = df[[c for c in COLUMNS if c in df.columns] + rounds + COST]  # COST: the last columns
-    table = table if table["seed"].nunique() > 1 else table.drop(columns="seed")
-    table = table.assign(value=table["value"].map(lambda v: "nan" if is_nan(v) else v))  # nan: a diverged run
+    table = results_table(df)
     atomic_write(out / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     write_provenance(df, out)
     md = leaderboard_markdown(df)
@@ -129,5 +137,5 @@ def write_report(results_dirs: str | Path | Sequence[str | Path], out: str | Pat
 
 
 __all__ = ["COLUMNS", "collect", "higher_is_better", "leaderboard_html", "leaderboard_markdown", "load_papers",
-           "figure_tasks", "paper_comparison_markdown", "published_spread", "write_figures", "write_report",
-           "write_sample_grids"]
+           "figure_tasks", "paper_comparison_markdown", "published_spread", "results_table", "write_figures",
+           "write_report", "write_sample_grids"]

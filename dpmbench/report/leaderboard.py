@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from dpmbench.report.recommend import recommendation_markdown
-from dpmbench.report.tables import groups, protocol_label, table_cells, title, with_protocol
+from dpmbench.report.tables import groups, protocol_label, table_cells, title, unpinned_legend, with_protocol
 
 
 def leaderboard_markdown(df: pd.DataFrame) -> str:
@@ -30,6 +30,8 @@ def leaderboard_markdown(df: pd.DataFrame) -> str:
              "(R rounds): a parallel sampler's sequential batched model calls (NFE: its base solver's steps).", ""]
     if df.empty:
         return "\n".join([*lines, "_No results._", ""])
+    if unpinned_legend(df):
+        lines += [unpinned_legend(df), ""]
     df = with_protocol(df)
     lines.append(recommendation_markdown(df))  # the answer first, then the tables it comes from
     many_seeds = df["seed"].nunique() > 1
@@ -76,6 +78,8 @@ def leaderboard_html(df: pd.DataFrame, figures: dict[tuple[Any, ...], Path],
              "CI, clipped to the metric's range (a distance's at 0; kid / kdd are unbiased and may read below 0). "
              "All solvers of a table start from the same x<sub>T</sub>. Red: per-sample median and share of "
              "diverged samples, where some diverged.</p>"]
+    if not df.empty and unpinned_legend(df):
+        parts.append(f"<p>{html.escape(unpinned_legend(df))}</p>")
     if df.empty:
         parts.append("<p><i>No results.</i></p>")
     df = with_protocol(df) if not df.empty else df

@@ -28,6 +28,8 @@ from dpmbench.report.paper_tables import papers_html
 from dpmbench.report.persample import PerSample
 from dpmbench.report.ranking import Ranked, ranking
 from dpmbench.report.tables import (
+    UNPINNED,
+    UNPINNED_MARK,
     fmt,
     fmt_ci,
     groups,
@@ -35,6 +37,7 @@ from dpmbench.report.tables import (
     protocol_label,
     table_cells,
     title,
+    unpinned_legend,
     with_protocol,
 )
 
@@ -244,7 +247,8 @@ def metric_table(g: pd.DataFrame, links: Links = _no_links) -> str:
                 f"<br><span class=spread>{_e(spread)}</span>" if spread else "")
             cls = f" class={mark}" if mark else ""
             tip = f" title=\"{mark}\"" if mark else ""
-            tds.append(f"<td{cls}{tip}{v or ' data-v=NaN'}>{_e(fmt(r.value))}{extra}</td>")
+            pin = f" {UNPINNED_MARK}" if getattr(r, UNPINNED, False) is True else ""  # an unpinned file's cell
+            tds.append(f"<td{cls}{tip}{v or ' data-v=NaN'}>{_e(fmt(r.value) + pin)}{extra}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     return f"<div class=scroll><table class=\"sortable metric\">{head}<tbody>{''.join(body)}</tbody></table></div>"
 
@@ -426,7 +430,9 @@ def model_page(model: str, df: pd.DataFrame, figures: dict[tuple[Any, ...], Path
               + "</p>")
     top = ("<!-- top blocks: HTML put first on the page (model_page's top_blocks) -->"
            + (f"<div class=top-blocks>{''.join(top_blocks)}</div>" if top_blocks else ""))
-    first = (f"<section id=ranking><h2>Ranking</h2><p class=prov>{RANKING_NOTE}</p>" + "".join(ranks) + "</section>"
+    pins = f"<p class=legend>{_e(unpinned_legend(mine))}</p>" if unpinned_legend(mine) else ""
+    first = (pins + f"<section id=ranking><h2>Ranking</h2><p class=prov>{RANKING_NOTE}</p>" + "".join(ranks)
+             + "</section>"
              f"<details class=legend><summary>How to read the tables</summary>{READING}</details>")
     nav = "<details><summary>Sections</summary><ul>" + "".join(toc) + "</ul></details>"
     return _page(f"{model} · dpmbench", header, top + first + nav + "\n".join(body))
@@ -477,7 +483,9 @@ def index_page(df: pd.DataFrame, models: Iterable[str], data_files: list[str],
     header = ("<h1>dpmbench leaderboard</h1><p>Which diffusion sampler gives the best samples at a given budget of "
               f"network evaluations (NFE)? {df['solver'].nunique() if not df.empty else 0} solvers on "
               f"{len(list(models))} models, merged from {len(runs)} run(s) ({_e(when)}).</p>")
-    body = ["<div class=legend>" + READING + "</div>", recommendation_html(df), "<h2>Models</h2><div class=cards>"]
+    pins = f"<p class=legend>{_e(unpinned_legend(df))}</p>" if not df.empty and unpinned_legend(df) else ""
+    body = [pins + "<div class=legend>" + READING + "</div>", recommendation_html(df),
+            "<h2>Models</h2><div class=cards>"]
     body += [_card(m, df, rankings) for m in models]
     body.append("</div>")
     body.append("<h2>Runs and provenance</h2>" + provenance_table(df))

@@ -28,6 +28,11 @@ EXTRA = ["run", "median", "diverged_share", "t_end", "reference", "reference_sha
 # wall_s summed over shards, divided by n_samples; model loading and a latent model's decoding excluded) and the
 # device it was measured on (its name; dtype, batch size and torch threads are in the provenance, sample_*)
 COST = ["s_per_sample", "device"]
+# after COST, only when some cell is unpinned: computed from a file (checkpoint, reference statistics, metric weights)
+# that has no sha256 pinned in its manifest, used under the per-run opt-in --trust-unpinned (the sha256 it had is
+# in the provenance's unpinned_files); such cells carry UNPINNED_MARK in every table
+UNPINNED = "unpinned"
+UNPINNED_MARK = "‡"
 GROUP = ["model", "guidance", "schedule", "seed", "metric", "protocol"]  # protocol: see dpmbench.report.merge
 
 
@@ -50,7 +55,7 @@ def collect(results_dir: str | Path) -> pd.DataFrame:
         rows.extend({**r, "run": str(results_dir)} for r in _rows(path, rec))
         if isinstance(rec.get("provenance"), dict):
             records[provenance_id(rec["provenance"])] = {k: v for k, v in rec["provenance"].items() if k != "date"}
-    df = pd.DataFrame(rows, columns=COLUMNS + EXTRA + COST)
+    df = pd.DataFrame(rows, columns=COLUMNS + EXTRA + COST + [UNPINNED])
     if not df.empty:
         df["guidance"] = df["guidance"].astype(object).where(df["guidance"].notna(), "none")
         df["guidance"] = df["guidance"].map(str)
@@ -111,7 +116,7 @@ def _rows(path: Path, rec: dict[str, Any]) -> list[dict[str, Any]]:
             "diverged_share": (per_sample.get(metric) or {}).get("diverged_share", diverged),
             "boot": boots.get(metric), "boot_seed": rec.get("bootstrap_seed"),
             "parallel_rounds": _number(path, "parallel_rounds", rec.get("parallel_rounds")),  # parallel solvers
-            **cost,
+            **cost, UNPINNED: rec.get("unpinned") is True,
         })
     return rows
 
@@ -223,11 +228,26 @@ def table_cells(g: pd.DataFrame) -> tuple[list[int], list[tuple[str, list[tuple[
                 continue
             rounds = "" if is_nan(r.parallel_rounds) else f" ({int(r.parallel_rounds)} rounds)"  # picard
             mark = marks.get((s, int(n)))
-            text = fmt(r.value) + rounds + fmt_ci(r.ci_low, r.ci_high)
+            pin = f" {UNPINNED_MARK}" if getattr(r, UNPINNED, False) is True else ""  # before the CI: stays with it
+            text = fmt(r.value) + rounds + pin + fmt_ci(r.ci_low, r.ci_high)
             cells.append((text, mark.kind if mark else "", spread_text(r)))
         rows.append((s, cells))
     return [int(n) for n in nfes], rows
 
+
+
+def any_unpinned(df: pd.DataFrame) -> bool:
+    """Whether some row of ``df`` was computed from a file without a pinned sha256."""
+    return UNPINNED in df.columns and bool((df[UNPINNED] == True).any())  # noqa: E712 - elementwise on objects
+
+
+def unpinned_legend(df: pd.DataFrame) -> str:
+    """The legend of :data:`UNPINNED_MARK` (plain text), or ``""`` when no row of ``df`` is unpinned."""
+    if not any_unpinned(df):
+        return ""
+    return (f"{UNPINNED_MARK} unpinned: computed from a file (checkpoint, reference statistics or metric weights) "
+            "that has no sha256 pinned in its manifest, used because the run opted in with --trust-unpinned; the "
+            "sha256 the file had is recorded in provenance.json (unpinned_files). Pin it to drop the mark.")
 
 
 def model_error_floor(df: pd.DataFrame, key: tuple[Any, ...]) -> float | None:

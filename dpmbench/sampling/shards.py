@@ -56,7 +56,11 @@ def t_end_of(model: Model, t_end: float | None) -> float:
 
 def run_meta(req: Request, model: Model, t_end: float, t_start: float | None = None) -> dict[str, Any]:
     """What every samples or reference file of the run records: model, seed, samples, guidance, t_end (and t_start
-    where given), the class labels of guided samples (and the prompts of a text-conditional model)."""
+    where given), the class labels of guided samples (and the prompts of a text-conditional model), and the
+    checkpoint files without a pinned sha256 it was computed from (``unpinned``: JSON ``{label: sha256}``, only under
+    ``--trust-unpinned``)."""
+    from dpmbench.download import unpinned_used
+
     text = getattr(model, "text_conditional", False)
     labels = (model.labels(req.num_samples, start=req.start) if req.guidance is not None and not text
               else torch.zeros(0, dtype=torch.long))
@@ -67,6 +71,11 @@ def run_meta(req: Request, model: Model, t_end: float, t_start: float | None = N
     }
     if t_start is not None:
         meta["t_start"] = t_start
+    unpinned = unpinned_used(f"checkpoint:{req.model}/")
+    if unpinned:
+        import json
+
+        meta["unpinned"] = json.dumps(unpinned, sort_keys=True)
     if text:
         import numpy as np
 
