@@ -16,6 +16,7 @@ from dpmbench.report.markup import esc, slug
 from dpmbench.report.papers import (
     SPREAD_ONE_SOURCE,
     canonical_solvers,
+    fid_protocol,
     match_entry,
     paper_coverage,
     published_spread,
@@ -50,7 +51,8 @@ def _ours(sel: pd.DataFrame, e: dict[str, Any], published: list[float]) -> str:
                 if len(published) > 1 else "one published value")
         parts.append(f"<div class=\"ours {'yes' if inside else 'no'}\" title=\"{esc(span)}\">ours {esc(fmt(r.value))}"
                      f"<span class=ci>{esc(fmt_ci(r.ci_low, r.ci_high))}</span> "
-                     f"Δ {float(r.value) - float(e['value']):+.3g}{esc(where)}</div>")
+                     f"Δ {float(r.value) - float(e['value']):+.3g}{esc(where)}"
+                     + (f"<span class=prov>{esc(fid_protocol(r))}</span>" if fid_protocol(r) else "") + "</div>")
     return "".join(parts)
 
 

@@ -123,6 +123,19 @@ def within_spread(value: float, published: list[float]) -> str:
     return "yes" if lo <= value <= hi else "no"
 
 
+def fid_protocol(r: Any) -> str:
+    """How one of our FID rows was computed beside how the published number was: reference statistics, our feature
+    extractor and the FID implementation of the published numbers (a reproduction config's ``fid_implementation``),
+    as far as the metrics file records them; empty for other metrics."""
+    if getattr(r, "metric", None) != "fid":
+        return ""
+    parts = [f"{label} {v}" for label, v in (("stats", getattr(r, "reference_stats", None)),
+                                             ("ours via", getattr(r, "extractor", None)),
+                                             ("published with", getattr(r, "fid_implementation", None)))
+             if isinstance(v, str) and v]
+    return f" [{'; '.join(parts)}]" if parts else ""
+
+
 def match_entry(df: pd.DataFrame, e: dict[str, Any], canon_col: pd.Series | None,
                 models: set[str]) -> tuple[pd.DataFrame, str]:
     """Our rows of the setting of the published number ``e`` (model, metric, NFE, canonical solver, and schedule and
@@ -213,8 +226,8 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
                 delta = "" if is_nan(r.value) else f"{r.value - float(e['value']):+.3g}"
                 within = "" if is_nan(r.value) else within_spread(float(r.value), pub)
                 where = "" if "schedule" in e and "guidance" in e else f" ({r.schedule}, g {r.guidance})"
-                body.append(f"{head} {fmt(r.value)}{fmt_ci(r.ci_low, r.ci_high)}{where} | {delta} | {span} | "
-                            f"{within} |")
+                body.append(f"{head} {fmt(r.value)}{fmt_ci(r.ci_low, r.ci_high)}{where}{fid_protocol(r)} | {delta} | "
+                            f"{span} | {within} |")
         body += ["", "</details>", ""]
     return "\n".join([*lines, *_coverage_lines(df, entries, found), *body])
 
