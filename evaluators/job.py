@@ -247,6 +247,7 @@ def run_evaluate(cells: Sequence[str], outs: Sequence[str], metrics: str, refere
 
     if len(cells) != len(outs):
         raise DpmbenchError(f"invalid --out: {len(outs)} files for {len(cells)} --cells")
+    options = EvalOptions(fid_stats=fid_stats, fid_implementation=fid_implementation)  # checked before any file
     with tempfile.TemporaryDirectory(prefix=".merge-", dir=Path(outs[0]).parent) as tmp:
         merged, shards = [], []
         for i, cell in enumerate(cells):
@@ -255,7 +256,6 @@ def run_evaluate(cells: Sequence[str], outs: Sequence[str], metrics: str, refere
             path = Path(tmp) / f"cell{i}.npz"
             save_npz(path, **rec)
             merged.append(str(path))
-        options = EvalOptions(fid_stats=fid_stats, fid_implementation=fid_implementation)
         evaluate_files(merged, outs, metrics, reference, options)
     for out, k in zip(outs, shards, strict=True):  # record where the numbers came from
         rec = json.loads(Path(out).read_text())

@@ -166,3 +166,16 @@ def test_the_metrics_protocol_records_the_implementation_and_the_comparison_show
     entry = {"paper": "P", "table": 1, "model": "m", "metric": "fid", "solver": "ddim", "nfe": 10, "value": 4.2}
     md = paper_comparison_markdown(pd.DataFrame([row]), [entry])
     assert "published with scoresde-tfgan]" in md and "| -0.2 |" in md
+
+
+def test_the_commands_refuse_an_unknown_implementation_in_one_line(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from dpmbench.cli import main
+
+    out = str(tmp_path / "m.json")
+    for argv in (["evaluate", "--samples", str(tmp_path / "none.npz"), "--metrics", "fid", "--out", out],
+                 ["metrics-job", "--cells", str(tmp_path / "none.npz"), "--out", out, "--metrics", "fid"]):
+        assert main([*argv, "--fid-implementation", "tfgan"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "'tfgan'" in err and "scoresde-tfgan, edm-fid, pytorch-fid" in err
+    assert not Path(out).exists()
