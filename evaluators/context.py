@@ -17,6 +17,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "fid_backend": "torch-fidelity",   # or "clean-fid"
     "cleanfid_mode": "clean",          # or "legacy_tensorflow" (clean-fid backend)
     "fid_stats": None,                 # reference stats: a reference_stats/manifest.yaml name or an .npz path
+    "fid_implementation": None,        # the published numbers' FID implementation (recorded in the protocol)
     "kid_reference": None,             # .npz of reference features (key "feats" or "features") for kid
     "prdc_reference": None,            # .npz of reference features (same keys) for precision/recall/density/coverage
     "reference_images": None,          # .npz of reference images (key "x"): features computed once, cached

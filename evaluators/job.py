@@ -32,6 +32,7 @@ class EvalOptions:
     fid_backend: str = "torch-fidelity"
     cleanfid_mode: str = "clean"
     fid_stats: str | None = None
+    fid_implementation: str | None = None  # the published numbers' FID implementation (manifest fid_implementations)
     kid_reference: str | None = None
     prdc_reference: str | None = None
     reference_images: str | None = None
@@ -46,9 +47,18 @@ class EvalOptions:
     eval_batch_size: int = 64
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        if self.fid_implementation is not None:
+            from evaluators.refstats import fid_implementations
+
+            known = list(fid_implementations())
+            if self.fid_implementation not in known:
+                raise bad_value("fid implementation", self.fid_implementation, known)
+
     def metric_options(self) -> dict[str, Any]:
         """The options the metrics receive (``evaluators.registry.evaluate``)."""
         return {"fid_backend": self.fid_backend, "cleanfid_mode": self.cleanfid_mode, "fid_stats": self.fid_stats,
+                "fid_implementation": self.fid_implementation,
                 "kid_reference": self.kid_reference, "prdc_reference": self.prdc_reference,
                 "reference_images": self.reference_images,
                 "inception_weights": self.inception_weights, "clip_model": self.clip_model,
@@ -242,12 +252,13 @@ def merge_shards(paths: Sequence[str]) -> dict[str, Any]:
 
 
 def run_evaluate(cells: Sequence[str], outs: Sequence[str], metrics: str, reference: str | None,
-                 seed: int | None = None, fid_stats: str | None = None) -> int:
+                 seed: int | None = None, fid_stats: str | None = None, fid_implementation: str | None = None) -> int:
     """Metrics of several cells: ``cells[i]`` is a comma list of shard files, ``outs[i]`` its metrics json."""
     from dpmbench.io import save_json, save_npz
 
     if len(cells) != len(outs):
         raise DpmbenchError(f"invalid --out: {len(outs)} files for {len(cells)} --cells")
+    options = EvalOptions(fid_stats=fid_stats, fid_implementation=fid_implementation)  # checked before any file
     with tempfile.TemporaryDirectory(prefix=".merge-", dir=Path(outs[0]).parent) as tmp:
         merged, shards = [], []
         for i, cell in enumerate(cells):
@@ -256,7 +267,7 @@ def run_evaluate(cells: Sequence[str], outs: Sequence[str], metrics: str, refere
             path = Path(tmp) / f"cell{i}.npz"
             save_npz(path, **rec)
             merged.append(str(path))
-        evaluate_files(merged, outs, metrics, reference, EvalOptions(fid_stats=fid_stats))
+        evaluate_files(merged, outs, metrics, reference, options)
     for out, k in zip(outs, shards, strict=True):  # record where the numbers came from
         rec = json.loads(Path(out).read_text())
         rec["num_shards"] = k

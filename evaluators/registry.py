@@ -225,6 +225,8 @@ def protocol(names: list[str], ctx: Context) -> dict[str, Any]:
         spec, images = ctx.opt("fid_stats"), ctx.opt("reference_images")
         if spec:
             out["reference_stats"], out["reference_stats_sha256"] = _stats_identity(str(spec))
+            if ctx.opt("fid_implementation") and "fid" in names:
+                out["fid_implementation"] = str(ctx.opt("fid_implementation"))
         elif images:
             out["reference_stats"], out["reference_stats_sha256"] = f"images {images}", sha256_file(images)
         elif ctx.opt("prdc_reference") and any(n in KNN_METRICS for n in names):
@@ -239,6 +241,8 @@ def protocol(names: list[str], ctx: Context) -> dict[str, Any]:
         spec, images = ctx.opt("fd_dinov2_stats"), ctx.opt("reference_images")
         if spec:
             out["reference_stats"], out["reference_stats_sha256"] = _stats_identity(str(spec))
+            if ctx.opt("fid_implementation") and "fid" in names:
+                out["fid_implementation"] = str(ctx.opt("fid_implementation"))
         elif images:
             out["reference_stats"], out["reference_stats_sha256"] = f"images {images}", sha256_file(images)
     if "cmmd" in names:

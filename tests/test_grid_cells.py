@@ -43,6 +43,12 @@ VP_EDM = ("edm-cifar10-uncond-vp", "edm-ffhq64-uncond-vp")
 SIGMA_RANGE = {"results/papers/dpm-solver-v3": VP_EDM[:1], "results/papers/edm": VP_EDM,
                "results/papers/diff-sampler": VP_EDM}
 SIGMA_MIN_VP_TIME = "3.9841975391405537e-05"  # t_end of the VP networks: sigma = 0.002 in their vp-linear time
+# Every paper reproduction states the FID implementation of its published numbers (`fid_implementation`, passed to
+# the metrics job as --fid-implementation), and the models whose papers used ScoreSDE's statistics file use it
+# (cifar10-train-32-scoresde) instead of EDM's CIFAR-10 statistics. Nothing else of their jobs changes.
+SCORESDE_STATS = {"results/papers/dpm-solver": ("scoresde-cifar10-ddpmpp-deep-continuous",),
+                  "results/papers/unipc": ("scoresde-cifar10-ddpmpp-deep-continuous",),
+                  "results/papers/dpm-solver-v3": ("scoresde-cifar10-ddpmpp-deep-continuous", "edm-cifar10-uncond-vp")}
 
 
 def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[str, dict[str, list[str]]]
@@ -90,7 +96,29 @@ def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[
     for results_dir in ADDED_GRIDS:
         assert results_dir not in out and results_dir in now
         out[results_dir] = now[results_dir]
+    for results_dir in (d for d in out if d.startswith("results/papers/")):
+        for key, records in out[results_dir].items():
+            if key.startswith("model:"):
+                out[results_dir][key] = [_fid_protocol(r, results_dir, key[len("model:"):], now[results_dir][key])
+                                         for r in records]
     return out
+
+
+def _fid_protocol(record: str, results_dir: str, model: str, now: list[str]) -> str:
+    """A paper model's job record with its FID statistics (ScoreSDE's where its paper used them) and the published
+    numbers' FID implementation, as now configured (checked: a known implementation, the same statistics otherwise)."""
+    from dpmbench.grid.registry import fid_implementation_names
+
+    old = json.loads(record)["fid_stats"]
+    if not old:
+        return record
+    stats = old.split()[1]
+    if model in SCORESDE_STATS.get(results_dir, ()):
+        assert stats == "cifar10-train-32-edm"
+        stats = "cifar10-train-32-scoresde"
+    impl = json.loads(now[0])["fid_stats"].partition("--fid-implementation ")[2]
+    assert impl in fid_implementation_names(), (results_dir, model)
+    return record.replace(f'"fid_stats": "{old}"', f'"fid_stats": "--fid-stats {stats} --fid-implementation {impl}"')
 
 
 def test_every_config_expands_to_the_same_cells() -> None:

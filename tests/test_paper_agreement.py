@@ -102,8 +102,8 @@ KD = {"kind": "reference-statistics", "detail": "their stats, ours EDM's", "sour
 
 
 @pytest.mark.parametrize(("diff", "message"), [
-    ({**KD, "kind": "stats"}, "known_differences[0] has kind='stats'; allowed: reference-statistics, sample-count, "
-                              "unstated-setting, best-of, protocol"),
+    ({**KD, "kind": "stats"}, "known_differences[0] has kind='stats'; allowed: reference-statistics, "
+                              "fid-implementation, sample-count, unstated-setting, best-of, protocol"),
     ({k: v for k, v in KD.items() if k != "source"}, "known_differences[0] lacks 'source' (a non-empty string)"),
     ({**KD, "detail": " "}, "known_differences[0] lacks 'detail'"),
     ({**KD, "why": "x"}, "known_differences[0] has unknown field 'why'; allowed: kind, detail, source, where"),

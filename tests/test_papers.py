@@ -31,7 +31,7 @@ PAPER_CONFIGS = sorted((ROOT / "config" / "reproductions").glob("*.yaml"))
 # published solvers not implemented in dpmbench yet (dpm-solver-v3-singlestep: DPM-Solver-v3's Alg. 3, Table 12 (S))
 # (deis-rho3kutta / deis-rho4rk: the Runge-Kutta columns of DEIS's table; edm-stochastic: EDM's Alg. 2, S_churn > 0)
 PENDING_SOLVERS = {"dpm-solver-v3", "dpm-solver-v3-singlestep", "dc-solver", "usf", "deis-rho3kutta", "deis-rho4rk",
-                   "edm-stochastic"}
+                   "edm-stochastic", "unipc-half-corrector"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,7 +108,8 @@ def test_paper_file_fields_and_types(path: Path, doc: dict[str, Any]) -> None:
 def test_known_differences_cite_their_source_and_cover_the_stated_statistics() -> None:
     """Every `known_differences` item of this repository's files cites where the source states its setting (an arXiv
     version, or owner/repo@commit:path), and every FID entry whose note says the source used other reference
-    statistics (ScoreSDE's cifar10_stats, pytorch-fid's CIFAR-10 file) carries a reference-statistics difference."""
+    statistics (ScoreSDE's cifar10_stats, pytorch-fid's CIFAR-10 file) carries a reference-statistics difference, or a
+    fid-implementation one where ours reads the same file (ScoreSDE's statistics: cifar10-train-32-scoresde)."""
     declared = 0
     for path, doc in _docs():
         for j, d in enumerate(doc.get("known_differences") or []):
@@ -118,7 +119,10 @@ def test_known_differences_cite_their_source_and_cover_the_stated_statistics() -
     stated = re.compile(r"ScoreSDE's statistic|cifar10_stats|fid_stats_cifar10_train_pytorch")
     for e in load_papers(PAPERS):
         if e["metric"] == "fid" and stated.search(e.get("note", "")):
-            assert "reference-statistics" in {d["kind"] for d in e["differences"]}, (e["file"], e["table"], e["nfe"])
+            kinds = {d["kind"] for d in e["differences"]}
+            same_file = re.search(r"ScoreSDE's statistic|cifar10_stats", e.get("note", "")) is not None
+            assert ("fid-implementation" if same_file else "reference-statistics") in kinds, (
+                e["file"], e["table"], e["nfe"], kinds)
 
 
 def test_names_are_dpmbench_names() -> None:
@@ -212,7 +216,11 @@ def test_paper_config_settings_match_the_papers() -> None:
     assert grid.num_samples("edm-cifar10-uncond-vp") == 50000 and grid.num_samples("sd14") == 10000
     assert grid.reference_args("sd14").startswith("--solver dpm-solver++:order=2,method=multistep --nfe 200 ")
     assert grid.has_reference("sd14") and not grid.has_reference("edm-cifar10-uncond-vp")
-    assert grid.fid_stats_arg("ldm-lsun-bedroom256") == "--fid-stats lsun-bedroom-256-adm-ref"
+    assert grid.fid_stats_arg("ldm-lsun-bedroom256") == ("--fid-stats lsun-bedroom-256-adm-ref "
+                                                         "--fid-implementation pytorch-fid")
+    for model in (scoresde, "edm-cifar10-uncond-vp"):  # "their own statistic file and code", "borrow ... from ScoreSDE"
+        assert grid.fid_stats_arg(model) == ("--fid-stats cifar10-train-32-scoresde "
+                                             "--fid-implementation scoresde-tfgan")  # App. D.1, D.2
 
 
 def _protocol(grid: Any, model: str, name: str) -> dict[tuple[str, str, int], dict[str, Any]]:
@@ -292,13 +300,32 @@ def test_dpm_solver_v3_rows_run_the_official_scripts_settings() -> None:
             "ems_steps")
 
     def settings(model: str) -> dict[tuple[str, int], tuple[Any, ...]]:
-        return {(g, n): tuple(o[k] for k in keys) for (g, _, n, _), o in _protocol(grid, model, "dpm-solver-v3").items()
-                if o["corrector_half"] == "off"}
+        """The settings of the paper's default rows (full corrector, order auto, the pseudo corrector of the guided /
+        latent models, ScoreSDE's default EMS sizes): the ablation rows of Tables 8-10 are checked apart."""
+        rows = [((g, n), o) for (g, _, n, _), o in _protocol(grid, model, "dpm-solver-v3").items()
+                if o["corrector_half"] == "off" and o["order"] == "auto"]
+        if model == "scoresde-cifar10-ddpmpp-deep-continuous":
+            rows = [(k, o) for k, o in rows if (o["ems_samples"], o["ems_steps"]) == (4096, 1200)]
+        if model in ("ldm-lsun-bedroom256", "sd14", "adm-imagenet256-classifier-guided"):
+            rows = [(k, o) for k, o in rows if o["corrector_pseudo"]]
+        out = {k: tuple(o[x] for x in keys) for k, o in rows}
+        assert len(out) == len(rows)  # one row per (guidance, NFE)
+        return out
 
     # score_sde/sample.sh:5-35: p_pseudo at <= 5 steps (auto), lower_order_final off at 5, corrector off at 9-10
     sde = settings("scoresde-cifar10-ddpmpp-deep-continuous")
-    assert sde == {("none", n): ("auto", n != 10, False, "off", n != 5, 4096, 1200) for n in (5, 6, 8, 10, 12, 15, 20,
-                                                                                             25)}
+    sde_nfes = (5, 6, 8, 10, 12, 15, 20, 25)
+    assert sde == {("none", n): ("auto", n != 10, False, "off", n != 5, 4096, 1200) for n in sde_nfes}
+    # Table 8 (App. G.1): the EMS sizes (N, K) vary, every other setting is the default row's
+    ablation = {(g, n, o["ems_samples"], o["ems_steps"]): tuple(o[k] for k in keys[:5]) for (g, _, n, _), o in
+                _protocol(grid, "scoresde-cifar10-ddpmpp-deep-continuous", "dpm-solver-v3").items()
+                if o["order"] == "auto"}
+    assert ablation == {("none", n, k, m): ("auto", n != 10, False, "off", n != 5) for n in sde_nfes
+                        for k, m in ((512, 1200), (1024, 1200), (4096, 120), (4096, 250), (4096, 1200))}
+    # Table 9: DPM-Solver-v3-1, no corrector (App. G.2)
+    first = {(n, o["corrector"], o["ems_samples"], o["ems_steps"]) for (_, _, n, _), o in
+             _protocol(grid, "scoresde-cifar10-ddpmpp-deep-continuous", "dpm-solver-v3").items() if o["order"] == "1"}
+    assert first == {(n, False, 4096, 1200) for n in sde_nfes}
     # edm/sample.py:166-174, edm/sample.sh:5-9: corrector at <= 6 steps; statistics 1200 x 1024 below 10, 120 x 4096
     edm = settings("edm-cifar10-uncond-vp")
     assert edm == {("none", n): ("auto", n <= 6, False, "off", True, 1024 if n < 10 else 4096, 1200 if n < 10 else 120)
@@ -314,6 +341,12 @@ def test_dpm_solver_v3_rows_run_the_official_scripts_settings() -> None:
     # guided-diffusion runners/diffusion.py:424-432, sample.sh:3
     assert settings("adm-imagenet256-classifier-guided") == {("2.0", n): ("false", True, True, "off", True, 1024, 500)
                                                              for n in nfes}
+    # Table 10: the non-pseudo corrector (c_pseudo False) beside the default, on LSUN, ImageNet and SD at s = 1.5
+    for model, g, n_steps in (("ldm-lsun-bedroom256", "none", 120), ("adm-imagenet256-classifier-guided", "2.0", 500),
+                              ("sd14", "1.5", 250)):
+        true_order = {(g2, n): tuple(o[k] for k in keys) for (g2, _, n, _), o in _protocol(grid, model,
+                      "dpm-solver-v3").items() if not o["corrector_pseudo"]}
+        assert true_order == {(g, n): ("false", True, False, "off", True, 1024, n_steps) for n in nfes}, model
     heun = _protocol(grid, "edm-cifar10-uncond-vp", "heun")  # edm/sample.sh:11, edm/samplers/heun.py:77-101
     assert {(s, n, o["odd_nfe"]) for (_, s, n, _), o in heun.items()} == {
         ("karras", n, "to-zero") for n in (5, 6, 8, 10, 12, 15, 20, 25)}

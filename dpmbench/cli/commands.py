@@ -217,7 +217,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_metrics_job(args: argparse.Namespace) -> int:
     from evaluators.job import run_evaluate
 
-    return run_evaluate(args.cells, args.out, args.metrics, args.reference, args.seed, args.fid_stats)
+    return run_evaluate(args.cells, args.out, args.metrics, args.reference, args.seed, args.fid_stats,
+                        args.fid_implementation)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:

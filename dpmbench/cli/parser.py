@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cleanfid-mode", choices=["clean", "legacy_tensorflow"], default="clean")
     e.add_argument("--fid-stats", default=None, help="fid reference statistics: a name in "
                    "reference_stats/manifest.yaml or an .npz with mu/sigma")
+    e.add_argument("--fid-implementation", default=None, help="the FID implementation of the published numbers these "
+                   "samples are compared with (a name of fid_implementations in reference_stats/manifest.yaml); "
+                   "recorded in the metrics file's protocol")
     e.add_argument("--kid-reference", default=None, help="kid reference features (.npz, key feats or features)")
     e.add_argument("--prdc-reference", default=None, help="reference features of precision/recall/density/coverage "
                    "on Inception features (.npz, key feats or features; digits samples use the 1,797 digits)")
@@ -208,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     mj.add_argument("--reference", default=None)
     mj.add_argument("--seed", type=int, default=None)
     mj.add_argument("--fid-stats", default=None, help="fid reference statistics (as dpmbench evaluate's)")
+    mj.add_argument("--fid-implementation", default=None, help="the published numbers' FID implementation (as "
+                    "dpmbench evaluate's)")
 
     va = sub.add_parser("validate", help="check a workflow config (one line naming the bad key, exit code 2)")
     va.add_argument("configfile")

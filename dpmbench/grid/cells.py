@@ -18,7 +18,7 @@ from dpmbench.flowgrids import PARAMETERIZED, is_flow_kind, parse_kind
 from dpmbench.grid.manifests import checkpoint_manifest, entry_conditional, load_manifests, manifest_conditional
 from dpmbench.grid.overrides import apply_solver_options, nfe_groups, nfe_settings, nfe_specs, solver_entries
 from dpmbench.grid.paths import GridPaths, guidance_key, slug
-from dpmbench.grid.registry import Registry, reference_stats_names
+from dpmbench.grid.registry import Registry, fid_implementation_names, reference_stats_names
 from dpmbench.grid.schema import DEFAULT_SCHEMA, bad, check_schema, hint
 
 OVERRIDABLE = ("nfe", "solvers", "schedules", "guidance", "seeds", "metrics", "samples_per_shard", "batch_size",
@@ -220,8 +220,16 @@ class Grid(GridPaths):
                 if stats not in names and not stats.endswith(".npz"):
                     raise bad(f"models.{name}.reference_stats",
                                f"unknown reference statistics {stats!r}; allowed: {', '.join(names)} or an .npz path")
-            self.model_extra[name] = {k: mc[k] for k in ("t_start", "t_end", "reference_solver", "reference_stats")
-                                      if k in mc}
+            if "fid_implementation" in mc:
+                impls = fid_implementation_names()
+                if mc["fid_implementation"] not in impls:
+                    raise bad(f"models.{name}.fid_implementation", f"unknown FID implementation "
+                              f"{mc['fid_implementation']!r}; allowed: {', '.join(impls)}")
+                if "reference_stats" not in mc:
+                    raise bad(f"models.{name}.fid_implementation", "states the published numbers' FID implementation "
+                              "but the model names no reference_stats; allowed: with reference_stats")
+            self.model_extra[name] = {k: mc[k] for k in ("t_start", "t_end", "reference_solver", "reference_stats",
+                                                         "fid_implementation") if k in mc}
             kind = (manifest[name].schedule if name in manifest else named_only[name].get("schedule")
                     if name in named_only else reg.model(name)["schedule"])
             self._check_start(reg, name, mc, eff, where, kind)
@@ -408,9 +416,12 @@ class Grid(GridPaths):
                 f"--schedule {shlex.quote(str(rs.get('schedule', 'logsnr')))} --device {self.device}")
 
     def fid_stats_arg(self, model: str) -> str:
-        """CLI flag naming the FID reference statistics of ``model`` (``reference_stats``), if configured."""
-        stats = self.model_extra.get(model, {}).get("reference_stats")
-        return f"--fid-stats {shlex.quote(str(stats))}" if stats else ""
+        """CLI flags naming the FID reference statistics of ``model`` (``reference_stats``) and the FID
+        implementation of the published numbers it reproduces (``fid_implementation``), if configured."""
+        extra = self.model_extra.get(model, {})
+        stats, impl = extra.get("reference_stats"), extra.get("fid_implementation")
+        return " ".join([*([f"--fid-stats {shlex.quote(str(stats))}"] if stats else []),
+                         *([f"--fid-implementation {shlex.quote(str(impl))}"] if impl else [])])
 
     def resource(self, stage: str, key: str) -> int:
         """A resource of a stage's jobs (``mem_mb``, ``runtime`` minutes, ``threads``, ``gpu``)."""

@@ -29,6 +29,13 @@ def reference_stats_names() -> list[str]:
     return [str(e["name"]) for e in doc.get("stats", []) if isinstance(e, dict) and "name" in e]
 
 
+def fid_implementation_names() -> list[str]:
+    """Names of the ``fid_implementations`` of reference_stats/manifest.yaml (the ``fid_implementation`` a config's
+    model may state: the FID implementation behind the published numbers it reproduces)."""
+    doc = read_yaml(ROOT / "reference_stats" / "manifest.yaml") or {}
+    return [str(e["name"]) for e in doc.get("fid_implementations", []) if isinstance(e, dict) and "name" in e]
+
+
 def file_digest(path: str | os.PathLike[str] | None) -> str:
     """sha256 of a file's bytes (first 16 hex digits), or ``missing``."""
     try:

@@ -35,8 +35,9 @@ AGREEMENT_RULE = ("Published band: [min, max] of every value published for the s
 
 # kind -> what it means; a papers file's `known_differences[i].kind` is one of these
 KINDS: dict[str, str] = {
-    "reference-statistics": "the source computes its metric against other reference statistics (or other metric "
-                            "code) than ours",
+    "reference-statistics": "the source computes its metric against other reference statistics than ours",
+    "fid-implementation": "the same reference statistics, but the source's FID code (its Inception port, resize, "
+                          "quantization) differs from ours",
     "sample-count": "the source's number of samples differs from ours",
     "unstated-setting": "the source leaves a setting unstated; ours runs the assumption named",
     "best-of": "the source reports the best of several runs or variants; ours is one run of one variant",

@@ -145,6 +145,19 @@ def published_bands(entries: list[dict[str, Any]]) -> dict[tuple[Any, ...], tupl
     return {k: published_band(v) for k, v in pairs.items()}
 
 
+def fid_protocol(r: Any) -> str:
+    """How one of our FID rows was computed beside how the published number was: reference statistics, our feature
+    extractor and the FID implementation of the published numbers (a reproduction config's ``fid_implementation``),
+    as far as the metrics file records them; empty for other metrics."""
+    if getattr(r, "metric", None) != "fid":
+        return ""
+    parts = [f"{label} {v}" for label, v in (("stats", getattr(r, "reference_stats", None)),
+                                             ("ours via", getattr(r, "extractor", None)),
+                                             ("published with", getattr(r, "fid_implementation", None)))
+             if isinstance(v, str) and v]
+    return f" [{'; '.join(parts)}]" if parts else ""
+
+
 def match_entry(df: pd.DataFrame, e: dict[str, Any], canon_col: pd.Series | None,
                 models: set[str]) -> tuple[pd.DataFrame, str]:
     """Our rows of the setting of the published number ``e`` (model, metric, NFE, canonical solver, and schedule and
@@ -241,7 +254,7 @@ def paper_comparison_markdown(df: pd.DataFrame, entries: list[dict[str, Any]]) -
                 delta = "" if is_nan(r.value) else f"{r.value - float(e['value']):+.3g}"
                 verdict = agreement(float(r.value), r.ci_low, r.ci_high, bands[key])
                 where = "" if "schedule" in e and "guidance" in e else f" ({r.schedule}, g {r.guidance})"
-                body.append(f"{head} {fmt(r.value)}{fmt_ci(r.ci_low, r.ci_high)}{where} | {delta} | {span} | "
-                            f"{verdict} | {differences_text(e, r.n_samples)} |")
+                body.append(f"{head} {fmt(r.value)}{fmt_ci(r.ci_low, r.ci_high)}{where}{fid_protocol(r)} | {delta} | "
+                            f"{span} | {verdict} | {differences_text(e, getattr(r, 'n_samples', None))} |")
         body += ["", "</details>", ""]
     return "\n".join([*lines, *_coverage_lines(df, entries, found), *body])

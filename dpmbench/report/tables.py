@@ -22,8 +22,10 @@ COLUMNS = ["model", "solver", "nfe", "schedule", "guidance", "metric", "value", 
 # sidecar): the run it comes from, the per-sample summary, the protocol, the provenance and the bootstrap replicates
 EXTRA = ["run", "median", "diverged_share", "t_end", "reference", "reference_sha256", "extractor",
          "extractor_sha256", "reference_stats", "reference_stats_sha256", "provenance", "date", "boot", "boot_seed",
-         "parallel_rounds", "t_start"]  # parallel_rounds: a parallel solver's sequential rounds (a results.csv
-# column after seed); t_start: where the solver started, where not at the schedule's T (the protocol's t_start)
+         "parallel_rounds", "t_start", "fid_implementation"]
+# parallel_rounds: a parallel solver's sequential rounds (a results.csv column after seed); t_start: where the
+# solver started, where not at the schedule's T (the protocol's t_start);
+# fid_implementation: the FID implementation of the published numbers the cell reproduces (the config's statement)
 # the last columns of results.csv, after every other: a cell's cost, seconds of sampling per sample (its sample jobs'
 # wall_s summed over shards, divided by n_samples; model loading and a latent model's decoding excluded) and the
 # device it was measured on (its name; dtype, batch size and torch threads are in the provenance, sample_*)
@@ -140,6 +142,7 @@ def _record_extras(rec: dict[str, Any]) -> dict[str, Any]:
                                      "reference_stats", "reference_stats_sha256")}
     out["provenance"] = None if prov is None else provenance_id(prov)
     out["t_start"] = proto.get("t_start")  # where the solver started (a flow model's start below pure noise)
+    out["fid_implementation"] = proto.get("fid_implementation")  # the published numbers' FID implementation
 
     out["date"] = None if prov is None else prov.get("date")
     return out
