@@ -361,7 +361,7 @@ def header(args: argparse.Namespace, params: int, why_cpu: str | None) -> list[s
     timing = f"median of {args.repeats} timed runs after a warm-up" if args.repeats else "one run each (--repeats 0)"
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else f"none used ({why_cpu})"
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return [f"## Device check, {socket.gethostname()}, {date}", "",
+    return [f"### Device check, {socket.gethostname()}, {date}", "",
             f"`benchmarks/device_check.sh` at {str(git['commit'])[:12]}{' (dirty)' if git['dirty'] else ''}; "
             f"GPU: {gpu}; CPU: {cpu_name()} ({os.cpu_count()} logical cores); torch {torch.__version__} "
             f"(CUDA {torch.version.cuda}), Python {platform.python_version()}; fp32 settings (torch's defaults, "
@@ -397,13 +397,13 @@ def main(argv: list[str] | None = None) -> int:
         rows, fp32 = part_throughput(args.device, cells, args.samples, args.repeats)
         if not fp32["finite"]:
             failed.append("non-finite samples from the float32 network")
-        out += [f"### Throughput vs the NFE x forward floor ({args.device}, float32)", "", *rows, ""]
+        out += [f"#### Throughput vs the NFE x forward floor ({args.device}, float32)", "", *rows, ""]
         log("part 2: float16 / bfloat16")
         # on a CPU half-precision convolutions are many times slower than float32: the first cell shows the path runs
         rows, finite = part_precision(args.device, cells if args.device == "cuda" else cells[:1], fp32, args.repeats)
         if not finite:
             failed.append("non-finite samples from a float16/bfloat16 network")
-        out += [f"### float16 / bfloat16 networks vs float32 ({args.device})", "", *rows, ""]
+        out += [f"#### float16 / bfloat16 networks vs float32 ({args.device})", "", *rows, ""]
         if args.device == "cpu":
             out += ["(On the CPU: the first cell only; its times show that the path runs, not what a GPU gains.)",
                     ""]
@@ -412,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         skipped += skip
         if not agreed:
             failed.append("CPU vs CUDA (IEEE float32) beyond tolerance")
-        out += ["### CPU vs CUDA agreement", "", *rows, ""]
-        out += ["### make regress on CUDA", ""]
+        out += ["#### CPU vs CUDA agreement", "", *rows, ""]
+        out += ["#### make regress on CUDA", ""]
         if args.device != "cuda":
             skipped.append(f"make regress on CUDA: {why_cpu} (CI runs make regress on CPU: .ci/run)")
             out += ["skipped", ""]
