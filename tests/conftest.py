@@ -28,6 +28,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["DPMBENCH_CACHE"] = str(support.SESSION_CACHE)
 
 
+_BLAS_LIMITS = pytest.StashKey[object]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """One intra-op torch thread in every process that runs tests (before collection, which already computes in a
     few modules). The suite's tensors are small (oracle models, tiny networks) and ``make test`` runs two worker
@@ -40,6 +43,19 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
+    if os.environ.get("DPMBENCH_TEST_BLAS_THREADS") == "default":
+        return
+    # and one thread in numpy's and scipy's OpenBLAS and in the other OpenMP runtimes (loaded here, then limited):
+    # their idle threads spin, and with two worker processes on two cores a 2048 x 2048 eigenproblem took 20-36 s
+    # of CPU with two threads against 5.4 s with one (measured on the 2-core VM under load); test_evaluators_images,
+    # test_claims_rules and test_evaluators in one process: 72-80 s of CPU with the libraries' default threads
+    # (DPMBENCH_TEST_BLAS_THREADS=default), 47-52 s with one
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401
+    import sklearn.neighbors  # noqa: F401
+    import threadpoolctl
+
+    config.stash[_BLAS_LIMITS] = threadpoolctl.threadpool_limits(1)
 
 
 @pytest.fixture
