@@ -59,6 +59,9 @@ COVERED: dict[str, list[tuple[str, str]]] = {
     "make bench": [("Makefile", "bench: $(STAMP)\n\t$(BIN)/snakemake --cores all --scheduler greedy")],
     "make test": [(".ci/run", "step make test"), ("Makefile", "test: lint browser")],
     "make regress": [(".ci/run", "step make regress"), ("Makefile", "regress: regress-run")],
+    "make rehearse": [(".ci/run", "step make rehearse"),
+                      ("Makefile", "rehearse: $(STAMP)\n\t$(BIN)/python tests/rehearsal.py --work "
+                                   "reports/rehearsal-run")],
     "make baseline": [("Makefile", "baseline: regress-run\n\tcp reports/regression/results.csv reports/baseline.csv")],
     "OMP_NUM_THREADS=1 dpmbench train digits-unet --out trained/digits-unet": [
         ("tests/test_digits_unet.py", 'run_cli(capsys, "train", ID, "--steps", "200", "--batch-size", "16", "--out"')],
