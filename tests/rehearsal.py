@@ -153,8 +153,9 @@ def build_standins(work: Path, models: set[str], server: str) -> tuple[dict[str,
     return entries, env
 
 
-def write_captions(work: Path, n: int = 16) -> None:
-    """Stand-in MS-COCO captions (``annotations`` of captions_val2014.json) where the configs name that file."""
+def write_captions(work: Path, n: int = 1100) -> None:
+    """Stand-in MS-COCO captions (``annotations`` of captions_val2014.json) where the configs name that file: as
+    many as the largest EMS of a text model needs (ems_samples=1024)."""
     path = work / "data" / "coco" / "captions_val2014.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"annotations": [{"id": i, "image_id": i, "caption": f"a photo of a cat {i}"}
