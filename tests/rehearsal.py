@@ -16,7 +16,7 @@ published number has neither a result of a config cell nor a reason (``not_in_co
 implement, an unpinned row's ``why``, an excluded model), or when a workflow run fails. Prints per paper: published
 numbers, cells run, numbers matched, and the exclusions with their reasons.
 
-    python tests/rehearsal.py [--work DIR] [--cores N] [--only NAME ...]
+    python tests/rehearsal.py [--work DIR] [--cores N] [--only NAME ...] [--skip NAME ...]
 """
 
 from __future__ import annotations
@@ -223,8 +223,9 @@ def _publishes(e: dict[str, Any], key: tuple, canonical: Any, gkey: Any) -> bool
     return canonical(str(e["solver"])) == spec
 
 
-def check(work: Path, names: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """The rehearsal's verdict: (failures, per-paper rows of the printed table)."""
+def check(work: Path, ran: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The rehearsal's verdict over every paper config, of which ``ran`` were run: (failures, per-paper rows of the
+    printed table). A number whose cells are all in configs not run is excluded, naming them."""
     import pandas as pd
 
     from dpmbench.catalogue import canonical_spec, section
@@ -237,13 +238,17 @@ def check(work: Path, names: list[str]) -> tuple[list[str], list[dict[str, Any]]
     failures: list[str] = []
     # every cell of every (unchanged) paper config, and the published numbers it reproduces
     cells: dict[tuple, set] = {}
-    for name in names:
-        grid = build_grid(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()))
+    by_config: dict[str, dict[tuple, set]] = {}
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        grid = build_grid(yaml.safe_load(path.read_text()))
+        own = by_config.setdefault(path.stem, {})
         for c in grid.cells():
             spec = canonical_spec(grid.spec(c["solver"], c["model"], [c["nfe"]]))
             for metric in grid.metrics(c["model"]):
                 key = (c["model"], spec, metric, c["nfe"], c["schedule"], c["guidance"])
-                cells.setdefault(key, set()).add((grid.t_end_of(c["model"], [c["nfe"]]), grid.num_samples(c["model"])))
+                protocol = (grid.t_end_of(c["model"], [c["nfe"]]), grid.num_samples(c["model"]))
+                cells.setdefault(key, set()).add(protocol)
+                own.setdefault(key, set()).add(protocol)
     published = [e for _, _, e, _ in papers if str(e["solver"]).split(":")[0] in implemented]
     unpublished: Counter = Counter()
     for key in sorted(cells, key=str):
@@ -276,6 +281,9 @@ def check(work: Path, names: list[str]) -> tuple[list[str], list[dict[str, Any]]
                 row["cells"].update(map(tuple, sel[["model", "solver", "nfe", "schedule", "guidance"]].values))
             elif e["model"] in EXCLUDED:
                 row["excluded"][f"{e['model']}: {EXCLUDED[e['model']]}"] += 1
+            elif not any(cell_for(e, by_config[n]) for n in ran):
+                holders = ", ".join(n for n, own in by_config.items() if cell_for(e, own))
+                row["excluded"][f"its config not run here (--skip): {holders}"] += 1
             else:
                 failures.append(f"{file}: published {e['model']} {e['solver']} NFE {e['nfe']} {e['metric']} has a "
                                 f"config cell but no result ({why})")
@@ -323,13 +331,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="working directory (results, reports, stand-ins); emptied first")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--only", nargs="*", default=None, help="config names (default: every config/reproductions/*)")
+    ap.add_argument("--skip", nargs="*", default=[], help="config names not to run (their numbers are listed as "
+                    "excluded, naming them)")
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     if work.exists():
         shutil.rmtree(work)
     (work / "overlays").mkdir(parents=True)
     names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-    names = [n for n in names if args.only is None or n in args.only]
+    unknown = sorted((set(args.only or []) | set(args.skip)) - set(names))
+    if unknown:
+        raise SystemExit(f"rehearsal: unknown config(s) {unknown}; allowed: {', '.join(names)}")
+    names = [n for n in names if (args.only is None or n in args.only) and n not in args.skip]
     configs = {n: yaml.safe_load((CONFIGS / f"{n}.yaml").read_text()) for n in names}
     t0 = time.monotonic()
     handler = _handler(work / "serve")
