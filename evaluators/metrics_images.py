@@ -39,10 +39,16 @@ def _frechet_value(ctx: Context, f: np.ndarray, mu2: np.ndarray, s2: np.ndarray,
                    key: str) -> float:
     """The estimate with the backend library's own Frechet formula; bootstrap replicates with ours (they agree
     to ~1e-9 relative, tested), which is safe on singular covariances and faster: the reference covariance's
-    square root (``key``: its cache entry) is computed once, so a replicate costs one eigenvalue problem."""
-    from evaluators.frechet import frechet_distance, moments, psd_sqrt
+    square root (``key``: its cache entry) is computed once, so a replicate costs one eigenvalue problem. With no more
+    samples than feature dimensions (n <= d: a rank n - 1 sample covariance, as in a few-sample smoke run; no
+    published protocol), the estimate and the replicates use ``frechet_distance_rows``, the same distance through
+    an n x n eigenvalue problem instead of the libraries' d x d one (seconds per call at d = 2048)."""
+    from evaluators.frechet import frechet_distance, frechet_distance_rows, moments, psd_sqrt
     from evaluators.images import feature_moments
 
+    rows = f if idx is None else f[idx]
+    if len(rows) <= f.shape[1]:  # fewer samples than dimensions: the n x n form, the same value
+        return frechet_distance_rows(rows, mu2, s2)
     if idx is not None:
         mu1, s1 = moments(f[idx])
         return frechet_distance(mu1, s1, mu2, s2, sqrt2=ctx.cached(key, lambda: psd_sqrt(s2)))

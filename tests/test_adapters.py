@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,20 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-import transformers
+from standins import (
+    SD_BETAS,
+    build_ldm_dir,
+    build_sd_dir,
+    edm_nets,
+    forget_edm_module,
+    forget_score_sde_modules,
+    write_edm_code,
+    write_edm_pickle,
+    write_score_sde_checkpoint,
+    write_score_sde_code,
+)
+from standins import seeded as _seeded
+from standins import tiny_unet as _tiny_unet
 from support import run_cli
 
 import dpmbench
@@ -30,20 +41,7 @@ from dpmbench.solvers.registry import get_solver
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 
-SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}  # SD 1.x/2.x scheduler
 STEPS = [0, 1, 7, 500, 998, 999]  # discrete training steps checked
-
-
-def _seeded(seed: int = 0) -> None:
-    torch.manual_seed(seed)
-
-
-def _tiny_unet(in_channels: int = 3, **kw: Any) -> Any:
-    _seeded(0)
-    return diffusers.UNet2DModel(sample_size=8, in_channels=in_channels, out_channels=kw.pop("out_channels",
-                                 in_channels), layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
-                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8, **kw).eval()
 
 
 def _timesteps(n: int, batch: int) -> torch.Tensor:
@@ -243,15 +241,7 @@ def test_bad_entries_give_one_line_errors(ddpm_dir: tuple[Path, Any, Any], tmp_p
 # -- latent-diffusion ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ldm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ldm")
-    _tiny_unet(in_channels=4).save_pretrained(root / "unet")
-    _seeded(2)
-    diffusers.VQModel(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                      down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                      norm_num_groups=4, num_vq_embeddings=32, vq_embed_dim=4, sample_size=16, scaling_factor=0.5
-                      ).save_pretrained(root / "vqvae")
-    diffusers.DDIMScheduler(**SD_BETAS).save_pretrained(root / "scheduler")
-    return root
+    return build_ldm_dir(tmp_path_factory.mktemp("ldm"))
 
 
 def test_latent_diffusion_decode_and_cli_images(ldm_dir: Path, tmp_path: Path, capsys: Any,
@@ -279,53 +269,10 @@ def test_latent_diffusion_decode_and_cli_images(ldm_dir: Path, tmp_path: Path, c
 
 
 # -- stable-diffusion -----------------------------------------------------------------------------------------
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP byte-level alphabet (256 symbols), for a tiny offline CLIP vocabulary."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def _write_tokenizer(folder: Path, max_len: int = 16) -> int:
-    folder.mkdir(parents=True)
-    chars = _bytes_to_unicode()
-    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
-    merges = ["a t</w>", "c at</w>", "d o", "do g</w>"]
-    for m in merges:
-        vocab["".join(m.split())] = len(vocab)
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": max_len}))
-    return len(vocab)
-
-
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any, Any]:
     root = tmp_path_factory.mktemp("sd")
-    vocab = _write_tokenizer(root / "tokenizer")
-    _seeded(3)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        norm_num_groups=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=4).eval()
-    unet.save_pretrained(root / "unet")
-    diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                            norm_num_groups=4, sample_size=16).save_pretrained(root / "vae")
-    cfg = transformers.CLIPTextConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                                      num_hidden_layers=2, max_position_embeddings=16, bos_token_id=vocab - 2,
-                                      eos_token_id=vocab - 1, pad_token_id=vocab - 1)
-    text_encoder = transformers.CLIPTextModel(cfg).eval()
-    text_encoder.save_pretrained(root / "text_encoder")
-    diffusers.PNDMScheduler(**SD_BETAS, skip_prk_steps=True).save_pretrained(root / "scheduler")
-    tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer")
+    unet, text_encoder, tokenizer = build_sd_dir(root)
     return root, unet, text_encoder, tokenizer
 
 
@@ -490,67 +437,19 @@ def test_prompts_from_captions(tmp_path: Path) -> None:
 
 
 # -- edm-pickle -----------------------------------------------------------------------------------------------
-EDM_NET = '''
-import numpy as np
-import torch
-
-class TinyPrecond(torch.nn.Module):
-    """Mimics NVlabs/edm EDMPrecond: D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) (Karras et al. Table 1)."""
-
-    def __init__(self, img_resolution=8, img_channels=3, label_dim=0, sigma_min=0.0, sigma_max=float("inf"),
-                 sigma_data=0.5, **vp):
-        super().__init__()
-        self.__dict__.update(vp)  # VPPrecond's beta_d, beta_min
-        self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
-        self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, sigma_data
-        self.conv = torch.nn.Conv2d(img_channels, img_channels, 3, padding=1)
-        self.map_label = torch.nn.Linear(label_dim, img_channels) if label_dim else None
-
-    def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
-        x = x.to(torch.float32)
-        sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
-        class_labels = None if self.label_dim == 0 else torch.zeros([1, self.label_dim], device=x.device) \\
-            if class_labels is None else class_labels.to(torch.float32).reshape(-1, self.label_dim)
-        sd = self.sigma_data
-        c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
-        c_out = sigma * sd / (sigma ** 2 + sd ** 2).sqrt()
-        c_in = 1 / (sd ** 2 + sigma ** 2).sqrt()
-        c_noise = sigma.log() / 4
-        F_x = self.conv(c_in * x) + c_noise
-        if class_labels is not None:
-            F_x = F_x + self.map_label(class_labels)[:, :, None, None]
-        return c_skip * x + c_out * F_x
-'''
-
-
 @pytest.fixture()
 def edm_files(tmp_path: Path) -> Any:
-    code = tmp_path / "edm"
-    (code / "torch_utils").mkdir(parents=True)
-    (code / "dnnlib").mkdir()
-    (code / "torch_utils" / "__init__.py").write_text("")
-    (code / "dnnlib" / "__init__.py").write_text("")
-    (code / "dpmbench_tiny_edm_net.py").write_text(textwrap.dedent(EDM_NET))
-    sys.path.insert(0, str(code))
-    try:
-        import dpmbench_tiny_edm_net as mod
-
-        _seeded(5)
-        net = mod.TinyPrecond(label_dim=4, sigma_min=0.0, sigma_max=float("inf")).eval()
-        data = tmp_path / "ckpt"
-        data.mkdir()
-        with open(data / "edm-tiny.pkl", "wb") as f:
-            pickle.dump({"ema": net, "loss_fn": None}, f)
-        vp_net = mod.TinyPrecond(beta_d=19.9, beta_min=0.1).eval()
-        with open(data / "edm-tiny-vp.pkl", "wb") as f:
-            pickle.dump({"ema": vp_net}, f)
-    finally:
-        sys.path.remove(str(code))
-        sys.modules.pop("dpmbench_tiny_edm_net", None)
+    code = write_edm_code(tmp_path / "edm")
+    net, vp_net = edm_nets(code, {"label_dim": 4, "sigma_min": 0.0, "sigma_max": float("inf")},
+                           {"beta_d": 19.9, "beta_min": 0.1})
+    data = tmp_path / "ckpt"
+    write_edm_pickle(data / "edm-tiny.pkl", net, loss_fn=None)
+    write_edm_pickle(data / "edm-tiny-vp.pkl", vp_net)
+    forget_edm_module()
     sha = hashlib.sha256((data / "edm-tiny.pkl").read_bytes()).hexdigest()
     sha_vp = hashlib.sha256((data / "edm-tiny-vp.pkl").read_bytes()).hexdigest()
     yield code, data, net, sha, vp_net, sha_vp
-    sys.modules.pop("dpmbench_tiny_edm_net", None)
+    forget_edm_module()
     if str(code) in sys.path:
         sys.path.remove(str(code))
 
@@ -618,75 +517,14 @@ def test_edm_pickle_vp_variant_on_vp_linear(edm_files: Any) -> None:
 
 
 # -- score-sde ------------------------------------------------------------------------------------------------
-SCORE_SDE_FILES = {
-    "configs/__init__.py": "",
-    "configs/tiny_vp.py": '''
-        from types import SimpleNamespace as NS
-
-        def get_config():
-            return NS(training=NS(sde="vpsde", continuous=True), data=NS(image_size=8, num_channels=3, centered=True),
-                      model=NS(name="tinynet", beta_min=0.1, beta_max=20.0), device="cpu")
-    ''',
-    "models/__init__.py": "",
-    "models/utils.py": '''
-        _MODELS = {}
-
-        def register_model(cls=None, *, name=None):
-            def _register(cls):
-                _MODELS[name or cls.__name__] = cls
-                return cls
-            return _register if cls is None else _register(cls)
-
-        def get_model(name):
-            return _MODELS[name]
-    ''',
-    "models/tinynet.py": '''
-        import torch
-        from models import utils
-
-        @utils.register_model(name="tinynet")
-        class TinyNet(torch.nn.Module):
-            def __init__(self, config):
-                super().__init__()
-                c = config.data.num_channels
-                self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
-                self.temb = torch.nn.Linear(1, c)
-                self.register_buffer("unused", torch.zeros(1))
-
-            def forward(self, x, labels):
-                return self.conv(x) + self.temb(labels[:, None] / 1000.0)[:, :, None, None]
-    ''',
-}
-
-
 @pytest.fixture()
 def score_sde_files(tmp_path: Path) -> Any:
-    code = tmp_path / "score_sde_pytorch"
-    for rel, text in SCORE_SDE_FILES.items():
-        (code / rel).parent.mkdir(parents=True, exist_ok=True)
-        (code / rel).write_text(textwrap.dedent(text))
-    sys.path.insert(0, str(code))
-    try:
-        from configs import tiny_vp
-        from models import tinynet
-
-        _seeded(7)
-        net = tinynet.TinyNet(tiny_vp.get_config())
-        wrapped = torch.nn.DataParallel(net)  # as score_sde's create_model: keys get a "module." prefix
-        shadow = [p.detach() + 0.01 for p in net.parameters()]
-        opt = torch.optim.Adam(net.parameters())
-        data = tmp_path / "ckpt"
-        data.mkdir()
-        torch.save({"optimizer": opt.state_dict(), "model": wrapped.state_dict(), "step": 8,
-                    "ema": {"decay": 0.9999, "num_updates": 8, "shadow_params": shadow}}, data / "checkpoint_8.pth")
-    finally:
-        sys.path.remove(str(code))
-        for name in [m for m in sys.modules if m.split(".")[0] in ("models", "configs")]:
-            sys.modules.pop(name)
+    code = write_score_sde_code(tmp_path / "score_sde_pytorch")
+    data = tmp_path / "ckpt"
+    net, shadow = write_score_sde_checkpoint(code, data / "checkpoint_8.pth")
     sha = hashlib.sha256((data / "checkpoint_8.pth").read_bytes()).hexdigest()
     yield code, data, net, shadow, sha
-    for name in [m for m in sys.modules if m.split(".")[0] in ("models", "configs")]:
-        sys.modules.pop(name)
+    forget_score_sde_modules()
     if str(code) in sys.path:
         sys.path.remove(str(code))
 

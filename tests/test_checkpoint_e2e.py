@@ -7,7 +7,6 @@ the config names is tests/test_flow_adapters.py's, one Snakemake start for a DDP
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -16,16 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from standins import files_of as _files
 from support import run_cli
 from test_adapters import sd_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
-
-
-def _files(root: Path) -> list[dict[str, Any]]:
-    """The manifest's file list of a saved folder: every file with its sha256 and size."""
-    return [{"path": str(p.relative_to(root)), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
-             "size": p.stat().st_size} for p in sorted(root.rglob("*")) if p.is_file()]
 
 
 def test_cli_samples_stable_diffusion_with_captions_and_guidance(sd_dir: Any, tmp_path: Path,  # noqa: F811

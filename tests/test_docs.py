@@ -61,6 +61,9 @@ COVERED: dict[str, list[tuple[str, str]]] = {
     "make regress": [(".ci/run", "step make regress"), ("Makefile", "regress: regress-run")],
     "benchmarks/device_check.sh": [
         ("tests/test_device_check.py", 'str(ROOT / "benchmarks" / "device_check.sh"), "--cpu"')],
+    "make rehearse": [(".ci/run", "step make rehearse"),
+                      ("Makefile", "rehearse: $(STAMP)\n\t$(BIN)/python tests/rehearsal.py --work "
+                                   "reports/rehearsal-run")],
     "make baseline": [("Makefile", "baseline: regress-run\n\tcp reports/regression/results.csv reports/baseline.csv")],
     "OMP_NUM_THREADS=1 dpmbench train digits-unet --out trained/digits-unet": [
         ("tests/test_digits_unet.py", 'run_cli(capsys, "train", ID, "--steps", "200", "--batch-size", "16", "--out"')],

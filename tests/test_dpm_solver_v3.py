@@ -9,6 +9,7 @@ whole file stays within its time budget; every spec of a model shares one cached
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from support import T_END, CountingModel, gmm2d_convergence_setup, measured_orde
 
 from dpmbench import load_model, sample
 from dpmbench.artifacts import artifact_key, code_version, keyed_path
+from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import guided
 from dpmbench.models.oracle import MixtureOracle
 from dpmbench.solvers.base import Context, History, Point
@@ -287,3 +289,29 @@ def test_half_corrector_corrects_only_its_half_of_the_time_range() -> None:
     for half in ("high-noise", "low-noise"):
         x = run(f",corrector_half={half}", t_end=T_END)
         assert not torch.equal(x, full) and not torch.equal(x, off)
+
+
+def test_a_text_model_is_fitted_on_the_prompts_of_its_captions() -> None:
+    """A guided text-conditional model's fits get prompts (``Context.prompts``; the CLI reads them from the run's
+    captions file), never class labels, and the prompts' source enters the artifact key; without prompts, a one-line
+    error names the missing captions file."""
+    from dpmbench.models.base import Model
+    from dpmbench.schedules import VPLinear
+
+    class TextModel(Model):
+        name, shape, num_classes, text_conditional, parameterization = "text", (2,), None, True, "eps"
+        schedule = VPLinear()
+        seen: list[Any] = []
+
+        def forward(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
+            self.seen.append(cond)
+            return 0.1 * x
+
+    model = guided(TextModel(), 7.5)
+    with pytest.raises(DpmbenchError, match="--captions"):
+        Context(model, 5, guidance=7.5).cond(3)
+    ctx = Context(model, 5, guidance=7.5, prompts=lambda n: [f"p{i}" for i in range(n)], prompts_id="abc")
+    assert ctx.cond(3) == ["p0", "p1", "p2"] and ctx.key()[-1] == "abc"
+    assert Context(model, 5, guidance=None, prompts=ctx.prompts).cond(3) is None
+    compute_ems(model, 1.0, T_END, 2, 3, 0, ctx.cond(3))
+    assert ["p0", "p1", "p2"] in TextModel.seen and not any(torch.is_tensor(c) for c in TextModel.seen)

@@ -8,7 +8,7 @@ import pytest
 from dpmbench.errors import DpmbenchError
 from evaluators import evaluate, list_metrics
 from evaluators.bootstrap import NONNEGATIVE, bootstrap_ci, bootstrap_indices, percentile_ci
-from evaluators.frechet import frechet_distance, moments
+from evaluators.frechet import frechet_distance, frechet_distance_rows, moments
 
 
 def test_frechet_closed_form_gaussians() -> None:
@@ -145,3 +145,19 @@ def test_model_error_is_the_reference_run_vs_the_exact_oracle_solution() -> None
     assert values["model_error"] == pytest.approx(0.5, rel=1e-12)
     with pytest.raises(DpmbenchError, match="holds exact solutions"):
         evaluate(["model_error"], exact, {**meta, "reference_solver": "exact"}, exact, bootstraps=0)
+
+
+def test_frechet_distance_rows_equals_the_moment_form() -> None:
+    """The n x n form of a few rows (bootstrap replicates of fewer samples than dimensions, duplicates included)
+    equals the d x d one on the same rows, against a full-rank and a singular target."""
+    rng = np.random.default_rng(3)
+    b = rng.standard_normal((80, 48))
+    full, singular = np.cov(b, rowvar=False), np.cov(b[:6], rowvar=False)
+    for n in (2, 5, 60):
+        x = 1 + 2 * rng.standard_normal((n, 48))
+        for s2 in (full, singular):
+            assert frechet_distance_rows(x, b.mean(0), s2) == pytest.approx(
+                frechet_distance(*moments(x), b.mean(0), s2), rel=1e-9)
+    x = rng.standard_normal((3, 48))[[0, 0, 2]]
+    assert frechet_distance_rows(x, b.mean(0), full) == pytest.approx(frechet_distance(*moments(x), b.mean(0), full),
+                                                                     rel=1e-9)

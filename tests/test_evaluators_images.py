@@ -7,7 +7,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-import torch
+from standins import random_inception as _random_inception
 
 from dpmbench.errors import DpmbenchError
 from evaluators import evaluate
@@ -102,18 +102,6 @@ def test_reference_features_are_cached(tmp_path, monkeypatch) -> None:
         b = im.digits_reference_features()
     np.testing.assert_array_equal(a, b)
     assert len(list((tmp_path / "features").glob("*.npz"))) == 1
-
-
-def _random_inception(path) -> str:
-    """A random-weights state dict of torch-fidelity's Inception (no download)."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-
-    torch.manual_seed(0)
-    with mock.patch.object(fe, "load_state_dict_from_url", return_value={}), \
-            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    torch.save(net.state_dict(), path)  # PyTorch's default initialization (seeded)
-    return str(path)
 
 
 def _low_rank_fd(f: np.ndarray, mu2: np.ndarray, rows2: np.ndarray) -> float:

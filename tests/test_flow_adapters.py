@@ -23,9 +23,10 @@ import pytest
 import torch
 import transformers
 import yaml
+from standins import files_of as _files
+from standins import tiny_unet as _tiny_unet
+from standins import write_tokenizer as _write_tokenizer
 from support import shared_registry_cache, workflow_pythonpath
-from test_adapters import _tiny_unet, _write_tokenizer
-from test_checkpoint_e2e import _files
 from test_checkpoints import _Handler, server  # noqa: F401  (fixture)
 from test_workflow import ROOT, _cmd
 

@@ -49,6 +49,7 @@ rule prepare:
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
         t_end=lambda wc: GRID.t_end_of(wc.model, GRID.nfe_groups(wc.model)[0]),
         t_start=lambda wc: GRID.t_start_arg(wc.model),
+        captions=lambda wc: GRID.captions_arg(wc.model),
     threads: GRID.resource("sample", "threads")
     priority: LONG_FIRST
     resources:
@@ -60,7 +61,7 @@ rule prepare:
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} DPMBENCH_ARTIFACTS={params.artifacts:q}"
         " {params.job} dpmbench prepare --model {wildcards.model} --solver {params.spec} --nfe {params.nfe}"
-        " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} {params.t_start}"
+        " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} {params.t_start} {params.captions}"
         " --device {params.device}"
         " --out {output} 2> >(tee {log:q} >&2)"
 
@@ -86,6 +87,7 @@ rule prepare_group:
         guidance=lambda wc: GRID.guidance_arg(wc.guidance),
         t_end=lambda wc: GRID.t_end_of(wc.model, [int(n) for n in wc.nfes.split("_")]),
         t_start=lambda wc: GRID.t_start_arg(wc.model),
+        captions=lambda wc: GRID.captions_arg(wc.model),
     threads: GRID.resource("sample", "threads")
     priority: LONG_FIRST
     resources:
@@ -97,6 +99,6 @@ rule prepare_group:
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} DPMBENCH_ARTIFACTS={params.artifacts:q}"
         " {params.job} dpmbench prepare --model {wildcards.model} --solver {params.spec} --nfe {params.nfe}"
-        " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} {params.t_start}"
+        " --schedule {params.schedule} {params.guidance} --t-end {params.t_end} {params.t_start} {params.captions}"
         " --device {params.device}"
         " --out {output} 2> >(tee {log:q} >&2)"

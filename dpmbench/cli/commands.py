@@ -129,8 +129,19 @@ def _context(args: argparse.Namespace, model: Any, device: Any, nfe: int) -> Any
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
     t_end = model.schedule.t_end_default if args.t_end is None else args.t_end
     t_start = getattr(args, "t_start", None)  # `dpmbench search` starts at the schedule's T
+    captions = getattr(args, "captions", None)
+    prompts, prompts_id = None, ""
+    if captions:
+        from dpmbench.download import sha256_file
+        from dpmbench.sampling.shards import Request
+        from dpmbench.sampling.shards import prompts as request_prompts
+
+        def prompts(n: int) -> list[str]:  # the captions subset of seed 0, as class fits use labels i mod C
+            return request_prompts(Request(args.model, 0, n, 0, args.guidance, captions), 0, n)
+
+        prompts_id = sha256_file(captions)
     return Context(guided(model, args.guidance), nfe, args.schedule, t_start, t_end, args.guidance, dtype, device,
-                   run_search)
+                   run_search, prompts, prompts_id)
 
 
 def _options(text: str) -> dict[str, str]:

@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--t-end", type=_float("--t-end"), default=None)
     pr.add_argument("--t-start", type=_float("--t-start"), default=None, help="where sampling starts (as sample's)")
     pr.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    pr.add_argument("--captions", default=None, help="text-conditional models: captions file of the fit prompts")
     pr.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     pr.add_argument("--out", required=True, help="JSON summary of what was prepared")
     pr.add_argument("--trust-unpinned", action="store_true", help=TRUST_HELP)

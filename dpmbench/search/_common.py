@@ -26,8 +26,9 @@ def single_thread() -> Iterator[None]:
 
 
 def search_cond(ctx: Context, n: int) -> Any:
-    """Class labels of the search set when the run is guided (sample i gets class i mod num_classes)."""
-    return ctx.model.labels(n) if ctx.guidance is not None else None
+    """Conditioning of the search set when the run is guided (``Context.cond``: class i mod num_classes, or the
+    prompts of a text-conditional model)."""
+    return ctx.cond(n)
 
 
 def oracle_set(ctx: Context, n: int, seed: int, what: str) -> tuple[torch.Tensor, Any, torch.Tensor]:

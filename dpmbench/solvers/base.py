@@ -130,6 +130,8 @@ class Context:
     dtype: torch.dtype = torch.float32
     device: str | torch.device = "cpu"
     searcher: Callable[..., Any] | None = None
+    prompts: Callable[[int], list[str]] | None = None  # text-conditional models: the prompts of n fit samples
+    prompts_id: str = ""  # what ``prompts`` depends on (the captions file's sha256), for artifact keys
 
     def search(self, kind: str, solver: Solver | None = None, seed: int = 0, options: dict[str, Any] | None = None,
                *, by: str = "") -> Any:
@@ -144,12 +146,21 @@ class Context:
     def key(self) -> tuple[Any, ...]:
         """Everything a prepared artifact of this run depends on (besides the solver's own options)."""
         kind = self.kind if isinstance(self.kind, str) else torch.as_tensor(self.kind, dtype=torch.float64)
-        return (self.model.cache_key(), self.nfe, kind, self.start, self.end, self.guidance, str(self.dtype))
+        key = (self.model.cache_key(), self.nfe, kind, self.start, self.end, self.guidance, str(self.dtype))
+        return (*key, self.prompts_id) if self.prompts_id else key
 
     def cond(self, n: int) -> Any:
-        """Conditioning for ``n`` search samples: balanced class labels when guided (as the sample jobs use), else
-        None."""
-        return None if self.guidance is None else self.model.labels(n)
+        """Conditioning for ``n`` search samples when guided: the prompts of a text-conditional model (``prompts``,
+        from the run's captions file), else balanced class labels (as the sample jobs use); None unguided."""
+        if self.guidance is None:
+            return None
+        base = getattr(self.model, "base", self.model)  # a guided wrapper's network
+        if getattr(self.model, "text_conditional", False) or getattr(base, "text_conditional", False):
+            if self.prompts is None:
+                raise DpmbenchError(f"invalid --captions None: model {self.model.name!r} is text-conditional and its "
+                                    "prepare step evaluates it guided; give the captions file (--captions)")
+            return self.prompts(n)
+        return self.model.labels(n)
 
     @property
     def start(self) -> float:

@@ -133,7 +133,7 @@ def _x0_jvps_ad(model: Model, x: torch.Tensor, lam: float, v: torch.Tensor, z: t
 
 
 def compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples: int, seed: int,
-                conditional: bool, device: str | torch.device = "cpu") -> dict[str, Any]:
+                conditional: Any, device: str | torch.device = "cpu") -> dict[str, Any]:
     """See ``_compute_ems``; runs on one intra-op thread (small batches: threads only add contention, measured
     4x slower with 2 threads on a loaded 2-core machine), restoring the thread count afterwards."""
     threads = torch.get_num_threads()
@@ -146,19 +146,20 @@ def compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples:
 
 
 def _compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples: int, seed: int,
-                 conditional: bool, device: str | torch.device = "cpu") -> dict[str, Any]:
+                 conditional: Any, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Estimate the EMS l, s, b (paper eqs. (9)-(10)) on ``steps + 1`` points uniform in lambda from t_start to
-    t_end, with ``samples`` trajectories from x_T = fit_prior(model, samples, seed) (labels model.labels() when
-    ``conditional``). Returns JSON-able lists: ``lam`` (increasing), ``l``, ``s``, ``b`` (one flattened data-sized
-    row per lambda) and the wall time."""
+    t_end, with ``samples`` trajectories from x_T = fit_prior(model, samples, seed) (``conditional``: True for the
+    labels model.labels(), False for none, or the conditioning itself, e.g. the prompts of a text model). Returns
+    JSON-able lists: ``lam`` (increasing), ``l``, ``s``, ``b`` (one flattened data-sized row per lambda) and the
+    wall time."""
     start = time.perf_counter()
     sch = model.schedule
     lams = torch.linspace(sch.lambda_(t_start), sch.lambda_(t_end), steps + 1, dtype=torch.float64)
     ts = sch.t_of_lambda(lams)
     dla = _dlog_alpha_dlambda(sch, lams)
     x = fit_prior(model, samples, seed, device=device)  # samples FIT_START .. of the stream: never evaluated
-    cond = model.labels(samples) if conditional else None
-    cond2 = None if cond is None else torch.cat([cond, cond])
+    cond = (model.labels(samples) if conditional else None) if isinstance(conditional, bool) else conditional
+    cond2 = None if cond is None else _cat_cond(cond)
     dim = x[0].numel()
     gen = torch.Generator().manual_seed(int(seed) + 1)
     l_list: list[float] = []
@@ -395,6 +396,7 @@ class DPMSolverV3(MultistepSolver):
         self.check_start(Point.at(ctx.model.schedule, ctx.start))  # the EMS grid spans the log-SNR from the start
         items = (ctx.model.cache_key(), ctx.guidance, ctx.start, ctx.end, self.ems_samples, self.ems_steps,
                  self.ems_seed, EMS_VERSION)
+        items = (*items, ctx.prompts_id) if ctx.prompts_id else items  # a text model's prompts enter the key
         self._guided = ctx.guidance is not None
         summary = {"degenerated": self.degenerated, "order": self.full_order()}
         if self.degenerated:
@@ -409,7 +411,7 @@ class DPMSolverV3(MultistepSolver):
         if self._ems_for != items:
             data = cached(EMS_KIND, items, lambda: compute_ems(
                 ctx.model, ctx.start, ctx.end, self.ems_steps, self.ems_samples, self.ems_seed,
-                ctx.guidance is not None, ctx.device), meta={"model": ctx.model.cache_key(), "guidance": ctx.guidance,
+                ctx.cond(self.ems_samples), ctx.device), meta={"model": ctx.model.cache_key(), "guidance": ctx.guidance,
                                                  "t_start": ctx.start, "t_end": ctx.end, "samples": self.ems_samples,
                                                  "steps": self.ems_steps, "seed": self.ems_seed,
                                                  "stream": fit_stream(self.ems_seed, self.ems_samples)})
