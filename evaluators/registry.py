@@ -222,14 +222,8 @@ def protocol(names: list[str], ctx: Context) -> dict[str, Any]:
         mode = f"/{ctx.opt('cleanfid_mode')}" if backend_of(ctx) == "clean-fid" else ""
         out["extractor"] = f"inception-v3 via {backend_of(ctx)}{mode}"
         out["extractor_sha256"] = sha256_file(weights) if weights else None
-        spec, images = ctx.opt("fid_stats"), ctx.opt("reference_images")
-        if spec:
-            out["reference_stats"], out["reference_stats_sha256"] = _stats_identity(str(spec))
-            if ctx.opt("fid_implementation") and "fid" in names:
-                out["fid_implementation"] = str(ctx.opt("fid_implementation"))
-        elif images:
-            out["reference_stats"], out["reference_stats_sha256"] = f"images {images}", sha256_file(images)
-        elif ctx.opt("prdc_reference") and any(n in KNN_METRICS for n in names):
+        if not _record_reference(out, ctx, names, ctx.opt("fid_stats")) and ctx.opt("prdc_reference") and any(
+                n in KNN_METRICS for n in names):
             path = str(ctx.opt("prdc_reference"))
             out["reference_stats"], out["reference_stats_sha256"] = f"features {path}", sha256_file(path)
     if "clip_score" in names:
@@ -238,13 +232,7 @@ def protocol(names: list[str], ctx: Context) -> dict[str, Any]:
     if "fd_dinov2" in names:
         out["extractor"] = "dinov2 ViT-L/14 (CLS token) via transformers Dinov2Model"
         out["extractor_sha256"] = cache.get("dinov2_sha256")
-        spec, images = ctx.opt("fd_dinov2_stats"), ctx.opt("reference_images")
-        if spec:
-            out["reference_stats"], out["reference_stats_sha256"] = _stats_identity(str(spec))
-            if ctx.opt("fid_implementation") and "fid" in names:
-                out["fid_implementation"] = str(ctx.opt("fid_implementation"))
-        elif images:
-            out["reference_stats"], out["reference_stats_sha256"] = f"images {images}", sha256_file(images)
+        _record_reference(out, ctx, names, ctx.opt("fd_dinov2_stats"))
     if "cmmd" in names:
         from evaluators.cmmd import load_cmmd_clip
 
@@ -254,6 +242,23 @@ def protocol(names: list[str], ctx: Context) -> dict[str, Any]:
         ref = ctx.opt("cmmd_reference") or ctx.opt("reference_images")
         out["reference_stats"], out["reference_stats_sha256"] = str(ref), sha256_file(ref) if ref else None
     return out
+
+
+def _record_reference(out: dict[str, Any], ctx: Context, names: list[str], spec: Any) -> bool:  # noqa: ANN401
+    """Record the reference a Frechet distance is computed against: the statistics ``spec`` (with the published
+    numbers' FID implementation, for fid) or else the option ``reference_images``; False when neither is given."""
+    from dpmbench.download import sha256_file
+
+    images = ctx.opt("reference_images")
+    if spec:
+        out["reference_stats"], out["reference_stats_sha256"] = _stats_identity(str(spec))
+        if ctx.opt("fid_implementation") and "fid" in names:
+            out["fid_implementation"] = str(ctx.opt("fid_implementation"))
+    elif images:
+        out["reference_stats"], out["reference_stats_sha256"] = f"images {images}", sha256_file(images)
+    else:
+        return False
+    return True
 
 
 def _stats_identity(spec: str) -> tuple[str, str | None]:
