@@ -79,6 +79,28 @@ def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+class FileHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``files`` (URL path -> bytes; 404 for any other path) and records the paths asked for in ``requests``.
+    Subclass it per test (``type("H", (FileHandler,), {"files": {...}, "requests": []})``) or reset both."""
+
+    files: dict[str, bytes] = {}
+    requests: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        type(self).requests.append(self.path)
+        body = type(self).files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def local_http_server(handler: type[http.server.BaseHTTPRequestHandler], timeout: float | None = None
                       ) -> Iterator[str]:

@@ -211,27 +211,17 @@ def test_fd_dinov2_refuses_unpinned_weights_and_bad_input(tmp_path: Path, monkey
 
 def test_weights_manifest_pins_and_fetches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pinned entry is fetched into the cache and verified; a wrong pin leaves nothing behind."""
-    from support import local_http_server
+    from support import FileHandler, local_http_server
 
     from evaluators.weights import weights_files
 
     payload = b"weights" * 100
-    import http.server
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: object) -> None:
-            pass
+    handler = type("Handler", (FileHandler,), {"files": {"/a.bin": payload}, "requests": []})
 
     monkeypatch.setenv("DPMBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("DPMBENCH_OFFLINE", raising=False)
     sha = hashlib.sha256(payload).hexdigest()
-    with local_http_server(Handler, timeout=5) as url:
+    with local_http_server(handler, timeout=5) as url:
         def manifest(pin: str, size: int) -> Path:
             entry = {"name": "w", "source": "url", "files": [{"name": "a.bin", "url": f"{url}/a.bin", "sha256": pin,
                                                               "size": size}]}

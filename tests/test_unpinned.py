@@ -6,7 +6,6 @@ and the site; likewise for reference statistics and metric weights."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from support import local_http_server, run_cli
+from support import FileHandler, local_http_server, run_cli
 
 import dpmbench.download as dl
 from dpmbench.errors import DpmbenchError
@@ -26,25 +25,8 @@ UNET = ROOT / "trained" / "digits-unet"
 FILES = ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json")
 
 
-class _Files(http.server.BaseHTTPRequestHandler):
-    """Serves ``files`` (URL path -> bytes); records the paths asked for."""
-
-    files: dict[str, bytes] = {}
-    requests: list[str] = []
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        type(self).requests.append(self.path)
-        body = type(self).files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+class _Files(FileHandler):
+    """The files this module's tests serve (URL path -> bytes) and the paths asked for."""
 
 
 @pytest.fixture()
