@@ -58,16 +58,17 @@ def _ours(sel: pd.DataFrame, e: dict[str, Any], published: list[float], band: tu
     span = esc(spread_text(published, band))
     for r in sel.itertuples():
         verdict = agreement(float(r.value), r.ci_low, r.ci_high, band)
-        kd = differences_text(e, getattr(r, 'n_samples', None))
+        kd = differences_text(e, getattr(r, "n_samples", None))
         kd_div = f"<div class=kd>{esc(kd)}</div>" if kd else ""
         if is_nan(r.value):
             parts.append(f"<div class=\"ours no\" title=\"{span}\">ours: diverged</div>{kd_div}")
             continue
         where = "" if "schedule" in e and "guidance" in e else f" ({r.schedule}, g {r.guidance})"
+        prov = fid_protocol(r)
         parts.append(f"<div class=\"ours {VERDICT_CLASS[verdict]}\" title=\"{esc(verdict)}; {span}\">ours "
                      f"{esc(fmt(r.value))}<span class=ci>{esc(fmt_ci(r.ci_low, r.ci_high))}</span> "
                      f"Δ {float(r.value) - float(e['value']):+.3g}{esc(where)}"
-                     + (f"<span class=prov>{esc(fid_protocol(r))}</span>" if fid_protocol(r) else "")
+                     + (f"<span class=prov>{esc(prov)}</span>" if prov else "")
                      + f"</div>{kd_div}")
     return "".join(parts)
 
