@@ -22,6 +22,7 @@ from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import guided
 from dpmbench.models.oracle import MixtureOracle
 from dpmbench.solvers.base import Context, History, Point
+from dpmbench.solvers.dpm_solver_v3 import EMS as EMSFit
 from dpmbench.solvers.dpm_solver_v3 import EMS_KIND, EMS_VERSION, compute_ems, taylor_weights, x0_jvps
 from dpmbench.solvers.registry import get_solver
 from dpmbench.solvers.unipc import unic_correct
@@ -172,6 +173,31 @@ def test_ems_deterministic_cached_and_nfe_contract() -> None:
     with pytest.raises(Exception, match="nfe"):
         sample(base, spec, 2, x_T, t_end=T_END)  # order 3 needs nfe >= 3
 
+
+
+def test_a_fit_cap_gives_exactly_the_ems_of_the_capped_count_keyed_and_recorded(
+        artifacts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``DPMBENCH_FIT_SAMPLES_MAX`` (the workflow's ``fit_samples_max``, set by the dress rehearsal) caps K: the EMS
+    are bit for bit those of ``ems_samples=cap``, under that K's artifact key, and the summary names both counts."""
+    model = load_model("gmm-2d")
+    ctx = Context(model, 6, t_end=T_END)
+    plain = get_solver("dpm-solver-v3:ems_samples=32,ems_steps=8")
+    expect = plain.prepare(ctx)
+    assert "ems_samples_requested" not in expect
+    monkeypatch.setenv("DPMBENCH_FIT_SAMPLES_MAX", "32")
+    capped = get_solver("dpm-solver-v3:ems_samples=4096,ems_steps=8")
+    got = capped.prepare(ctx)
+    assert got["artifact"] == expect["artifact"]  # the same fit: read from its artifact, not recomputed
+    assert (got["ems_samples"], got["ems_samples_requested"], got["fit_samples_max"]) == (32, 4096, 32)
+    assert torch.equal(capped.ems.b, plain.ems.b) and torch.equal(capped.ems.s, plain.ems.s)
+    key = artifact_key(EMS_KIND, model.cache_key(), None, 1.0, T_END, 32, 8, 0, EMS_VERSION, code_version(compute_ems))
+    assert key.startswith(got["artifact"])
+    fresh = compute_ems(model, 1.0, T_END, 8, 32, 0, False)  # and that artifact is the K = 32 computation
+    assert torch.equal(capped.ems.b, EMSFit(fresh["lam"], fresh["l"], fresh["s"], fresh["b"]).b)
+    assert "ems_samples_requested" not in get_solver("dpm-solver-v3:ems_samples=16,ems_steps=8").prepare(ctx)
+    monkeypatch.setenv("DPMBENCH_FIT_SAMPLES_MAX", "0")
+    with pytest.raises(DpmbenchError, match="DPMBENCH_FIT_SAMPLES_MAX"):
+        capped.prepare(ctx)
 
 # -- convergence order ---------------------------------------------------------------------------------------------
 def test_convergence_order_gmm2d() -> None:

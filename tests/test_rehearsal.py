@@ -23,7 +23,7 @@ def test_every_checkpoint_of_a_paper_config_has_a_stand_in_or_a_reason() -> None
 def _strip(config: dict[str, Any]) -> dict[str, Any]:
     """A config without what the overlay may set."""
     out = copy.deepcopy(config)
-    for key in ("device", "samples_per_shard", "checkpoints"):
+    for key in ("device", "samples_per_shard", "fit_samples_max", "checkpoints"):
         out.pop(key, None)
     for mc in (out.get("models") or {}).values():
         mc.pop("num_samples", None)
@@ -31,7 +31,7 @@ def _strip(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_the_overlay_changes_only_device_sample_counts_statistics_and_checkpoints() -> None:
+def test_the_overlay_changes_only_device_sample_counts_fit_cap_statistics_and_checkpoints() -> None:
     entries = {m: {"adapter": "stand-in"} for c in CONFIGS.values() for m in c.get("models") or {}}
     for name, config in CONFIGS.items():
         over = rehearsal.overlay(config, entries, "stats.npz")
@@ -39,6 +39,7 @@ def test_the_overlay_changes_only_device_sample_counts_statistics_and_checkpoint
         kept = {m: mc for m, mc in config["models"].items() if m not in rehearsal.EXCLUDED}
         assert _strip(run) == _strip({**config, "models": kept}), name
         assert run["device"] == "cpu" and run["samples_per_shard"] == rehearsal.SAMPLES
+        assert run["fit_samples_max"] == rehearsal.FIT_SAMPLES
         for m, mc in run["models"].items():
             assert mc["num_samples"] == rehearsal.SAMPLES
             assert mc.get("reference_stats") == ("stats.npz" if "reference_stats" in config["models"][m] else None)
