@@ -341,3 +341,39 @@ def test_a_text_model_is_fitted_on_the_prompts_of_its_captions() -> None:
     assert Context(model, 5, guidance=None, prompts=ctx.prompts).cond(3) is None
     compute_ems(model, 1.0, T_END, 2, 3, 0, ctx.cond(3))
     assert ["p0", "p1", "p2"] in TextModel.seen and not any(torch.is_tensor(c) for c in TextModel.seen)
+
+
+def test_a_text_model_s_sample_job_reads_the_fit_its_prepare_step_wrote(
+        tmp_path: Any, artifacts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample job of a guided text model keys its EMS with the prompts of the run's captions file, as the
+    prepare step does (``shards.fit_prompts``): it reads the prepared artifact instead of refitting without prompts
+    (found by the dress rehearsal: ``invalid --captions None`` in sd14's sample jobs)."""
+    import argparse
+
+    import dpmbench.solvers.dpm_solver_v3 as v3
+    from dpmbench.cli.commands import _context
+    from dpmbench.models.base import Model
+    from dpmbench.sampling.shards import Request, write_samples
+    from dpmbench.schedules import VPLinear
+
+    class TextModel(Model):
+        name, shape, num_classes, text_conditional, parameterization = "text", (2,), None, True, "eps"
+        schedule = VPLinear()
+
+        def forward(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
+            return 0.1 * x + (0.0 if cond is None else 0.01)
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(f"a photo of a cat {i}" for i in range(20)))
+    spec, model = "dpm-solver-v3:ems_samples=8,ems_steps=4", TextModel()
+    args = argparse.Namespace(model="text", guidance=7.5, dtype="float32", t_end=T_END, t_start=None,
+                              schedule="logsnr", captions=str(captions))
+    get_solver(spec).prepare(_context(args, model, "cpu", 5))
+
+    def refit(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the sample job refitted the EMS")
+
+    monkeypatch.setattr(v3, "compute_ems", refit)
+    req = Request("text", 0, 2, 0, 7.5, str(captions))
+    (path,) = write_samples(req, model, spec, [5], str(tmp_path / "s{nfe}.npz"), t_end=T_END)
+    assert np.isfinite(np.load(path)["x"]).all()
