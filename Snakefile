@@ -55,6 +55,12 @@ from dpmbench.download import TRUST_ENV
 
 os.environ[TRUST_ENV] = "1" if GRID.trust_unpinned else os.environ.get(TRUST_ENV, "0")
 
+# the run's cap on a fit's sample count (config fit_samples_max, set by the dress rehearsal; part of the config's
+# hash above): DPM-Solver-v3's EMS prepare steps read it (dpmbench.artifacts.fit_samples_max)
+from dpmbench.artifacts import FIT_SAMPLES_MAX_ENV
+
+os.environ[FIT_SAMPLES_MAX_ENV] = str(config.get("fit_samples_max") or os.environ.get(FIT_SAMPLES_MAX_ENV, ""))
+
 
 # what the jobs need from this process's environment (also passed on to jobs run elsewhere, e.g. on a cluster)
 envvars:
@@ -62,6 +68,7 @@ envvars:
     "DPMBENCH_MANIFESTS",
     TRUST_ENV,
     CONFIG_ENV,
+    FIT_SAMPLES_MAX_ENV,
 
 
 if workflow.is_main_process:  # files left truncated by a killed job or copy: removed (even by -n), so recomputed

@@ -34,6 +34,26 @@ FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
+FIT_SAMPLES_MAX_ENV = "DPMBENCH_FIT_SAMPLES_MAX"
+
+
+def fit_samples_max() -> int | None:
+    """The run's cap on a fit's sample count (``$DPMBENCH_FIT_SAMPLES_MAX``; the workflow sets it from the config's
+    ``fit_samples_max``, which the dress rehearsal's overlay sets): None when unset or empty. A fit that honours it
+    (DPM-Solver-v3's EMS) computes exactly the fit of ``min(samples, cap)`` samples, keys its artifact by that count
+    and records the requested one; a rehearsal setting, never a protocol one."""
+    text = os.environ.get(FIT_SAMPLES_MAX_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        cap = int(text)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise DpmbenchError(f"invalid {FIT_SAMPLES_MAX_ENV} {text!r}: a positive integer, or empty for no cap")
+    return cap
+
+
 def artifact_dir() -> Path:
     """Where artifacts are written: ``$DPMBENCH_ARTIFACTS``, else ``$DPMBENCH_CACHE/artifacts``."""
     env = os.environ.get("DPMBENCH_ARTIFACTS")

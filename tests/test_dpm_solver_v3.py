@@ -22,6 +22,7 @@ from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import guided
 from dpmbench.models.oracle import MixtureOracle
 from dpmbench.solvers.base import Context, History, Point
+from dpmbench.solvers.dpm_solver_v3 import EMS as EMSFit
 from dpmbench.solvers.dpm_solver_v3 import EMS_KIND, EMS_VERSION, compute_ems, taylor_weights, x0_jvps
 from dpmbench.solvers.registry import get_solver
 from dpmbench.solvers.unipc import unic_correct
@@ -173,6 +174,31 @@ def test_ems_deterministic_cached_and_nfe_contract() -> None:
         sample(base, spec, 2, x_T, t_end=T_END)  # order 3 needs nfe >= 3
 
 
+
+def test_a_fit_cap_gives_exactly_the_ems_of_the_capped_count_keyed_and_recorded(
+        artifacts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``DPMBENCH_FIT_SAMPLES_MAX`` (the workflow's ``fit_samples_max``, set by the dress rehearsal) caps K: the EMS
+    are bit for bit those of ``ems_samples=cap``, under that K's artifact key, and the summary names both counts."""
+    model = load_model("gmm-2d")
+    ctx = Context(model, 6, t_end=T_END)
+    plain = get_solver("dpm-solver-v3:ems_samples=32,ems_steps=8")
+    expect = plain.prepare(ctx)
+    assert "ems_samples_requested" not in expect
+    monkeypatch.setenv("DPMBENCH_FIT_SAMPLES_MAX", "32")
+    capped = get_solver("dpm-solver-v3:ems_samples=4096,ems_steps=8")
+    got = capped.prepare(ctx)
+    assert got["artifact"] == expect["artifact"]  # the same fit: read from its artifact, not recomputed
+    assert (got["ems_samples"], got["ems_samples_requested"], got["fit_samples_max"]) == (32, 4096, 32)
+    assert torch.equal(capped.ems.b, plain.ems.b) and torch.equal(capped.ems.s, plain.ems.s)
+    key = artifact_key(EMS_KIND, model.cache_key(), None, 1.0, T_END, 32, 8, 0, EMS_VERSION, code_version(compute_ems))
+    assert key.startswith(got["artifact"])
+    fresh = compute_ems(model, 1.0, T_END, 8, 32, 0, False)  # and that artifact is the K = 32 computation
+    assert torch.equal(capped.ems.b, EMSFit(fresh["lam"], fresh["l"], fresh["s"], fresh["b"]).b)
+    assert "ems_samples_requested" not in get_solver("dpm-solver-v3:ems_samples=16,ems_steps=8").prepare(ctx)
+    monkeypatch.setenv("DPMBENCH_FIT_SAMPLES_MAX", "0")
+    with pytest.raises(DpmbenchError, match="DPMBENCH_FIT_SAMPLES_MAX"):
+        capped.prepare(ctx)
+
 # -- convergence order ---------------------------------------------------------------------------------------------
 def test_convergence_order_gmm2d() -> None:
     """Measured on gmm-2d (logSNR steps, 100 samples; EMS from samples 2^32.. of seed 0, never these x_T): the
@@ -315,3 +341,39 @@ def test_a_text_model_is_fitted_on_the_prompts_of_its_captions() -> None:
     assert Context(model, 5, guidance=None, prompts=ctx.prompts).cond(3) is None
     compute_ems(model, 1.0, T_END, 2, 3, 0, ctx.cond(3))
     assert ["p0", "p1", "p2"] in TextModel.seen and not any(torch.is_tensor(c) for c in TextModel.seen)
+
+
+def test_a_text_model_s_sample_job_reads_the_fit_its_prepare_step_wrote(
+        tmp_path: Any, artifacts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample job of a guided text model keys its EMS with the prompts of the run's captions file, as the
+    prepare step does (``shards.fit_prompts``): it reads the prepared artifact instead of refitting without prompts
+    (found by the dress rehearsal: ``invalid --captions None`` in sd14's sample jobs)."""
+    import argparse
+
+    import dpmbench.solvers.dpm_solver_v3 as v3
+    from dpmbench.cli.commands import _context
+    from dpmbench.models.base import Model
+    from dpmbench.sampling.shards import Request, write_samples
+    from dpmbench.schedules import VPLinear
+
+    class TextModel(Model):
+        name, shape, num_classes, text_conditional, parameterization = "text", (2,), None, True, "eps"
+        schedule = VPLinear()
+
+        def forward(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
+            return 0.1 * x + (0.0 if cond is None else 0.01)
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(f"a photo of a cat {i}" for i in range(20)))
+    spec, model = "dpm-solver-v3:ems_samples=8,ems_steps=4", TextModel()
+    args = argparse.Namespace(model="text", guidance=7.5, dtype="float32", t_end=T_END, t_start=None,
+                              schedule="logsnr", captions=str(captions))
+    get_solver(spec).prepare(_context(args, model, "cpu", 5))
+
+    def refit(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the sample job refitted the EMS")
+
+    monkeypatch.setattr(v3, "compute_ems", refit)
+    req = Request("text", 0, 2, 0, 7.5, str(captions))
+    (path,) = write_samples(req, model, spec, [5], str(tmp_path / "s{nfe}.npz"), t_end=T_END)
+    assert np.isfinite(np.load(path)["x"]).all()

@@ -23,15 +23,17 @@ def test_every_checkpoint_of_a_paper_config_has_a_stand_in_or_a_reason() -> None
 def _strip(config: dict[str, Any]) -> dict[str, Any]:
     """A config without what the overlay may set."""
     out = copy.deepcopy(config)
-    for key in ("device", "samples_per_shard", "checkpoints"):
+    for key in ("device", "samples_per_shard", "fit_samples_max", "checkpoints"):
         out.pop(key, None)
+    for stage in (out.get("resources") or {}).values():
+        stage.pop("threads", None)
     for mc in (out.get("models") or {}).values():
         mc.pop("num_samples", None)
         mc.pop("reference_stats", None)
     return out
 
 
-def test_the_overlay_changes_only_device_sample_counts_statistics_and_checkpoints() -> None:
+def test_the_overlay_changes_only_device_sample_counts_fit_cap_threads_statistics_and_checkpoints() -> None:
     entries = {m: {"adapter": "stand-in"} for c in CONFIGS.values() for m in c.get("models") or {}}
     for name, config in CONFIGS.items():
         over = rehearsal.overlay(config, entries, "stats.npz")
@@ -39,6 +41,8 @@ def test_the_overlay_changes_only_device_sample_counts_statistics_and_checkpoint
         kept = {m: mc for m, mc in config["models"].items() if m not in rehearsal.EXCLUDED}
         assert _strip(run) == _strip({**config, "models": kept}), name
         assert run["device"] == "cpu" and run["samples_per_shard"] == rehearsal.SAMPLES
+        assert run["fit_samples_max"] == rehearsal.FIT_SAMPLES
+        assert all(r["threads"] == 1 for r in (run.get("resources") or {}).values()), name
         for m, mc in run["models"].items():
             assert mc["num_samples"] == rehearsal.SAMPLES
             assert mc.get("reference_stats") == ("stats.npz" if "reference_stats" in config["models"][m] else None)

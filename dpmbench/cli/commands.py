@@ -129,17 +129,9 @@ def _context(args: argparse.Namespace, model: Any, device: Any, nfe: int) -> Any
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
     t_end = model.schedule.t_end_default if args.t_end is None else args.t_end
     t_start = getattr(args, "t_start", None)  # `dpmbench search` starts at the schedule's T
-    captions = getattr(args, "captions", None)
-    prompts, prompts_id = None, ""
-    if captions:
-        from dpmbench.download import sha256_file
-        from dpmbench.sampling.shards import Request
-        from dpmbench.sampling.shards import prompts as request_prompts
+    from dpmbench.sampling.shards import fit_prompts
 
-        def prompts(n: int) -> list[str]:  # the captions subset of seed 0, as class fits use labels i mod C
-            return request_prompts(Request(args.model, 0, n, 0, args.guidance, captions), 0, n)
-
-        prompts_id = sha256_file(captions)
+    prompts, prompts_id = fit_prompts(args.model, getattr(args, "captions", None), args.guidance)
     return Context(guided(model, args.guidance), nfe, args.schedule, t_start, t_end, args.guidance, dtype, device,
                    run_search, prompts, prompts_id)
 

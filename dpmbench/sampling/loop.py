@@ -37,6 +37,8 @@ def sample(
     start: int = 0,
     stats: dict[str, Any] | None = None,
     searcher: Callable[..., Any] | None = None,
+    prompts: Callable[[int], list[str]] | None = None,
+    prompts_id: str = "",
 ) -> torch.Tensor:
     """Sample from ``model`` with ``solver`` using exactly ``nfe`` model evaluations, starting at ``x_T``.
 
@@ -49,7 +51,9 @@ def sample(
     Solvers with ``needs_prepare`` first run ``solver.prepare`` (searches, model statistics; cached artifacts)
     with the uncounted model: that work is outside the sampling budget, as in the papers. Solvers whose
     preparation runs searches (``dc-solver``, ``usf:search=true``) need ``searcher`` (``dpmbench.search.run_search``;
-    the sampling layer does not import the searches, which sit above it): ``dpmbench.sample`` passes it.
+    the sampling layer does not import the searches, which sit above it): ``dpmbench.sample`` passes it. A guided
+    text-conditional model's fits need ``prompts`` and ``prompts_id`` (``Context``; ``shards.fit_prompts``), the
+    same as its prepare step's, so that the sample job reads the artifact the prepare step wrote.
 
     NFE contract: a fixed-step solver spends exactly ``nfe`` evaluations (asserted). An adaptive solver
     (``solver.adaptive``, e.g. ``dpm-solver:method=adaptive``) takes a data-dependent number of steps: for it
@@ -69,7 +73,8 @@ def sample(
     sol.check_nfe(nfe)
     if sol.needs_prepare:
         with torch.no_grad():
-            sol.prepare(Context(net, nfe, schedule, t_start, t_end, guidance, x_T.dtype, x_T.device, searcher))
+            sol.prepare(Context(net, nfe, schedule, t_start, t_end, guidance, x_T.dtype, x_T.device, searcher,
+                                prompts, prompts_id))
     plan = sol.make_plan(nfe, net.schedule, schedule, t_start, t_end)
     counter = NFECounter(net, cond, NoiseSource(seed, start, x_T) if sol.stochastic else None)
     with torch.no_grad():

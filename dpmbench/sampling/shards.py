@@ -93,6 +93,21 @@ def prompts(req: Request, lo: int, hi: int) -> list[str]:
     return list(subset[req.start + lo:req.start + hi])
 
 
+def fit_prompts(model: str, captions: str | None, guidance: float | None
+                ) -> tuple[Callable[[int], list[str]] | None, str]:
+    """The prompts of a fit's n samples and what they depend on (``Context.prompts`` / ``prompts_id``): the captions
+    subset of seed 0, as class fits use labels i mod C, and the captions file's sha256; ``(None, "")`` without a
+    captions file. The prepare step and the sample jobs both use it, so they key a text model's fit alike."""
+    if not captions:
+        return None, ""
+    from dpmbench.download import sha256_file
+
+    def fit(n: int) -> list[str]:
+        return prompts(Request(model, 0, n, 0, guidance, captions), 0, n)
+
+    return fit, sha256_file(captions)
+
+
 @functools.lru_cache(maxsize=4)
 def _caption_subset(path: str, n: int, seed: int) -> tuple[str, ...]:
     """The captions file is read and its subset chosen once per command, not once per batch."""
@@ -148,6 +163,7 @@ def write_samples(req: Request, model: Model, solver: str, nfes: list[int], out:
     for path in paths:  # a killed earlier run may have left temporary files of these outputs
         remove_stale_temporaries(path)
     decode = getattr(model, "decode", None)  # latent models: also write the decoded uint8 `images`
+    fit, fit_id = fit_prompts(req.model, req.captions, req.guidance)  # a text model's fits: the prepare step's key
     for nfe, path in zip(nfes, paths, strict=True):
         start = time.perf_counter()
         chunks, used, images, decode_s = [], [], [], 0.0
@@ -158,7 +174,8 @@ def write_samples(req: Request, model: Model, solver: str, nfes: list[int], out:
             cond = conditioning(req, model, lo - req.start, hi - req.start, device)
             stats: dict[str, Any] = {}
             xb = sample(model, sol, nfe, x_T, schedule=schedule, t_end=t_end, guidance=req.guidance, cond=cond,
-                        seed=req.seed, start=lo, stats=stats, searcher=searcher, t_start=t_start)
+                        seed=req.seed, start=lo, stats=stats, searcher=searcher, t_start=t_start, prompts=fit,
+                        prompts_id=fit_id)
             if decode is not None:
                 d0 = time.perf_counter()
                 images.append(decode(xb).cpu())

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwad
 
-from dpmbench.artifacts import artifact_key, cached, code_version
+from dpmbench.artifacts import artifact_key, cached, code_version, fit_samples_max
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.base import Model, NFECounter, fit_prior, fit_stream
 from dpmbench.schedules import NoiseSchedule
@@ -177,12 +177,13 @@ def _compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples
         y, xf = (x / alpha).reshape(samples, -1), x0.reshape(samples, -1)
         f = (1.0 - l_i) * y - xf
         u = (1.0 - l_i) * (xf - y) - dx0  # f^(1) without its -l' y term (l' is known after the sweep)
-        fc = f - f.mean(0)
-        mom["u"].append(u.mean(0))
-        mom["y"].append(y.mean(0))
-        mom["f"].append(f.mean(0))
-        mom["cuf"].append(float(((u - u.mean(0)) * fc).sum(1).mean()))
-        mom["cyf"].append(float(((y - y.mean(0)) * fc).sum(1).mean()))
+        u_mean, y_mean, f_mean = u.mean(0), y.mean(0), f.mean(0)  # each once (bit-identical to recomputing them)
+        fc = f - f_mean
+        mom["u"].append(u_mean)
+        mom["y"].append(y_mean)
+        mom["f"].append(f_mean)
+        mom["cuf"].append(float(((u - u_mean) * fc).sum(1).mean()))
+        mom["cyf"].append(float(((y - y_mean) * fc).sum(1).mean()))
         mom["vff"].append(float((fc * fc).sum(1).mean()))
         l_list.append(l_i)
         if i < steps:  # DPM-Solver++ (2M after a first-order step) to the next grid point
@@ -394,11 +395,15 @@ class DPMSolverV3(MultistepSolver):
     def prepare(self, ctx: Context) -> dict[str, Any]:
         """Compute (or load) the EMS for the model, guidance and t range of ``ctx`` (cached artifact)."""
         self.check_start(Point.at(ctx.model.schedule, ctx.start))  # the EMS grid spans the log-SNR from the start
-        items = (ctx.model.cache_key(), ctx.guidance, ctx.start, ctx.end, self.ems_samples, self.ems_steps,
+        cap = fit_samples_max()  # a rehearsal's cap: exactly the EMS of min(K, cap) samples, keyed by that count
+        samples = self.ems_samples if cap is None else min(self.ems_samples, cap)
+        items = (ctx.model.cache_key(), ctx.guidance, ctx.start, ctx.end, samples, self.ems_steps,
                  self.ems_seed, EMS_VERSION)
         items = (*items, ctx.prompts_id) if ctx.prompts_id else items  # a text model's prompts enter the key
         self._guided = ctx.guidance is not None
-        summary = {"degenerated": self.degenerated, "order": self.full_order()}
+        summary: dict[str, Any] = {"degenerated": self.degenerated, "order": self.full_order()}
+        if samples != self.ems_samples and not self.degenerated:
+            summary.update(ems_samples=samples, ems_samples_requested=self.ems_samples, fit_samples_max=cap)
         if self.degenerated:
             sch = ctx.model.schedule
             key = ("degenerated", sch.lambda_(ctx.start), sch.lambda_(ctx.end), self.ems_steps)
@@ -410,11 +415,11 @@ class DPMSolverV3(MultistepSolver):
             return summary
         if self._ems_for != items:
             data = cached(EMS_KIND, items, lambda: compute_ems(
-                ctx.model, ctx.start, ctx.end, self.ems_steps, self.ems_samples, self.ems_seed,
-                ctx.cond(self.ems_samples), ctx.device), meta={"model": ctx.model.cache_key(), "guidance": ctx.guidance,
-                                                 "t_start": ctx.start, "t_end": ctx.end, "samples": self.ems_samples,
-                                                 "steps": self.ems_steps, "seed": self.ems_seed,
-                                                 "stream": fit_stream(self.ems_seed, self.ems_samples)})
+                ctx.model, ctx.start, ctx.end, self.ems_steps, samples, self.ems_seed,
+                ctx.cond(samples), ctx.device), meta={"model": ctx.model.cache_key(), "guidance": ctx.guidance,
+                                                      "t_start": ctx.start, "t_end": ctx.end, "samples": samples,
+                                                      "steps": self.ems_steps, "seed": self.ems_seed,
+                                                      "stream": fit_stream(self.ems_seed, samples)})
             self._ems, self._ems_for = EMS(data["lam"], data["l"], data["s"], data["b"]), items
             self._ems_wall = data.get("wall_s")
         key = artifact_key(EMS_KIND, *items, code_version(compute_ems))  # as cached() keys it
