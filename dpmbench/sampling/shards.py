@@ -163,7 +163,9 @@ def write_samples(req: Request, model: Model, solver: str, nfes: list[int], out:
     for path in paths:  # a killed earlier run may have left temporary files of these outputs
         remove_stale_temporaries(path)
     decode = getattr(model, "decode", None)  # latent models: also write the decoded uint8 `images`
-    fit, fit_id = fit_prompts(req.model, req.captions, req.guidance)  # a text model's fits: the prepare step's key
+    # a text model's fits, keyed as the prepare step keys them; only a solver with a prepare step reads them (the
+    # key hashes the captions file, which no other job needs)
+    fit, fit_id = fit_prompts(req.model, req.captions, req.guidance) if sol.needs_prepare else (None, "")
     for nfe, path in zip(nfes, paths, strict=True):
         start = time.perf_counter()
         chunks, used, images, decode_s = [], [], [], 0.0
