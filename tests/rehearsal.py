@@ -46,6 +46,8 @@ from standins import (  # noqa: E402
     random_inception,
     write_edm_code,
     write_edm_pickle,
+    write_guided_diffusion_code,
+    write_guided_diffusion_standin,
     write_reference_stats,
     write_score_sde_checkpoint,
     write_score_sde_code,
@@ -62,10 +64,7 @@ FIT_SAMPLES = 64
 REVISION = "rehearsal"
 # Checkpoints no stand-in can stand for: nothing in dpmbench loads their kind of file, so their config cells cannot
 # run on any checkpoint (a gap of the product, reported by the rehearsal, not hidden by it).
-EXCLUDED = {
-    "adm-imagenet256-classifier-guided": "no adapter: guided-diffusion's 256x256_diffusion.pt with classifier "
-                                         "guidance (256x256_classifier.pt) is loaded by no dpmbench adapter",
-}
+EXCLUDED: dict[str, str] = {}
 # Every other checkpoint the configs name: how its stand-in is built. EDM pickles keep the real resolution and
 # label count; the diffusers folders are shrunk to 16 px (their config.json fields allow it).
 EDM = {  # id: (file name of the real pickle, resolution, label_dim, VP attributes)
@@ -81,6 +80,11 @@ DIFFUSERS = {  # id: (adapter, Hugging Face repo of the real checkpoint or of th
     "sd14": ("stable-diffusion", "CompVis/stable-diffusion-v1-4", {}),
 }
 SHRUNK_PX = 16
+# guided-diffusion (ADM + classifier) checkpoints: the stand-in checkout's tiny networks (tests/standins.py says why not
+# the real ones) from the real entry's flags, shrunk to 16 px and 8 channels; the rest of the flags (fp16, learned
+# variance, class conditioning, schedule) as the real entry's
+GUIDED_DIFFUSION = {"adm-imagenet256-classifier-guided"}
+GD_SHRUNK = {"image_size": SHRUNK_PX, "num_channels": 8}
 # Config cells that have no published number of their own, and why (from the configs' comments): (model, solver
 # family, options the cell's canonical spec contains (comma-separated, each exactly) or "", NFE or None, reason).
 # Printed with the results.
@@ -150,6 +154,17 @@ def build_standins(work: Path, models: set[str], server: str) -> tuple[dict[str,
         write_score_sde_checkpoint(code, folder / "checkpoint_8.pth", config)
         entries[cid] = _entry(cid, "score-sde", {"url": f"{server}/url/{cid}/checkpoint_8.pth"}, files_of(folder),
                               res)
+    for cid in sorted(models & GUIDED_DIFFUSION):
+        code = write_guided_diffusion_code(work / "code" / "guided-diffusion")
+        env["DPMBENCH_GUIDED_DIFFUSION_CODE"] = str(code)
+        real = dict(_named(cid).get("options") or {})
+        opts = {**real, "model_flags": {**real["model_flags"], **GD_SHRUNK},
+                "classifier_flags": {**real.get("classifier_flags", {}), "classifier_width": 8}}
+        folder = serve / "url" / cid
+        write_guided_diffusion_standin(code, folder, opts["model_flags"], opts["classifier_flags"],
+                                       (opts["model_file"], opts["classifier_file"]))
+        entries[cid] = _entry(cid, "guided-diffusion", {"url": f"{server}/url/{cid}/"}, files_of(folder), SHRUNK_PX,
+                              options=opts)
     for cid in sorted(models & set(DIFFUSERS)):
         adapter, repo, opts = DIFFUSERS[cid]
         folder = serve / repo / "resolve" / REVISION
@@ -159,7 +174,7 @@ def build_standins(work: Path, models: set[str], server: str) -> tuple[dict[str,
             build_ldm_dir(folder, SHRUNK_PX)
         entries[cid] = _entry(cid, adapter, {"hf": repo, "revision": REVISION}, files_of(folder), SHRUNK_PX,
                               options=opts)
-    unknown = models - set(EDM) - set(SCORE_SDE) - set(DIFFUSERS) - set(EXCLUDED)
+    unknown = models - set(EDM) - set(SCORE_SDE) - set(DIFFUSERS) - GUIDED_DIFFUSION - set(EXCLUDED)
     if unknown:
         raise SystemExit(f"rehearsal: no stand-in for checkpoint(s) {sorted(unknown)}: add one to tests/rehearsal.py")
     return entries, env

@@ -20,6 +20,14 @@ Formats, and where a stand-in differs from the real file:
   real diffusers classes (``UNet2DModel``, ``VQModel``, ``UNet2DConditionModel``, ``AutoencoderKL``,
   ``CLIPTextModel``, a byte-level CLIP tokenizer) with the real file layout and config.json fields; channels,
   layers and the sample size are shrunk (config.json fields), so the images are smaller than the real ones.
+- guided-diffusion checkpoints (``guided-diffusion``): plain state dicts (``torch.save(net.state_dict())``) of the
+  diffusion UNet and the classifier. ``guided_diffusion_pair`` builds them with the real code (the pinned
+  ``guided-diffusion-sdk`` package: openai's ``unet.py`` / ``script_util.py``) at 64 px with the narrowest widths its
+  GroupNorm(32) allows; the dress rehearsal uses a guided-diffusion-like checkout written here
+  (``write_guided_diffusion_code``: ``script_util`` with the real functions' signatures and flag defaults, networks
+  of one convolution plus time and label embeddings) at 16 px, because the real classifier's smallest size (64 px)
+  costs ~45 ms per row on one core and DPM-Solver-v3's statistics on the config's 500-point grid evaluate ~160,000
+  rows.
 - Inception (FID): a state dict of torch-fidelity's ``FeatureExtractorInceptionV3`` with PyTorch's default
   (seeded) initialization: the real architecture and keys, random weights.
 - reference statistics: an ``.npz`` with ``mu`` (2048) and ``sigma`` (2048 x 2048), the mean and a diagonal
@@ -296,6 +304,164 @@ def write_score_sde_checkpoint(code: Path, path: Path, config: str = "tiny_vp", 
         sys.path.remove(str(code))
         forget_score_sde_modules()
     return net, shadow
+
+
+# -- guided-diffusion ----------------------------------------------------------------------------------------------
+GD_TINY_FLAGS = {"attention_resolutions": "8", "class_cond": True, "diffusion_steps": 1000, "image_size": 64,
+                 "learn_sigma": True, "noise_schedule": "linear", "num_channels": 32, "num_head_channels": 32,
+                 "num_res_blocks": 1, "channel_mult": "1,1,1,1", "resblock_updown": True, "use_fp16": False,
+                 "use_scale_shift_norm": True}  # the README's 256x256 flags, narrowed (GroupNorm(32) needs >= 32)
+GD_TINY_CLASSIFIER_FLAGS = {"classifier_width": 32, "classifier_depth": 1, "classifier_attention_resolutions": "8",
+                            "classifier_use_fp16": False}
+
+
+def guided_diffusion_pair(folder: Path, flags: dict[str, Any] | None = None,
+                          classifier_flags: dict[str, Any] | None = None, seed: int = 3) -> tuple[Any, Any]:
+    """``unet.pt`` and ``classifier.pt`` in ``folder``: state dicts of the real guided-diffusion networks (installed
+    ``guided_diffusion``) built from ``flags`` (``GD_TINY_FLAGS``) as the official scripts build them; returns the
+    (float32) networks."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import guided_diffusion.script_util as su
+    flags = {**su.model_and_diffusion_defaults(), **(flags or GD_TINY_FLAGS)}
+    cflags = {**su.classifier_defaults(), "image_size": flags["image_size"],
+              **(classifier_flags or GD_TINY_CLASSIFIER_FLAGS)}
+    seeded(seed)
+    net = su.create_model(**{k: v for k, v in flags.items() if k in su.create_model.__code__.co_varnames})
+    clf = su.create_classifier(**{k: v for k, v in cflags.items() if k in su.create_classifier.__code__.co_varnames})
+    with torch.no_grad():  # zero-initialized output layers (zero_module) would make eps and the gradient 0
+        for p in net.out.parameters():
+            p.normal_(0.0, 0.05)
+        for p in clf.out.parameters():  # logits of a few units: a gradient of log p(y | x) that is not negligible
+            p.normal_(0.0, 1.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), folder / "unet.pt")
+    torch.save(clf.state_dict(), folder / "classifier.pt")
+    return net.eval(), clf.eval()
+
+
+GD_SCRIPT_UTIL = '''
+    """Stand-in of guided_diffusion.script_util: the real functions' names, signatures and flag defaults; tiny nets."""
+    import math
+
+    import torch
+
+    NUM_CLASSES = 1000
+
+
+    def model_and_diffusion_defaults():
+        return dict(image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1,
+                    num_head_channels=-1, attention_resolutions="16,8", channel_mult="", dropout=0.0,
+                    class_cond=False, use_checkpoint=False, use_scale_shift_norm=True, resblock_updown=False,
+                    use_fp16=False, use_new_attention_order=False, learn_sigma=False, diffusion_steps=1000,
+                    noise_schedule="linear", timestep_respacing="", use_kl=False, predict_xstart=False,
+                    rescale_timesteps=False, rescale_learned_sigmas=False)
+
+
+    def classifier_defaults():
+        return dict(image_size=64, classifier_use_fp16=False, classifier_width=128, classifier_depth=2,
+                    classifier_attention_resolutions="32,16,8", classifier_use_scale_shift_norm=True,
+                    classifier_resblock_updown=True, classifier_pool="attention")
+
+
+    def _temb(t, dim):
+        freqs = torch.exp(-math.log(10000) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
+        args = t[:, None].float() * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+    class _Half:
+        def convert_to_fp16(self):
+            self.body.half()
+            self.dtype = torch.float16
+
+
+    class TinyUNet(torch.nn.Module, _Half):
+        def __init__(self, channels, out_channels, num_classes):
+            super().__init__()
+            self.dtype, self.num_classes = torch.float32, num_classes
+            self.temb = torch.nn.Linear(channels, channels)
+            self.label_emb = torch.nn.Embedding(num_classes, channels) if num_classes else None
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.SiLU())
+            self.out = torch.nn.Conv2d(channels, out_channels, 3, padding=1)
+            self.channels = channels
+
+        def forward(self, x, timesteps, y=None):
+            assert (y is not None) == (self.num_classes is not None)
+            emb = self.temb(_temb(timesteps, self.channels))
+            if y is not None:
+                emb = emb + self.label_emb(y)
+            h = self.body(x.type(self.dtype)).float() + emb[:, :, None, None]
+            return self.out(h).type(x.dtype)
+
+
+    class TinyClassifier(torch.nn.Module, _Half):
+        def __init__(self, channels):
+            super().__init__()
+            self.dtype, self.channels = torch.float32, channels
+            self.temb = torch.nn.Linear(channels, channels)
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.SiLU())
+            self.out = torch.nn.Linear(channels, NUM_CLASSES)
+
+        def forward(self, x, timesteps):
+            h = self.body(x.type(self.dtype)).float() + self.temb(_temb(timesteps, self.channels))[:, :, None, None]
+            return self.out(torch.tanh(h).mean(dim=(2, 3)))
+
+
+    def create_model(image_size, num_channels, num_res_blocks, channel_mult="", learn_sigma=False, class_cond=False,
+                     use_checkpoint=False, attention_resolutions="16", num_heads=1, num_head_channels=-1,
+                     num_heads_upsample=-1, use_scale_shift_norm=False, dropout=0, resblock_updown=False,
+                     use_fp16=False, use_new_attention_order=False):
+        net = TinyUNet(num_channels, 6 if learn_sigma else 3, NUM_CLASSES if class_cond else None)
+        net.dtype = torch.float16 if use_fp16 else torch.float32
+        return net
+
+
+    def create_classifier(image_size, classifier_use_fp16, classifier_width, classifier_depth,
+                          classifier_attention_resolutions, classifier_use_scale_shift_norm, classifier_resblock_updown,
+                          classifier_pool):
+        net = TinyClassifier(classifier_width)
+        net.dtype = torch.float16 if classifier_use_fp16 else torch.float32
+        return net
+'''
+
+
+def write_guided_diffusion_code(code: Path) -> Path:
+    """A guided-diffusion-like checkout (``guided_diffusion/script_util.py``, see ``GD_SCRIPT_UTIL``)."""
+    pkg = code / "guided_diffusion"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "script_util.py").write_text(textwrap.dedent(GD_SCRIPT_UTIL))
+    return code
+
+
+def write_guided_diffusion_standin(code: Path, folder: Path, flags: dict[str, Any],
+                                   classifier_flags: dict[str, Any], names: tuple[str, str], seed: int = 11) -> None:
+    """State dicts of the checkout's stand-in networks (``write_guided_diffusion_code``) under ``names`` (UNet,
+    classifier) in ``folder``, built from the flags as the adapter builds them."""
+    import importlib
+
+    forget = [m for m in sys.modules if m.split(".")[0] == "guided_diffusion"]
+    for name in forget:  # the installed package, if a test imported it
+        sys.modules.pop(name)
+    sys.path.insert(0, str(code))
+    try:
+        su = importlib.import_module("guided_diffusion.script_util")
+        flags = {**su.model_and_diffusion_defaults(), **flags}
+        cflags = {**su.classifier_defaults(), "image_size": flags["image_size"], **classifier_flags}
+        seeded(seed)
+        net = su.create_model(**{k: v for k, v in flags.items() if k in su.create_model.__code__.co_varnames})
+        clf = su.create_classifier(**{k: v for k, v in cflags.items()
+                                      if k in su.create_classifier.__code__.co_varnames})
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), folder / names[0])
+        torch.save(clf.state_dict(), folder / names[1])
+    finally:
+        sys.path.remove(str(code))
+        for name in [m for m in sys.modules if m.split(".")[0] == "guided_diffusion"]:
+            sys.modules.pop(name)
 
 
 # -- metric weights and reference statistics -------------------------------------------------------------------

@@ -235,7 +235,7 @@ def test_bad_entries_give_one_line_errors(ddpm_dir: tuple[Path, Any, Any], tmp_p
             load_adapter(entry, where)
         assert "\n" not in str(info.value)
     assert set(ADAPTERS) == {"diffusers-unet", "latent-diffusion", "stable-diffusion", "sd3", "flux", "edm-pickle",
-                             "score-sde"}
+                             "score-sde", "guided-diffusion"}
 
 
 # -- latent-diffusion ------------------------------------------------------------------------------------------

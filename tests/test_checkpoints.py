@@ -390,7 +390,10 @@ def test_shipped_manifest() -> None:
     assert list(m) == ["ddpm-cifar10", "ddpm-bedroom", "ddpm-celebahq", "ldm-celebahq", "sd15", "sd21-base",
                        "edm-cifar10-uncond-vp", "edm-ffhq64-uncond-vp", "scoresde-cifar10-ddpmpp-deep-continuous",
                        "digits-unet", "digits-flow", "sd3-medium", "sd35-medium", "sd35-large", "flux-schnell",
-                       "flux-dev"]
+                       "flux-dev", "adm-imagenet256-classifier-guided", "adm-imagenet128-classifier-guided"]
+    adm = m["adm-imagenet256-classifier-guided"]  # one folder URL, two files (the openai/guided-diffusion README's)
+    assert [adm.url(f) for f in adm.files] == [f"https://openaipublic.blob.core.windows.net/diffusion/jul-2021/{n}"
+                                               for n in ("256x256_diffusion.pt", "256x256_classifier.pt")]
     assert m["ddpm-cifar10"].source == {"hf": "google/ddpm-cifar10-32", "revision": "main"}
     assert m["edm-cifar10-uncond-vp"].url(m["edm-cifar10-uncond-vp"].files[0]) == (
         "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl")

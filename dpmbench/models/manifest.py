@@ -10,7 +10,8 @@ Sources:
 - ``{hf: "org/repo", revision: "<commit sha or tag>"}``: files are paths inside the Hugging Face repo, fetched
   from ``{endpoint}/{repo}/resolve/{revision}/{path}``; the endpoint is ``https://huggingface.co`` unless
   ``DPMBENCH_HF_ENDPOINT`` says otherwise (a mirror, or a local server in the tests).
-- ``{url: "https://..."}``: one file, fetched from that URL.
+- ``{url: "https://..."}``: one file, fetched from that URL; a folder URL (ending in ``/``) holds several files, each
+  fetched from the folder URL followed by its path.
 - ``{manual: "<where to get it>"}``: never downloaded (e.g. Google Drive folders); ``pull`` says which file to
   place where.
 - ``{local: "trained/<id>"}``: files shipped in the repository (a folder relative to the repository root, or an
@@ -49,7 +50,8 @@ from dpmbench.yamlfile import load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MANIFEST = ROOT / "config" / "checkpoints.yaml"
-ADAPTERS = ("diffusers-unet", "latent-diffusion", "stable-diffusion", "sd3", "flux", "edm-pickle", "score-sde")
+ADAPTERS = ("diffusers-unet", "latent-diffusion", "stable-diffusion", "sd3", "flux", "edm-pickle", "score-sde",
+            "guided-diffusion")
 SCHEDULES = ("vp-linear", "vp-cosine", "vp-discrete", "edm", "ve", "flow")  # dpmbench.schedules.NOISE_SCHEDULES
 PARAMETERIZATIONS = ("eps", "x0", "v", "flow")  # dpmbench.models.base.PARAMETERIZATIONS
 CONDITIONING = ("none", "class", "text")
@@ -113,7 +115,8 @@ class CheckpointEntry:
             rev, path = quote(str(self.source["revision"]), safe=""), quote(f.path, safe="/")
             return f"{endpoint.rstrip('/')}/{self.source['hf']}/resolve/{rev}/{path}"
         if self.kind == "url":
-            return str(self.source["url"])
+            url = str(self.source["url"])
+            return url + quote(f.path, safe="/") if url.endswith("/") else url  # a folder URL: each file in it
         return None
 
     def as_dict(self) -> dict[str, Any]:
@@ -171,13 +174,14 @@ def _parse_source(cid: str, src: Any, where: str) -> dict[str, Any]:
     return dict(src)
 
 
-def _parse_files(cid: str, files: Any, kind: str, where: str) -> tuple[CheckpointFile, ...]:
+def _parse_files(cid: str, files: Any, kind: str, where: str, url: str = "") -> tuple[CheckpointFile, ...]:
     key = f"checkpoints.{cid}.files"
     if not isinstance(files, list) or not files:
         raise _bad(where, key, files, "a non-empty list of {path, sha256, size}")
-    if kind == "url" and len(files) != 1:
+    if kind == "url" and len(files) != 1 and not str(url).endswith("/"):
         raise _bad(where, key, [f.get("path") if isinstance(f, Mapping) else f for f in files],
-                   "exactly one file for a url source")
+                   "exactly one file for a url source (a folder URL, ending in '/', takes several: each file's path "
+                   "is appended to it)")
     out, seen = [], set()
     for i, f in enumerate(files):
         k = f"{key}[{i}]"
@@ -230,7 +234,7 @@ def parse_entry(cid: str, raw: Any, manifest: str | None = None) -> CheckpointEn
     cond = choice("conditioning", CONDITIONING, "none")
     source = _parse_source(cid, raw["source"], where)
     kind = next(k for k in SOURCE_KINDS if k in source)
-    files = _parse_files(cid, raw["files"], kind, where)
+    files = _parse_files(cid, raw["files"], kind, where, str(source.get("url", "")))
     res = raw["resolution"]
     if isinstance(res, bool) or not isinstance(res, int) or res < 1:
         raise _bad(where, f"checkpoints.{cid}.resolution", res, "an integer >= 1 (pixels)")

@@ -9,8 +9,9 @@ Adapters: ``diffusers-unet`` (pixel UNet2DModel + DDPM scheduler), ``latent-diff
 space, ``decode``), ``stable-diffusion`` (SD 1.x/2.x, text conditioning and classifier-free guidance), ``sd3``
 (Stable Diffusion 3 / 3.5: flow-matching transformer, three text encoders, classifier-free guidance), ``flux``
 (FLUX.1 [dev] / [schnell]: flow-matching transformer, packed latents, the guidance embedding of the distilled
-[dev]), ``edm-pickle`` (NVlabs/edm ``*.pkl``, sha256-gated) and ``score-sde`` (score_sde_pytorch VP
-``checkpoint_*.pth``).
+[dev]), ``edm-pickle`` (NVlabs/edm ``*.pkl``, sha256-gated), ``score-sde`` (score_sde_pytorch VP
+``checkpoint_*.pth``) and ``guided-diffusion`` (openai/guided-diffusion ADM ``*.pt`` with its noisy classifier:
+classifier guidance).
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ def _edm(entry: Mapping[str, Any], root: Path, device: str | torch.device) -> Mo
     return load_edm_pickle(entry, root, device)
 
 
+def _guided_diffusion(entry: Mapping[str, Any], root: Path, device: str | torch.device) -> Model:
+    from dpmbench.models.adapters.guided_diffusion import load_guided_diffusion
+
+    return load_guided_diffusion(entry, root, device)
+
+
 def _score_sde(entry: Mapping[str, Any], root: Path, device: str | torch.device) -> Model:
     from dpmbench.models.adapters.score_sde import load_score_sde
 
@@ -75,6 +82,7 @@ ADAPTERS: dict[str, Callable[[Mapping[str, Any], Path, str | torch.device], Mode
     "flux": _flux,
     "edm-pickle": _edm,
     "score-sde": _score_sde,
+    "guided-diffusion": _guided_diffusion,
 }
 
 

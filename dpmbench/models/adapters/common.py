@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,10 @@ import torch
 from dpmbench.errors import DpmbenchError, bad_value
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Rows per network call. Convolution kernels pick their algorithm by batch size, so a sample's output would change
+# in the last float32 bits with the batch it is evaluated in; calls on fixed-size chunks (the last one padded)
+# make samples bit-identical whatever the batch size or shard count. 0: one call per batch (no padding).
+DEFAULT_MICRO_BATCH = {"cpu": 8, "cuda": 64}
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers -> dpmbench
 
 
@@ -141,6 +145,29 @@ def time_column(t: float | torch.Tensor, x: torch.Tensor, scale: float = 1.0, sh
         v = t.to(device=x.device, dtype=torch.float64) * scale + shift
         return v.expand(n) if v.ndim == 0 else v.reshape(n)
     return torch.full((n,), float(t) * scale + shift, device=x.device, dtype=torch.float64)
+
+
+def in_chunks(call: Callable[..., torch.Tensor], rows: Sequence[Any], micro_batch: int | None,
+              device: torch.device) -> torch.Tensor:
+    """``call(*rows)`` evaluated on fixed chunks of ``micro_batch`` rows (None: ``DEFAULT_MICRO_BATCH`` of the
+    device; 0: one call), the last chunk padded by repeating its final row, so that every row's result is
+    independent of the batch it came in. ``rows[0]`` is the batch (n rows); any other item with n rows along its
+    first axis (a tensor, or a mapping of such tensors) is cut with it, anything else is passed whole."""
+    n = rows[0].shape[0]
+    mb = micro_batch if micro_batch is not None else DEFAULT_MICRO_BATCH.get(device.type, 0)
+    if not mb or n == mb:
+        return call(*rows)
+
+    def cut(v: Any, idx: torch.Tensor) -> Any:
+        if isinstance(v, Mapping):
+            return {k: cut(w, idx) for k, w in v.items()}
+        return v[idx] if torch.is_tensor(v) and v.ndim and v.shape[0] == n else v
+
+    outs = []
+    for lo in range(0, n, mb):
+        idx = torch.arange(lo, lo + mb, device=device).clamp(max=n - 1)  # pad: repeat the last row
+        outs.append(call(*(cut(v, idx) for v in rows))[: min(mb, n - lo)])
+    return torch.cat(outs)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

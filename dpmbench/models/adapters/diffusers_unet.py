@@ -39,6 +39,7 @@ from dpmbench.models.adapters.common import (
     PREDICTION_TYPES,
     check_entry_field,
     entry_digest,
+    in_chunks,
     model_dtype,
     options,
     time_column,
@@ -49,10 +50,6 @@ from dpmbench.schedules import Flow, NoiseSchedule, VPDiscrete
 SCHEDULE_OPTIONS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
 UNET_OPTIONS = ("dtype", "unet", "subfolder", "scheduler", "num_classes", "null_class", "micro_batch",
                 *SCHEDULE_OPTIONS)
-# Rows per network call. Convolution kernels pick their algorithm by batch size, so a sample's output would change
-# in the last float32 bits with the batch it is evaluated in; calls on fixed-size chunks (the last one padded)
-# make samples bit-identical whatever the batch size or shard count. 0: one call per batch (no padding).
-DEFAULT_MICRO_BATCH = {"cpu": 8, "cuda": 64}
 # diffusers' DDPMScheduler defaults (used where a scheduler config leaves a key out)
 DIFFUSERS_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
                       "prediction_type": "epsilon"}
@@ -169,22 +166,13 @@ class DiffusersUNet(Model):
         return {"class_labels": labels}
 
     # -- evaluation ---------------------------------------------------------------------------------
-    micro_batch: int | None = None  # rows per network call (None: DEFAULT_MICRO_BATCH of the device; 0: no chunks)
+    micro_batch: int | None = None  # rows per network call (None: common.DEFAULT_MICRO_BATCH of the device; 0: none)
 
     def net(self, x: torch.Tensor, timestep: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         """The UNet on x (one evaluation): native output in x's dtype (learned-variance channels dropped), computed
         in chunks of ``micro_batch`` rows, the last padded by repeating its final row, so that every row's result
         is independent of the batch it came in."""
-        n = x.shape[0]
-        mb = self.micro_batch if self.micro_batch is not None else DEFAULT_MICRO_BATCH.get(x.device.type, 0)
-        if not mb or n == mb:
-            return self._call(x, timestep, kwargs)
-        outs = []
-        for lo in range(0, n, mb):
-            idx = torch.arange(lo, lo + mb, device=x.device).clamp(max=n - 1)  # pad: repeat the last row
-            chunk = {k: v[idx] if torch.is_tensor(v) and v.ndim and v.shape[0] == n else v for k, v in kwargs.items()}
-            outs.append(self._call(x[idx], timestep[idx], chunk)[: min(mb, n - lo)])
-        return torch.cat(outs)
+        return in_chunks(self._call, (x, timestep, kwargs), self.micro_batch, x.device)
 
     @contextlib.contextmanager
     def fixed_batch(self) -> Iterator[None]:
