@@ -122,6 +122,42 @@ def test_unpinned_pickle_is_pulled_only_with_the_opt_in_and_warned_about(server:
     assert dl.unpinned_used("checkpoint:") == {"checkpoint:toy-pkl/net.pkl": sha}
 
 
+def test_unpinned_guided_diffusion_pair_from_a_folder_url(server: str, tmp_path: Path, monkeypatch) -> None:
+    """The shipped ADM entry's form (two unpinned .pt files under one folder URL): refused without the opt-in; with
+    it both files pulled, their hashes recorded, and the model loaded through the adapter's sha256 gate and guided."""
+    import torch
+    from standins import GD_TINY_CLASSIFIER_FLAGS, GD_TINY_FLAGS, guided_diffusion_pair
+
+    from dpmbench.models.base import guided
+    from dpmbench.models.registry import load_model
+
+    built = tmp_path / "built"
+    guided_diffusion_pair(built)
+    for name in ("unet.pt", "classifier.pt"):
+        _Files.files[f"/diffusion/jul-2021/{name}"] = (built / name).read_bytes()
+    real = yaml.safe_load((ROOT / "config" / "checkpoints.yaml").read_text())["checkpoints"][
+        "adm-imagenet256-classifier-guided"]
+    entry = {**real, "source": {"url": f"{server}/diffusion/jul-2021/"}, "resolution": 64,
+             "files": [{"path": n, "sha256": None, "size": None} for n in ("unet.pt", "classifier.pt")],
+             "options": {**real["options"], "model_file": "unet.pt", "classifier_file": "classifier.pt",
+                         "model_flags": GD_TINY_FLAGS, "classifier_flags": GD_TINY_CLASSIFIER_FLAGS}}
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({"checkpoints": {"toy-adm": entry}}))
+    monkeypatch.setenv("DPMBENCH_MANIFESTS", str(manifest))
+    e = ck.load_manifest(manifest)["toy-adm"]
+    with pytest.raises(DpmbenchError, match=r"pin its sha256 .* or opt in for this run with --trust-unpinned"):
+        store.pull(e, progress=False)
+    assert _Files.requests == []
+    with dl.trusting(), pytest.warns(store.UnpinnedChecksumWarning):
+        store.pull(e, progress=False)
+        model = load_model("toy-adm")
+    seen = {n: hashlib.sha256((built / n).read_bytes()).hexdigest() for n in ("unet.pt", "classifier.pt")}
+    assert store.seen_hashes(e) == seen
+    assert sorted(_Files.requests) == ["/diffusion/jul-2021/classifier.pt", "/diffusion/jul-2021/unet.pt"]
+    out = guided(model, 2.0).eps(torch.zeros(2, 3, 64, 64), 0.5, torch.tensor([3, 4]))
+    assert out.shape == (2, 3, 64, 64) and torch.isfinite(out).all()
+
+
 def _stats_manifest(tmp_path: Path, server: str) -> tuple[Path, bytes]:
     buf = tmp_path / "s.npz"
     np.savez(buf, mu=np.zeros(3), sigma=np.eye(3))
