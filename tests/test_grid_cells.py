@@ -49,6 +49,10 @@ SIGMA_MIN_VP_TIME = "3.9841975391405537e-05"  # t_end of the VP networks: sigma 
 SCORESDE_STATS = {"results/papers/dpm-solver": ("scoresde-cifar10-ddpmpp-deep-continuous",),
                   "results/papers/unipc": ("scoresde-cifar10-ddpmpp-deep-continuous",),
                   "results/papers/dpm-solver-v3": ("scoresde-cifar10-ddpmpp-deep-continuous", "edm-cifar10-uncond-vp")}
+# Checkpoints that were named only and are now loadable (an adapter and files in config/checkpoints.yaml): the
+# guided-diffusion ADM of DPM-Solver-v3's Table 6 and of DPM-Solver++'s guided example. Their jobs then pull and load
+# the checkpoint (job field "checkpoint": "loadable" instead of "named"); nothing else of them changes.
+NOW_LOADABLE = ("adm-imagenet256-classifier-guided",)
 
 
 def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[str, dict[str, list[str]]]
@@ -96,6 +100,12 @@ def _with_deliberate_changes(before: dict[str, dict[str, list[str]]], now: dict[
     for results_dir in ADDED_GRIDS:
         assert results_dir not in out and results_dir in now
         out[results_dir] = now[results_dir]
+    for results_dir in out:
+        for model in NOW_LOADABLE:
+            if f"model:{model}" in out[results_dir]:
+                out[results_dir][f"model:{model}"] = [
+                    r.replace('"checkpoint": "named"', '"checkpoint": "loadable"')
+                    for r in out[results_dir][f"model:{model}"]]
     for results_dir in (d for d in out if d.startswith("results/papers/")):
         for key, records in out[results_dir].items():
             if key.startswith("model:"):
