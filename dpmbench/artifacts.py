@@ -1,6 +1,7 @@
 """Cached artifacts of searches and model statistics: computed once, shared by every job, never corrupt.
 
-Two kinds of artifacts, both JSON:
+Two kinds of artifacts, both JSON (a keyed artifact's numpy arrays, e.g. DPM-Solver-v3's data-sized statistics, in a
+``.npz`` beside it):
 
 - *keyed* artifacts (``cached``): the result of a deterministic computation, stored under a sha256 of
   everything it depends on (model, NFE, guidance, solver options, seed, ...). A solver's ``prepare`` asks for
@@ -21,14 +22,16 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from filelock import FileLock
 
 from dpmbench.errors import DpmbenchError
-from dpmbench.io import cache_dir, digest, save_json
+from dpmbench.io import atomic_write, cache_dir, digest, save_json
 
 FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -72,8 +75,17 @@ def _search_dirs() -> list[Path]:
     return dirs
 
 
+KEY_ARRAY = "__key__"  # the artifact's key, stored in its .npz too: a sidecar of another artifact is never read
+
+
+def sidecar(path: Path) -> Path:
+    """The ``.npz`` that holds the numpy arrays of the keyed artifact at ``path``."""
+    return path.with_suffix(".npz")
+
+
 def _read(path: Path, key: str | None = None) -> dict[str, Any] | None:
-    """The artifact at ``path``, or None if absent, unreadable or not the expected one."""
+    """The artifact at ``path`` (its arrays read back from its ``.npz``), or None if absent, unreadable or not the
+    expected one."""
     try:
         obj = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -82,7 +94,31 @@ def _read(path: Path, key: str | None = None) -> dict[str, Any] | None:
         return None
     if key is not None and obj.get("key") != key:
         return None
+    names = obj.get("arrays")
+    if names:
+        try:
+            with np.load(sidecar(path), allow_pickle=False) as z:
+                if str(z[KEY_ARRAY]) != obj.get("key") or not isinstance(obj["data"], dict):
+                    return None
+                obj["data"] = {**obj["data"], **{n: z[n] for n in names}}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return None
     return obj
+
+
+def _write(path: Path, obj: dict[str, Any]) -> None:
+    """Write a keyed artifact: numpy arrays among the top-level values of its data go to its ``.npz`` (binary, exact;
+    written first, so the JSON that names it is never there without it), the rest to the JSON."""
+    data = obj["data"]
+    arrays = {k: v for k, v in data.items() if isinstance(v, np.ndarray)} if isinstance(data, dict) else {}
+    if arrays:
+        def write_npz(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays, **{KEY_ARRAY: np.array(obj["key"])})
+
+        atomic_write(sidecar(path), write_npz)
+        obj = {**obj, "arrays": sorted(arrays), "data": {k: v for k, v in data.items() if k not in arrays}}
+    save_json(path, obj)
 
 
 def artifact_key(kind: str, *items: Any) -> str:
@@ -115,8 +151,9 @@ def cached(kind: str, items: tuple[Any, ...], compute: Callable[[], Any], meta: 
     """The artifact of ``kind`` keyed by ``items``: read it if present, else compute it once (file lock, so
     concurrent jobs wait for the first instead of repeating the work) and store it atomically.
 
-    ``compute()`` returns JSON-able data; ``meta`` (JSON-able, e.g. the search's settings and wall time) is
-    stored beside it for people reading the file. The key also holds the version of the code that computes the
+    ``compute()`` returns JSON-able data (a dict's top-level values may also be numpy arrays: they are stored in a
+    ``.npz`` beside the JSON and read back bit for bit); ``meta`` (JSON-able, e.g. the search's settings and wall
+    time) is stored beside it for people reading the file. The key also holds the version of the code that computes the
     artifact (``code_version`` of ``code``, default ``compute``'s module), so stale results are never reused.
     """
     key = artifact_key(kind, *items, code_version(code or compute))
@@ -131,7 +168,7 @@ def cached(kind: str, items: tuple[Any, ...], compute: Callable[[], Any], meta: 
         if obj is not None:
             return obj["data"]
         data = compute()
-        save_json(path, {"format": FORMAT, "kind": kind, "key": key, "meta": meta or {}, "data": data})
+        _write(path, {"format": FORMAT, "kind": kind, "key": key, "meta": meta or {}, "data": data})
     return data
 
 

@@ -36,6 +36,41 @@ def _slow_compute(args: tuple[str, str]) -> Any:
     return cached("test-lock", ("same", 1), compute)
 
 
+def test_an_artifact_s_arrays_live_in_its_npz_exact_and_checked(artifacts: Path) -> None:
+    """Arrays among an artifact's top-level values go to a .npz beside its JSON (DPM-Solver-v3's data-sized b: no
+    JSON of 10^8 numbers) and come back bit for bit; a missing, corrupt or foreign .npz makes the artifact absent."""
+    import numpy as np
+
+    from dpmbench.artifacts import sidecar
+
+    calls: list[int] = []
+    b = np.random.default_rng(0).standard_normal((5, 7)) * 1e-3
+
+    def compute() -> dict[str, Any]:
+        calls.append(1)
+        return {"b": b.copy(), "l": [1.0, 2.0]}
+
+    first = cached("toy-arrays", ("k", 1), compute)
+    key = artifact_key("toy-arrays", "k", 1, code_version(_slow_compute))
+    path = keyed_path("toy-arrays", key)
+    stored = json.loads(path.read_text())
+    assert stored["arrays"] == ["b"] and stored["data"] == {"l": [1.0, 2.0]} and sidecar(path).is_file()
+    again = cached("toy-arrays", ("k", 1), compute)
+    assert calls == [1] and again["b"].dtype == np.float64 and np.array_equal(again["b"], b)
+    assert np.array_equal(first["b"], b) and again["l"] == [1.0, 2.0]
+    sidecar(path).write_bytes(sidecar(path).read_bytes()[:40])  # truncated: recomputed
+    assert np.array_equal(cached("toy-arrays", ("k", 1), compute)["b"], b) and calls == [1, 1]
+    other = cached("toy-arrays", ("k", 2), compute)  # another artifact's arrays never stand in for this one's
+    assert np.array_equal(other["b"], b) and len(calls) == 3
+    sidecar(path).write_bytes(sidecar(keyed_path("toy-arrays", artifact_key(
+        "toy-arrays", "k", 2, code_version(_slow_compute)))).read_bytes())
+    cached("toy-arrays", ("k", 1), compute)
+    assert len(calls) == 4
+    sidecar(path).unlink()
+    cached("toy-arrays", ("k", 1), compute)
+    assert len(calls) == 5 and sidecar(path).is_file()
+
+
 def test_cached_computes_once_and_recovers_from_corruption(artifacts: Path) -> None:
     calls: list[int] = []
     data = cached("toy", ("a", 1), lambda: calls.append(1) or {"x": [1.0, 2.0]})

@@ -204,7 +204,8 @@ def _compute_ems(model: Model, t_start: float, t_end: float, steps: int, samples
     s_arr = np.where(ok, (np.array(mom["cuf"]) - dl * np.array(mom["cyf"])) / np.where(ok, vff, 1.0), 0.0)
     u_m, y_m, f_m = (torch.stack(mom[k]).cpu().numpy() for k in ("u", "y", "f"))
     b_arr = u_m - dl[:, None] * y_m - s_arr[:, None] * f_m
-    return {"lam": lam_np.tolist(), "l": l_arr.tolist(), "s": s_arr.tolist(), "b": b_arr.tolist(),
+    # b is data-sized ((N + 1) x D: 98.5M numbers for ADM-256 at N = 500): an array, stored beside the artifact's JSON
+    return {"lam": lam_np.tolist(), "l": l_arr.tolist(), "s": s_arr.tolist(), "b": np.ascontiguousarray(b_arr),
             "wall_s": time.perf_counter() - start}
 
 
