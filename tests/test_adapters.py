@@ -547,3 +547,12 @@ def test_score_sde_checkpoint(score_sde_files: Any) -> None:
     torch.testing.assert_close(model.eps(x, 0.3), want, rtol=0, atol=0)
     out = sample(model, "dpm-solver:order=3", 6, model.prior(2, seed=0))
     assert torch.isfinite(out).all()
+    # a checkpoint whose tensors have other shapes than the config's network: one line, not load_state_dict's traceback
+    state = torch.load(data / "checkpoint_8.pth", weights_only=True)
+    state["model"]["module.conv.weight"] = torch.zeros(3, 3, 5, 5)
+    torch.save(state, data / "checkpoint_8.pth")
+    sha2 = hashlib.sha256((data / "checkpoint_8.pth").read_bytes()).hexdigest()
+    with pytest.raises(DpmbenchError, match=r"does not fit config 'tiny_vp' \(missing 0, unexpected 0, other shape 1 "
+                                            r"keys\)") as info:
+        load_adapter({**entry, "files": [{"path": "checkpoint_8.pth", "sha256": sha2, "size": None}]}, data)
+    assert "\n" not in str(info.value)

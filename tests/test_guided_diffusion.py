@@ -14,7 +14,7 @@ from standins import GD_TINY_CLASSIFIER_FLAGS, GD_TINY_FLAGS, guided_diffusion_p
 
 from dpmbench.errors import DpmbenchError
 from dpmbench.models.adapters import load_adapter
-from dpmbench.models.base import guided
+from dpmbench.models.base import Guided, guided, has_exact_solution
 from dpmbench.models.manifest import parse_entry
 from dpmbench.schedules import VPDiscrete
 from dpmbench.solvers import dpm_solver_v3
@@ -60,6 +60,7 @@ def test_eps_and_classifier_guidance_follow_the_official_wrapper(adm: tuple[Path
     sigma_t = float(ref.sigma(torch.tensor(t, dtype=torch.float64)))
     net2 = guided(model, 2.0)
     assert net2 is not model and net2.num_classes == 1000 and net2.forward_ad is False
+    assert isinstance(net2, Guided) and net2.base is model and not has_exact_solution(net2)  # unwrapped as any guided
     got = net2.forward(x, t, y)
     torch.testing.assert_close(got, eps_official - 2.0 * sigma_t * grad, rtol=1e-5, atol=1e-6)
     assert (got - eps).abs().max() > 1e-4  # the guidance term is not negligible here

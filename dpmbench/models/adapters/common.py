@@ -8,11 +8,12 @@ pickle) or ``files`` (the sha256 of every file, as ``{name: sha256}`` or a list 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,47 @@ def in_chunks(call: Callable[..., torch.Tensor], rows: Sequence[Any], micro_batc
         idx = torch.arange(lo, lo + mb, device=device).clamp(max=n - 1)  # pad: repeat the last row
         outs.append(call(*(cut(v, idx) for v in rows))[: min(mb, n - lo)])
     return torch.cat(outs)
+
+
+class MicroBatched:
+    """A model whose network calls run in chunks of ``micro_batch`` rows (``in_chunks``): mixed in before ``Model``."""
+
+    micro_batch: int | None = None  # rows per network call (None: DEFAULT_MICRO_BATCH of the device; 0: none)
+
+    @contextlib.contextmanager
+    def fixed_batch(self) -> Iterator[None]:
+        """One network call per batch inside the block (see ``Model.fixed_batch``): a search on 10 samples costs a
+        10-row call, not a padded 64-row one (digits-unet on one core: 6.3 ms of CPU instead of 25 ms)."""
+        before = self.micro_batch
+        self.micro_batch = 0
+        try:
+            yield
+        finally:
+            self.micro_batch = before
+
+
+def set_micro_batch(model: Any, opts: Mapping[str, Any]) -> Any:
+    """Apply the ``micro_batch`` option to a ``MicroBatched`` model (rows per network call; default per device,
+    0 = none)."""
+    if "micro_batch" in opts:
+        mb = opts["micro_batch"]
+        if isinstance(mb, bool) or not isinstance(mb, int) or mb < 0:
+            raise bad_value("option micro_batch", mb, "an integer >= 0")
+        model.micro_batch = mb
+    return model
+
+
+def load_fitting(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """Load the keys of ``state`` that fit ``module`` (``strict=False``) and say what did not fit: ``""`` when
+    everything did, else ``"missing M, unexpected U, other shape S keys"`` (for the caller's one-line error; a key of
+    another shape would otherwise stop ``load_state_dict`` with a multi-line traceback)."""
+    own = module.state_dict()
+    wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing, unexpected = module.load_state_dict({k: v for k, v in state.items() if k not in wrong}, strict=False)
+    missing = [k for k in missing if k not in wrong]  # left out above for their shape, not absent
+    if missing or unexpected or wrong:
+        return f"missing {len(missing)}, unexpected {len(unexpected)}, other shape {len(wrong)} keys"
+    return ""
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -26,9 +26,8 @@ entry. Options ``unet`` (alias ``subfolder``) and ``scheduler`` override the fol
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,13 @@ import torch
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.models.adapters.common import (
     PREDICTION_TYPES,
+    MicroBatched,
     check_entry_field,
     entry_digest,
     in_chunks,
     model_dtype,
     options,
+    set_micro_batch,
     time_column,
 )
 from dpmbench.models.base import Model, convert_prediction
@@ -119,7 +120,7 @@ def component_dir(root: Path, opts: Mapping[str, Any], keys: tuple[str, ...], de
     return next((Path(root) / d for d in defaults if (Path(root) / d / marker).is_file()), None)
 
 
-class DiffusersUNet(Model):
+class DiffusersUNet(MicroBatched, Model):
     """A diffusers UNet on a ``vp-discrete`` schedule (see the module docstring for the time convention).
 
     ``cond``: class labels (LongTensor, shape (n,)) for class-conditional ``UNet2DModel`` s
@@ -166,24 +167,12 @@ class DiffusersUNet(Model):
         return {"class_labels": labels}
 
     # -- evaluation ---------------------------------------------------------------------------------
-    micro_batch: int | None = None  # rows per network call (None: common.DEFAULT_MICRO_BATCH of the device; 0: none)
 
     def net(self, x: torch.Tensor, timestep: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         """The UNet on x (one evaluation): native output in x's dtype (learned-variance channels dropped), computed
         in chunks of ``micro_batch`` rows, the last padded by repeating its final row, so that every row's result
         is independent of the batch it came in."""
         return in_chunks(self._call, (x, timestep, kwargs), self.micro_batch, x.device)
-
-    @contextlib.contextmanager
-    def fixed_batch(self) -> Iterator[None]:
-        """One network call per batch inside the block (see ``Model.fixed_batch``): a search on 10 samples costs a
-        10-row call, not a padded 64-row one (digits-unet on one core: 6.3 ms of CPU instead of 25 ms)."""
-        before = self.micro_batch
-        self.micro_batch = 0
-        try:
-            yield
-        finally:
-            self.micro_batch = before
 
     def _call(self, x: torch.Tensor, timestep: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         out = self.unet(x.to(self.dtype), timestep, return_dict=False, **kwargs)[0]
@@ -268,13 +257,3 @@ def load_diffusers_unet(entry: Mapping[str, Any], root: Path, device: str | torc
                           (unet.config.in_channels, *size), dtype=dtype, num_classes=num_classes,
                           null_class=opts.get("null_class"), digest=entry_digest(entry), num_train_timesteps=big_n)
     return set_micro_batch(model, opts)
-
-
-def set_micro_batch(model: DiffusersUNet, opts: Mapping[str, Any]) -> DiffusersUNet:
-    """Apply the ``micro_batch`` option (rows per network call; default per device, 0 = none)."""
-    if "micro_batch" in opts:
-        mb = opts["micro_batch"]
-        if isinstance(mb, bool) or not isinstance(mb, int) or mb < 0:
-            raise bad_value("option micro_batch", mb, "an integer >= 0")
-        model.micro_batch = mb
-    return model

@@ -30,11 +30,10 @@ finite differences.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -43,14 +42,17 @@ import torch
 
 from dpmbench.errors import DpmbenchError, bad_value
 from dpmbench.models.adapters.common import (
+    MicroBatched,
     check_entry_field,
     entry_digest,
     in_chunks,
+    load_fitting,
     options,
+    set_micro_batch,
     time_column,
     verified_file,
 )
-from dpmbench.models.base import Model
+from dpmbench.models.base import Guided, Model
 from dpmbench.schedules import VPDiscrete
 
 GD_OPTIONS = ("model_file", "classifier_file", "model_flags", "classifier_flags", "code_path", "micro_batch")
@@ -117,17 +119,16 @@ def schedule_of(flags: Mapping[str, Any]) -> VPDiscrete:
     return VPDiscrete(num_train_timesteps=n, beta_start=scale * 1e-4, beta_end=scale * 0.02)
 
 
-class GuidedDiffusionUNet(Model):
+class GuidedDiffusionUNet(MicroBatched, Model):
     """An ADM UNet (noise prediction on ``vp-discrete``) with its noisy classifier, guided through ``with_guidance``."""
 
     parameterization = "eps"
 
     def __init__(self, net: torch.nn.Module, classifier: torch.nn.Module | None, name: str, schedule: VPDiscrete,
-                 shape: tuple[int, ...], num_classes: int, class_cond: bool, digest: str = "",
-                 micro_batch: int | None = None):
+                 shape: tuple[int, ...], num_classes: int, class_cond: bool, digest: str = ""):
         self.net, self.classifier, self.name, self.schedule = net, classifier, name, schedule
         self.shape, self.num_classes, self.class_cond = tuple(shape), num_classes, class_cond
-        self.digest, self.micro_batch = digest, micro_batch
+        self.digest = digest
 
     def timesteps(self, t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The networks' timestep input ``N t - 1`` (float32, one per row)."""
@@ -166,16 +167,6 @@ class GuidedDiffusionUNet(Model):
         return in_chunks(call, (x, self.timesteps(t, x), self._labels(cond, x)), self.micro_batch,
                          x.device).to(x.dtype)
 
-    @contextlib.contextmanager
-    def fixed_batch(self) -> Iterator[None]:
-        """One network call per batch inside the block (``Model.fixed_batch``: a search's or fit's own set)."""
-        before = self.micro_batch
-        self.micro_batch = 0
-        try:
-            yield
-        finally:
-            self.micro_batch = before
-
     def with_guidance(self, scale: float) -> Model:
         """This model under classifier guidance of scale ``scale`` (what ``guided(model, scale)`` returns)."""
         return ClassifierGuided(self, scale)
@@ -184,16 +175,17 @@ class GuidedDiffusionUNet(Model):
         return f"{self.name}|{self.digest}|eps|{self.schedule.key()}"
 
 
-class ClassifierGuided(Model):
+class ClassifierGuided(Guided):
     """eps'(x, t | y) = eps(x, t | y) - s sigma_t grad_x log p(y | x_t, t) (Dhariwal & Nichol 2021, Sec. 4.2;
-    DPM-Solver's ``model_wrapper``, guidance_type "classifier"); one evaluation is one NFE."""
+    DPM-Solver's ``model_wrapper``, guidance_type "classifier"); one evaluation is one NFE. A ``Guided`` model (its
+    ``base`` and ``scale``; ``fixed_batch`` through the base) whose guidance is the classifier's, not
+    classifier-free."""
 
-    parameterization = "eps"
     forward_ad = False  # the classifier's reverse-mode gradient drops a forward-mode tangent: finite differences
 
     def __init__(self, base: GuidedDiffusionUNet, scale: float):
-        self.base, self.scale = base, float(scale)
-        self.name, self.shape, self.num_classes, self.schedule = base.name, base.shape, base.num_classes, base.schedule
+        super().__init__(base, scale)
+        self.base: GuidedDiffusionUNet = base
 
     def forward(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
         if cond is None:
@@ -209,24 +201,16 @@ class ClassifierGuided(Model):
     def cache_key(self) -> str:
         return f"{self.base.cache_key()}|classifier-guidance={self.scale!r}"
 
-    @contextlib.contextmanager
-    def fixed_batch(self) -> Iterator[None]:
-        with self.base.fixed_batch():
-            yield
-
 
 def _load_state(entry: Mapping[str, Any], root: Path, name: str, module: torch.nn.Module, what: str) -> None:
     path = verified_file(entry, root, name)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
         raise DpmbenchError(f"invalid guided-diffusion {what} {str(path)!r}: not a state dict")
-    own = module.state_dict()
-    wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-    missing, unexpected = module.load_state_dict({k: v for k, v in state.items() if k not in wrong}, strict=False)
-    if missing or unexpected or wrong:
+    misfit = load_fitting(module, state)
+    if misfit:
         raise DpmbenchError(f"invalid guided-diffusion {what} {str(path)!r}: its state dict does not fit the "
-                            f"{what} flags (missing {len(missing)}, unexpected {len(unexpected)}, other shape "
-                            f"{len(wrong)} keys)")
+                            f"{what} flags ({misfit})")
 
 
 def load_guided_diffusion(entry: Mapping[str, Any], root: Path,
@@ -258,14 +242,11 @@ def load_guided_diffusion(entry: Mapping[str, Any], root: Path,
     if mflags["use_fp16"]:
         net.convert_to_fp16()
     net = net.to(device).eval().requires_grad_(False)
-    mb = opts.get("micro_batch")
-    if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 0):
-        raise bad_value("option micro_batch", mb, "an integer >= 0")
     size = int(mflags["image_size"])
     if entry.get("resolution") not in (None, size):
         raise DpmbenchError(f"invalid resolution {entry.get('resolution')!r} for checkpoint {entry.get('id')!r}: "
                             f"its model_flags say image_size {size}")
     class_cond = bool(mflags["class_cond"])
     ncls = int(entry.get("num_classes") or getattr(su, "NUM_CLASSES", 1000))
-    return GuidedDiffusionUNet(net, classifier, str(entry.get("id", "guided-diffusion")), schedule, (3, size, size),
-                               ncls, class_cond, digest=entry_digest(entry), micro_batch=mb)
+    return set_micro_batch(GuidedDiffusionUNet(net, classifier, str(entry.get("id", "guided-diffusion")), schedule,
+                                               (3, size, size), ncls, class_cond, digest=entry_digest(entry)), opts)

@@ -31,6 +31,7 @@ from dpmbench.models.adapters.common import (
     check_entry_field,
     checkpoint_file,
     entry_digest,
+    load_fitting,
     options,
     time_column,
     verified_file,
@@ -95,10 +96,10 @@ def load_score_sde(entry: Mapping[str, Any], root: Path, device: str | torch.dev
     mutils = importlib.import_module("models.utils")
     net = mutils.get_model(config.model.name)(config)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = net.load_state_dict(_strip_module(state["model"]), strict=False)
-    if missing or unexpected:
+    misfit = load_fitting(net, _strip_module(state["model"]))
+    if misfit:
         raise DpmbenchError(f"invalid score-sde checkpoint {str(path)!r}: state dict does not fit config "
-                            f"{opts['config']!r} (missing {len(missing)}, unexpected {len(unexpected)} keys)")
+                            f"{opts['config']!r} ({misfit})")
     if opts.get("ema", True):
         shadow = state["ema"]["shadow_params"]
         params = [p for p in net.parameters() if p.requires_grad]
