@@ -315,6 +315,20 @@ GD_TINY_CLASSIFIER_FLAGS = {"classifier_width": 32, "classifier_depth": 1, "clas
                             "classifier_use_fp16": False}
 
 
+def _gd_networks(su: Any, flags: dict[str, Any], classifier_flags: dict[str, Any], seed: int) -> tuple[Any, Any]:
+    """The UNet and classifier of a ``script_util`` module ``su`` (the real one or the stand-in checkout's), built from
+    the flags over its defaults as the official scripts build them (``args_to_dict``), with seeded weights."""
+    import inspect
+
+    flags = {**su.model_and_diffusion_defaults(), **flags}
+    cflags = {**su.classifier_defaults(), "image_size": flags["image_size"], **classifier_flags}
+    seeded(seed)
+    net = su.create_model(**{k: flags[k] for k in inspect.signature(su.create_model).parameters if k in flags})
+    clf = su.create_classifier(**{k: cflags[k] for k in inspect.signature(su.create_classifier).parameters
+                                  if k in cflags})
+    return net, clf
+
+
 def guided_diffusion_pair(folder: Path, flags: dict[str, Any] | None = None,
                           classifier_flags: dict[str, Any] | None = None, seed: int = 3) -> tuple[Any, Any]:
     """``unet.pt`` and ``classifier.pt`` in ``folder``: state dicts of the real guided-diffusion networks (installed
@@ -325,12 +339,7 @@ def guided_diffusion_pair(folder: Path, flags: dict[str, Any] | None = None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         import guided_diffusion.script_util as su
-    flags = {**su.model_and_diffusion_defaults(), **(flags or GD_TINY_FLAGS)}
-    cflags = {**su.classifier_defaults(), "image_size": flags["image_size"],
-              **(classifier_flags or GD_TINY_CLASSIFIER_FLAGS)}
-    seeded(seed)
-    net = su.create_model(**{k: v for k, v in flags.items() if k in su.create_model.__code__.co_varnames})
-    clf = su.create_classifier(**{k: v for k, v in cflags.items() if k in su.create_classifier.__code__.co_varnames})
+    net, clf = _gd_networks(su, flags or GD_TINY_FLAGS, classifier_flags or GD_TINY_CLASSIFIER_FLAGS, seed)
     with torch.no_grad():  # zero-initialized output layers (zero_module) would make eps and the gradient 0
         for p in net.out.parameters():
             p.normal_(0.0, 0.05)
@@ -448,13 +457,8 @@ def write_guided_diffusion_standin(code: Path, folder: Path, flags: dict[str, An
         sys.modules.pop(name)
     sys.path.insert(0, str(code))
     try:
-        su = importlib.import_module("guided_diffusion.script_util")
-        flags = {**su.model_and_diffusion_defaults(), **flags}
-        cflags = {**su.classifier_defaults(), "image_size": flags["image_size"], **classifier_flags}
-        seeded(seed)
-        net = su.create_model(**{k: v for k, v in flags.items() if k in su.create_model.__code__.co_varnames})
-        clf = su.create_classifier(**{k: v for k, v in cflags.items()
-                                      if k in su.create_classifier.__code__.co_varnames})
+        net, clf = _gd_networks(importlib.import_module("guided_diffusion.script_util"), flags, classifier_flags,
+                                seed)
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), folder / names[0])
         torch.save(clf.state_dict(), folder / names[1])
