@@ -220,6 +220,13 @@ def run_client(args: Sequence[str]) -> int:
         sock = None
     if sock is None:
         return _run_here(args)
+    return run_through(sock, args)
+
+
+def run_through(sock: socket.socket, args: Sequence[str]) -> int:
+    """Run ``args`` (entry point name, then its arguments) through the server connected at ``sock`` (closed
+    here) with this process's stdio, directory, environment and import path; the job's exit status, or this
+    process dies by the job's signal."""
     with sock:
         _send_request(sock, args)
 

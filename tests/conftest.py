@@ -4,6 +4,7 @@ worker processes of ``make test`` (``pytest -n 2 --dist loadfile``)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +20,24 @@ LONG_FIRST = (
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A dpmbench cache for the test process, and its folder for the plugin modules tests write (support.py)."""
     import support
+
+    from dpmbench import worker
 
     support.SESSION_CACHE = tmp_path_factory.mktemp("dpmbench-cache")
     support.PLUGIN_DIR = tmp_path_factory.mktemp("plugins")
     os.environ["DPMBENCH_CACHE"] = str(support.SESSION_CACHE)
+    # the job servers of the workflows the tests run (dpmbench.worker) and the warm Snakemake server
+    # (tests/warm_snakemake.py): the test process's own, alive for the whole session (the default idle exit, 2 min,
+    # came in the middle of it), stopped at its end
+    servers = tmp_path_factory.mktemp("servers")
+    servers.chmod(0o700)
+    os.environ[worker.ENV_DIR], os.environ[worker.ENV_IDLE] = str(servers), "1800"
+    support.WARM_SNAKEMAKE = servers / "snakemake.sock"
+    yield
+    worker.stop_all(servers)
 
 
 _BLAS_LIMITS = pytest.StashKey[object]()

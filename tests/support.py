@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,8 @@ TIMINGS = ("wall_s", "s_per_sample")
 # plugin or not: the job server's key includes the import path, so all their jobs share one warm server.
 SESSION_CACHE: Path | None = None
 PLUGIN_DIR: Path | None = None
+# Set by tests/conftest.py: the socket of the test process's warm Snakemake server (tests/warm_snakemake.py)
+WARM_SNAKEMAKE: Path | None = None
 
 
 class CountingModel(Model):
@@ -137,3 +141,15 @@ def workflow_pythonpath(root: Path) -> str:
     """PYTHONPATH of a test's workflow or job processes: the checkout, then the session's plugin folder."""
     assert PLUGIN_DIR is not None, "tests/conftest.py sets the plugin folder"
     return os.pathsep.join([str(root), str(PLUGIN_DIR)])
+
+
+def run_snakemake(args: list[str], env: dict[str, str], timeout: float, cwd: str | Path | None = None
+                  ) -> subprocess.CompletedProcess[str]:
+    """``snakemake ARGS`` (its command line: output, exit status) as ``subprocess.run(..., capture_output=True,
+    text=True)`` runs it, forked from the test process's warm Snakemake server (tests/warm_snakemake.py)."""
+    assert WARM_SNAKEMAKE is not None, "tests/conftest.py sets the warm Snakemake socket"
+    from warm_snakemake import SOCKET_ENV
+
+    cmd = [sys.executable, str(Path(__file__).with_name("warm_snakemake.py")), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**env, SOCKET_ENV: str(WARM_SNAKEMAKE)},
+                          timeout=timeout, cwd=cwd)

@@ -86,7 +86,7 @@ def test_cached_computes_once_and_recovers_from_corruption(artifacts: Path) -> N
 
 def test_concurrent_processes_compute_a_shared_artifact_once(tmp_path: Path) -> None:
     root, marker = str(tmp_path / "artifacts"), str(tmp_path / "marker")
-    with mp.get_context("spawn").Pool(3) as pool:
+    with mp.get_context("fork").Pool(3) as pool:  # separate processes, without importing torch three more times
         out = pool.map(_slow_compute, [(root, marker)] * 3)
     assert out == [{"value": 42}] * 3
     assert Path(marker).read_text().count("computed") == 1

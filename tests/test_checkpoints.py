@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import local_http_server, shared_registry_cache, workflow_pythonpath
+from support import local_http_server, run_snakemake, shared_registry_cache, workflow_pythonpath
 
 from dpmbench.errors import DpmbenchError
 from dpmbench.models import manifest as ck
@@ -443,13 +443,11 @@ def test_load_model_verifies_then_calls_the_adapter(cache: Path, tmp_path: Path,
 
 
 # (h) ---------------------------------------------------------------------------------------------------------
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
 def _snakemake(wd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(wd), "--configfile",
-           str(wd / "config.yaml"), "--cores", "1", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return run_snakemake(["--snakefile", str(ROOT / "Snakefile"), "--directory", str(wd), "--configfile",
+                          str(wd / "config.yaml"), "--cores", "1", *args], env, timeout=300)
 
 
 @pytest.mark.timeout(300)

@@ -63,7 +63,13 @@ DPMPP_2M, UNIPC = "dpm-solver++:order=2,method=multistep", "unipc:variant=bh1,or
 
 @pytest.fixture(scope="module")
 def net():  # noqa: ANN201
-    return load_model("digits-unet")
+    """digits-unet, one network call per batch (``micro_batch = 0``, as the searches run it: ``fixed_batch``)
+    instead of fixed 8-row calls: 2.7x less CPU for the 64-row batches here. The rows' values change by float32
+    rounding only (~1e-7 relative), far inside the tolerances above; batch invariance is not what these tests
+    check (tests/test_digits_unet.py does)."""
+    m = load_model("digits-unet")
+    m.micro_batch = 0
+    return m
 
 
 def _cell(net: Any, guidance: float | None) -> dict[str, Any]:  # noqa: ANN401

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import yaml
 from standins import files_of as _files
 from standins import tiny_unet as _tiny_unet
 from standins import write_tokenizer as _write_tokenizer
-from support import shared_registry_cache, workflow_pythonpath
+from support import run_snakemake, shared_registry_cache, workflow_pythonpath
 from test_checkpoints import _Handler, server  # noqa: F401  (fixture)
 from test_workflow import ROOT, _cmd
 
@@ -327,7 +326,7 @@ def test_workflow_pulls_samples_and_scores_checkpoint_models(server: str, sd3: t
     env = {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(tmp_path / "cache"),
            "PYTHONPATH": workflow_pythonpath(ROOT), "DPMBENCH_HF_ENDPOINT": server, "OMP_NUM_THREADS": "1"}
     env.pop("DPMBENCH_OFFLINE", None)
-    proc = subprocess.run(_cmd(tmp_path), capture_output=True, text=True, env=env, timeout=600)
+    proc = run_snakemake(_cmd(tmp_path)[1:], env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert len(_Handler.requests) == sum(map(len, pulled.values()))  # every file pulled once
     rows = list(csv.DictReader((tmp_path / "reports" / "results.csv").open()))
@@ -347,7 +346,7 @@ def test_workflow_pulls_samples_and_scores_checkpoint_models(server: str, sd3: t
         assert shard["x"].shape == (4, channels, 8, 8) and shard["images"].shape == (4, 3, 16, 16)
         assert shard["images"].dtype == np.uint8 and len(set(shard["prompts"].tolist())) == 4
         assert set(shard["prompts"].tolist()) <= set(captions.read_text().splitlines())
-    again = subprocess.run(_cmd(tmp_path, "-n"), capture_output=True, text=True, env=env, timeout=300)
+    again = run_snakemake(_cmd(tmp_path, "-n")[1:], env, timeout=300)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 

@@ -7,8 +7,6 @@ import ast
 import csv
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -215,19 +213,19 @@ def test_corrupt_feature_cache_entry_is_recomputed() -> None:
 
 
 # -- 1c: concurrent writers of one cache entry ---------------------------------------------------------------
-WORKER = textwrap.dedent('''
-    import os, sys, time
-    import numpy as np
-    import torch
-    import dpmbench.models.exact as exact
-    from dpmbench import load_model
+def _concurrent_writer(cache: str, log: str, out: str, ready_dir: str, n: int) -> None:
+    """One of the processes (forked from this one: separate processes, as separate jobs are, without importing torch
+    four more times) that ask for the same exact-solution cache entry at the same moment."""
+    import time
 
-    log, out, ready_dir, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    import dpmbench.models.exact as exact
+
+    os.environ["DPMBENCH_CACHE"] = cache
     real = exact.solve_probability_flow
 
-    def counted(*a, **k):
+    def counted(*a, **k):  # noqa: ANN002, ANN003, ANN202
         with open(log, "a") as fh:
-            fh.write(f"{os.getpid()}\\n")
+            fh.write(f"{os.getpid()}\n")
         time.sleep(1.0)  # widen the window in which the others ask for the same entry
         return real(*a, **k)
 
@@ -238,21 +236,23 @@ WORKER = textwrap.dedent('''
     while len(os.listdir(ready_dir)) < n:  # a barrier: every process asks at the same moment
         time.sleep(0.01)
     np.save(out, m.exact_solution(x_T, rtol=1e-5, atol=1e-5).numpy())
-''')
 
 
 def test_concurrent_processes_compute_a_cache_entry_once(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
     n = 4
     (tmp_path / "ready").mkdir()
-    (tmp_path / "worker.py").write_text(WORKER)
-    env = {**os.environ, "DPMBENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     log = tmp_path / "calls.log"
-    procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(log), str(tmp_path / f"out{i}.npy"),
-                               str(tmp_path / "ready"), str(n)], env=env, stderr=subprocess.PIPE, text=True)
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_concurrent_writer, args=(str(tmp_path / "cache"), str(log),
+                                                           str(tmp_path / f"out{i}.npy"), str(tmp_path / "ready"), n))
              for i in range(n)]
     for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
     assert len(log.read_text().split()) == 1  # computed once; the others waited on the lock and read it
     outs = [np.load(tmp_path / f"out{i}.npy") for i in range(n)]
     assert all(o.tobytes() == outs[0].tobytes() for o in outs)

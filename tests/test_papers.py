@@ -439,16 +439,12 @@ def test_snakemake_dry_run_of_a_paper_config_builds_the_dag() -> None:
     """The workflow (not just the validator) accepts a paper config: checkpoint ids, per-model end times, FID
     statistics and the GPU reference run of mse_ref reach the jobs' command lines."""
     import os
-    import shutil
-    import subprocess
-    import sys
 
-    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
-    assert snakemake, "snakemake not installed"
+    from support import run_snakemake
+
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([snakemake, "-n", "-p", "--nolock", "--cores", "1", "--configfile",
-                          "config/reproductions/dpm-solver-v3.yaml"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = run_snakemake(["-n", "-p", "--nolock", "--cores", "1", "--configfile",
+                         "config/reproductions/dpm-solver-v3.yaml"], env, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     log = out.stdout + out.stderr
     assert re.search(r"reference_run\s+2\b", log)  # sd14 at guidance 1.5 and 7.5

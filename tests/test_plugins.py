@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import support
-from support import shared_registry_cache, workflow_pythonpath
+from support import run_snakemake, shared_registry_cache, workflow_pythonpath
 
 PLUGIN = '''
 import torch
@@ -64,7 +64,6 @@ def test_plugin_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 # -- the workflow and a plugin: the config check is exact, and a plugin's results follow its code ----------------------
 ROOT = Path(__file__).parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
 def _plugin_env(tmp_path: Path, module: str) -> dict[str, str]:
@@ -83,9 +82,8 @@ def _tiny(tmp_path: Path, solver: str) -> Path:
 
 
 def _snakemake(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-                           "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", *args],
-                          capture_output=True, text=True, env=env, timeout=900)
+    return run_snakemake(["--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                          "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", *args], env, timeout=900)
 
 
 def test_a_config_naming_an_unloadable_plugin_solver_fails_before_anything_runs(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from support import TIMINGS, shared_registry_cache, workflow_pythonpath
+from support import TIMINGS, run_snakemake, shared_registry_cache, workflow_pythonpath
 
 ROOT = Path(__file__).parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -45,7 +45,8 @@ def _cmd(workdir: Path, *args: str) -> list[str]:
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_cmd(workdir, *args), capture_output=True, text=True, env=_env(workdir), timeout=900)
+    """``snakemake`` with these arguments (tests/warm_snakemake.py: Snakemake's command line in a warm process)."""
+    return run_snakemake(_cmd(workdir, *args)[1:], _env(workdir), timeout=900)
 
 
 def planned_jobs(workdir: Path) -> dict[str, int]:

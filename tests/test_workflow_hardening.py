@@ -6,16 +6,14 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import support
 import yaml
-from support import TIMINGS, shared_registry_cache, workflow_pythonpath
+from support import TIMINGS, run_snakemake, shared_registry_cache, workflow_pythonpath
 
 ROOT = Path(__file__).parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 PLUGIN = '''
 from dpmbench.solvers.base import SinglestepSolver, register
 
@@ -41,9 +39,8 @@ CELL = "results/gmm-2d/gnone/seed0/logsnr"
 def snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(wd / "cache"), "DPMBENCH_PLUGINS": "nan_wf_plugin",
            "PYTHONPATH": workflow_pythonpath(ROOT)}
-    return subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(wd),
-                           "--configfile", str(wd / "config.yaml"), "--cores", "2", *args],
-                          capture_output=True, text=True, env=env, timeout=900)
+    return run_snakemake(["--snakefile", str(ROOT / "Snakefile"), "--directory", str(wd),
+                          "--configfile", str(wd / "config.yaml"), "--cores", "2", *args], env, timeout=900)
 
 
 def rows(wd: Path) -> list[dict[str, str]]:

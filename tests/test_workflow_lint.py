@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support import shared_registry_cache
+from support import run_snakemake, shared_registry_cache
 
 ROOT = Path(__file__).parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 ANSWER = re.compile(r"#\s*lint:\s*(?P<title>.+?)\s+-\s+\S")
 
 
@@ -49,11 +46,11 @@ def unanswered(lints: list[tuple[str, str, str]]) -> list[str]:
 
 @pytest.mark.parametrize("configfile", [None, "config/reproductions/dpm-solver-v3.yaml"])
 def test_snakemake_lint_is_clean_or_answered(tmp_path: Path, configfile: str | None) -> None:
-    cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--lint"]
+    cmd = ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--lint"]
     if configfile:
         cmd += ["--configfile", str(ROOT / configfile)]
     env = {**os.environ, "DPMBENCH_CACHE": shared_registry_cache(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = run_snakemake(cmd, env, timeout=600)
     text = proc.stdout + proc.stderr
     lints = parse(text)
     assert proc.returncode == (1 if lints else 0), text[-3000:]

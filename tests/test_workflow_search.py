@@ -48,11 +48,9 @@ def test_named_search_and_prepare_are_dag_outputs(tmp_path: Path) -> None:
     env["DPMBENCH_PLUGINS"] = "toy_plugin"
 
     def run(*args: str):  # noqa: ANN202
-        import subprocess
-
         from test_workflow import _cmd
 
-        return subprocess.run(_cmd(tmp_path, *args), capture_output=True, text=True, env=env, timeout=900)
+        return support.run_snakemake(_cmd(tmp_path, *args)[1:], env, timeout=900)
 
     proc = run()
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -83,14 +81,12 @@ def test_named_search_and_prepare_are_dag_outputs(tmp_path: Path) -> None:
 
 def test_shipped_searched_config_plans_its_searches_once(tmp_path: Path) -> None:
     """config/searched.yaml: four named searches, each one job that every sample job on its grid waits for."""
-    import subprocess
-
-    from test_workflow import ROOT, SNAKEMAKE
+    from test_workflow import ROOT
 
     env = _env(tmp_path)
-    proc = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-                           "--configfile", str(ROOT / "config" / "searched.yaml"), "-n", "--quiet", "rules"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = support.run_snakemake(["--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                                  "--configfile", str(ROOT / "config" / "searched.yaml"), "-n", "--quiet", "rules"],
+                                 env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = dict(line.split()[:2] for line in (proc.stdout + proc.stderr).splitlines()
                 if len(line.split()) == 2 and line.split()[1].isdigit())
@@ -113,7 +109,6 @@ def test_workflow_fits_are_held_out_and_results_are_recomputed_in_process(tmp_pa
     artifacts say so, and regenerating those sets finds no evaluated x_T among them); and a handful of results.csv
     cells equal an independent in-process computation from the same x_T (dpmbench.sample, RMSE to the exact
     solution, FD from moments)."""
-    import subprocess
 
     import numpy as np
     import scipy.linalg
@@ -124,7 +119,7 @@ def test_workflow_fits_are_held_out_and_results_are_recomputed_in_process(tmp_pa
     from dpmbench.models.base import FIT_START
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(HELD_OUT))
-    proc = subprocess.run(_cmd(tmp_path), capture_output=True, text=True, env=_env(tmp_path), timeout=900)
+    proc = support.run_snakemake(_cmd(tmp_path)[1:], _env(tmp_path), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = load_model("gmm-2d")
     x_T64 = model.prior(40, seed=0, dtype=torch.float64)
