@@ -84,11 +84,27 @@ def test_cached_computes_once_and_recovers_from_corruption(artifacts: Path) -> N
     assert len(calls) == 3 and json.loads(path.read_text())["data"] == {"x": [1.0, 2.0]}
 
 
+def _slow_compute_to(args: tuple[str, str], out: str) -> None:
+    Path(out).write_text(json.dumps(_slow_compute(args)))
+
+
 def test_concurrent_processes_compute_a_shared_artifact_once(tmp_path: Path) -> None:
     root, marker = str(tmp_path / "artifacts"), str(tmp_path / "marker")
-    with mp.get_context("fork").Pool(3) as pool:  # separate processes, without importing torch three more times
-        out = pool.map(_slow_compute, [(root, marker)] * 3)
-    assert out == [{"value": 42}] * 3
+    # separate processes forked from this one (no new interpreter importing torch), each joined, none terminated (a
+    # Pool's terminate() can hang on a worker killed while it held the task queue's lock)
+    outs = [tmp_path / f"out{i}.json" for i in range(3)]
+    procs = [mp.get_context("fork").Process(target=_slow_compute_to, args=((root, marker), str(o))) for o in outs]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    assert [json.loads(o.read_text()) for o in outs] == [{"value": 42}] * 3
     assert Path(marker).read_text().count("computed") == 1
 
 

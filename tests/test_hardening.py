@@ -248,11 +248,16 @@ def test_concurrent_processes_compute_a_cache_entry_once(tmp_path: Path) -> None
     procs = [ctx.Process(target=_concurrent_writer, args=(str(tmp_path / "cache"), str(log),
                                                            str(tmp_path / f"out{i}.npy"), str(tmp_path / "ready"), n))
              for i in range(n)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=300)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
     assert len(log.read_text().split()) == 1  # computed once; the others waited on the lock and read it
     outs = [np.load(tmp_path / f"out{i}.npy") for i in range(n)]
     assert all(o.tobytes() == outs[0].tobytes() for o in outs)
