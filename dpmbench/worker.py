@@ -160,25 +160,29 @@ def _connect(path: Path) -> socket.socket | None:
     return sock
 
 
-def _start_server(paths: dict[str, Path]) -> Any:
+SERVE = ("-m", "dpmbench.worker", "--serve")  # the server's command line, before its socket
+
+
+def _start_server(paths: dict[str, Path], serve: Sequence[str] = SERVE) -> Any:
     import subprocess
 
     env = dict(os.environ)  # the server itself stays single-threaded: no thread pool exists when it forks
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p))
     with open(paths["log"], "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "dpmbench.worker", "--serve", str(paths["socket"])],
+        return subprocess.Popen([sys.executable, *serve, str(paths["socket"])],
                                 cwd=str(PACKAGE_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, close_fds=True)
 
 
-def _server_socket(key: str) -> socket.socket | None:
-    """A connection to the running server for ``key``, starting one when there is none; None if it cannot start."""
-    paths = _paths(key)
+def connect_or_start(sock_path: Path, serve: Sequence[str] = SERVE) -> socket.socket | None:
+    """A connection to the server listening at ``sock_path``, starting ``python SERVE... SOCKET`` (its log beside
+    the socket) when none is; None if it cannot start."""
+    paths = _paths_at(sock_path.with_suffix(""))
     sock = _connect(paths["socket"])
     if sock is not None:
         return sock
-    proc = _start_server(paths)
+    proc = _start_server(paths, serve)
     deadline = time.monotonic() + START_TIMEOUT_S
     delay = 0.02
     while time.monotonic() < deadline:
@@ -189,9 +193,17 @@ def _server_socket(key: str) -> socket.socket | None:
             break
         time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
-    print(f"dpmbench.worker: note: no job server (see {paths['log']}); running in this process",
-          file=sys.stderr)
     return None
+
+
+def _server_socket(key: str) -> socket.socket | None:
+    """A connection to the running server for ``key``, starting one when there is none; None if it cannot start."""
+    paths = _paths(key)
+    sock = connect_or_start(paths["socket"])
+    if sock is None:
+        print(f"dpmbench.worker: note: no job server (see {paths['log']}); running in this process",
+              file=sys.stderr)
+    return sock
 
 
 def _run_here(args: Sequence[str]) -> int:

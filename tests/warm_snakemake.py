@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,33 +46,15 @@ class _Server(worker._Server):  # noqa: SLF001
         assert not plugins._loaded and plugins._entry_points.cache_info().currsize == 0  # noqa: SLF001
 
 
-def _connect(sock_path: Path) -> object:
-    sock = worker._connect(sock_path)  # noqa: SLF001
-    if sock is not None:
-        return sock
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           worker.ENV_IDLE: "1800"}
-    log = sock_path.with_suffix(".log")
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", str(sock_path)], cwd=str(ROOT), env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-    deadline = time.monotonic() + worker.START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        sock = worker._connect(sock_path)  # noqa: SLF001
-        if sock is not None:
-            return sock
-        if proc.poll() not in (None, 0):
-            break
-        time.sleep(0.05)
-    raise SystemExit(f"warm_snakemake: the server did not start (see {log})")
-
-
 def main(args: list[str]) -> int:
     worker.ENTRY_POINTS["snakemake"] = "snakemake.cli"
     if args[:1] == ["--serve"] and len(args) == 2:
         _Server(Path(args[1])).serve(float(os.environ.get(worker.ENV_IDLE, 1800)))
         return 0
-    sock = _connect(Path(os.environ[SOCKET_ENV]))
+    sock_path = Path(os.environ[SOCKET_ENV])
+    sock = worker.connect_or_start(sock_path, (__file__, "--serve"))
+    if sock is None:
+        raise SystemExit(f"warm_snakemake: the server did not start (see {sock_path.with_suffix('.log')})")
     sys.path[0] = str(Path(sys.executable).parent)  # the import path of the console script ``snakemake``
     if _ADDED:
         sys.path.remove(str(ROOT))
