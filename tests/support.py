@@ -153,3 +153,23 @@ def run_snakemake(args: list[str], env: dict[str, str], timeout: float, cwd: str
     cmd = [sys.executable, str(Path(__file__).with_name("warm_snakemake.py")), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env={**env, SOCKET_ENV: str(WARM_SNAKEMAKE)},
                           timeout=timeout, cwd=cwd)
+
+
+def run_forked(target: Any, arg_lists: list[tuple[Any, ...]], timeout: float) -> None:  # noqa: ANN401
+    """``target(*args)`` in one process per item of ``arg_lists``, forked from this one (separate processes, as
+    separate jobs are, without a new interpreter importing torch), all started, then each joined and asserted to
+    exit 0; never terminated (a multiprocessing Pool's ``terminate()`` can hang on a worker killed while it held
+    the task queue's lock), killed if still alive at the end."""
+    import multiprocessing as mp
+
+    procs = [mp.get_context("fork").Process(target=target, args=args) for args in arg_lists]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=timeout)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from support import run_cli
+from support import run_cli, run_forked
 
 from dpmbench import load_model, sample
 from dpmbench.artifacts import artifact_key, cached, code_version, keyed_path, load_named, save_named
@@ -90,20 +89,8 @@ def _slow_compute_to(args: tuple[str, str], out: str) -> None:
 
 def test_concurrent_processes_compute_a_shared_artifact_once(tmp_path: Path) -> None:
     root, marker = str(tmp_path / "artifacts"), str(tmp_path / "marker")
-    # separate processes forked from this one (no new interpreter importing torch), each joined, none terminated (a
-    # Pool's terminate() can hang on a worker killed while it held the task queue's lock)
     outs = [tmp_path / f"out{i}.json" for i in range(3)]
-    procs = [mp.get_context("fork").Process(target=_slow_compute_to, args=((root, marker), str(o))) for o in outs]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(timeout=120)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+    run_forked(_slow_compute_to, [((root, marker), str(o)) for o in outs], timeout=120)
     assert [json.loads(o.read_text()) for o in outs] == [{"value": 42}] * 3
     assert Path(marker).read_text().count("computed") == 1
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import run_cli
+from support import run_cli, run_forked
 
 from dpmbench import load_model, sample
 from dpmbench.cli import main as cli_main
@@ -239,25 +239,11 @@ def _concurrent_writer(cache: str, log: str, out: str, ready_dir: str, n: int) -
 
 
 def test_concurrent_processes_compute_a_cache_entry_once(tmp_path: Path) -> None:
-    import multiprocessing as mp
-
     n = 4
     (tmp_path / "ready").mkdir()
     log = tmp_path / "calls.log"
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_concurrent_writer, args=(str(tmp_path / "cache"), str(log),
-                                                           str(tmp_path / f"out{i}.npy"), str(tmp_path / "ready"), n))
-             for i in range(n)]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(timeout=300)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+    run_forked(_concurrent_writer, [(str(tmp_path / "cache"), str(log), str(tmp_path / f"out{i}.npy"),
+                                     str(tmp_path / "ready"), n) for i in range(n)], timeout=300)
     assert len(log.read_text().split()) == 1  # computed once; the others waited on the lock and read it
     outs = [np.load(tmp_path / f"out{i}.npy") for i in range(n)]
     assert all(o.tobytes() == outs[0].tobytes() for o in outs)
